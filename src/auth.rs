@@ -1,0 +1,284 @@
+//! Client authentication, Azure ML style: `Authorization: Bearer <credential>`.
+//!
+//! Key mode accepts the endpoint's primary or secondary key. Both are compared as SHA-256
+//! digests with a constant-time equality, and both comparisons always run, so timing reveals
+//! neither a key's length nor which key matched.
+//!
+//! Token mode (`aml_token`) accepts an HS256 JWT whose audience is the endpoint, issued by
+//! `scoregate token`, signed with the primary key and verified with either key (so rotating keys
+//! does not invalidate tokens signed with the key that stays). Tokens expire; keys don't
+//! (`shared/reference/azureml-fe-behaviour.md` §3.1).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::digest;
+use http::header::AUTHORIZATION;
+use http::HeaderMap;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use crate::model::{AuthMode, EndpointKeys};
+
+/// The issuer claim of scoregate tokens.
+pub const TOKEN_ISSUER: &str = "scoregate";
+/// Clock skew tolerated when checking `exp` and `nbf`, in seconds.
+const TOKEN_LEEWAY_SECS: u64 = 30;
+
+/// Why a request was refused with 401.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthError {
+    /// No `Authorization: Bearer` header.
+    Missing,
+    /// A credential that is not a key of this endpoint.
+    InvalidKey,
+    /// A token that is malformed, badly signed, or for another endpoint.
+    InvalidToken,
+    /// A token past its expiry.
+    ExpiredToken,
+}
+
+impl AuthError {
+    /// A message for the client: what is wrong and what to do.
+    pub fn message(self) -> &'static str {
+        match self {
+            AuthError::Missing => {
+                "credentials are missing: send `Authorization: Bearer <key or token>` for this endpoint"
+            }
+            AuthError::InvalidKey => "the key is not valid for this endpoint: use its primary or secondary key",
+            AuthError::InvalidToken => "the token is not valid for this endpoint: get a new token for it",
+            AuthError::ExpiredToken => "the token has expired: get a new token",
+        }
+    }
+}
+
+type KeyDigest = [u8; 32];
+
+fn key_digest(key: &[u8]) -> KeyDigest {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest::digest(&digest::SHA256, key).as_ref());
+    out
+}
+
+/// Verifies the credentials of one endpoint.
+pub struct Authenticator {
+    mode: Verifier,
+}
+
+enum Verifier {
+    Key {
+        primary: KeyDigest,
+        secondary: Option<KeyDigest>,
+    },
+    Token {
+        keys: Vec<DecodingKey>,
+        validation: Box<Validation>,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    aud: String,
+    iss: String,
+    iat: u64,
+    nbf: u64,
+    exp: u64,
+}
+
+impl Authenticator {
+    /// The verifier for an endpoint named `endpoint` with `mode` and `keys`.
+    pub fn new(endpoint: &str, mode: AuthMode, keys: &EndpointKeys) -> Self {
+        let mode = match mode {
+            AuthMode::Key => Verifier::Key {
+                primary: key_digest(keys.primary.as_bytes()),
+                secondary: keys.secondary.as_deref().map(|k| key_digest(k.as_bytes())),
+            },
+            AuthMode::AmlToken => {
+                let mut validation = Validation::new(Algorithm::HS256);
+                validation.set_audience(&[endpoint]);
+                validation.set_issuer(&[TOKEN_ISSUER]);
+                validation.set_required_spec_claims(&["exp", "aud", "iss", "nbf"]);
+                validation.validate_nbf = true;
+                validation.leeway = TOKEN_LEEWAY_SECS;
+                let keys = std::iter::once(&keys.primary)
+                    .chain(keys.secondary.as_ref())
+                    .map(|k| DecodingKey::from_secret(k.as_bytes()))
+                    .collect();
+                Verifier::Token {
+                    keys,
+                    validation: Box::new(validation),
+                }
+            }
+        };
+        Authenticator { mode }
+    }
+
+    /// Checks the request's `Authorization` header.
+    pub fn check(&self, headers: &HeaderMap) -> Result<(), AuthError> {
+        let credential = bearer(headers).ok_or(AuthError::Missing)?;
+        match &self.mode {
+            Verifier::Key { primary, secondary } => {
+                let presented = key_digest(credential);
+                let primary_ok = presented.ct_eq(primary);
+                // Compare against a digest that never matches when there is no secondary key,
+                // so the work done is the same either way.
+                let secondary_ok = presented.ct_eq(secondary.as_ref().unwrap_or(&[0u8; 32])) & subtle::Choice::from(u8::from(secondary.is_some()));
+                if bool::from(primary_ok | secondary_ok) {
+                    Ok(())
+                } else {
+                    Err(AuthError::InvalidKey)
+                }
+            }
+            Verifier::Token { keys, validation } => {
+                let token = std::str::from_utf8(credential).map_err(|_| AuthError::InvalidToken)?;
+                let mut outcome = Err(AuthError::InvalidToken);
+                for key in keys {
+                    match jsonwebtoken::decode::<Claims>(token, key, validation) {
+                        Ok(_) => return Ok(()),
+                        Err(e) if *e.kind() == ErrorKind::ExpiredSignature => outcome = Err(AuthError::ExpiredToken),
+                        Err(_) => {}
+                    }
+                }
+                outcome
+            }
+        }
+    }
+}
+
+/// The credential of an `Authorization: Bearer <credential>` header (scheme case-insensitive).
+fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(AUTHORIZATION)?.as_bytes();
+    let (scheme, rest) = value.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let credential = rest.trim_ascii();
+    (!credential.is_empty()).then_some(credential)
+}
+
+/// A token as `az ml online-endpoint get-credentials` reports one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuedToken {
+    /// The bearer token.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// When the token stops working (RFC 3339, UTC).
+    pub expiry_time_utc: String,
+    /// When a client should fetch a new one: halfway through its life (RFC 3339, UTC).
+    pub refresh_after_time_utc: String,
+}
+
+/// Mints a token for `endpoint`, valid for `ttl` from `now`, signed with the endpoint's primary key.
+pub fn issue_token(endpoint: &str, keys: &EndpointKeys, ttl: Duration, now: SystemTime) -> anyhow::Result<IssuedToken> {
+    let iat = now.duration_since(UNIX_EPOCH)?.as_secs();
+    let exp = iat + ttl.as_secs().max(1);
+    let refresh = iat + ttl.as_secs().max(1) / 2;
+    let claims = Claims {
+        aud: endpoint.to_owned(),
+        iss: TOKEN_ISSUER.to_owned(),
+        iat,
+        nbf: iat,
+        exp,
+    };
+    let access_token = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(keys.primary.as_bytes()),
+    )?;
+    Ok(IssuedToken {
+        access_token,
+        token_type: "Bearer",
+        expiry_time_utc: rfc3339(exp)?,
+        refresh_after_time_utc: rfc3339(refresh)?,
+    })
+}
+
+fn rfc3339(unix_secs: u64) -> anyhow::Result<String> {
+    let t = time::OffsetDateTime::from_unix_timestamp(unix_secs as i64)?;
+    Ok(t.format(&time::format_description::well_known::Rfc3339)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn keys(primary: &str, secondary: Option<&str>) -> EndpointKeys {
+        EndpointKeys {
+            primary: primary.into(),
+            secondary: secondary.map(Into::into),
+        }
+    }
+
+    fn with_auth(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn key_mode_accepts_both_keys() {
+        let a = Authenticator::new("ep-one", AuthMode::Key, &keys("key-one", Some("key-two")));
+        assert_eq!(a.check(&with_auth("Bearer key-one")), Ok(()));
+        assert_eq!(a.check(&with_auth("bearer key-two")), Ok(()));
+        assert_eq!(a.check(&with_auth("Bearer key-three")), Err(AuthError::InvalidKey));
+        assert_eq!(a.check(&with_auth("key-one")), Err(AuthError::Missing));
+        assert_eq!(a.check(&with_auth("Bearer ")), Err(AuthError::Missing));
+        assert_eq!(a.check(&HeaderMap::new()), Err(AuthError::Missing));
+    }
+
+    #[test]
+    fn key_mode_without_secondary_rejects_the_fallback_digest() {
+        let a = Authenticator::new("ep-one", AuthMode::Key, &keys("key-one", None));
+        assert_eq!(a.check(&with_auth("Bearer key-two")), Err(AuthError::InvalidKey));
+    }
+
+    #[test]
+    fn token_mode_checks_signature_audience_and_expiry() {
+        let k = keys("signing-key-1", Some("signing-key-2"));
+        let a = Authenticator::new("ep-one", AuthMode::AmlToken, &k);
+        let now = SystemTime::now();
+        let good = issue_token("ep-one", &k, Duration::from_secs(3600), now).unwrap();
+        assert_eq!(a.check(&with_auth(&format!("Bearer {}", good.access_token))), Ok(()));
+
+        let other_endpoint = issue_token("ep-two", &k, Duration::from_secs(3600), now).unwrap();
+        assert_eq!(
+            a.check(&with_auth(&format!("Bearer {}", other_endpoint.access_token))),
+            Err(AuthError::InvalidToken)
+        );
+
+        let old = issue_token("ep-one", &k, Duration::from_secs(60), now - Duration::from_secs(7200)).unwrap();
+        assert_eq!(
+            a.check(&with_auth(&format!("Bearer {}", old.access_token))),
+            Err(AuthError::ExpiredToken)
+        );
+
+        let forged = issue_token("ep-one", &keys("not-the-key", None), Duration::from_secs(3600), now).unwrap();
+        assert_eq!(
+            a.check(&with_auth(&format!("Bearer {}", forged.access_token))),
+            Err(AuthError::InvalidToken)
+        );
+        assert_eq!(a.check(&with_auth("Bearer signing-key-1")), Err(AuthError::InvalidToken));
+    }
+
+    #[test]
+    fn tokens_survive_rotation_to_the_secondary_key() {
+        let before = keys("old-key", Some("new-key"));
+        let token = issue_token("ep-one", &before, Duration::from_secs(3600), SystemTime::now()).unwrap();
+        let after = keys("new-key", Some("old-key"));
+        let a = Authenticator::new("ep-one", AuthMode::AmlToken, &after);
+        assert_eq!(a.check(&with_auth(&format!("Bearer {}", token.access_token))), Ok(()));
+    }
+
+    #[test]
+    fn issued_token_reports_times_like_az() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let t = issue_token("ep-one", &keys("k", None), Duration::from_secs(3600), now).unwrap();
+        assert_eq!(t.expiry_time_utc, "2027-01-15T09:00:00Z");
+        assert_eq!(t.refresh_after_time_utc, "2027-01-15T08:30:00Z");
+        assert_eq!(t.token_type, "Bearer");
+    }
+}

@@ -1,0 +1,541 @@
+//! The immutable routing table the proxy reads, and the builder discovery uses to make it.
+//!
+//! A [`RoutingTable`] maps endpoint names to [`Endpoint`]s, each with its deployments, traffic
+//! split, mirror and authenticator. It is published as one `Arc` through [`TableHandle`]
+//! (arc-swap): a request does one atomic load and never takes a lock discovery also holds.
+//!
+//! The [`TableBuilder`] keeps, between builds, each deployment's [`DeploymentAdmission`] and
+//! each pod's [`Pod`], so slot accounting and pooled connections survive rebuilds. A pod that
+//! disappears while requests are on it stays known (not routable) until they finish, so a pod
+//! that comes back under the same address is not over-admitted. Endpoints whose declaration did
+//! not change keep their `Arc<Endpoint>` from the previous table.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+
+use crate::auth::Authenticator;
+use crate::balance::{DeploymentAdmission, Pod};
+use crate::model::{DeploymentSpec, EndpointSpec, RequestSettings, RouteSpec};
+use crate::telemetry::{DeploymentMetrics, Metrics, StatusCounters};
+
+/// One deployment as the proxy sees it.
+pub struct Deployment {
+    /// Deployment name.
+    pub name: Arc<str>,
+    /// The name as a header value, for `azureml-model-deployment` on responses.
+    pub name_header: HeaderValue,
+    /// The endpoint it belongs to.
+    pub endpoint: Arc<str>,
+    /// Timeouts and limits.
+    pub settings: RequestSettings,
+    /// Pods that get new requests (ready, not terminating).
+    pub pods: Box<[Arc<Pod>]>,
+    /// Slots and queue; shared with every table that lists this deployment.
+    pub admission: Arc<DeploymentAdmission>,
+    /// Metric handles.
+    pub metrics: Arc<DeploymentMetrics>,
+}
+
+/// One endpoint as the proxy sees it.
+pub struct Endpoint {
+    /// Endpoint name.
+    pub name: Arc<str>,
+    /// Verifies credentials.
+    pub auth: Authenticator,
+    /// All deployments, in name order.
+    pub deployments: Box<[Arc<Deployment>]>,
+    /// Cumulative percent thresholds over deployments with live traffic: (upper bound, index).
+    traffic: Box<[(u8, usize)]>,
+    /// Mirror target index and percent.
+    mirror: Option<(usize, u8)>,
+    /// Counters for requests answered before a deployment was chosen (401, 404).
+    pub unrouted: Arc<StatusCounters>,
+}
+
+impl Endpoint {
+    /// The deployment named by an `azureml-model-deployment` header, whatever its weight.
+    pub fn deployment_named(&self, name: &[u8]) -> Option<&Arc<Deployment>> {
+        self.deployments.iter().find(|d| d.name.as_bytes() == name)
+    }
+
+    /// A deployment chosen by traffic weight, or `None` when no deployment has live traffic.
+    pub fn choose(&self) -> Option<&Arc<Deployment>> {
+        match self.traffic.len() {
+            0 => None,
+            1 => Some(&self.deployments[self.traffic[0].1]),
+            _ => {
+                let roll = fastrand::u8(..100);
+                let index = self
+                    .traffic
+                    .iter()
+                    .find(|(bound, _)| roll < *bound)
+                    .map_or(self.traffic[self.traffic.len() - 1].1, |(_, i)| *i);
+                Some(&self.deployments[index])
+            }
+        }
+    }
+
+    /// The mirror deployment if this request is one of the mirrored share.
+    pub fn mirror_roll(&self) -> Option<&Arc<Deployment>> {
+        let (index, percent) = self.mirror?;
+        (fastrand::u8(..100) < percent).then(|| &self.deployments[index])
+    }
+}
+
+/// A snapshot of everything routable.
+#[derive(Default)]
+pub struct RoutingTable {
+    endpoints: HashMap<Box<str>, Arc<Endpoint>>,
+    generation: u64,
+}
+
+impl RoutingTable {
+    /// The endpoint called `name`.
+    pub fn endpoint(&self, name: &str) -> Option<&Arc<Endpoint>> {
+        self.endpoints.get(name)
+    }
+
+    /// All endpoints, in no particular order.
+    pub fn endpoints(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
+        self.endpoints.values()
+    }
+
+    /// How many endpoints there are.
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+
+    /// Counts up with every build.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+/// The published table: one atomic load to read, one atomic store to replace.
+#[derive(Clone, Default)]
+pub struct TableHandle {
+    current: Arc<ArcSwap<RoutingTable>>,
+}
+
+impl TableHandle {
+    /// The current snapshot (a cheap guard; clone what you keep across an await).
+    pub fn load(&self) -> arc_swap::Guard<Arc<RoutingTable>> {
+        self.current.load()
+    }
+
+    /// The current snapshot as an owned `Arc`.
+    pub fn snapshot(&self) -> Arc<RoutingTable> {
+        self.current.load_full()
+    }
+
+    fn store(&self, table: RoutingTable) {
+        self.current.store(Arc::new(table));
+    }
+}
+
+/// What a deployment looked like at the last build, plus its live state.
+struct DeploymentEntry {
+    spec: DeploymentSpec,
+    admission: Arc<DeploymentAdmission>,
+    metrics: Arc<DeploymentMetrics>,
+    pods: HashMap<SocketAddr, Arc<Pod>>,
+    built: Option<Arc<Deployment>>,
+}
+
+/// What an endpoint looked like at the last build.
+struct EndpointEntry {
+    spec: EndpointSpec,
+    unrouted: Arc<StatusCounters>,
+    built: Arc<Endpoint>,
+}
+
+/// Builds routing tables from [`RouteSpec`]s, keeping live state across builds, and publishes them.
+pub struct TableBuilder {
+    handle: TableHandle,
+    metrics: Metrics,
+    deployments: HashMap<(String, String), DeploymentEntry>,
+    endpoints: HashMap<String, EndpointEntry>,
+    generation: u64,
+}
+
+/// What a build changed, for logs and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BuildReport {
+    /// Generation of the published table.
+    pub generation: u64,
+    /// Endpoints rebuilt (added or changed).
+    pub endpoints_rebuilt: usize,
+    /// Endpoints removed.
+    pub endpoints_removed: usize,
+    /// Endpoints in the table.
+    pub endpoints: usize,
+}
+
+impl TableBuilder {
+    /// A builder publishing into `handle`, registering metrics in `metrics`.
+    pub fn new(handle: TableHandle, metrics: Metrics) -> Self {
+        TableBuilder {
+            handle,
+            metrics,
+            deployments: HashMap::new(),
+            endpoints: HashMap::new(),
+            generation: 0,
+        }
+    }
+
+    /// The handle this builder publishes to.
+    pub fn handle(&self) -> &TableHandle {
+        &self.handle
+    }
+
+    /// Builds a table from a validated `spec` and publishes it. Only endpoints whose declaration,
+    /// or whose deployments' declarations, changed are rebuilt; the rest are shared.
+    pub fn publish(&mut self, spec: &RouteSpec) -> BuildReport {
+        let changed_deployments = self.sync_deployments(spec);
+        let mut dirty: HashSet<&str> = changed_deployments.iter().map(|(e, _)| e.as_str()).collect();
+        for (name, endpoint) in &spec.endpoints {
+            match self.endpoints.get(name) {
+                Some(entry) if entry.spec == *endpoint => {}
+                _ => {
+                    dirty.insert(name.as_str());
+                }
+            }
+        }
+        let removed: Vec<String> = self
+            .endpoints
+            .keys()
+            .filter(|name| !spec.endpoints.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in &removed {
+            self.endpoints.remove(name);
+        }
+        let mut rebuilt = 0;
+        for name in dirty {
+            if let Some(endpoint) = spec.endpoints.get(name) {
+                self.build_endpoint(endpoint, spec);
+                rebuilt += 1;
+            }
+        }
+
+        self.generation += 1;
+        let table = RoutingTable {
+            endpoints: self
+                .endpoints
+                .iter()
+                .map(|(name, entry)| (name.as_str().into(), entry.built.clone()))
+                .collect(),
+            generation: self.generation,
+        };
+        let report = BuildReport {
+            generation: self.generation,
+            endpoints_rebuilt: rebuilt,
+            endpoints_removed: removed.len(),
+            endpoints: table.len(),
+        };
+        self.handle.store(table);
+
+        // Now that the table lists the new pods, let waiters have them.
+        for key in &changed_deployments {
+            if let Some(entry) = self.deployments.get(key) {
+                let routable: Box<[Arc<Pod>]> = entry
+                    .built
+                    .as_ref()
+                    .map(|d| d.pods.clone())
+                    .unwrap_or_default();
+                let s = entry.spec.settings;
+                entry
+                    .admission
+                    .update(s.max_concurrent_requests_per_instance, s.max_queue_length, routable);
+            }
+        }
+        self.collect_garbage();
+        report
+    }
+
+    /// Updates deployment entries from `spec`; returns the keys whose declaration changed
+    /// (including removed ones).
+    fn sync_deployments(&mut self, spec: &RouteSpec) -> Vec<(String, String)> {
+        let mut changed = Vec::new();
+        for (key, deployment) in &spec.deployments {
+            let entry = self.deployments.entry(key.clone()).or_insert_with(|| {
+                let s = deployment.settings;
+                DeploymentEntry {
+                    spec: deployment.clone(),
+                    admission: DeploymentAdmission::new(s.max_concurrent_requests_per_instance, s.max_queue_length),
+                    metrics: Arc::new(DeploymentMetrics::new(&self.metrics, &key.0, &key.1)),
+                    pods: HashMap::new(),
+                    built: None,
+                }
+            });
+            if entry.built.is_some() && entry.spec == *deployment {
+                continue;
+            }
+            entry.spec = deployment.clone();
+            entry.built = Some(Arc::new(build_deployment(entry)));
+            changed.push(key.clone());
+        }
+        for (key, entry) in &mut self.deployments {
+            if !spec.deployments.contains_key(key) && entry.built.is_some() {
+                entry.built = None;
+                for pod in entry.pods.values() {
+                    pod.set_routable(false);
+                }
+                changed.push(key.clone());
+            }
+        }
+        changed
+    }
+
+    fn build_endpoint(&mut self, spec: &EndpointSpec, routes: &RouteSpec) {
+        let deployments: Vec<Arc<Deployment>> = routes
+            .deployments_of(&spec.name)
+            .filter_map(|d| {
+                self.deployments
+                    .get(&(d.endpoint.clone(), d.name.clone()))
+                    .and_then(|e| e.built.clone())
+            })
+            .collect();
+        let index_of = |name: &str| deployments.iter().position(|d| &*d.name == name);
+        let mut traffic = Vec::new();
+        let mut bound: u16 = 0;
+        for (name, percent) in &spec.traffic {
+            if *percent == 0 {
+                continue;
+            }
+            if let Some(i) = index_of(name) {
+                bound += u16::from(*percent);
+                traffic.push((bound.min(100) as u8, i));
+            }
+        }
+        let mirror = spec
+            .mirror_traffic
+            .iter()
+            .find(|(_, p)| **p > 0)
+            .and_then(|(name, percent)| index_of(name).map(|i| (i, *percent)));
+        let unrouted = match self.endpoints.get(&spec.name) {
+            Some(entry) => entry.unrouted.clone(),
+            None => Arc::new(StatusCounters::new(&self.metrics, &spec.name, "")),
+        };
+        let endpoint = Arc::new(Endpoint {
+            name: spec.name.as_str().into(),
+            auth: Authenticator::new(&spec.name, spec.auth_mode, &spec.keys),
+            deployments: deployments.into_boxed_slice(),
+            traffic: traffic.into_boxed_slice(),
+            mirror,
+            unrouted: unrouted.clone(),
+        });
+        self.endpoints.insert(
+            spec.name.clone(),
+            EndpointEntry {
+                spec: spec.clone(),
+                unrouted,
+                built: endpoint,
+            },
+        );
+    }
+
+    /// Forgets pods and deployments that are gone and have nothing in flight.
+    fn collect_garbage(&mut self) {
+        for entry in self.deployments.values_mut() {
+            let listed: HashSet<SocketAddr> = entry.spec.pods.iter().map(|p| p.address).collect();
+            let keep_all = entry.built.is_some();
+            entry
+                .pods
+                .retain(|addr, pod| (keep_all && listed.contains(addr)) || pod.in_flight() > 0);
+        }
+        self.deployments
+            .retain(|_, entry| entry.built.is_some() || !entry.pods.is_empty());
+    }
+
+    /// Per-deployment live state, for metrics at scrape time.
+    pub fn for_each_deployment(&self, mut f: impl FnMut(&DeploymentAdmission, &DeploymentMetrics)) {
+        for entry in self.deployments.values() {
+            f(&entry.admission, &entry.metrics);
+        }
+    }
+}
+
+/// Makes the routable form of a deployment, reusing (or creating) its pods.
+fn build_deployment(entry: &mut DeploymentEntry) -> Deployment {
+    let spec = &entry.spec;
+    let mut states: BTreeMap<SocketAddr, bool> = BTreeMap::new();
+    for pod in &spec.pods {
+        states.insert(pod.address, pod.routable());
+    }
+    for (addr, pod) in &entry.pods {
+        if !states.contains_key(addr) {
+            pod.set_routable(false);
+        }
+    }
+    let mut routable = Vec::new();
+    for (addr, is_routable) in states {
+        let pod = entry
+            .pods
+            .entry(addr)
+            .or_insert_with(|| Arc::new(Pod::new(addr)))
+            .clone();
+        pod.set_routable(is_routable);
+        if is_routable {
+            routable.push(pod);
+        }
+    }
+    Deployment {
+        name: spec.name.as_str().into(),
+        name_header: HeaderValue::from_str(&spec.name).unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+        endpoint: spec.endpoint.as_str().into(),
+        settings: spec.settings,
+        pods: routable.into_boxed_slice(),
+        admission: entry.admission.clone(),
+        metrics: entry.metrics.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AuthMode, EndpointKeys, PodSpec};
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn spec(traffic: &[(&str, u8)], pods: &[(&str, Vec<PodSpec>)]) -> RouteSpec {
+        let mut s = RouteSpec::default();
+        s.endpoints.insert(
+            "ep-one".into(),
+            EndpointSpec {
+                name: "ep-one".into(),
+                auth_mode: AuthMode::Key,
+                keys: EndpointKeys {
+                    primary: "k".into(),
+                    secondary: None,
+                },
+                traffic: traffic.iter().map(|(d, p)| (d.to_string(), *p)).collect(),
+                mirror_traffic: BTreeMap::new(),
+            },
+        );
+        for (name, pods) in pods {
+            s.deployments.insert(
+                ("ep-one".into(), name.to_string()),
+                DeploymentSpec {
+                    name: name.to_string(),
+                    endpoint: "ep-one".into(),
+                    pods: pods.clone(),
+                    settings: RequestSettings::default(),
+                },
+            );
+        }
+        s
+    }
+
+    fn builder() -> TableBuilder {
+        TableBuilder::new(TableHandle::default(), Metrics::new())
+    }
+
+    #[test]
+    fn weighted_choice_follows_traffic() {
+        let mut b = builder();
+        b.publish(&spec(
+            &[("blue", 90), ("green", 10)],
+            &[("blue", vec![PodSpec::ready(addr(1))]), ("green", vec![PodSpec::ready(addr(2))])],
+        ));
+        let table = b.handle().snapshot();
+        let ep = table.endpoint("ep-one").unwrap();
+        let green = (0..10_000).filter(|_| &*ep.choose().unwrap().name == "green").count();
+        assert!((800..1200).contains(&green), "green got {green} of 10000");
+        assert!(ep.deployment_named(b"green").is_some());
+        assert!(ep.deployment_named(b"red").is_none());
+    }
+
+    #[test]
+    fn zero_traffic_chooses_nothing_but_header_still_works() {
+        let mut b = builder();
+        b.publish(&spec(&[("blue", 0)], &[("blue", vec![PodSpec::ready(addr(1))])]));
+        let table = b.handle().snapshot();
+        let ep = table.endpoint("ep-one").unwrap();
+        assert!(ep.choose().is_none());
+        assert!(ep.deployment_named(b"blue").is_some());
+    }
+
+    #[test]
+    fn in_flight_accounting_survives_rebuilds() {
+        let mut b = builder();
+        let one = spec(&[("blue", 100)], &[("blue", vec![PodSpec::ready(addr(1))])]);
+        b.publish(&one);
+        let table = b.handle().snapshot();
+        let d = table.endpoint("ep-one").unwrap().deployments[0].clone();
+        let slot = d.admission.try_acquire(&d.pods).unwrap();
+
+        // The pod disappears and comes back while the request is in flight.
+        b.publish(&spec(&[("blue", 100)], &[("blue", vec![])]));
+        assert!(!slot.pod().is_routable());
+        b.publish(&one);
+        let table = b.handle().snapshot();
+        let d2 = table.endpoint("ep-one").unwrap().deployments[0].clone();
+        assert!(Arc::ptr_eq(&d2.pods[0], slot.pod()), "the same pod state is reused");
+        assert!(d2.admission.try_acquire(&d2.pods).is_none(), "cap 1 still holds");
+        drop(slot);
+        assert!(d2.admission.try_acquire(&d2.pods).is_some());
+    }
+
+    #[test]
+    fn terminating_and_unready_pods_are_not_routable() {
+        let mut b = builder();
+        let pods = vec![
+            PodSpec::ready(addr(1)),
+            PodSpec {
+                address: addr(2),
+                ready: false,
+                terminating: false,
+            },
+            PodSpec {
+                address: addr(3),
+                ready: true,
+                terminating: true,
+            },
+        ];
+        b.publish(&spec(&[("blue", 100)], &[("blue", pods)]));
+        let table = b.handle().snapshot();
+        let d = &table.endpoint("ep-one").unwrap().deployments[0];
+        assert_eq!(d.pods.len(), 1);
+        assert_eq!(d.pods[0].address(), addr(1));
+    }
+
+    #[test]
+    fn unchanged_endpoints_are_shared_between_tables() {
+        let mut b = builder();
+        let mut s = spec(&[("blue", 100)], &[("blue", vec![PodSpec::ready(addr(1))])]);
+        let mut other = s.endpoints["ep-one"].clone();
+        other.name = "ep-two".into();
+        other.traffic.clear();
+        s.endpoints.insert("ep-two".into(), other);
+        b.publish(&s);
+        let first = b.handle().snapshot();
+        s.deployments.get_mut(&("ep-one".into(), "blue".into())).unwrap().pods.push(PodSpec::ready(addr(2)));
+        let report = b.publish(&s);
+        assert_eq!(report.endpoints_rebuilt, 1);
+        let second = b.handle().snapshot();
+        assert!(Arc::ptr_eq(first.endpoint("ep-two").unwrap(), second.endpoint("ep-two").unwrap()));
+        assert!(!Arc::ptr_eq(first.endpoint("ep-one").unwrap(), second.endpoint("ep-one").unwrap()));
+        assert_eq!(second.endpoint("ep-one").unwrap().deployments[0].pods.len(), 2);
+    }
+
+    #[test]
+    fn removed_endpoints_disappear() {
+        let mut b = builder();
+        b.publish(&spec(&[("blue", 100)], &[("blue", vec![PodSpec::ready(addr(1))])]));
+        let report = b.publish(&RouteSpec::default());
+        assert_eq!(report.endpoints_removed, 1);
+        assert!(b.handle().snapshot().endpoint("ep-one").is_none());
+    }
+}

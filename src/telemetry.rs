@@ -1,0 +1,403 @@
+//! Logs and metrics: the metric names, pre-registered per-deployment handles, the access log,
+//! and the tracing subscriber.
+//!
+//! Every router instance owns its own Prometheus recorder, so handles are registered once (at
+//! table build) and the request path only does atomic adds. Labels are bounded: endpoint and
+//! deployment names come from configuration, status codes from a small set; never pod IPs, paths
+//! or names a client typed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use parking_lot::Mutex;
+
+/// Metric names, in one place.
+pub mod names {
+    /// Requests answered, by endpoint, deployment and status code.
+    pub const REQUESTS: &str = "scoregate_requests_total";
+    /// Time from request arrival to response headers, in seconds.
+    pub const REQUEST_DURATION: &str = "scoregate_request_duration_seconds";
+    /// Time from sending to the pod to its response headers, in seconds.
+    pub const UPSTREAM_DURATION: &str = "scoregate_upstream_duration_seconds";
+    /// Time spent waiting in a deployment's queue, in seconds.
+    pub const QUEUE_WAIT: &str = "scoregate_queue_wait_seconds";
+    /// Requests on pods now, by endpoint and deployment.
+    pub const IN_FLIGHT: &str = "scoregate_in_flight_requests";
+    /// Requests waiting in a deployment's queue now.
+    pub const QUEUE_DEPTH: &str = "scoregate_queue_depth";
+    /// Pods that get new requests now.
+    pub const ROUTABLE_PODS: &str = "scoregate_routable_pods";
+    /// Pods with at least one request in flight now.
+    pub const BUSY_PODS: &str = "scoregate_busy_pods";
+    /// Failed connection attempts to pods.
+    pub const UPSTREAM_CONNECT_ERRORS: &str = "scoregate_upstream_connect_errors_total";
+    /// Mirrored copies, by outcome (`sent`, `skipped`, `dropped`, `failed`).
+    pub const MIRROR_REQUESTS: &str = "scoregate_mirror_requests_total";
+    /// Routing-table loads by source and result (`applied`, `refused`).
+    pub const TABLE_RELOADS: &str = "scoregate_table_reloads_total";
+    /// Endpoints in the routing table now.
+    pub const TABLE_ENDPOINTS: &str = "scoregate_table_endpoints";
+    /// Client connections open now, by listener.
+    pub const OPEN_CONNECTIONS: &str = "scoregate_open_connections";
+}
+
+/// Histogram buckets for durations, in seconds: 100 µs to 300 s.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0,
+];
+
+/// A router's metrics registry.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<MetricsInner>,
+}
+
+struct MetricsInner {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A new, empty registry.
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), DURATION_BUCKETS)
+            .expect("the bucket list is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        Metrics {
+            inner: Arc::new(MetricsInner { recorder, handle }),
+        }
+    }
+
+    fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
+        let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, v.to_string())).collect();
+        Key::from_parts(name, labels)
+    }
+
+    fn metadata() -> Metadata<'static> {
+        Metadata::new(module_path!(), Level::INFO, Some(module_path!()))
+    }
+
+    /// A counter handle.
+    pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
+        self.inner.recorder.register_counter(&Self::key(name, labels), &Self::metadata())
+    }
+
+    /// A gauge handle.
+    pub fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
+        self.inner.recorder.register_gauge(&Self::key(name, labels), &Self::metadata())
+    }
+
+    /// A histogram handle.
+    pub fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
+        self.inner.recorder.register_histogram(&Self::key(name, labels), &Self::metadata())
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.inner.handle.render()
+    }
+
+    /// Folds recorded histogram samples into buckets; run periodically so memory stays flat
+    /// between scrapes.
+    pub fn run_upkeep(&self) {
+        self.inner.handle.run_upkeep();
+    }
+}
+
+/// Status codes that get a lock-free counter; others share a small locked map.
+const COMMON_CODES: [u16; 20] = [
+    200, 201, 202, 204, 400, 401, 403, 404, 405, 408, 413, 415, 422, 429, 431, 500, 502, 503, 504, 424,
+];
+
+/// `scoregate_requests_total` counters for one (endpoint, deployment) pair, one per status code.
+pub struct StatusCounters {
+    metrics: Metrics,
+    endpoint: Arc<str>,
+    deployment: Arc<str>,
+    common: [OnceLock<Counter>; COMMON_CODES.len()],
+    other: Mutex<HashMap<u16, Counter>>,
+}
+
+impl StatusCounters {
+    /// Counters labelled with `endpoint` and `deployment` (empty when not known).
+    pub fn new(metrics: &Metrics, endpoint: &str, deployment: &str) -> Self {
+        StatusCounters {
+            metrics: metrics.clone(),
+            endpoint: endpoint.into(),
+            deployment: deployment.into(),
+            common: Default::default(),
+            other: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn register(&self, code: u16) -> Counter {
+        self.metrics.counter(
+            names::REQUESTS,
+            &[
+                ("endpoint", &self.endpoint),
+                ("deployment", &self.deployment),
+                ("code", itoa::Buffer::new().format(code)),
+            ],
+        )
+    }
+
+    /// Counts one response with `code`.
+    pub fn record(&self, code: u16) {
+        match COMMON_CODES.iter().position(|c| *c == code) {
+            Some(i) => self.common[i].get_or_init(|| self.register(code)).increment(1),
+            None => self
+                .other
+                .lock()
+                .entry(code)
+                .or_insert_with(|| self.register(code))
+                .increment(1),
+        }
+    }
+}
+
+/// Pre-registered handles for one deployment.
+pub struct DeploymentMetrics {
+    /// Responses by status code.
+    pub requests: StatusCounters,
+    /// Arrival to response headers.
+    pub duration: Histogram,
+    /// Send to response headers.
+    pub upstream_duration: Histogram,
+    /// Time in the queue.
+    pub queue_wait: Histogram,
+    /// Failed connects to pods.
+    pub connect_errors: Counter,
+    /// Mirrored copies sent.
+    pub mirror_sent: Counter,
+    /// Mirror copies not sent: the body was over the mirror cap or not fully received.
+    pub mirror_skipped: Counter,
+    /// Mirror copies dropped because the mirror deployment had no free slot in time.
+    pub mirror_dropped: Counter,
+    /// Mirror copies that failed at the pod.
+    pub mirror_failed: Counter,
+    in_flight: Gauge,
+    queue_depth: Gauge,
+    routable_pods: Gauge,
+    busy_pods: Gauge,
+}
+
+impl DeploymentMetrics {
+    /// Registers every handle of deployment `deployment` of `endpoint`.
+    pub fn new(metrics: &Metrics, endpoint: &str, deployment: &str) -> Self {
+        let labels = [("endpoint", endpoint), ("deployment", deployment)];
+        let mirror = |result: &str| {
+            metrics.counter(
+                names::MIRROR_REQUESTS,
+                &[("endpoint", endpoint), ("deployment", deployment), ("result", result)],
+            )
+        };
+        DeploymentMetrics {
+            requests: StatusCounters::new(metrics, endpoint, deployment),
+            duration: metrics.histogram(names::REQUEST_DURATION, &labels),
+            upstream_duration: metrics.histogram(names::UPSTREAM_DURATION, &labels),
+            queue_wait: metrics.histogram(names::QUEUE_WAIT, &labels),
+            connect_errors: metrics.counter(names::UPSTREAM_CONNECT_ERRORS, &labels),
+            mirror_sent: mirror("sent"),
+            mirror_skipped: mirror("skipped"),
+            mirror_dropped: mirror("dropped"),
+            mirror_failed: mirror("failed"),
+            in_flight: metrics.gauge(names::IN_FLIGHT, &labels),
+            queue_depth: metrics.gauge(names::QUEUE_DEPTH, &labels),
+            routable_pods: metrics.gauge(names::ROUTABLE_PODS, &labels),
+            busy_pods: metrics.gauge(names::BUSY_PODS, &labels),
+        }
+    }
+
+    /// Sets the gauges from live admission counts (done at scrape time, not per request).
+    pub fn set_admission(&self, stats: crate::balance::AdmissionStats) {
+        self.in_flight.set(f64::from(stats.in_flight));
+        self.queue_depth.set(f64::from(stats.queued));
+        self.routable_pods.set(f64::from(stats.pods));
+        self.busy_pods.set(f64::from(stats.busy_pods));
+    }
+}
+
+/// Which requests get an access-log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogMode {
+    /// Every request.
+    #[default]
+    On,
+    /// No request.
+    Off,
+    /// Only responses with status 400 and above.
+    Errors,
+}
+
+const MODE_ON: u8 = 0;
+const MODE_OFF: u8 = 1;
+const MODE_ERRORS: u8 = 2;
+
+/// The access-log policy: a mode and a sampling rate for successful requests.
+#[derive(Debug)]
+pub struct AccessLog {
+    mode: AtomicU8,
+    sample_one_in: AtomicU32,
+}
+
+impl AccessLog {
+    /// Logs per `mode`, keeping one in `sample_one_in` successful requests (errors always).
+    pub fn new(mode: AccessLogMode, sample_one_in: u32) -> Self {
+        let mode = match mode {
+            AccessLogMode::On => MODE_ON,
+            AccessLogMode::Off => MODE_OFF,
+            AccessLogMode::Errors => MODE_ERRORS,
+        };
+        AccessLog {
+            mode: AtomicU8::new(mode),
+            sample_one_in: AtomicU32::new(sample_one_in.max(1)),
+        }
+    }
+
+    /// Whether a response with `status` is logged.
+    pub fn wants(&self, status: u16) -> bool {
+        match self.mode.load(Ordering::Relaxed) {
+            MODE_OFF => false,
+            MODE_ERRORS => status >= 400,
+            _ => {
+                if status >= 400 {
+                    return true;
+                }
+                let n = self.sample_one_in.load(Ordering::Relaxed);
+                n <= 1 || fastrand::u32(..n) == 0
+            }
+        }
+    }
+}
+
+/// What the access log says about one routed request, filled in along the way and written when
+/// the response body ends (or the client goes away).
+pub struct RequestRecord {
+    /// When the request arrived.
+    pub started: Instant,
+    /// The request id sent to the pod and the client.
+    pub request_id: http::HeaderValue,
+    /// Request method.
+    pub method: http::Method,
+    /// Path and query as the client sent them.
+    pub path: Option<http::uri::PathAndQuery>,
+    /// Endpoint name.
+    pub endpoint: Arc<str>,
+    /// Deployment that served.
+    pub deployment: Arc<str>,
+    /// Pod that served.
+    pub pod: SocketAddr,
+    /// Response status.
+    pub status: u16,
+    /// Time waiting for a slot.
+    pub queue_wait: Duration,
+    /// Time from send to response headers.
+    pub upstream: Duration,
+    /// The client's address.
+    pub client: SocketAddr,
+}
+
+impl RequestRecord {
+    /// Writes the access-log line: `complete` says whether the body reached its end.
+    pub fn finish(self, response_bytes: u64, complete: bool) {
+        tracing::info!(
+            target: "scoregate::access",
+            request_id = self.request_id.to_str().unwrap_or(""),
+            client = %self.client,
+            method = %self.method,
+            path = self.path.as_ref().map_or("", |p| p.as_str()),
+            endpoint = &*self.endpoint,
+            deployment = &*self.deployment,
+            pod = %self.pod,
+            status = self.status,
+            queue_ms = ms(self.queue_wait),
+            upstream_ms = ms(self.upstream),
+            total_ms = ms(self.started.elapsed()),
+            response_bytes,
+            complete,
+        );
+    }
+}
+
+/// Milliseconds with microsecond precision, for log fields.
+pub fn ms(d: Duration) -> f64 {
+    (d.as_micros() as f64) / 1000.0
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Installs the global tracing subscriber, writing through a background thread so a slow
+/// terminal never slows requests. Keep the returned guard alive until exit: dropping it flushes.
+/// `RUST_LOG` overrides the default filter (`info`).
+pub fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    use tracing_subscriber::EnvFilter;
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let result = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    if let Err(e) = result {
+        eprintln!("logging was already set up: {e}");
+    }
+    guard
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_counters_render_with_bounded_labels() {
+        let m = Metrics::new();
+        let c = StatusCounters::new(&m, "ep-one", "blue");
+        c.record(200);
+        c.record(200);
+        c.record(418);
+        let text = m.render();
+        assert!(
+            text.contains(r#"scoregate_requests_total{endpoint="ep-one",deployment="blue",code="200"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"scoregate_requests_total{endpoint="ep-one",deployment="blue",code="418"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn access_log_modes() {
+        assert!(AccessLog::new(AccessLogMode::On, 1).wants(200));
+        assert!(!AccessLog::new(AccessLogMode::Off, 1).wants(500));
+        let errors = AccessLog::new(AccessLogMode::Errors, 1);
+        assert!(!errors.wants(200) && errors.wants(404));
+        let sampled = AccessLog::new(AccessLogMode::On, 1_000_000);
+        assert!(sampled.wants(503));
+        assert!((0..100).filter(|_| sampled.wants(200)).count() < 5);
+    }
+}
