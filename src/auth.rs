@@ -123,7 +123,8 @@ impl Authenticator {
                 let primary_ok = presented.ct_eq(primary);
                 // Compare against a digest that never matches when there is no secondary key,
                 // so the work done is the same either way.
-                let secondary_ok = presented.ct_eq(secondary.as_ref().unwrap_or(&[0u8; 32])) & subtle::Choice::from(u8::from(secondary.is_some()));
+                let secondary_ok = presented.ct_eq(secondary.as_ref().unwrap_or(&[0u8; 32]))
+                    & subtle::Choice::from(u8::from(secondary.is_some()));
                 if bool::from(primary_ok | secondary_ok) {
                     Ok(())
                 } else {
@@ -136,7 +137,9 @@ impl Authenticator {
                 for key in keys {
                     match jsonwebtoken::decode::<Claims>(token, key, validation) {
                         Ok(_) => return Ok(()),
-                        Err(e) if *e.kind() == ErrorKind::ExpiredSignature => outcome = Err(AuthError::ExpiredToken),
+                        Err(e) if *e.kind() == ErrorKind::ExpiredSignature => {
+                            outcome = Err(AuthError::ExpiredToken)
+                        }
                         Err(_) => {}
                     }
                 }
@@ -172,7 +175,12 @@ pub struct IssuedToken {
 }
 
 /// Mints a token for `endpoint`, valid for `ttl` from `now`, signed with the endpoint's primary key.
-pub fn issue_token(endpoint: &str, keys: &EndpointKeys, ttl: Duration, now: SystemTime) -> anyhow::Result<IssuedToken> {
+pub fn issue_token(
+    endpoint: &str,
+    keys: &EndpointKeys,
+    ttl: Duration,
+    now: SystemTime,
+) -> anyhow::Result<IssuedToken> {
     let iat = now.duration_since(UNIX_EPOCH)?.as_secs();
     let exp = iat + ttl.as_secs().max(1);
     let refresh = iat + ttl.as_secs().max(1) / 2;
@@ -224,7 +232,10 @@ mod tests {
         let a = Authenticator::new("ep-one", AuthMode::Key, &keys("key-one", Some("key-two")));
         assert_eq!(a.check(&with_auth("Bearer key-one")), Ok(()));
         assert_eq!(a.check(&with_auth("bearer key-two")), Ok(()));
-        assert_eq!(a.check(&with_auth("Bearer key-three")), Err(AuthError::InvalidKey));
+        assert_eq!(
+            a.check(&with_auth("Bearer key-three")),
+            Err(AuthError::InvalidKey)
+        );
         assert_eq!(a.check(&with_auth("key-one")), Err(AuthError::Missing));
         assert_eq!(a.check(&with_auth("Bearer ")), Err(AuthError::Missing));
         assert_eq!(a.check(&HeaderMap::new()), Err(AuthError::Missing));
@@ -233,7 +244,10 @@ mod tests {
     #[test]
     fn key_mode_without_secondary_rejects_the_fallback_digest() {
         let a = Authenticator::new("ep-one", AuthMode::Key, &keys("key-one", None));
-        assert_eq!(a.check(&with_auth("Bearer key-two")), Err(AuthError::InvalidKey));
+        assert_eq!(
+            a.check(&with_auth("Bearer key-two")),
+            Err(AuthError::InvalidKey)
+        );
     }
 
     #[test]
@@ -242,35 +256,65 @@ mod tests {
         let a = Authenticator::new("ep-one", AuthMode::AmlToken, &k);
         let now = SystemTime::now();
         let good = issue_token("ep-one", &k, Duration::from_secs(3600), now).unwrap();
-        assert_eq!(a.check(&with_auth(&format!("Bearer {}", good.access_token))), Ok(()));
+        assert_eq!(
+            a.check(&with_auth(&format!("Bearer {}", good.access_token))),
+            Ok(())
+        );
 
         let other_endpoint = issue_token("ep-two", &k, Duration::from_secs(3600), now).unwrap();
         assert_eq!(
-            a.check(&with_auth(&format!("Bearer {}", other_endpoint.access_token))),
+            a.check(&with_auth(&format!(
+                "Bearer {}",
+                other_endpoint.access_token
+            ))),
             Err(AuthError::InvalidToken)
         );
 
-        let old = issue_token("ep-one", &k, Duration::from_secs(60), now - Duration::from_secs(7200)).unwrap();
+        let old = issue_token(
+            "ep-one",
+            &k,
+            Duration::from_secs(60),
+            now - Duration::from_secs(7200),
+        )
+        .unwrap();
         assert_eq!(
             a.check(&with_auth(&format!("Bearer {}", old.access_token))),
             Err(AuthError::ExpiredToken)
         );
 
-        let forged = issue_token("ep-one", &keys("not-the-key", None), Duration::from_secs(3600), now).unwrap();
+        let forged = issue_token(
+            "ep-one",
+            &keys("not-the-key", None),
+            Duration::from_secs(3600),
+            now,
+        )
+        .unwrap();
         assert_eq!(
             a.check(&with_auth(&format!("Bearer {}", forged.access_token))),
             Err(AuthError::InvalidToken)
         );
-        assert_eq!(a.check(&with_auth("Bearer signing-key-1")), Err(AuthError::InvalidToken));
+        assert_eq!(
+            a.check(&with_auth("Bearer signing-key-1")),
+            Err(AuthError::InvalidToken)
+        );
     }
 
     #[test]
     fn tokens_survive_rotation_to_the_secondary_key() {
         let before = keys("old-key", Some("new-key"));
-        let token = issue_token("ep-one", &before, Duration::from_secs(3600), SystemTime::now()).unwrap();
+        let token = issue_token(
+            "ep-one",
+            &before,
+            Duration::from_secs(3600),
+            SystemTime::now(),
+        )
+        .unwrap();
         let after = keys("new-key", Some("old-key"));
         let a = Authenticator::new("ep-one", AuthMode::AmlToken, &after);
-        assert_eq!(a.check(&with_auth(&format!("Bearer {}", token.access_token))), Ok(()));
+        assert_eq!(
+            a.check(&with_auth(&format!("Bearer {}", token.access_token))),
+            Ok(())
+        );
     }
 
     #[test]

@@ -35,7 +35,8 @@ pub struct Pod {
 impl Pod {
     /// A pod at `address`, routable, with no requests in flight.
     pub fn new(address: SocketAddr) -> Self {
-        let authority = http::HeaderValue::from_str(&address.to_string()).expect("a socket address is a valid header value");
+        let authority = http::HeaderValue::from_str(&address.to_string())
+            .expect("a socket address is a valid header value");
         Pod {
             address,
             authority,
@@ -79,10 +80,12 @@ impl Pod {
             if current >= cap {
                 return false;
             }
-            match self
-                .in_flight
-                .compare_exchange_weak(current, current + 1, Ordering::SeqCst, Ordering::Relaxed)
-            {
+            match self.in_flight.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return true,
                 Err(actual) => current = actual,
             }
@@ -120,7 +123,9 @@ pub struct Slot {
 impl Slot {
     /// The pod this slot is on.
     pub fn pod(&self) -> &Arc<Pod> {
-        self.pod.as_ref().expect("a slot holds its pod until dropped")
+        self.pod
+            .as_ref()
+            .expect("a slot holds its pod until dropped")
     }
 
     /// Frees the slot without offering it to waiters (used while the queue lock is held).
@@ -190,10 +195,17 @@ impl DeploymentAdmission {
 
     /// Publishes new limits and the new set of routable pods, then serves waiters that
     /// the change lets in. Called by the table builder, never on the request path.
-    pub fn update(self: &Arc<Self>, cap: u32, max_queue_length: Option<u32>, pods: Box<[Arc<Pod>]>) {
+    pub fn update(
+        self: &Arc<Self>,
+        cap: u32,
+        max_queue_length: Option<u32>,
+        pods: Box<[Arc<Pod>]>,
+    ) {
         self.cap.store(cap.max(1), Ordering::SeqCst);
-        self.max_queue_length
-            .store(max_queue_length.unwrap_or(QUEUE_BOUND_AUTO), Ordering::SeqCst);
+        self.max_queue_length.store(
+            max_queue_length.unwrap_or(QUEUE_BOUND_AUTO),
+            Ordering::SeqCst,
+        );
         self.pods.store(Arc::new(pods));
         self.grant_waiters();
     }
@@ -235,7 +247,11 @@ impl DeploymentAdmission {
     }
 
     /// Like [`Self::try_acquire`], never choosing `excluded` (the pod a retry moves away from).
-    pub fn try_acquire_excluding(self: &Arc<Self>, pods: &[Arc<Pod>], excluded: Option<&Arc<Pod>>) -> Option<Slot> {
+    pub fn try_acquire_excluding(
+        self: &Arc<Self>,
+        pods: &[Arc<Pod>],
+        excluded: Option<&Arc<Pod>>,
+    ) -> Option<Slot> {
         let pod = pick(pods, self.cap(), excluded)?;
         Some(Slot {
             pod: Some(pod),
@@ -245,7 +261,11 @@ impl DeploymentAdmission {
 
     /// Admits one request: a free slot at once, or the oldest-first queue for at most `max_wait`.
     /// `pods` is the list from the routing snapshot the request loaded.
-    pub async fn admit(self: &Arc<Self>, pods: &[Arc<Pod>], max_wait: Duration) -> Result<Slot, AdmitError> {
+    pub async fn admit(
+        self: &Arc<Self>,
+        pods: &[Arc<Pod>],
+        max_wait: Duration,
+    ) -> Result<Slot, AdmitError> {
         if pods.is_empty() {
             return Err(AdmitError::NoReadyPod);
         }
@@ -267,7 +287,10 @@ impl DeploymentAdmission {
         }
     }
 
-    fn enqueue(self: &Arc<Self>, routable_pods: usize) -> Result<oneshot::Receiver<Slot>, AdmitError> {
+    fn enqueue(
+        self: &Arc<Self>,
+        routable_pods: usize,
+    ) -> Result<oneshot::Receiver<Slot>, AdmitError> {
         let mut queue = self.queue.lock();
         let bound = match self.max_queue_length.load(Ordering::Relaxed) {
             QUEUE_BOUND_AUTO => (self.cap() as usize).saturating_mul(routable_pods),
@@ -308,7 +331,9 @@ impl DeploymentAdmission {
                 continue;
             }
             let pods = self.pods.load();
-            let Some(slot) = self.try_acquire(&pods) else { break };
+            let Some(slot) = self.try_acquire(&pods) else {
+                break;
+            };
             let waiter = queue.pop_front().expect("front exists");
             if let Err(slot) = waiter.grant.send(slot) {
                 // The waiter gave up between the check and the send.
@@ -395,14 +420,20 @@ mod tests {
         assert!(a.try_acquire(&pods).is_none());
         drop(s1);
         assert!(a.try_acquire(&pods).is_some());
-        assert_eq!(a.stats().in_flight, 1, "the dropped temporary slot is released too");
+        assert_eq!(
+            a.stats().in_flight,
+            1,
+            "the dropped temporary slot is released too"
+        );
     }
 
     #[test]
     fn p2c_prefers_the_less_loaded_pod() {
         let pods = pods(2);
         let a = admission(100, None, &pods);
-        let held: Vec<_> = (0..10).map(|_| a.try_acquire(&pods[..1]).unwrap()).collect();
+        let held: Vec<_> = (0..10)
+            .map(|_| a.try_acquire(&pods[..1]).unwrap())
+            .collect();
         for _ in 0..20 {
             let s = a.try_acquire(&pods).unwrap();
             assert_eq!(s.pod().address(), pods[1].address());
@@ -435,7 +466,10 @@ mod tests {
     #[tokio::test]
     async fn no_pods_is_no_ready_pod() {
         let a = admission(1, None, &[]);
-        assert_eq!(a.admit(&[], Duration::from_millis(10)).await.unwrap_err(), AdmitError::NoReadyPod);
+        assert_eq!(
+            a.admit(&[], Duration::from_millis(10)).await.unwrap_err(),
+            AdmitError::NoReadyPod
+        );
     }
 
     #[tokio::test]
@@ -446,13 +480,21 @@ mod tests {
         let waiting = {
             let a = a.clone();
             let pods = pods.clone();
-            tokio::spawn(async move { a.admit(&pods, Duration::from_millis(200)).await.map(|_| ()) })
+            tokio::spawn(
+                async move { a.admit(&pods, Duration::from_millis(200)).await.map(|_| ()) },
+            )
         };
         while a.queued() == 0 {
             tokio::task::yield_now().await;
         }
-        assert_eq!(a.admit(&pods, Duration::from_secs(5)).await.unwrap_err(), AdmitError::QueueFull);
-        assert_eq!(waiting.await.unwrap().unwrap_err(), AdmitError::QueueTimeout);
+        assert_eq!(
+            a.admit(&pods, Duration::from_secs(5)).await.unwrap_err(),
+            AdmitError::QueueFull
+        );
+        assert_eq!(
+            waiting.await.unwrap().unwrap_err(),
+            AdmitError::QueueTimeout
+        );
     }
 
     #[tokio::test]
@@ -491,7 +533,11 @@ mod tests {
         let _busy = a.admit(&first, Duration::ZERO).await.unwrap();
         let waiter = {
             let (a, first) = (a.clone(), first.clone());
-            tokio::spawn(async move { a.admit(&first, Duration::from_secs(30)).await.map(|s| s.pod().address()) })
+            tokio::spawn(async move {
+                a.admit(&first, Duration::from_secs(30))
+                    .await
+                    .map(|s| s.pod().address())
+            })
         };
         while a.queued() == 0 {
             tokio::task::yield_now().await;

@@ -136,37 +136,45 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = RequestBodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match &mut self.get_mut().kind {
             RequestKind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            RequestKind::Streaming { inner, limit, seen, tee } => {
-                match Pin::new(inner).poll_frame(cx) {
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(None) => {
-                        if let Some(tee) = tee {
-                            tee.finish();
-                        }
-                        Poll::Ready(None)
+            RequestKind::Streaming {
+                inner,
+                limit,
+                seen,
+                tee,
+            } => match Pin::new(inner).poll_frame(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(None) => {
+                    if let Some(tee) = tee {
+                        tee.finish();
                     }
-                    Poll::Ready(Some(Err(e))) => {
-                        *tee = None;
-                        Poll::Ready(Some(Err(RequestBodyError::Client(e))))
-                    }
-                    Poll::Ready(Some(Ok(frame))) => {
-                        if let Some(data) = frame.data_ref() {
-                            *seen += data.len() as u64;
-                            if *seen > *limit {
-                                *tee = None;
-                                return Poll::Ready(Some(Err(RequestBodyError::TooLarge { limit: *limit })));
-                            }
-                            if let Some(tee) = tee {
-                                tee.push(data);
-                            }
-                        }
-                        Poll::Ready(Some(Ok(frame)))
-                    }
+                    Poll::Ready(None)
                 }
-            }
+                Poll::Ready(Some(Err(e))) => {
+                    *tee = None;
+                    Poll::Ready(Some(Err(RequestBodyError::Client(e))))
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        *seen += data.len() as u64;
+                        if *seen > *limit {
+                            *tee = None;
+                            return Poll::Ready(Some(Err(RequestBodyError::TooLarge {
+                                limit: *limit,
+                            })));
+                        }
+                        if let Some(tee) = tee {
+                            tee.push(data);
+                        }
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+            },
         }
     }
 
@@ -179,7 +187,9 @@ impl Body for RequestBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            RequestKind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            RequestKind::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
             RequestKind::Streaming { inner, .. } => inner.size_hint(),
         }
     }
@@ -190,7 +200,7 @@ struct Streaming {
     inner: Incoming,
     slot: Option<Slot>,
     sender: Option<PooledSender>,
-    record: Option<RequestRecord>,
+    record: Option<Box<RequestRecord>>,
     bytes: u64,
     done: bool,
 }
@@ -240,7 +250,12 @@ pub struct ResponseBody {
 
 impl ResponseBody {
     /// The pod's body, streamed; `slot` and `sender` are released when it ends or is dropped.
-    pub fn streaming(inner: Incoming, slot: Slot, sender: PooledSender, record: Option<RequestRecord>) -> Self {
+    pub fn streaming(
+        inner: Incoming,
+        slot: Slot,
+        sender: PooledSender,
+        record: Option<Box<RequestRecord>>,
+    ) -> Self {
         let mut streaming = Streaming {
             inner,
             slot: Some(slot),
@@ -277,7 +292,10 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match &mut self.get_mut().kind {
             ResponseKind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ResponseKind::Streaming(s) => {
@@ -317,7 +335,9 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            ResponseKind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            ResponseKind::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
             ResponseKind::Streaming(s) => s.inner.size_hint(),
         }
     }

@@ -1,15 +1,23 @@
 //! scoregate: an inference router for Azure ML style online endpoints on Kubernetes.
 //!
 //! The request path (DESIGN.md): [`proxy`] answers requests from the [`table::RoutingTable`]
-//! that discovery publishes; [`balance`] admits them onto pods; [`upstream`] forwards them.
+//! that [`discovery`] publishes; [`balance`] admits them onto pods; [`upstream`] forwards them.
+//! [`router::Router`] assembles one instance; [`demo`] runs one with [`sample_model`] pods.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod auth;
 pub mod balance;
 pub mod body;
+pub mod config;
+pub mod demo;
+pub mod discovery;
 pub mod model;
 pub mod proxy;
+pub mod router;
+pub mod sample_model;
+pub mod server;
 pub mod table;
 pub mod telemetry;
 pub mod upstream;

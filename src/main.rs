@@ -1,1 +1,283 @@
-fn main() {}
+//! The `scoregate` command: parse, build, run. No logic lives here.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use scoregate::config::{RouterConfig, TlsConfig};
+use scoregate::demo::{Demo, DemoOptions};
+use scoregate::discovery::file::load_routes;
+use scoregate::router::Router;
+use scoregate::telemetry::{init_logging, AccessLogMode, LogFormat};
+
+/// scoregate: an inference router for Azure ML style online endpoints.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve scoring traffic.
+    Serve(ServeArgs),
+    /// Run a router with sample model servers and print a working curl.
+    Demo(DemoArgs),
+    /// Check a configuration and routes file without serving.
+    Check(ServeArgs),
+    /// Print the routing table a routes file makes.
+    Routes {
+        /// The routes file.
+        #[arg(long)]
+        routes: PathBuf,
+    },
+    /// Mint a token for an endpoint in `aml_token` mode, as `az ml online-endpoint get-credentials` shows it.
+    Token {
+        /// The routes file that declares the endpoint.
+        #[arg(long)]
+        routes: PathBuf,
+        /// The endpoint.
+        #[arg(long)]
+        endpoint: String,
+        /// Lifetime, e.g. `1h`, `30m`, `24h`.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+}
+
+#[derive(Args, Clone)]
+struct ServeArgs {
+    /// Router configuration file (YAML); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Routes file (YAML), reloaded on change.
+    #[arg(long)]
+    routes: Option<PathBuf>,
+    /// Plain-HTTP listen address (needs --allow-insecure-connections).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// HTTPS listen address.
+    #[arg(long)]
+    tls_listen: Option<SocketAddr>,
+    /// Admin listen address (/healthz, /readyz, /metrics).
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// TLS certificate chain (PEM).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM, unencrypted).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP too.
+    #[arg(long)]
+    allow_insecure_connections: bool,
+    /// Worker threads (0 = one per CPU; 1 = single-threaded).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Log format.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Access log: on, off or errors.
+    #[arg(long, value_enum)]
+    access_log: Option<AccessLogMode>,
+    /// Log one in N successful requests.
+    #[arg(long)]
+    access_log_sample: Option<u32>,
+    /// Also route `Host: {endpoint}.{domain}`.
+    #[arg(long)]
+    host_domain: Option<String>,
+}
+
+impl ServeArgs {
+    fn config(&self) -> anyhow::Result<RouterConfig> {
+        let mut c = match &self.config {
+            Some(path) => RouterConfig::from_file(path)?,
+            None => RouterConfig::default(),
+        };
+        if let Some(routes) = &self.routes {
+            c.discovery.routes_file = Some(routes.clone());
+        }
+        if let Some(a) = self.listen {
+            c.listen.http = a;
+        }
+        if let Some(a) = self.tls_listen {
+            c.listen.https = a;
+        }
+        if let Some(a) = self.admin_listen {
+            c.listen.admin = a;
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            let (min_version, server_name) = match &c.tls {
+                Some(t) => (t.min_version.clone(), t.server_name.clone()),
+                None => ("1.2".into(), None),
+            };
+            c.tls = Some(TlsConfig {
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+                min_version,
+                server_name,
+            });
+        }
+        if self.allow_insecure_connections {
+            c.allow_insecure_connections = true;
+        }
+        if let Some(w) = self.workers {
+            c.workers = w;
+        }
+        if let Some(f) = self.log_format {
+            c.log.format = f;
+        }
+        if let Some(m) = self.access_log {
+            c.log.access_log = m;
+        }
+        if let Some(n) = self.access_log_sample {
+            c.log.access_log_sample = n;
+        }
+        if let Some(d) = &self.host_domain {
+            c.routing.host_domain = Some(d.clone());
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Scoring port on 127.0.0.1.
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Admin port on 127.0.0.1.
+    #[arg(long, default_value_t = 9091)]
+    admin_port: u16,
+}
+
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = match workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("scoregate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    // rustls needs one process-wide crypto provider; kube's client and ours share it.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    match cli.command {
+        Command::Serve(args) => {
+            let config = args.config()?;
+            let _logs = init_logging(config.log.format);
+            runtime(config.workers)?.block_on(async {
+                let router = Router::start(config).await?;
+                router.run_until_signal().await
+            })
+        }
+        Command::Check(args) => {
+            let config = args.config()?;
+            let path = config
+                .discovery
+                .routes_file
+                .as_ref()
+                .context("no routes file")?;
+            let spec = load_routes(path)?;
+            println!(
+                "{}: ok ({} endpoints, {} deployments)",
+                path.display(),
+                spec.endpoints.len(),
+                spec.deployments.len()
+            );
+            Ok(())
+        }
+        Command::Routes { routes } => {
+            let spec = load_routes(&routes)?;
+            for endpoint in spec.endpoints.values() {
+                println!(
+                    "endpoint {} (auth {}) traffic {:?} mirror {:?}",
+                    endpoint.name,
+                    endpoint.auth_mode.as_str(),
+                    endpoint.traffic,
+                    endpoint.mirror_traffic
+                );
+                for d in spec.deployments_of(&endpoint.name) {
+                    let s = d.settings;
+                    println!(
+                        "  deployment {}: timeout {} ms, {} per pod, queue wait {} ms",
+                        d.name,
+                        s.request_timeout_ms,
+                        s.max_concurrent_requests_per_instance,
+                        s.max_queue_wait_ms
+                    );
+                    for pod in &d.pods {
+                        let state = match (pod.ready, pod.terminating) {
+                            (_, true) => "terminating",
+                            (true, false) => "ready",
+                            (false, false) => "not ready",
+                        };
+                        println!("    pod {} {state}", pod.address);
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Token {
+            routes,
+            endpoint,
+            ttl,
+        } => {
+            let spec = load_routes(&routes)?;
+            let e = spec.endpoints.get(&endpoint).with_context(|| {
+                format!(
+                    "{}: no endpoint `{endpoint}` (it declares: {:?})",
+                    routes.display(),
+                    spec.endpoints.keys().collect::<Vec<_>>()
+                )
+            })?;
+            if e.auth_mode != scoregate::model::AuthMode::AmlToken {
+                anyhow::bail!(
+                    "endpoint `{endpoint}` uses auth_mode `{}`: tokens work only with `auth_mode: aml_token`; clients of a key endpoint send its key",
+                    e.auth_mode.as_str()
+                );
+            }
+            let token = scoregate::auth::issue_token(&endpoint, &e.keys, ttl, SystemTime::now())?;
+            println!("{}", serde_json::to_string_pretty(&token)?);
+            Ok(())
+        }
+        Command::Demo(args) => {
+            let _logs = init_logging(LogFormat::Text);
+            runtime(0)?.block_on(async {
+                let demo = Demo::start(&DemoOptions {
+                    port: args.port,
+                    admin_port: args.admin_port,
+                })
+                .await?;
+                println!("{}", demo.instructions());
+                demo.router.run_until_signal().await
+            })
+        }
+    }
+}

@@ -169,7 +169,12 @@ pub fn check_name(name: &str) -> Result<(), String> {
     let len = name.chars().count();
     let first_is_letter = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
     let allowed = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
-    if !(3..=32).contains(&len) || !first_is_letter || !allowed || name.ends_with('-') || name.contains("--") {
+    if !(3..=32).contains(&len)
+        || !first_is_letter
+        || !allowed
+        || name.ends_with('-')
+        || name.contains("--")
+    {
         return Err(format!(
             "`{name}` is not a valid name: use 3–32 characters, a letter first, then letters, digits \
              and single dashes, not ending with a dash (for example `my-endpoint`)"
@@ -186,7 +191,11 @@ impl RouteSpec {
             endpoint.validate(&format!("endpoints[{name}]"), self, &mut errors);
         }
         for ((endpoint, name), deployment) in &self.deployments {
-            deployment.validate(&format!("deployments[{endpoint}/{name}]"), self, &mut errors);
+            deployment.validate(
+                &format!("deployments[{endpoint}/{name}]"),
+                self,
+                &mut errors,
+            );
         }
         if errors.is_empty() {
             Ok(())
@@ -196,7 +205,10 @@ impl RouteSpec {
     }
 
     /// The deployments of one endpoint, in name order.
-    pub fn deployments_of<'a>(&'a self, endpoint: &'a str) -> impl Iterator<Item = &'a DeploymentSpec> + 'a {
+    pub fn deployments_of<'a>(
+        &'a self,
+        endpoint: &'a str,
+    ) -> impl Iterator<Item = &'a DeploymentSpec> + 'a {
         self.deployments
             .range((endpoint.to_owned(), String::new())..)
             .take_while(move |((e, _), _)| e == endpoint)
@@ -216,17 +228,29 @@ impl EndpointSpec {
             err(".name", message);
         }
         if self.keys.primary.is_empty() {
-            err(".keys.primary", "the primary key is empty: set a key of at least 16 characters".into());
+            err(
+                ".keys.primary",
+                "the primary key is empty: set a key of at least 16 characters".into(),
+            );
         }
         if self.keys.secondary.as_deref() == Some("") {
-            err(".keys.secondary", "the secondary key is empty: remove it or set a key".into());
+            err(
+                ".keys.secondary",
+                "the secondary key is empty: remove it or set a key".into(),
+            );
         }
-        let exists = |d: &str| spec.deployments.contains_key(&(self.name.clone(), d.to_owned()));
+        let exists = |d: &str| {
+            spec.deployments
+                .contains_key(&(self.name.clone(), d.to_owned()))
+        };
         let mut total: u32 = 0;
         for (deployment, percent) in &self.traffic {
             total += u32::from(*percent);
             if *percent > 100 {
-                err(".traffic", format!("`{deployment}: {percent}` is above 100 percent"));
+                err(
+                    ".traffic",
+                    format!("`{deployment}: {percent}` is above 100 percent"),
+                );
             }
             if !exists(deployment) {
                 err(
@@ -270,7 +294,10 @@ impl EndpointSpec {
             if !exists(deployment) {
                 err(
                     ".mirror_traffic",
-                    format!("deployment `{deployment}` does not exist in endpoint `{}`", self.name),
+                    format!(
+                        "deployment `{deployment}` does not exist in endpoint `{}`",
+                        self.name
+                    ),
                 );
             }
         }
@@ -291,7 +318,10 @@ impl DeploymentSpec {
         if !spec.endpoints.contains_key(&self.endpoint) {
             err(
                 ".endpoint",
-                format!("endpoint `{}` is not declared: declare it under `endpoints`", self.endpoint),
+                format!(
+                    "endpoint `{}` is not declared: declare it under `endpoints`",
+                    self.endpoint
+                ),
             );
         }
         let combined = self.endpoint.len() + self.name.len();
@@ -323,13 +353,19 @@ impl DeploymentSpec {
         if s.max_queue_wait_ms > MAX_REQUEST_TIMEOUT_MS {
             err(
                 ".request_settings.max_queue_wait_ms",
-                format!("{} is above {MAX_REQUEST_TIMEOUT_MS}: lower it", s.max_queue_wait_ms),
+                format!(
+                    "{} is above {MAX_REQUEST_TIMEOUT_MS}: lower it",
+                    s.max_queue_wait_ms
+                ),
             );
         }
         let mut seen = std::collections::HashSet::new();
         for pod in &self.pods {
             if !seen.insert(pod.address) {
-                err(".pods", format!("pod `{}` is listed twice: list it once", pod.address));
+                err(
+                    ".pods",
+                    format!("pod `{}` is listed twice: list it once", pod.address),
+                );
             }
         }
     }
@@ -372,15 +408,34 @@ mod tests {
     }
 
     fn messages(spec: &RouteSpec) -> Vec<String> {
-        spec.validate().err().unwrap_or_default().iter().map(|e| e.to_string()).collect()
+        spec.validate()
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
     }
 
     #[test]
     fn names_follow_azure_rules() {
-        for good in ["abc", "my-endpoint", "a1b2", "x23456789012345678901234567890ab"] {
+        for good in [
+            "abc",
+            "my-endpoint",
+            "a1b2",
+            "x23456789012345678901234567890ab",
+        ] {
             assert!(check_name(good).is_ok(), "{good}");
         }
-        for bad in ["ab", "1abc", "-abc", "abc-", "a--b", "a_b", "x234567890123456789012345678901ab", "ab c"] {
+        for bad in [
+            "ab",
+            "1abc",
+            "-abc",
+            "abc-",
+            "a--b",
+            "a_b",
+            "x234567890123456789012345678901ab",
+            "ab c",
+        ] {
             assert!(check_name(bad).is_err(), "{bad}");
         }
     }
@@ -420,7 +475,11 @@ mod tests {
         );
         assert!(messages(&too_much)[0].contains("more than 50 percent"));
         let two = spec(
-            vec![endpoint("ep-one", &[("blue", 100)], &[("green", 10), ("red", 10)])],
+            vec![endpoint(
+                "ep-one",
+                &[("blue", 100)],
+                &[("green", 10), ("red", 10)],
+            )],
             vec![
                 deployment("ep-one", "blue"),
                 deployment("ep-one", "green"),
@@ -437,8 +496,16 @@ mod tests {
             vec![deployment("ep-two", "green")],
         );
         let m = messages(&s);
-        assert!(m.iter().any(|m| m.contains("deployment `blue` does not exist")), "{m:?}");
-        assert!(m.iter().any(|m| m.contains("endpoint `ep-two` is not declared")), "{m:?}");
+        assert!(
+            m.iter()
+                .any(|m| m.contains("deployment `blue` does not exist")),
+            "{m:?}"
+        );
+        assert!(
+            m.iter()
+                .any(|m| m.contains("endpoint `ep-two` is not declared")),
+            "{m:?}"
+        );
     }
 
     #[test]
@@ -461,7 +528,10 @@ mod tests {
                 deployment("ep-two", "blue"),
             ],
         );
-        let names: Vec<_> = s.deployments_of("ep-one").map(|d| d.name.as_str()).collect();
+        let names: Vec<_> = s
+            .deployments_of("ep-one")
+            .map(|d| d.name.as_str())
+            .collect();
         assert_eq!(names, ["blue", "green"]);
     }
 }

@@ -201,7 +201,10 @@ impl TableBuilder {
     /// or whose deployments' declarations, changed are rebuilt; the rest are shared.
     pub fn publish(&mut self, spec: &RouteSpec) -> BuildReport {
         let changed_deployments = self.sync_deployments(spec);
-        let mut dirty: HashSet<&str> = changed_deployments.iter().map(|(e, _)| e.as_str()).collect();
+        let mut dirty: HashSet<&str> = changed_deployments
+            .iter()
+            .map(|(e, _)| e.as_str())
+            .collect();
         for (name, endpoint) in &spec.endpoints {
             match self.endpoints.get(name) {
                 Some(entry) if entry.spec == *endpoint => {}
@@ -253,9 +256,11 @@ impl TableBuilder {
                     .map(|d| d.pods.clone())
                     .unwrap_or_default();
                 let s = entry.spec.settings;
-                entry
-                    .admission
-                    .update(s.max_concurrent_requests_per_instance, s.max_queue_length, routable);
+                entry.admission.update(
+                    s.max_concurrent_requests_per_instance,
+                    s.max_queue_length,
+                    routable,
+                );
             }
         }
         self.collect_garbage();
@@ -271,7 +276,10 @@ impl TableBuilder {
                 let s = deployment.settings;
                 DeploymentEntry {
                     spec: deployment.clone(),
-                    admission: DeploymentAdmission::new(s.max_concurrent_requests_per_instance, s.max_queue_length),
+                    admission: DeploymentAdmission::new(
+                        s.max_concurrent_requests_per_instance,
+                        s.max_queue_length,
+                    ),
                     metrics: Arc::new(DeploymentMetrics::new(&self.metrics, &key.0, &key.1)),
                     pods: HashMap::new(),
                     built: None,
@@ -391,7 +399,8 @@ fn build_deployment(entry: &mut DeploymentEntry) -> Deployment {
     }
     Deployment {
         name: spec.name.as_str().into(),
-        name_header: HeaderValue::from_str(&spec.name).unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+        name_header: HeaderValue::from_str(&spec.name)
+            .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
         endpoint: spec.endpoint.as_str().into(),
         settings: spec.settings,
         pods: routable.into_boxed_slice(),
@@ -447,11 +456,16 @@ mod tests {
         let mut b = builder();
         b.publish(&spec(
             &[("blue", 90), ("green", 10)],
-            &[("blue", vec![PodSpec::ready(addr(1))]), ("green", vec![PodSpec::ready(addr(2))])],
+            &[
+                ("blue", vec![PodSpec::ready(addr(1))]),
+                ("green", vec![PodSpec::ready(addr(2))]),
+            ],
         ));
         let table = b.handle().snapshot();
         let ep = table.endpoint("ep-one").unwrap();
-        let green = (0..10_000).filter(|_| &*ep.choose().unwrap().name == "green").count();
+        let green = (0..10_000)
+            .filter(|_| &*ep.choose().unwrap().name == "green")
+            .count();
         assert!((800..1200).contains(&green), "green got {green} of 10000");
         assert!(ep.deployment_named(b"green").is_some());
         assert!(ep.deployment_named(b"red").is_none());
@@ -460,7 +474,10 @@ mod tests {
     #[test]
     fn zero_traffic_chooses_nothing_but_header_still_works() {
         let mut b = builder();
-        b.publish(&spec(&[("blue", 0)], &[("blue", vec![PodSpec::ready(addr(1))])]));
+        b.publish(&spec(
+            &[("blue", 0)],
+            &[("blue", vec![PodSpec::ready(addr(1))])],
+        ));
         let table = b.handle().snapshot();
         let ep = table.endpoint("ep-one").unwrap();
         assert!(ep.choose().is_none());
@@ -482,8 +499,14 @@ mod tests {
         b.publish(&one);
         let table = b.handle().snapshot();
         let d2 = table.endpoint("ep-one").unwrap().deployments[0].clone();
-        assert!(Arc::ptr_eq(&d2.pods[0], slot.pod()), "the same pod state is reused");
-        assert!(d2.admission.try_acquire(&d2.pods).is_none(), "cap 1 still holds");
+        assert!(
+            Arc::ptr_eq(&d2.pods[0], slot.pod()),
+            "the same pod state is reused"
+        );
+        assert!(
+            d2.admission.try_acquire(&d2.pods).is_none(),
+            "cap 1 still holds"
+        );
         drop(slot);
         assert!(d2.admission.try_acquire(&d2.pods).is_some());
     }
@@ -521,19 +544,35 @@ mod tests {
         s.endpoints.insert("ep-two".into(), other);
         b.publish(&s);
         let first = b.handle().snapshot();
-        s.deployments.get_mut(&("ep-one".into(), "blue".into())).unwrap().pods.push(PodSpec::ready(addr(2)));
+        s.deployments
+            .get_mut(&("ep-one".into(), "blue".into()))
+            .unwrap()
+            .pods
+            .push(PodSpec::ready(addr(2)));
         let report = b.publish(&s);
         assert_eq!(report.endpoints_rebuilt, 1);
         let second = b.handle().snapshot();
-        assert!(Arc::ptr_eq(first.endpoint("ep-two").unwrap(), second.endpoint("ep-two").unwrap()));
-        assert!(!Arc::ptr_eq(first.endpoint("ep-one").unwrap(), second.endpoint("ep-one").unwrap()));
-        assert_eq!(second.endpoint("ep-one").unwrap().deployments[0].pods.len(), 2);
+        assert!(Arc::ptr_eq(
+            first.endpoint("ep-two").unwrap(),
+            second.endpoint("ep-two").unwrap()
+        ));
+        assert!(!Arc::ptr_eq(
+            first.endpoint("ep-one").unwrap(),
+            second.endpoint("ep-one").unwrap()
+        ));
+        assert_eq!(
+            second.endpoint("ep-one").unwrap().deployments[0].pods.len(),
+            2
+        );
     }
 
     #[test]
     fn removed_endpoints_disappear() {
         let mut b = builder();
-        b.publish(&spec(&[("blue", 100)], &[("blue", vec![PodSpec::ready(addr(1))])]));
+        b.publish(&spec(
+            &[("blue", 100)],
+            &[("blue", vec![PodSpec::ready(addr(1))])],
+        ));
         let report = b.publish(&RouteSpec::default());
         assert_eq!(report.endpoints_removed, 1);
         assert!(b.handle().snapshot().endpoint("ep-one").is_none());

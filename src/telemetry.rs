@@ -13,7 +13,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 use parking_lot::Mutex;
 
 /// Metric names, in one place.
@@ -48,8 +50,8 @@ pub mod names {
 
 /// Histogram buckets for durations, in seconds: 100 µs to 300 s.
 const DURATION_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    300.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
 /// A router's metrics registry.
@@ -83,7 +85,10 @@ impl Metrics {
     }
 
     fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
-        let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, v.to_string())).collect();
+        let labels: Vec<Label> = labels
+            .iter()
+            .map(|(k, v)| Label::new(*k, v.to_string()))
+            .collect();
         Key::from_parts(name, labels)
     }
 
@@ -93,17 +98,23 @@ impl Metrics {
 
     /// A counter handle.
     pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
-        self.inner.recorder.register_counter(&Self::key(name, labels), &Self::metadata())
+        self.inner
+            .recorder
+            .register_counter(&Self::key(name, labels), &Self::metadata())
     }
 
     /// A gauge handle.
     pub fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
-        self.inner.recorder.register_gauge(&Self::key(name, labels), &Self::metadata())
+        self.inner
+            .recorder
+            .register_gauge(&Self::key(name, labels), &Self::metadata())
     }
 
     /// A histogram handle.
     pub fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
-        self.inner.recorder.register_histogram(&Self::key(name, labels), &Self::metadata())
+        self.inner
+            .recorder
+            .register_histogram(&Self::key(name, labels), &Self::metadata())
     }
 
     /// The Prometheus text exposition.
@@ -120,7 +131,8 @@ impl Metrics {
 
 /// Status codes that get a lock-free counter; others share a small locked map.
 const COMMON_CODES: [u16; 20] = [
-    200, 201, 202, 204, 400, 401, 403, 404, 405, 408, 413, 415, 422, 429, 431, 500, 502, 503, 504, 424,
+    200, 201, 202, 204, 400, 401, 403, 404, 405, 408, 413, 415, 422, 429, 431, 500, 502, 503, 504,
+    424,
 ];
 
 /// `scoregate_requests_total` counters for one (endpoint, deployment) pair, one per status code.
@@ -158,7 +170,9 @@ impl StatusCounters {
     /// Counts one response with `code`.
     pub fn record(&self, code: u16) {
         match COMMON_CODES.iter().position(|c| *c == code) {
-            Some(i) => self.common[i].get_or_init(|| self.register(code)).increment(1),
+            Some(i) => self.common[i]
+                .get_or_init(|| self.register(code))
+                .increment(1),
             None => self
                 .other
                 .lock()
@@ -202,7 +216,11 @@ impl DeploymentMetrics {
         let mirror = |result: &str| {
             metrics.counter(
                 names::MIRROR_REQUESTS,
-                &[("endpoint", endpoint), ("deployment", deployment), ("result", result)],
+                &[
+                    ("endpoint", endpoint),
+                    ("deployment", deployment),
+                    ("result", result),
+                ],
             )
         };
         DeploymentMetrics {
@@ -232,7 +250,17 @@ impl DeploymentMetrics {
 }
 
 /// Which requests get an access-log line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AccessLogMode {
     /// Every request.
@@ -340,7 +368,17 @@ pub fn ms(d: Duration) -> f64 {
 }
 
 /// Log output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -357,7 +395,9 @@ pub fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::Worker
     use tracing_subscriber::EnvFilter;
     let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
     let result = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -381,11 +421,15 @@ mod tests {
         c.record(418);
         let text = m.render();
         assert!(
-            text.contains(r#"scoregate_requests_total{endpoint="ep-one",deployment="blue",code="200"} 2"#),
+            text.contains(
+                r#"scoregate_requests_total{endpoint="ep-one",deployment="blue",code="200"} 2"#
+            ),
             "{text}"
         );
         assert!(
-            text.contains(r#"scoregate_requests_total{endpoint="ep-one",deployment="blue",code="418"} 1"#),
+            text.contains(
+                r#"scoregate_requests_total{endpoint="ep-one",deployment="blue",code="418"} 1"#
+            ),
             "{text}"
         );
     }

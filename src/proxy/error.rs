@@ -55,7 +55,9 @@ impl RouterError {
             RouterError::QueueFull => StatusCode::TOO_MANY_REQUESTS,
             RouterError::QueueTimeout | RouterError::NoReadyPod => StatusCode::SERVICE_UNAVAILABLE,
             RouterError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            RouterError::UpstreamConnectFailed | RouterError::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            RouterError::UpstreamConnectFailed | RouterError::UpstreamFailed => {
+                StatusCode::BAD_GATEWAY
+            }
             RouterError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RouterError::BadRequestBody => StatusCode::BAD_REQUEST,
         }
@@ -144,7 +146,11 @@ pub fn error_json(code: &str, message: &str, request_id: &str) -> Vec<u8> {
 /// The full response for `error`: status, JSON body, and `WWW-Authenticate` or `Retry-After`
 /// where they apply.
 pub fn error_response(error: RouterError, request_id: &str) -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::full(error_json(error.code(), error.message(), request_id)));
+    let mut response = Response::new(ResponseBody::full(error_json(
+        error.code(),
+        error.message(),
+        request_id,
+    )));
     *response.status_mut() = error.status();
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -153,7 +159,10 @@ pub fn error_response(error: RouterError, request_id: &str) -> Response<Response
             headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         RouterError::Unauthorized(_) => {
-            headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
+            headers.insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
         }
         RouterError::QueueFull | RouterError::QueueTimeout | RouterError::NoReadyPod => {
             headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
@@ -182,6 +191,9 @@ mod tests {
         assert_eq!(r.status(), 401);
         assert_eq!(r.headers()[WWW_AUTHENTICATE], "Bearer");
         let r = error_response(RouterError::Unauthorized(AuthError::InvalidKey), "id");
-        assert!(r.headers()[WWW_AUTHENTICATE].to_str().unwrap().starts_with("Bearer"));
+        assert!(r.headers()[WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer"));
     }
 }

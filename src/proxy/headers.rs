@@ -45,7 +45,9 @@ impl RequestIds {
             .filter(|v| is_guid(v.as_bytes()))
             .cloned()
             .unwrap_or_else(new_request_id);
-        let client_request_id = headers.get(&CLIENT_REQUEST_ID).and_then(|v| clean_client_id(v.as_bytes()));
+        let client_request_id = headers
+            .get(&CLIENT_REQUEST_ID)
+            .and_then(|v| clean_client_id(v.as_bytes()));
         RequestIds {
             request_id,
             client_request_id,
@@ -110,7 +112,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in [&TRANSFER_ENCODING, &TE, &TRAILER, &UPGRADE, &KEEP_ALIVE, &PROXY_CONNECTION] {
+    for name in [
+        &TRANSFER_ENCODING,
+        &TE,
+        &TRAILER,
+        &UPGRADE,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+    ] {
         if headers.contains_key(name) {
             headers.remove(name);
         }
@@ -119,7 +128,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Appends the client address to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host` (when the original host is known).
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, tls: bool, host: Option<HeaderValue>) {
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    tls: bool,
+    host: Option<HeaderValue>,
+) {
     let client_text = client.to_string();
     let forwarded_for = match headers.get(&FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(previous) if !previous.trim().is_empty() => format!("{previous}, {client_text}"),
@@ -149,7 +163,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -157,13 +174,23 @@ mod tests {
     #[test]
     fn valid_guid_is_kept_and_other_ids_replaced() {
         let guid = "3f2504e0-4f89-11d3-9a0c-0305e82c3301";
-        assert_eq!(RequestIds::read(&map(&[("x-request-id", guid)])).request_id, guid);
-        for bad in ["abc", "3f2504e04f8911d39a0c0305e82c3301", "{3f2504e0-4f89-11d3-9a0c-0305e82c3301}", ""] {
+        assert_eq!(
+            RequestIds::read(&map(&[("x-request-id", guid)])).request_id,
+            guid
+        );
+        for bad in [
+            "abc",
+            "3f2504e04f8911d39a0c0305e82c3301",
+            "{3f2504e0-4f89-11d3-9a0c-0305e82c3301}",
+            "",
+        ] {
             let ids = RequestIds::read(&map(&[("x-request-id", bad)]));
             assert_ne!(ids.request_id, bad);
             assert!(is_guid(ids.request_id.as_bytes()));
         }
-        assert!(is_guid(RequestIds::read(&HeaderMap::new()).request_id.as_bytes()));
+        assert!(is_guid(
+            RequestIds::read(&HeaderMap::new()).request_id.as_bytes()
+        ));
     }
 
     #[test]
@@ -197,7 +224,12 @@ mod tests {
     #[test]
     fn forwarded_headers() {
         let mut h = map(&[("x-forwarded-for", "10.0.0.1")]);
-        add_forwarded(&mut h, "192.0.2.7".parse().unwrap(), true, Some(HeaderValue::from_static("ml.example.com")));
+        add_forwarded(
+            &mut h,
+            "192.0.2.7".parse().unwrap(),
+            true,
+            Some(HeaderValue::from_static("ml.example.com")),
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "ml.example.com");

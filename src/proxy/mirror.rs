@@ -26,7 +26,12 @@ pub struct MirrorHead {
 }
 
 /// Sends the copy once `body` arrives; counts the outcome in the mirror deployment's metrics.
-pub fn spawn(upstream: Upstream, deployment: Arc<Deployment>, head: MirrorHead, body: oneshot::Receiver<Bytes>) {
+pub fn spawn(
+    upstream: Upstream,
+    deployment: Arc<Deployment>,
+    head: MirrorHead,
+    body: oneshot::Receiver<Bytes>,
+) {
     tokio::spawn(async move {
         let metrics = &deployment.metrics;
         let Ok(body) = body.await else {

@@ -111,7 +111,11 @@ impl Proxy {
     }
 
     /// Answers one request; never fails (errors become responses).
-    pub async fn handle(self: Arc<Self>, request: Request<Incoming>, conn: ClientConn) -> Response<ResponseBody> {
+    pub async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        conn: ClientConn,
+    ) -> Response<ResponseBody> {
         let started = Instant::now();
         let ids = RequestIds::read(request.headers());
         match self.route(request, conn, &ids, started).await {
@@ -159,7 +163,11 @@ impl Proxy {
                 ),
             };
             // Requests that name a deployment are not mirrored (Azure ML's rule).
-            let mirror_to = if named { None } else { endpoint.mirror_roll().cloned() };
+            let mirror_to = if named {
+                None
+            } else {
+                endpoint.mirror_roll().cloned()
+            };
             (deployment.clone(), mirror_to, forward_path)
         };
         let reject = |error| Rejection {
@@ -184,7 +192,10 @@ impl Proxy {
                 })
             })?;
         let queue_wait = started.elapsed();
-        deployment.metrics.queue_wait.record(queue_wait.as_secs_f64());
+        deployment
+            .metrics
+            .queue_wait
+            .record(queue_wait.as_secs_f64());
 
         // 6 forward
         let (parts, body) = request.into_parts();
@@ -193,7 +204,10 @@ impl Proxy {
         let (tee, mirror_body) = match &mirror_to {
             Some(_) => {
                 let (done, body) = oneshot::channel();
-                (Some(MirrorTee::new(self.settings.mirror_max_body_bytes, done)), Some(body))
+                (
+                    Some(MirrorTee::new(self.settings.mirror_max_body_bytes, done)),
+                    Some(body),
+                )
             }
             None => (None, None),
         };
@@ -209,12 +223,17 @@ impl Proxy {
         }
         let sent_at = Instant::now();
         let timeout = Duration::from_millis(deployment.settings.request_timeout_ms);
-        let exchange = match tokio::time::timeout(timeout, self.forward(&deployment, slot, upstream_request)).await {
-            Err(_) => return Err(reject(RouterError::UpstreamTimeout)),
-            Ok(Err(ForwardError::ConnectFailed)) => return Err(reject(RouterError::UpstreamConnectFailed)),
-            Ok(Err(ForwardError::Failed(e))) => return Err(reject(classify_failure(&e))),
-            Ok(Ok(exchange)) => exchange,
-        };
+        let exchange =
+            match tokio::time::timeout(timeout, self.forward(&deployment, slot, upstream_request))
+                .await
+            {
+                Err(_) => return Err(reject(RouterError::UpstreamTimeout)),
+                Ok(Err(ForwardError::ConnectFailed)) => {
+                    return Err(reject(RouterError::UpstreamConnectFailed))
+                }
+                Ok(Err(ForwardError::Failed(e))) => return Err(reject(classify_failure(&e))),
+                Ok(Ok(exchange)) => exchange,
+            };
         let upstream_time = sent_at.elapsed();
 
         // 7 respond
@@ -225,7 +244,8 @@ impl Proxy {
         } = exchange;
         let (mut head, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut head.headers);
-        head.headers.insert(MODEL_DEPLOYMENT.clone(), deployment.name_header.clone());
+        head.headers
+            .insert(MODEL_DEPLOYMENT.clone(), deployment.name_header.clone());
         ids.apply(&mut head.headers);
         let status = head.status.as_u16();
 
@@ -233,21 +253,28 @@ impl Proxy {
         let metrics = &deployment.metrics;
         metrics.requests.record(status);
         metrics.duration.record(started.elapsed().as_secs_f64());
-        metrics.upstream_duration.record(upstream_time.as_secs_f64());
-        let record = self.access_log.wants(status).then(|| RequestRecord {
-            started,
-            request_id: ids.request_id.clone(),
-            method,
-            path: client_path,
-            endpoint: deployment.endpoint.clone(),
-            deployment: deployment.name.clone(),
-            pod: slot.pod().address(),
-            status,
-            queue_wait,
-            upstream: upstream_time,
-            client: conn.remote,
+        metrics
+            .upstream_duration
+            .record(upstream_time.as_secs_f64());
+        let record = self.access_log.wants(status).then(|| {
+            Box::new(RequestRecord {
+                started,
+                request_id: ids.request_id.clone(),
+                method,
+                path: client_path,
+                endpoint: deployment.endpoint.clone(),
+                deployment: deployment.name.clone(),
+                pod: slot.pod().address(),
+                status,
+                queue_wait,
+                upstream: upstream_time,
+                client: conn.remote,
+            })
         });
-        Ok(Response::from_parts(head, ResponseBody::streaming(body, slot, sender, record)))
+        Ok(Response::from_parts(
+            head,
+            ResponseBody::streaming(body, slot, sender, record),
+        ))
     }
 
     /// Step 1: the endpoint name and the path to send to the pod.
@@ -267,7 +294,10 @@ impl Proxy {
             .and_then(|h| h.to_str().ok())
             .or_else(|| uri.authority().map(|a| a.as_str()))?;
         let endpoint = target::from_host(host, domain)?;
-        let path = uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let path = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         Some((endpoint, path))
     }
 
@@ -281,11 +311,12 @@ impl Proxy {
         conn: ClientConn,
         slot: &Slot,
     ) -> Request<RequestBody> {
-        let original_host = parts
-            .headers
-            .get(HOST)
-            .cloned()
-            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let original_host = parts.headers.get(HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         let headers = &mut parts.headers;
         headers::strip_hop_by_hop(headers);
         // The credential is for the router, not for the model's code.
@@ -294,7 +325,9 @@ impl Proxy {
         headers.remove(EXPECT);
         headers.insert(
             HOST,
-            original_host.clone().unwrap_or_else(|| slot.pod().authority().clone()),
+            original_host
+                .clone()
+                .unwrap_or_else(|| slot.pod().authority().clone()),
         );
         headers::add_forwarded(headers, conn.remote.ip(), conn.tls, original_host);
         ids.apply(headers);
@@ -312,7 +345,13 @@ impl Proxy {
         request: Request<RequestBody>,
     ) -> Result<Exchange, ForwardError> {
         let (request, failed_pod) = match self.upstream.send(slot.pod(), request).await {
-            Ok((response, sender)) => return Ok(Exchange { response, sender, slot }),
+            Ok((response, sender)) => {
+                return Ok(Exchange {
+                    response,
+                    sender,
+                    slot,
+                })
+            }
             Err(SendError::Failed(e)) => return Err(ForwardError::Failed(e)),
             Err(SendError::NotSent { request, error }) => {
                 deployment.metrics.connect_errors.increment(1);
@@ -341,7 +380,12 @@ impl Proxy {
     }
 
     /// Answers with a router error, counting it and logging it with the request id.
-    fn reject(&self, rejection: Rejection, ids: &RequestIds, started: Instant) -> Response<ResponseBody> {
+    fn reject(
+        &self,
+        rejection: Rejection,
+        ids: &RequestIds,
+        started: Instant,
+    ) -> Response<ResponseBody> {
         let error = rejection.error;
         let status = error.status().as_u16();
         let mut response = error::error_response(error, ids.request_id_str());
@@ -382,7 +426,13 @@ impl Proxy {
 
 /// The request's `Content-Length`, when it has exactly one valid one.
 fn declared_length<B>(request: &Request<B>) -> Option<u64> {
-    request.headers().get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+    request
+        .headers()
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Which router error an exchange failure is: the client's body (413, 400) or the pod (502).

@@ -20,7 +20,9 @@ pub fn from_path(path: &str) -> Option<(&str, &str)> {
 /// `domain` is lowercase without a leading dot.
 pub fn from_host<'a>(host: &'a str, domain: &str) -> Option<&'a str> {
     let host = match host.rfind(':') {
-        Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) && !host.ends_with(']') => &host[..i],
+        Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) && !host.ends_with(']') => {
+            &host[..i]
+        }
         _ => host,
     };
     let host = host.strip_suffix('.').unwrap_or(host);
@@ -36,9 +38,18 @@ mod tests {
 
     #[test]
     fn path_routing() {
-        assert_eq!(from_path("/api/v1/endpoint/my-ep/score"), Some(("my-ep", "/score")));
-        assert_eq!(from_path("/api/v1/endpoint/my-ep/swagger.json"), Some(("my-ep", "/swagger.json")));
-        assert_eq!(from_path("/api/v1/endpoint/my-ep/a/b"), Some(("my-ep", "/a/b")));
+        assert_eq!(
+            from_path("/api/v1/endpoint/my-ep/score"),
+            Some(("my-ep", "/score"))
+        );
+        assert_eq!(
+            from_path("/api/v1/endpoint/my-ep/swagger.json"),
+            Some(("my-ep", "/swagger.json"))
+        );
+        assert_eq!(
+            from_path("/api/v1/endpoint/my-ep/a/b"),
+            Some(("my-ep", "/a/b"))
+        );
         assert_eq!(from_path("/api/v1/endpoint/my-ep"), Some(("my-ep", "/")));
         assert_eq!(from_path("/api/v1/endpoint/my-ep/"), Some(("my-ep", "/")));
         assert_eq!(from_path("/api/v1/endpoint/"), None);
@@ -49,9 +60,18 @@ mod tests {
 
     #[test]
     fn host_routing() {
-        assert_eq!(from_host("my-ep.ml.example.com", "ml.example.com"), Some("my-ep"));
-        assert_eq!(from_host("My-Ep.ML.example.com:8443", "ml.example.com"), Some("My-Ep"));
-        assert_eq!(from_host("my-ep.ml.example.com.", "ml.example.com"), Some("my-ep"));
+        assert_eq!(
+            from_host("my-ep.ml.example.com", "ml.example.com"),
+            Some("my-ep")
+        );
+        assert_eq!(
+            from_host("My-Ep.ML.example.com:8443", "ml.example.com"),
+            Some("My-Ep")
+        );
+        assert_eq!(
+            from_host("my-ep.ml.example.com.", "ml.example.com"),
+            Some("my-ep")
+        );
         assert_eq!(from_host("ml.example.com", "ml.example.com"), None);
         assert_eq!(from_host("a.b.ml.example.com", "ml.example.com"), None);
         assert_eq!(from_host("my-epxml.example.com", "ml.example.com"), None);

@@ -1,0 +1,344 @@
+//! Router settings: listeners, TLS, discovery, limits, timeouts and logging.
+//!
+//! Settings come from defaults, then an optional YAML file (`--config`), then command-line
+//! flags, each overriding the one before. Unknown keys are errors that name the file and the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::telemetry::{AccessLogMode, LogFormat};
+
+/// Everything a router instance needs to start.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterConfig {
+    /// Worker threads; 0 means one per CPU. 1 runs a single-threaded runtime.
+    pub workers: usize,
+    /// Serve plain HTTP as well (Azure ML's `allowInsecureConnections`); default false.
+    pub allow_insecure_connections: bool,
+    /// Listening addresses.
+    pub listen: ListenConfig,
+    /// TLS termination; required unless `allow_insecure_connections` is true.
+    pub tls: Option<TlsConfig>,
+    /// Where routes come from.
+    pub discovery: DiscoveryConfig,
+    /// Request routing options.
+    pub routing: RoutingConfig,
+    /// Protocol limits.
+    pub limits: LimitsConfig,
+    /// Connections to model pods.
+    pub upstream: UpstreamConfig,
+    /// Mirrored traffic.
+    pub mirror: MirrorConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Listening addresses.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Plain HTTP (only with `allow_insecure_connections`).
+    pub http: SocketAddr,
+    /// HTTPS (when `tls` is set).
+    pub https: SocketAddr,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub admin: SocketAddr,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            http: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            https: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            admin: SocketAddr::from(([0, 0, 0, 0], 9091)),
+        }
+    }
+}
+
+/// TLS termination from PEM files.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, leaf first (Azure ML's `sslCertPemFile`).
+    pub cert_file: PathBuf,
+    /// Private key, unencrypted (Azure ML's `sslKeyPemFile`).
+    pub key_file: PathBuf,
+    /// Lowest TLS version offered: `"1.2"` (default) or `"1.3"`.
+    #[serde(default = "TlsConfig::default_min_version")]
+    pub min_version: String,
+    /// The expected server name (Azure ML's `sslCname`); other SNI values are logged, not refused.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+impl TlsConfig {
+    fn default_min_version() -> String {
+        "1.2".into()
+    }
+}
+
+/// Where routes come from.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// A routes YAML file, reloaded when it changes.
+    pub routes_file: Option<PathBuf>,
+}
+
+/// Request routing options.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Route `Host: {endpoint}.{host_domain}` as well as `/api/v1/endpoint/{endpoint}/…`.
+    pub host_domain: Option<String>,
+}
+
+/// Protocol limits. Every one is documented in the README.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request body (413 above). Azure ML v1 documents 100 MB.
+    pub max_request_body_bytes: u64,
+    /// Largest request head, start line included (431 above).
+    pub max_header_bytes: usize,
+    /// Most request header fields (431 above).
+    pub max_headers: usize,
+    /// Time a client has to send a complete request head (408 and close after).
+    pub header_read_timeout_ms: u64,
+    /// Time an idle keep-alive client connection stays open.
+    pub keep_alive_timeout_ms: u64,
+    /// Client connections open at once per listener; beyond it, new ones wait to be accepted.
+    pub max_connections: usize,
+    /// HTTP/2 streams a client may open at once on one connection.
+    pub h2_max_concurrent_streams: u32,
+    /// Largest decoded HTTP/2 header list.
+    pub h2_max_header_list_bytes: u32,
+    /// Streams reset by the client before the router answered, tolerated per connection
+    /// (rapid reset, CVE-2023-44487), before the connection is closed.
+    pub h2_max_pending_accept_reset_streams: usize,
+    /// Streams the router had to reset because of client errors, tolerated per connection.
+    pub h2_max_local_error_reset_streams: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_request_body_bytes: 100 * 1024 * 1024,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            header_read_timeout_ms: 10_000,
+            keep_alive_timeout_ms: 75_000,
+            max_connections: 25_000,
+            h2_max_concurrent_streams: 256,
+            h2_max_header_list_bytes: 64 * 1024,
+            h2_max_pending_accept_reset_streams: 64,
+            h2_max_local_error_reset_streams: 256,
+        }
+    }
+}
+
+/// Connections to model pods.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Time to establish a TCP connection to a pod.
+    pub connect_timeout_ms: u64,
+    /// Pooled connections idle longer than this are closed rather than reused; keep it below
+    /// the model server's keep-alive (gunicorn's default is 2 s).
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            connect_timeout_ms: 1_000,
+            idle_timeout_ms: 1_500,
+        }
+    }
+}
+
+/// Mirrored traffic.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// Largest request body copied to the mirror deployment; larger requests are not mirrored.
+    pub max_body_bytes: usize,
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        MirrorConfig {
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Graceful shutdown on SIGTERM or SIGINT.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// After the signal, `/readyz` fails at once but listeners keep accepting this long, so the
+    /// Service stops sending before the router stops listening.
+    pub drain_delay_ms: u64,
+    /// Then in-flight requests have this long to finish.
+    pub grace_period_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_delay_ms: 5_000,
+            grace_period_ms: 30_000,
+        }
+    }
+}
+
+/// Logging.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// `on`, `off` or `errors`.
+    pub access_log: AccessLogMode,
+    /// Log one in N successful requests (errors are always logged unless the access log is off).
+    pub access_log_sample: u32,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            access_log: AccessLogMode::On,
+            access_log_sample: 1,
+        }
+    }
+}
+
+/// A configuration problem, said so a person can fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl RouterConfig {
+    /// Reads a YAML configuration file; missing keys take their defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(format!(
+                "{}: cannot read the configuration file: {e}",
+                path.display()
+            ))
+        })?;
+        Self::from_yaml(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+    }
+
+    /// Parses YAML configuration text.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(RouterConfig::default());
+        }
+        let deserializer = serde_yaml::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            ConfigError(format!("field `{field}`: {inner}"))
+        })
+    }
+
+    /// Checks the settings against each other; the message says what to change.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.tls.is_none() && !self.allow_insecure_connections {
+            return Err(ConfigError(
+                "no listener to serve: HTTPS needs `tls.cert_file` and `tls.key_file` (or --tls-cert and \
+                 --tls-key), and plain HTTP needs `allow_insecure_connections: true` (or \
+                 --allow-insecure-connections)"
+                    .into(),
+            ));
+        }
+        if let Some(tls) = &self.tls {
+            if tls.min_version != "1.2" && tls.min_version != "1.3" {
+                return Err(ConfigError(format!(
+                    "field `tls.min_version`: `{}` is not a TLS version scoregate offers: use \"1.2\" or \"1.3\"",
+                    tls.min_version
+                )));
+            }
+        }
+        if self.discovery.routes_file.is_none() {
+            return Err(ConfigError(
+                "no route source: pass --routes routes.yaml (or set `discovery.routes_file`)"
+                    .into(),
+            ));
+        }
+        if self.limits.max_header_bytes < 8192 {
+            return Err(ConfigError(format!(
+                "field `limits.max_header_bytes`: {} is below the 8192-byte minimum HTTP/1 parsing needs",
+                self.limits.max_header_bytes
+            )));
+        }
+        if self.limits.max_connections == 0 {
+            return Err(ConfigError(
+                "field `limits.max_connections`: must be at least 1".into(),
+            ));
+        }
+        if let Some(domain) = &self.routing.host_domain {
+            if domain.is_empty() || domain.starts_with('.') || domain.contains(':') {
+                return Err(ConfigError(format!(
+                    "field `routing.host_domain`: `{domain}` should be a bare domain such as `ml.example.com`"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(
+            RouterConfig::from_yaml("").unwrap(),
+            RouterConfig::default()
+        );
+    }
+
+    #[test]
+    fn unknown_keys_name_their_path() {
+        let e = RouterConfig::from_yaml("limits:\n  max_body: 10\n").unwrap_err();
+        assert!(e.0.contains("limits.max_body"), "{e}");
+        assert!(
+            e.0.contains("max_request_body_bytes"),
+            "suggests the real keys: {e}"
+        );
+    }
+
+    #[test]
+    fn partial_sections_keep_other_defaults() {
+        let c = RouterConfig::from_yaml(
+            "limits:\n  max_headers: 50\nallow_insecure_connections: true\n",
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_headers, 50);
+        assert_eq!(
+            c.limits.max_request_body_bytes,
+            LimitsConfig::default().max_request_body_bytes
+        );
+        assert!(c.allow_insecure_connections);
+    }
+
+    #[test]
+    fn https_only_without_tls_is_refused() {
+        let mut c = RouterConfig::default();
+        c.discovery.routes_file = Some("r.yaml".into());
+        let e = c.validate().unwrap_err();
+        assert!(e.0.contains("allow_insecure_connections"), "{e}");
+        c.allow_insecure_connections = true;
+        c.validate().unwrap();
+    }
+}

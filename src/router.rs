@@ -1,0 +1,198 @@
+//! One router instance: binds its listeners, loads its first routing table, serves, and shuts
+//! down gracefully. `scoregate serve`, `scoregate demo` and the integration tests all start
+//! routers through [`Router::start`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::admin::{self, AdminState};
+use crate::config::RouterConfig;
+use crate::discovery::{file, Publisher, Readiness};
+use crate::proxy::{Proxy, ProxySettings};
+use crate::server::{self, ConnectionSettings, Lifecycle};
+use crate::table::TableHandle;
+use crate::telemetry::{names, AccessLog, Metrics};
+use crate::upstream::Upstream;
+
+/// A started router.
+pub struct Router {
+    http_addr: Option<SocketAddr>,
+    admin_addr: SocketAddr,
+    lifecycle: Lifecycle,
+    config: RouterConfig,
+    table: TableHandle,
+    metrics: Metrics,
+    readiness: Readiness,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Router {
+    /// Validates `config`, binds every listener, loads the routes and starts serving.
+    /// Fails, saying what to fix, when a listener cannot be bound or the first table is invalid.
+    pub async fn start(config: RouterConfig) -> anyhow::Result<Router> {
+        config.validate()?;
+        let metrics = Metrics::new();
+        let table = TableHandle::default();
+        let readiness = Readiness::default();
+        let lifecycle = Lifecycle::default();
+        let mut background = Vec::new();
+
+        let routes_path = config
+            .discovery
+            .routes_file
+            .clone()
+            .context("no route source configured")?;
+        let mut publisher = Publisher::new("file", table.clone(), &metrics, readiness.clone());
+        let spec = file::load_routes(&routes_path)?;
+        if let Err(errors) = publisher.apply(&spec) {
+            let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            anyhow::bail!("{}: {}", routes_path.display(), text.join("; "));
+        }
+        background.push(
+            file::watch(routes_path.clone(), publisher)
+                .with_context(|| format!("cannot watch {} for changes", routes_path.display()))?,
+        );
+
+        let upstream = Upstream::new(
+            Duration::from_millis(config.upstream.connect_timeout_ms),
+            Duration::from_millis(config.upstream.idle_timeout_ms),
+        );
+        let proxy = Arc::new(Proxy::new(
+            table.clone(),
+            upstream,
+            ProxySettings {
+                max_request_body_bytes: config.limits.max_request_body_bytes,
+                mirror_max_body_bytes: config.mirror.max_body_bytes,
+                host_domain: config
+                    .routing
+                    .host_domain
+                    .as_ref()
+                    .map(|d| d.to_ascii_lowercase()),
+            },
+            AccessLog::new(config.log.access_log, config.log.access_log_sample),
+            &metrics,
+        ));
+        let settings = Arc::new(ConnectionSettings::new(&config.limits));
+
+        let admin_listener = server::bind(config.listen.admin)
+            .with_context(|| format!("cannot listen on {} (listen.admin)", config.listen.admin))?;
+        let admin_addr = admin_listener.local_addr()?;
+        let mut http_addr = None;
+        if config.allow_insecure_connections {
+            let listener = server::bind(config.listen.http).with_context(|| {
+                format!(
+                    "cannot listen on {} (listen.http): is another process using it? pick another with --listen",
+                    config.listen.http
+                )
+            })?;
+            http_addr = Some(listener.local_addr()?);
+            background.push(tokio::spawn(server::serve_plain(
+                listener,
+                proxy.clone(),
+                settings.clone(),
+                lifecycle.clone(),
+                metrics.gauge(names::OPEN_CONNECTIONS, &[("listener", "http")]),
+            )));
+        }
+        background.push(tokio::spawn(admin::serve(
+            admin_listener,
+            AdminState {
+                readiness: readiness.clone(),
+                lifecycle: lifecycle.clone(),
+                table: table.clone(),
+                metrics: metrics.clone(),
+            },
+        )));
+        let upkeep_metrics = metrics.clone();
+        background.push(tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                upkeep_metrics.run_upkeep();
+            }
+        }));
+        tracing::info!(http = ?http_addr, admin = %admin_addr, "scoregate is serving");
+        Ok(Router {
+            http_addr,
+            admin_addr,
+            lifecycle,
+            config,
+            table,
+            metrics,
+            readiness,
+            background,
+        })
+    }
+
+    /// The plain-HTTP address, when plain HTTP is allowed.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// The admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The published routing table.
+    pub fn table(&self) -> &TableHandle {
+        &self.table
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Whether a routing table is loaded.
+    pub fn is_ready(&self) -> bool {
+        self.readiness.is_loaded() && !self.lifecycle.shutting_down.is_cancelled()
+    }
+
+    /// Waits for SIGTERM or SIGINT, then shuts down gracefully.
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        wait_for_signal().await?;
+        tracing::info!("shutdown signal received");
+        self.shutdown().await;
+        Ok(())
+    }
+
+    /// The graceful sequence: readiness fails at once; listeners keep accepting for the drain
+    /// delay; then accepting stops and open connections finish within the grace period.
+    pub async fn shutdown(self) {
+        let shutdown = &self.config.shutdown;
+        self.lifecycle.shutting_down.cancel();
+        tokio::time::sleep(Duration::from_millis(shutdown.drain_delay_ms)).await;
+        self.lifecycle.stop_accepting.cancel();
+        self.lifecycle.drain.cancel();
+        self.lifecycle.connections.close();
+        let grace = Duration::from_millis(shutdown.grace_period_ms);
+        if tokio::time::timeout(grace, self.lifecycle.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.lifecycle.connections.len(),
+                "grace period over; closing the remaining connections"
+            );
+        }
+        for task in self.background {
+            task.abort();
+        }
+        tracing::info!("scoregate stopped");
+    }
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! Client-facing listeners: accept, serve HTTP/1.1 and HTTP/2 on each connection with hyper,
+//! and drain gracefully on shutdown.
+//!
+//! Shutdown is two steps driven by [`Lifecycle`]: `stop_accepting` closes the listeners, then
+//! `drain` asks every connection to finish what it has (HTTP/2 gets GOAWAY, HTTP/1.1 answers
+//! its current request with `Connection: close`); the caller waits on the connection tracker
+//! for at most the grace period.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use metrics::Gauge;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::LimitsConfig;
+use crate::proxy::{ClientConn, Proxy};
+
+/// Shared shutdown state of one router instance.
+#[derive(Clone, Default)]
+pub struct Lifecycle {
+    /// Cancelled when listeners must stop accepting.
+    pub stop_accepting: CancellationToken,
+    /// Cancelled when open connections must finish and close.
+    pub drain: CancellationToken,
+    /// Every connection task, to wait for at the end.
+    pub connections: TaskTracker,
+    /// Set as soon as shutdown begins; `/readyz` turns 503.
+    pub shutting_down: CancellationToken,
+}
+
+/// How client connections are served.
+pub struct ConnectionSettings {
+    builder: auto::Builder<TokioExecutor>,
+    max_connections: usize,
+}
+
+impl ConnectionSettings {
+    /// Settings from the configured limits.
+    pub fn new(limits: &LimitsConfig) -> Self {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+            .max_headers(limits.max_headers)
+            // With no explicit head limit, hyper bounds the request head by its read buffer.
+            .max_buf_size(limits.max_header_bytes.max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_header_list_size(limits.h2_max_header_list_bytes)
+            .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
+            .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams);
+        ConnectionSettings {
+            builder,
+            max_connections: limits.max_connections,
+        }
+    }
+}
+
+/// Binds a listener with `SO_REUSEADDR` and a deep accept backlog.
+pub fn bind(address: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(4096)
+}
+
+/// Accepts plain-TCP clients on `listener` until `lifecycle.stop_accepting`, serving each
+/// connection with `proxy`.
+pub async fn serve_plain(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    settings: Arc<ConnectionSettings>,
+    lifecycle: Lifecycle,
+    open_connections: Gauge,
+) {
+    let permits = Arc::new(Semaphore::new(settings.max_connections));
+    loop {
+        let permit = tokio::select! {
+            _ = lifecycle.stop_accepting.cancelled() => break,
+            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let (stream, remote) = tokio::select! {
+            _ = lifecycle.stop_accepting.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = ClientConn { remote, tls: false };
+        let (proxy, settings, drain) = (proxy.clone(), settings.clone(), lifecycle.drain.clone());
+        let gauge = open_connections.clone();
+        lifecycle.connections.spawn(async move {
+            gauge.increment(1.0);
+            serve_connection(stream, conn, proxy, &settings, drain).await;
+            gauge.decrement(1.0);
+            drop(permit);
+        });
+    }
+}
+
+/// Serves one connection (plain or TLS) until it closes, or until `drain` asks it to finish.
+pub async fn serve_connection<IO>(
+    io: IO,
+    conn: ClientConn,
+    proxy: Arc<Proxy>,
+    settings: &ConnectionSettings,
+    drain: CancellationToken,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request: Request<Incoming>| {
+        let proxy = proxy.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(request, conn).await) }
+    });
+    let connection = settings.builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = drain.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(client = %conn.remote, error = %e, "client connection ended with an error");
+    }
+}
