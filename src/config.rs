@@ -60,34 +60,89 @@ impl Default for ListenConfig {
     }
 }
 
-/// TLS termination from PEM files.
+/// TLS termination: the certificate comes from PEM files or from a Kubernetes Secret.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// Certificate chain, leaf first (Azure ML's `sslCertPemFile`).
-    pub cert_file: PathBuf,
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
     /// Private key, unencrypted (Azure ML's `sslKeyPemFile`).
-    pub key_file: PathBuf,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// A Secret with keys `cert.pem` and `key.pem` (Azure ML's `sslSecret`), watched through the
+    /// Kubernetes API; needs Kubernetes discovery.
+    #[serde(default)]
+    pub secret: Option<SecretRef>,
     /// Lowest TLS version offered: `"1.2"` (default) or `"1.3"`.
     #[serde(default = "TlsConfig::default_min_version")]
     pub min_version: String,
     /// The expected server name (Azure ML's `sslCname`); other SNI values are logged, not refused.
     #[serde(default)]
     pub server_name: Option<String>,
+    /// TLS session resumption (tickets and a session cache); off makes every connection a full
+    /// handshake.
+    #[serde(default = "TlsConfig::default_session_resumption")]
+    pub session_resumption: bool,
 }
 
 impl TlsConfig {
     fn default_min_version() -> String {
         "1.2".into()
     }
+
+    fn default_session_resumption() -> bool {
+        true
+    }
+
+    /// TLS from a certificate file and a key file, other settings at their defaults.
+    pub fn from_files(cert_file: PathBuf, key_file: PathBuf) -> Self {
+        TlsConfig {
+            cert_file: Some(cert_file),
+            key_file: Some(key_file),
+            secret: None,
+            min_version: Self::default_min_version(),
+            server_name: None,
+            session_resumption: true,
+        }
+    }
 }
 
-/// Where routes come from.
+/// A namespaced Secret.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    /// Secret name.
+    pub name: String,
+    /// Its namespace (Azure ML keeps `sslSecret` in `azureml`).
+    #[serde(default = "SecretRef::default_namespace")]
+    pub namespace: String,
+}
+
+impl SecretRef {
+    fn default_namespace() -> String {
+        "azureml".into()
+    }
+}
+
+/// Where routes come from: exactly one of a routes file or Kubernetes.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DiscoveryConfig {
     /// A routes YAML file, reloaded when it changes.
     pub routes_file: Option<PathBuf>,
+    /// Kubernetes watches of OnlineEndpoints, OnlineDeployments, EndpointSlices and Secrets.
+    pub kube: Option<KubeDiscoveryConfig>,
+}
+
+/// Kubernetes discovery.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubeDiscoveryConfig {
+    /// Namespaces to watch; empty means all namespaces.
+    pub namespaces: Vec<String>,
+    /// A kubeconfig file; without it, the in-cluster service account or `KUBECONFIG` is used.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// Request routing options.

@@ -20,4 +20,5 @@ pub mod sample_model;
 pub mod server;
 pub mod table;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;

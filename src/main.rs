@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
-use scoregate::config::{RouterConfig, TlsConfig};
+use scoregate::config::{KubeDiscoveryConfig, RouterConfig, TlsConfig};
 use scoregate::demo::{Demo, DemoOptions};
 use scoregate::discovery::file::load_routes;
 use scoregate::router::Router;
@@ -92,6 +92,30 @@ struct ServeArgs {
     /// Also route `Host: {endpoint}.{domain}`.
     #[arg(long)]
     host_domain: Option<String>,
+    /// Route source: `file` (needs --routes) or `kube` (watches the Kubernetes API).
+    #[arg(long, value_enum)]
+    discovery: Option<DiscoverySource>,
+    /// With --discovery kube: a namespace to watch (repeatable; none means all).
+    #[arg(long = "namespace")]
+    namespaces: Vec<String>,
+    /// With --discovery kube: a kubeconfig file (default: in-cluster, then KUBECONFIG).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Lowest TLS version offered: 1.2 or 1.3.
+    #[arg(long)]
+    tls_min_version: Option<String>,
+    /// Expected TLS server name (Azure ML's sslCname); other names are logged, not refused.
+    #[arg(long)]
+    ssl_cname: Option<String>,
+    /// TLS session resumption: true or false.
+    #[arg(long)]
+    tls_session_resumption: Option<bool>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DiscoverySource {
+    File,
+    Kube,
 }
 
 impl ServeArgs {
@@ -113,16 +137,14 @@ impl ServeArgs {
             c.listen.admin = a;
         }
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
-            let (min_version, server_name) = match &c.tls {
-                Some(t) => (t.min_version.clone(), t.server_name.clone()),
-                None => ("1.2".into(), None),
-            };
-            c.tls = Some(TlsConfig {
-                cert_file: cert.clone(),
-                key_file: key.clone(),
-                min_version,
-                server_name,
-            });
+            let mut tls = c
+                .tls
+                .take()
+                .unwrap_or_else(|| TlsConfig::from_files(cert.clone(), key.clone()));
+            tls.cert_file = Some(cert.clone());
+            tls.key_file = Some(key.clone());
+            tls.secret = None;
+            c.tls = Some(tls);
         }
         if self.allow_insecure_connections {
             c.allow_insecure_connections = true;
@@ -141,6 +163,43 @@ impl ServeArgs {
         }
         if let Some(d) = &self.host_domain {
             c.routing.host_domain = Some(d.clone());
+        }
+        if self.discovery == Some(DiscoverySource::Kube)
+            || !self.namespaces.is_empty()
+            || self.kubeconfig.is_some()
+        {
+            let kube = c
+                .discovery
+                .kube
+                .get_or_insert_with(KubeDiscoveryConfig::default);
+            if !self.namespaces.is_empty() {
+                kube.namespaces = self.namespaces.clone();
+            }
+            if let Some(path) = &self.kubeconfig {
+                kube.kubeconfig = Some(path.clone());
+            }
+            if self.routes.is_none() {
+                c.discovery.routes_file = None;
+            }
+        }
+        if self.discovery == Some(DiscoverySource::File) {
+            c.discovery.kube = None;
+        }
+        if let Some(tls) = c.tls.as_mut() {
+            if let Some(v) = &self.tls_min_version {
+                tls.min_version = v.clone();
+            }
+            if let Some(name) = &self.ssl_cname {
+                tls.server_name = Some(name.clone());
+            }
+            if let Some(on) = self.tls_session_resumption {
+                tls.session_resumption = on;
+            }
+        } else if self.tls_min_version.is_some()
+            || self.ssl_cname.is_some()
+            || self.tls_session_resumption.is_some()
+        {
+            anyhow::bail!("--tls-min-version, --ssl-cname and --tls-session-resumption need TLS: add --tls-cert and --tls-key");
         }
         c.validate()?;
         Ok(c)

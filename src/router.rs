@@ -10,16 +10,20 @@ use anyhow::Context as _;
 
 use crate::admin::{self, AdminState};
 use crate::config::RouterConfig;
+use crate::config::TlsConfig;
 use crate::discovery::{file, Publisher, Readiness};
 use crate::proxy::{Proxy, ProxySettings};
-use crate::server::{self, ConnectionSettings, Lifecycle};
+use crate::server::{self, ConnectionSettings, Lifecycle, Transport};
 use crate::table::TableHandle;
 use crate::telemetry::{names, AccessLog, Metrics};
+use crate::tls::CertStore;
 use crate::upstream::Upstream;
 
 /// A started router.
 pub struct Router {
     http_addr: Option<SocketAddr>,
+    https_addr: Option<SocketAddr>,
+    cert_store: Option<Arc<CertStore>>,
     admin_addr: SocketAddr,
     lifecycle: Lifecycle,
     config: RouterConfig,
@@ -89,12 +93,41 @@ impl Router {
                 )
             })?;
             http_addr = Some(listener.local_addr()?);
-            background.push(tokio::spawn(server::serve_plain(
+            background.push(tokio::spawn(server::serve(
                 listener,
+                Transport::Plain,
                 proxy.clone(),
                 settings.clone(),
                 lifecycle.clone(),
                 metrics.gauge(names::OPEN_CONNECTIONS, &[("listener", "http")]),
+            )));
+        }
+        let mut https_addr = None;
+        let mut cert_store = None;
+        if let Some(tls) = &config.tls {
+            let (store, watcher) = start_certificates(tls, &metrics)?;
+            background.extend(watcher);
+            let server_config =
+                crate::tls::server_config(store.clone(), &tls.min_version, tls.session_resumption)?;
+            let listener = server::bind(config.listen.https).with_context(|| {
+                format!(
+                    "cannot listen on {} (listen.https): is another process using it? pick another with --tls-listen",
+                    config.listen.https
+                )
+            })?;
+            https_addr = Some(listener.local_addr()?);
+            cert_store = Some(store);
+            background.push(tokio::spawn(server::serve(
+                listener,
+                Transport::Tls {
+                    acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server_config)),
+                    handshake_timeout: Duration::from_millis(config.limits.header_read_timeout_ms),
+                    errors: metrics.counter(names::TLS_HANDSHAKE_ERRORS, &[]),
+                },
+                proxy.clone(),
+                settings.clone(),
+                lifecycle.clone(),
+                metrics.gauge(names::OPEN_CONNECTIONS, &[("listener", "https")]),
             )));
         }
         background.push(tokio::spawn(admin::serve(
@@ -114,9 +147,11 @@ impl Router {
                 upkeep_metrics.run_upkeep();
             }
         }));
-        tracing::info!(http = ?http_addr, admin = %admin_addr, "scoregate is serving");
+        tracing::info!(http = ?http_addr, https = ?https_addr, admin = %admin_addr, "scoregate is serving");
         Ok(Router {
             http_addr,
+            https_addr,
+            cert_store,
             admin_addr,
             lifecycle,
             config,
@@ -130,6 +165,16 @@ impl Router {
     /// The plain-HTTP address, when plain HTTP is allowed.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// The HTTPS address, when TLS is configured.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
+    }
+
+    /// The certificate store, when TLS is configured.
+    pub fn cert_store(&self) -> Option<&Arc<CertStore>> {
+        self.cert_store.as_ref()
     }
 
     /// The admin address.
@@ -184,6 +229,24 @@ impl Router {
         }
         tracing::info!("scoregate stopped");
     }
+}
+
+/// Loads the first certificate (refusing to start on a bad one) and starts its file watcher.
+fn start_certificates(
+    tls: &TlsConfig,
+    metrics: &Metrics,
+) -> anyhow::Result<(Arc<CertStore>, Option<tokio::task::JoinHandle<()>>)> {
+    let (Some(cert_file), Some(key_file)) = (&tls.cert_file, &tls.key_file) else {
+        anyhow::bail!(
+            "TLS from a Secret needs Kubernetes discovery, which this build does not run yet"
+        );
+    };
+    let (cert, key) = crate::tls::read_pair(cert_file, key_file)?;
+    let origin = crate::tls::files_origin(cert_file, key_file);
+    let store = CertStore::new(&cert, &key, &origin, tls.server_name.clone(), metrics)?;
+    let watcher = crate::tls::watch_files(store.clone(), cert_file.clone(), key_file.clone())
+        .with_context(|| format!("cannot watch {} for changes", cert_file.display()))?;
+    Ok((store, Some(watcher)))
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

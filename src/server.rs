@@ -82,10 +82,27 @@ pub fn bind(address: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(4096)
 }
 
-/// Accepts plain-TCP clients on `listener` until `lifecycle.stop_accepting`, serving each
-/// connection with `proxy`.
-pub async fn serve_plain(
+/// What a listener speaks.
+#[derive(Clone)]
+pub enum Transport {
+    /// Plain HTTP/1.1 and h2c with prior knowledge.
+    Plain,
+    /// TLS, then HTTP/2 or HTTP/1.1 by ALPN.
+    Tls {
+        /// The handshake.
+        acceptor: tokio_rustls::TlsAcceptor,
+        /// Time a client has to finish the handshake.
+        handshake_timeout: Duration,
+        /// Failed or timed-out handshakes.
+        errors: metrics::Counter,
+    },
+}
+
+/// Accepts clients on `listener` until `lifecycle.stop_accepting`, serving each connection with
+/// `proxy`; at most `max_connections` are open at once (the rest wait in the accept backlog).
+pub async fn serve(
     listener: TcpListener,
+    transport: Transport,
     proxy: Arc<Proxy>,
     settings: Arc<ConnectionSettings>,
     lifecycle: Lifecycle,
@@ -110,12 +127,34 @@ pub async fn serve_plain(
             },
         };
         let _ = stream.set_nodelay(true);
-        let conn = ClientConn { remote, tls: false };
         let (proxy, settings, drain) = (proxy.clone(), settings.clone(), lifecycle.drain.clone());
-        let gauge = open_connections.clone();
+        let (gauge, transport) = (open_connections.clone(), transport.clone());
         lifecycle.connections.spawn(async move {
             gauge.increment(1.0);
-            serve_connection(stream, conn, proxy, &settings, drain).await;
+            match transport {
+                Transport::Plain => {
+                    let conn = ClientConn { remote, tls: false };
+                    serve_connection(stream, conn, proxy, &settings, drain).await;
+                }
+                Transport::Tls {
+                    acceptor,
+                    handshake_timeout,
+                    errors,
+                } => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let conn = ClientConn { remote, tls: true };
+                        serve_connection(tls, conn, proxy, &settings, drain).await;
+                    }
+                    Ok(Err(e)) => {
+                        errors.increment(1);
+                        tracing::debug!(client = %remote, error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        errors.increment(1);
+                        tracing::debug!(client = %remote, "TLS handshake timed out");
+                    }
+                },
+            }
             gauge.decrement(1.0);
             drop(permit);
         });

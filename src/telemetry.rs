@@ -46,6 +46,14 @@ pub mod names {
     pub const TABLE_ENDPOINTS: &str = "scoregate_table_endpoints";
     /// Client connections open now, by listener.
     pub const OPEN_CONNECTIONS: &str = "scoregate_open_connections";
+    /// Certificate loads by result (`applied`, `refused`).
+    pub const TLS_RELOADS: &str = "scoregate_tls_certificate_reloads_total";
+    /// Days until the served certificate expires (negative once expired).
+    pub const TLS_EXPIRY_DAYS: &str = "scoregate_tls_certificate_expiry_days";
+    /// TLS handshakes whose server name was not `sslCname` (served anyway).
+    pub const TLS_SNI_MISMATCHES: &str = "scoregate_tls_sni_mismatches_total";
+    /// TLS handshakes that failed or timed out.
+    pub const TLS_HANDSHAKE_ERRORS: &str = "scoregate_tls_handshake_errors_total";
 }
 
 /// Histogram buckets for durations, in seconds: 100 µs to 300 s.
