@@ -79,12 +79,16 @@ impl FakeApiServer {
         std::fs::write(path, self.kubeconfig_yaml(namespace))
     }
 
-    /// A `kube::Client` built from the kubeconfig, as a program under test would build it.
-    pub async fn client(&self, namespace: &str) -> anyhow::Result<kube::Client> {
+    /// A `kube::Config` loaded from the kubeconfig, for tests that tweak it (e.g. `default_retry`).
+    pub async fn config(&self, namespace: &str) -> anyhow::Result<kube::Config> {
         let kubeconfig = kube::config::Kubeconfig::from_yaml(&self.kubeconfig_yaml(namespace))?;
         let options = kube::config::KubeConfigOptions::default();
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?;
-        Ok(kube::Client::try_from(config)?)
+        Ok(kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?)
+    }
+
+    /// A `kube::Client` built from the kubeconfig, as a program under test would build it.
+    pub async fn client(&self, namespace: &str) -> anyhow::Result<kube::Client> {
+        Ok(kube::Client::try_from(self.config(namespace).await?)?)
     }
 
     /// Stops listening and aborts every open connection; new connections are refused.
