@@ -8,11 +8,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod collection;
 mod discovery;
 mod faults;
 mod kinds;
 mod objects;
 mod patch;
+mod paths;
 mod requests_log;
 mod routes;
 mod selectors;
@@ -20,6 +22,7 @@ mod server;
 mod service;
 mod status;
 mod store;
+mod subresources;
 mod watch;
 
 pub use kinds::{Gvr, KindInfo};

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::requests_log::RecordedRequest;
 use crate::routes;
+use crate::selectors::Filter;
 use crate::server::Shared;
 use crate::status::ApiError;
 use crate::watch::Chunk;
@@ -60,6 +61,34 @@ impl Request {
     pub(crate) fn flag(&self, name: &str) -> bool {
         matches!(self.param(name).as_deref(), Some("true" | "1"))
     }
+
+    /// A numeric query parameter; 400 if it is not a number.
+    pub(crate) fn number(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        self.param(name)
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| ApiError::bad_request(format!("invalid {name} {v:?}")))
+            })
+            .transpose()
+    }
+
+    /// The `labelSelector` and `fieldSelector` parameters.
+    pub(crate) fn filter(&self) -> Result<Filter, ApiError> {
+        let (labels, fields) = (self.param("labelSelector"), self.param("fieldSelector"));
+        Filter::parse(labels.as_deref(), fields.as_deref())
+    }
+
+    /// Whether `Accept` asks for `PartialObjectMetadata` (or its list).
+    pub(crate) fn metadata_only(&self) -> bool {
+        self.header("accept")
+            .is_some_and(|a| a.contains("as=PartialObjectMetadata"))
+    }
+}
+
+/// Parses a JSON request body; 400 if it is malformed.
+pub(crate) fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
 }
 
 /// A JSON response.
@@ -90,7 +119,8 @@ pub(crate) fn stream_response(
     response
 }
 
-fn error_response(error: &ApiError) -> Response<Body> {
+/// The `Status` response for an error.
+pub(crate) fn error_response(error: &ApiError) -> Response<Body> {
     json_response(
         StatusCode::from_u16(error.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         &error.to_status(),

@@ -172,3 +172,109 @@ async fn get_create_and_delete_request_lines() {
         ]
     );
 }
+
+/// Sends a raw HTTP/1.1 GET and returns the open connection.
+async fn raw_get(server: &FakeApiServer, path_and_query: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    let request =
+        format!("GET {path_and_query} HTTP/1.1\r\nHost: fake\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
+/// Reads until EOF (with a safety limit).
+async fn read_all(stream: &mut tokio::net::TcpStream, mut buf: Vec<u8>) -> String {
+    use tokio::io::AsyncReadExt;
+    let read = stream.read_to_end(&mut buf);
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .unwrap()
+        .ok();
+    String::from_utf8(buf).unwrap()
+}
+
+/// The chunks of a chunked body (stops at the terminator or at truncation).
+fn chunks(body: &str) -> Vec<&str> {
+    let mut rest = body;
+    let mut out = Vec::new();
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size, 16) else {
+            break;
+        };
+        if size == 0 || tail.len() < size {
+            break;
+        }
+        out.push(&tail[..size]);
+        rest = tail[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+#[tokio::test]
+async fn watch_bodies_are_chunked_json_lines_ending_cleanly_unless_dropped() {
+    let (server, _client) = setup().await;
+    server.apply(cm_json("a", "web")).unwrap();
+    server.set_max_watch_timeout(Some(Duration::from_millis(50)));
+    let watch = format!("{CMS}?watch=true&allowWatchBookmarks=true&resourceVersion=0");
+    let text = read_all(&mut raw_get(&server, &watch).await, Vec::new()).await;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("transfer-encoding: chunked")
+            && head.contains("content-type: application/json")
+    );
+    assert!(
+        body.ends_with("0\r\n\r\n"),
+        "a clean end has the chunked terminator"
+    );
+    let events: Vec<serde_json::Value> = chunks(body)
+        .into_iter()
+        .map(|chunk| {
+            assert!(
+                chunk.ends_with('\n') && chunk.matches('\n').count() == 1,
+                "one JSON object per line: {chunk:?}"
+            );
+            serde_json::from_str(chunk).unwrap()
+        })
+        .collect();
+    assert_eq!(events[0]["type"], "ADDED");
+    let last = events.last().unwrap();
+    assert_eq!(
+        (
+            &last["type"],
+            &last["object"]["apiVersion"],
+            &last["object"]["kind"]
+        ),
+        (&"BOOKMARK".into(), &"v1".into(), &"ConfigMap".into())
+    );
+
+    server.set_max_watch_timeout(None);
+    let mut stream = raw_get(&server, &watch).await;
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("ADDED") {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "connection closed early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    server.drop_watches();
+    let text = read_all(&mut stream, seen).await;
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "a dropped watch has no terminator: {text:?}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_refuses_connections() {
+    let (server, _client) = setup().await;
+    let addr = server.addr();
+    server.shutdown().await;
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
