@@ -11,6 +11,7 @@ pub mod auth;
 pub mod balance;
 pub mod body;
 pub mod config;
+pub mod crd;
 pub mod demo;
 pub mod discovery;
 pub mod model;

@@ -37,6 +37,12 @@ enum Command {
         #[arg(long)]
         routes: PathBuf,
     },
+    /// Print the CustomResourceDefinitions of OnlineEndpoint and OnlineDeployment (YAML).
+    Crds {
+        /// Write one file per CRD into this directory instead of printing them.
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
     /// Mint a token for an endpoint in `aml_token` mode, as `az ml online-endpoint get-credentials` shows it.
     Token {
         /// The routes file that declares the endpoint.
@@ -324,6 +330,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let token = scoregate::auth::issue_token(&endpoint, &e.keys, ttl, SystemTime::now())?;
             println!("{}", serde_json::to_string_pretty(&token)?);
+            Ok(())
+        }
+        Command::Crds { write } => {
+            match write {
+                None => print!("{}", scoregate::crd::crd_yaml()),
+                Some(dir) => {
+                    for (name, yaml) in scoregate::crd::crd_files() {
+                        let path = dir.join(name);
+                        std::fs::write(&path, yaml)
+                            .with_context(|| format!("cannot write {}", path.display()))?;
+                        println!("wrote {}", path.display());
+                    }
+                }
+            }
             Ok(())
         }
         Command::Demo(args) => {
