@@ -154,6 +154,25 @@ struct Waiter {
     grant: oneshot::Sender<Slot>,
 }
 
+/// A request's place in the queue. When it is given up without a slot (timeout, or the
+/// request's future dropped because the client went away), the waiter leaves the queue at once,
+/// so the queue depth and the queue bound count only requests still waiting.
+struct Waiting<'a> {
+    granted: Option<oneshot::Receiver<Slot>>,
+    admission: &'a DeploymentAdmission,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(granted) = self.granted.take() {
+            // Dropped first, outside the queue lock: a slot granted meanwhile is released by
+            // its own drop, which may take the lock to serve the next waiter.
+            drop(granted);
+            self.admission.forget_abandoned();
+        }
+    }
+}
+
 /// Live counts of one deployment, for metrics and, later, autoscaling.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AdmissionStats {
@@ -275,9 +294,14 @@ impl DeploymentAdmission {
                 return Ok(slot);
             }
         }
-        let granted = self.enqueue(pods.len())?;
+        let mut waiting = Waiting {
+            granted: Some(self.enqueue(pods.len())?),
+            admission: self,
+        };
+        let granted = waiting.granted.as_mut().expect("just set");
         match tokio::time::timeout(max_wait, granted).await {
             Ok(Ok(slot)) => {
+                waiting.granted = None;
                 self.granted_from_queue.fetch_add(1, Ordering::Relaxed);
                 Ok(slot)
             }
@@ -285,6 +309,13 @@ impl DeploymentAdmission {
             Ok(Err(_)) => Err(AdmitError::NoReadyPod),
             Err(_) => Err(AdmitError::QueueTimeout),
         }
+    }
+
+    /// Removes waiters that gave up (timed out, or their client went away) and recounts.
+    fn forget_abandoned(&self) {
+        let mut queue = self.queue.lock();
+        queue.retain(|w| !w.grant.is_closed());
+        self.queued.store(queue.len(), Ordering::SeqCst);
     }
 
     fn enqueue(
@@ -494,6 +525,11 @@ mod tests {
         assert_eq!(
             waiting.await.unwrap().unwrap_err(),
             AdmitError::QueueTimeout
+        );
+        assert_eq!(
+            a.queued(),
+            0,
+            "a waiter that timed out is no longer counted"
         );
     }
 
