@@ -10,7 +10,7 @@
 //! that comes back under the same address is not over-admitted. Endpoints whose declaration did
 //! not change keep their `Arc<Endpoint>` from the previous table.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -89,7 +89,7 @@ impl Endpoint {
 /// A snapshot of everything routable.
 #[derive(Default)]
 pub struct RoutingTable {
-    endpoints: HashMap<Box<str>, Arc<Endpoint>>,
+    endpoints: HashMap<Arc<str>, Arc<Endpoint>>,
     generation: u64,
 }
 
@@ -162,7 +162,7 @@ struct EndpointEntry {
 pub struct TableBuilder {
     handle: TableHandle,
     metrics: Metrics,
-    deployments: HashMap<(String, String), DeploymentEntry>,
+    deployments: BTreeMap<(String, String), DeploymentEntry>,
     endpoints: HashMap<String, EndpointEntry>,
     generation: u64,
 }
@@ -186,7 +186,7 @@ impl TableBuilder {
         TableBuilder {
             handle,
             metrics,
-            deployments: HashMap::new(),
+            deployments: BTreeMap::new(),
             endpoints: HashMap::new(),
             generation: 0,
         }
@@ -235,7 +235,7 @@ impl TableBuilder {
             endpoints: self
                 .endpoints
                 .iter()
-                .map(|(name, entry)| (name.as_str().into(), entry.built.clone()))
+                .map(|(name, entry)| (entry.built.name.clone(), entry.built.clone()))
                 .collect(),
             generation: self.generation,
         };
@@ -248,7 +248,136 @@ impl TableBuilder {
         self.handle.store(table);
 
         // Now that the table lists the new pods, let waiters have them.
+        self.release_waiters(&changed_deployments);
+        self.collect_garbage();
+        report
+    }
+
+    /// Publishes a table in which only the endpoints named in `changed` may differ from the last
+    /// one: their deployments are synced from `spec` and they are rebuilt, or removed when `spec`
+    /// no longer declares them. Every other endpoint is shared as it is, so the work grows with
+    /// what changed (plus one pointer copy per endpoint for the new snapshot). The declarations
+    /// of the changed endpoints must be valid.
+    pub fn publish_changed<'a>(
+        &mut self,
+        spec: &RouteSpec,
+        changed: impl IntoIterator<Item = &'a str>,
+    ) -> BuildReport {
+        let changed: BTreeSet<&str> = changed.into_iter().collect();
+        let mut changed_deployments = Vec::new();
+        for name in &changed {
+            for deployment in spec.deployments_of(name) {
+                let key = (deployment.endpoint.clone(), deployment.name.clone());
+                if self.sync_deployment(key.clone(), deployment) {
+                    changed_deployments.push(key);
+                }
+            }
+            let gone: Vec<(String, String)> = self
+                .deployments
+                .range((name.to_string(), String::new())..)
+                .take_while(|((e, _), _)| e == name)
+                .filter(|(key, _)| !spec.deployments.contains_key(*key))
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in gone {
+                if self.retire_deployment(&key) {
+                    changed_deployments.push(key);
+                }
+            }
+        }
+        let (mut rebuilt, mut removed) = (0, 0);
+        for name in &changed {
+            match spec.endpoints.get(*name) {
+                Some(endpoint) => {
+                    self.build_endpoint(endpoint, spec);
+                    rebuilt += 1;
+                }
+                None => {
+                    if self.endpoints.remove(*name).is_some() {
+                        removed += 1;
+                    }
+                }
+            }
+        }
+
+        self.generation += 1;
+        let previous = self.handle.snapshot();
+        let mut endpoints = previous.endpoints.clone();
+        for name in &changed {
+            match self.endpoints.get(*name) {
+                Some(entry) => {
+                    endpoints.insert(entry.built.name.clone(), entry.built.clone());
+                }
+                None => {
+                    endpoints.remove(*name);
+                }
+            }
+        }
+        let table = RoutingTable {
+            endpoints,
+            generation: self.generation,
+        };
+        let report = BuildReport {
+            generation: self.generation,
+            endpoints_rebuilt: rebuilt,
+            endpoints_removed: removed,
+            endpoints: table.len(),
+        };
+        self.handle.store(table);
+        self.release_waiters(&changed_deployments);
         for key in &changed_deployments {
+            self.collect_deployment_garbage(key);
+        }
+        report
+    }
+
+    /// Forgets pods and deployments that are gone and have nothing in flight, across the whole
+    /// table ([`TableBuilder::publish_changed`] only looks at what it changed; run this now and
+    /// then to catch pods whose last request ended after that).
+    pub fn sweep(&mut self) {
+        self.collect_garbage();
+    }
+
+    /// Syncs one declared deployment; true when its declaration changed (it was rebuilt).
+    fn sync_deployment(&mut self, key: (String, String), deployment: &DeploymentSpec) -> bool {
+        let entry = self.deployments.entry(key).or_insert_with_key(|key| {
+            let s = deployment.settings;
+            DeploymentEntry {
+                spec: deployment.clone(),
+                admission: DeploymentAdmission::new(
+                    s.max_concurrent_requests_per_instance,
+                    s.max_queue_length,
+                ),
+                metrics: Arc::new(DeploymentMetrics::new(&self.metrics, &key.0, &key.1)),
+                pods: HashMap::new(),
+                built: None,
+            }
+        });
+        if entry.built.is_some() && entry.spec == *deployment {
+            return false;
+        }
+        entry.spec = deployment.clone();
+        entry.built = Some(Arc::new(build_deployment(entry)));
+        true
+    }
+
+    /// Marks a deployment that is no longer declared as gone; true if it was live.
+    fn retire_deployment(&mut self, key: &(String, String)) -> bool {
+        match self.deployments.get_mut(key) {
+            Some(entry) if entry.built.is_some() => {
+                entry.built = None;
+                for pod in entry.pods.values() {
+                    pod.set_routable(false);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Hands the new routable pods of `keys` to their waiters (after the table lists them).
+    fn release_waiters(&self, keys: &[(String, String)]) {
+        for key in keys {
             if let Some(entry) = self.deployments.get(key) {
                 let routable: Box<[Arc<Pod>]> = entry
                     .built
@@ -263,8 +392,21 @@ impl TableBuilder {
                 );
             }
         }
-        self.collect_garbage();
-        report
+    }
+
+    /// [`TableBuilder::collect_garbage`] for one deployment.
+    fn collect_deployment_garbage(&mut self, key: &(String, String)) {
+        let Some(entry) = self.deployments.get_mut(key) else {
+            return;
+        };
+        let listed: HashSet<SocketAddr> = entry.spec.pods.iter().map(|p| p.address).collect();
+        let keep_all = entry.built.is_some();
+        entry
+            .pods
+            .retain(|addr, pod| (keep_all && listed.contains(addr)) || pod.in_flight() > 0);
+        if entry.built.is_none() && entry.pods.is_empty() {
+            self.deployments.remove(key);
+        }
     }
 
     /// Updates deployment entries from `spec`; returns the keys whose declaration changed
@@ -272,33 +414,19 @@ impl TableBuilder {
     fn sync_deployments(&mut self, spec: &RouteSpec) -> Vec<(String, String)> {
         let mut changed = Vec::new();
         for (key, deployment) in &spec.deployments {
-            let entry = self.deployments.entry(key.clone()).or_insert_with(|| {
-                let s = deployment.settings;
-                DeploymentEntry {
-                    spec: deployment.clone(),
-                    admission: DeploymentAdmission::new(
-                        s.max_concurrent_requests_per_instance,
-                        s.max_queue_length,
-                    ),
-                    metrics: Arc::new(DeploymentMetrics::new(&self.metrics, &key.0, &key.1)),
-                    pods: HashMap::new(),
-                    built: None,
-                }
-            });
-            if entry.built.is_some() && entry.spec == *deployment {
-                continue;
-            }
-            entry.spec = deployment.clone();
-            entry.built = Some(Arc::new(build_deployment(entry)));
-            changed.push(key.clone());
-        }
-        for (key, entry) in &mut self.deployments {
-            if !spec.deployments.contains_key(key) && entry.built.is_some() {
-                entry.built = None;
-                for pod in entry.pods.values() {
-                    pod.set_routable(false);
-                }
+            if self.sync_deployment(key.clone(), deployment) {
                 changed.push(key.clone());
+            }
+        }
+        let gone: Vec<(String, String)> = self
+            .deployments
+            .keys()
+            .filter(|key| !spec.deployments.contains_key(*key))
+            .cloned()
+            .collect();
+        for key in gone {
+            if self.retire_deployment(&key) {
+                changed.push(key);
             }
         }
         changed
@@ -564,6 +692,54 @@ mod tests {
             second.endpoint("ep-one").unwrap().deployments[0].pods.len(),
             2
         );
+    }
+
+    #[test]
+    fn publish_changed_touches_only_the_named_endpoints() {
+        let mut b = builder();
+        let mut s = spec(&[("blue", 100)], &[("blue", vec![PodSpec::ready(addr(1))])]);
+        let mut other = s.endpoints["ep-one"].clone();
+        other.name = "ep-two".into();
+        other.traffic.clear();
+        s.endpoints.insert("ep-two".into(), other);
+        let report = b.publish_changed(&s, ["ep-one", "ep-two"]);
+        assert_eq!((report.endpoints_rebuilt, report.endpoints), (2, 2));
+        let first = b.handle().snapshot();
+        let d = first.endpoint("ep-one").unwrap().deployments[0].clone();
+        let slot = d.admission.try_acquire(&d.pods).unwrap();
+
+        // A pod joins blue; only ep-one is named as changed.
+        s.deployments
+            .get_mut(&("ep-one".into(), "blue".into()))
+            .unwrap()
+            .pods
+            .push(PodSpec::ready(addr(2)));
+        let report = b.publish_changed(&s, ["ep-one"]);
+        assert_eq!((report.endpoints_rebuilt, report.endpoints), (1, 2));
+        let second = b.handle().snapshot();
+        assert!(Arc::ptr_eq(
+            first.endpoint("ep-two").unwrap(),
+            second.endpoint("ep-two").unwrap()
+        ));
+        let d2 = second.endpoint("ep-one").unwrap().deployments[0].clone();
+        assert_eq!(d2.pods.len(), 2);
+        assert!(
+            Arc::ptr_eq(&d.admission, &d2.admission),
+            "admission survives"
+        );
+        assert_eq!(slot.pod().in_flight(), 1);
+
+        // The endpoint goes away with its deployment; the in-flight pod stays known until done.
+        s.endpoints.remove("ep-one");
+        s.deployments.clear();
+        let report = b.publish_changed(&s, ["ep-one"]);
+        assert_eq!((report.endpoints_removed, report.endpoints), (1, 1));
+        assert!(b.handle().snapshot().endpoint("ep-one").is_none());
+        assert!(!slot.pod().is_routable());
+        assert_eq!(b.deployments.len(), 1, "kept while a request is in flight");
+        drop(slot);
+        b.sweep();
+        assert!(b.deployments.is_empty());
     }
 
     #[test]
