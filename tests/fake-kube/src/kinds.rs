@@ -4,18 +4,18 @@ use std::collections::BTreeMap;
 
 /// A group, version and plural resource name, e.g. `apps`/`v1`/`deployments`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Gvr {
+pub(crate) struct Gvr {
     /// API group; empty for the core group.
-    pub group: String,
+    pub(crate) group: String,
     /// API version, e.g. `v1`.
-    pub version: String,
+    pub(crate) version: String,
     /// Plural resource name as it appears in URL paths.
-    pub plural: String,
+    pub(crate) plural: String,
 }
 
 impl Gvr {
     /// Builds a `Gvr` from its parts.
-    pub fn new(group: &str, version: &str, plural: &str) -> Self {
+    pub(crate) fn new(group: &str, version: &str, plural: &str) -> Self {
         Self {
             group: group.to_string(),
             version: version.to_string(),
@@ -24,7 +24,7 @@ impl Gvr {
     }
 
     /// The `apiVersion` string: `v1` for the core group, otherwise `group/version`.
-    pub fn api_version(&self) -> String {
+    pub(crate) fn api_version(&self) -> String {
         if self.group.is_empty() {
             self.version.clone()
         } else {
@@ -35,13 +35,13 @@ impl Gvr {
 
 /// What the fake knows about one resource type.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KindInfo {
+pub(crate) struct KindInfo {
     /// Where the resource is served.
-    pub gvr: Gvr,
+    pub(crate) gvr: Gvr,
     /// The object kind, e.g. `Deployment`.
-    pub kind: String,
+    pub(crate) kind: String,
     /// Whether objects live in namespaces.
-    pub namespaced: bool,
+    pub(crate) namespaced: bool,
 }
 
 const BUILTIN: &[(&str, &str, &str, &str, bool)] = &[

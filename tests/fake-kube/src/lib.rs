@@ -25,7 +25,6 @@ mod store;
 mod subresources;
 mod watch;
 
-pub use kinds::{Gvr, KindInfo};
 pub use requests_log::RecordedRequest;
 pub use server::FakeApiServer;
 pub use status::ApiError;
