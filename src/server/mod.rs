@@ -1,30 +1,29 @@
 //! Client-facing listeners: accept, serve HTTP/1.1 and HTTP/2 on each connection with hyper,
-//! and drain gracefully on shutdown.
+//! and drain gracefully on shutdown. [`framing`] and [`guard`] protect HTTP/1 connections;
+//! [`connection`] serves one connection.
 //!
 //! Shutdown is two steps driven by [`Lifecycle`]: `stop_accepting` closes the listeners, then
 //! `drain` asks every connection to finish what it has (HTTP/2 gets GOAWAY, HTTP/1.1 answers
 //! its current request with `Connection: close`); the caller waits on the connection tracker
 //! for at most the grace period.
 
-use std::convert::Infallible;
+pub mod connection;
+pub mod framing;
+pub mod guard;
+
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper::Request;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use metrics::Gauge;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::LimitsConfig;
+pub use connection::{ConnectionSettings, Protocol};
+
 use crate::proxy::{ClientConn, Proxy};
 
 /// Shared shutdown state of one router instance.
@@ -38,37 +37,6 @@ pub struct Lifecycle {
     pub connections: TaskTracker,
     /// Set as soon as shutdown begins; `/readyz` turns 503.
     pub shutting_down: CancellationToken,
-}
-
-/// How client connections are served.
-pub struct ConnectionSettings {
-    builder: auto::Builder<TokioExecutor>,
-    max_connections: usize,
-}
-
-impl ConnectionSettings {
-    /// Settings from the configured limits.
-    pub fn new(limits: &LimitsConfig) -> Self {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
-            .max_headers(limits.max_headers)
-            // With no explicit head limit, hyper bounds the request head by its read buffer.
-            .max_buf_size(limits.max_header_bytes.max(8192));
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(limits.h2_max_concurrent_streams)
-            .max_header_list_size(limits.h2_max_header_list_bytes)
-            .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
-            .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams);
-        ConnectionSettings {
-            builder,
-            max_connections: limits.max_connections,
-        }
-    }
 }
 
 /// Binds a listener with `SO_REUSEADDR` and a deep accept backlog.
@@ -126,6 +94,7 @@ pub async fn serve(
                 }
             },
         };
+        let accepted = tokio::time::Instant::now();
         let _ = stream.set_nodelay(true);
         let (proxy, settings, drain) = (proxy.clone(), settings.clone(), lifecycle.drain.clone());
         let (gauge, transport) = (open_connections.clone(), transport.clone());
@@ -134,16 +103,29 @@ pub async fn serve(
             match transport {
                 Transport::Plain => {
                     let conn = ClientConn { remote, tls: false };
-                    serve_connection(stream, conn, proxy, &settings, drain).await;
+                    let protocol =
+                        connection::sniff_plain(&stream, settings.header_timeout()).await;
+                    connection::serve(stream, accepted, protocol, conn, proxy, &settings, drain)
+                        .await;
                 }
                 Transport::Tls {
                     acceptor,
                     handshake_timeout,
                     errors,
-                } => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                } => match tokio::time::timeout_at(
+                    accepted + handshake_timeout,
+                    acceptor.accept(stream),
+                )
+                .await
+                {
                     Ok(Ok(tls)) => {
                         let conn = ClientConn { remote, tls: true };
-                        serve_connection(tls, conn, proxy, &settings, drain).await;
+                        let protocol = match tls.get_ref().1.alpn_protocol() {
+                            Some(b"h2") => Protocol::Http2,
+                            _ => Protocol::Http1,
+                        };
+                        connection::serve(tls, accepted, protocol, conn, proxy, &settings, drain)
+                            .await;
                     }
                     Ok(Err(e)) => {
                         errors.increment(1);
@@ -158,33 +140,5 @@ pub async fn serve(
             gauge.decrement(1.0);
             drop(permit);
         });
-    }
-}
-
-/// Serves one connection (plain or TLS) until it closes, or until `drain` asks it to finish.
-pub async fn serve_connection<IO>(
-    io: IO,
-    conn: ClientConn,
-    proxy: Arc<Proxy>,
-    settings: &ConnectionSettings,
-    drain: CancellationToken,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let service = service_fn(move |request: Request<Incoming>| {
-        let proxy = proxy.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(request, conn).await) }
-    });
-    let connection = settings.builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = drain.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(client = %conn.remote, error = %e, "client connection ended with an error");
     }
 }

@@ -1,0 +1,218 @@
+//! One client connection: pick the protocol, serve it with hyper, and end it on drain or idle.
+//!
+//! HTTP/2 is chosen by ALPN on TLS and by the connection preface on plain TCP (h2c with prior
+//! knowledge); everything else is HTTP/1.1 behind the [`GuardedIo`] framing guard. On drain,
+//! HTTP/2 gets GOAWAY and HTTP/1.1 answers its current request with `Connection: close`.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::framing::HeadLimits;
+use super::guard::{Activity, ActivityGuard, GuardSettings, GuardedIo};
+use crate::body::ResponseBody;
+use crate::config::LimitsConfig;
+use crate::proxy::{ClientConn, Proxy};
+
+/// The HTTP/2 connection preface.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How client connections are served: hyper builders and the guard's settings.
+pub struct ConnectionSettings {
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    guard: GuardSettings,
+    pub(super) max_connections: usize,
+}
+
+impl ConnectionSettings {
+    /// Settings from the configured limits.
+    pub fn new(limits: &LimitsConfig) -> Self {
+        let guard = GuardSettings {
+            limits: HeadLimits {
+                max_header_bytes: limits.max_header_bytes,
+                max_headers: limits.max_headers,
+            },
+            header_timeout: Duration::from_millis(limits.header_read_timeout_ms),
+            keep_alive_timeout: Duration::from_millis(limits.keep_alive_timeout_ms),
+        };
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            // The guard owns both timeouts; hyper's own would close idle connections early.
+            .header_read_timeout(None)
+            .keep_alive(true)
+            .half_close(false)
+            // The guard refuses first with a JSON body; hyper's limits stay as a backstop.
+            .max_buf_size((limits.max_header_bytes + 4096).max(8192));
+        if limits.max_headers > 100 {
+            // Above hyper's default, headers move to the heap: only pay that when configured.
+            http1.max_headers(limits.max_headers);
+        }
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_header_list_size(limits.h2_max_header_list_bytes)
+            .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
+            .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams);
+        ConnectionSettings {
+            http1,
+            http2,
+            guard,
+            max_connections: limits.max_connections,
+        }
+    }
+
+    /// Time a client has for its TLS handshake or first bytes.
+    pub fn header_timeout(&self) -> Duration {
+        self.guard.header_timeout
+    }
+}
+
+/// Which protocol a connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 (or 1.0).
+    Http1,
+    /// HTTP/2.
+    Http2,
+}
+
+/// Looks at the first bytes of a plain connection without consuming them: the HTTP/2 preface
+/// means h2c with prior knowledge. Gives up (HTTP/1) at the header timeout.
+pub async fn sniff_plain(stream: &TcpStream, timeout: Duration) -> Protocol {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = [0u8; 24];
+    loop {
+        let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await;
+        let n = match peeked {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return Protocol::Http1,
+        };
+        if buf[..n] != H2_PREFACE[..n] {
+            return Protocol::Http1;
+        }
+        if n == H2_PREFACE.len() {
+            return Protocol::Http2;
+        }
+        // A partial preface: wait briefly for the rest.
+        if tokio::time::Instant::now() >= deadline {
+            return Protocol::Http1;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// A response body that marks its request finished when it ends or is dropped.
+pub struct TrackedBody {
+    inner: ResponseBody,
+    activity: Option<ActivityGuard>,
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
+            || self.inner.is_end_stream()
+        {
+            self.activity = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Serves one connection, accepted at `accepted`, until it closes, is idle for the keep-alive
+/// timeout, or `drain` asks it to finish what it has.
+pub async fn serve<IO>(
+    io: IO,
+    accepted: tokio::time::Instant,
+    protocol: Protocol,
+    conn: ClientConn,
+    proxy: Arc<Proxy>,
+    settings: &ConnectionSettings,
+    drain: CancellationToken,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Activity::new(accepted);
+    let service_activity = activity.clone();
+    let service = service_fn(move |request: Request<Incoming>| {
+        let proxy = proxy.clone();
+        let guard = service_activity.begin();
+        async move {
+            let response = proxy.handle(request, conn).await;
+            Ok::<_, Infallible>(response.map(|inner| TrackedBody {
+                inner,
+                activity: Some(guard),
+            }))
+        }
+    });
+    let result = match protocol {
+        Protocol::Http1 => {
+            let io = GuardedIo::new(io, settings.guard, activity.clone());
+            let connection = settings.http1.serve_connection(TokioIo::new(io), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => result,
+                _ = drain.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            }
+        }
+        Protocol::Http2 => {
+            let connection = settings.http2.serve_connection(TokioIo::new(io), service);
+            tokio::pin!(connection);
+            let keep_alive = settings.guard.keep_alive_timeout;
+            loop {
+                let idle_deadline = match activity.in_progress() {
+                    0 => activity.last_done() + keep_alive,
+                    _ => tokio::time::Instant::now() + keep_alive,
+                };
+                tokio::select! {
+                    result = connection.as_mut() => break result,
+                    _ = drain.cancelled() => {
+                        connection.as_mut().graceful_shutdown();
+                        break connection.await;
+                    }
+                    _ = tokio::time::sleep_until(idle_deadline) => {
+                        if activity.in_progress() == 0 && activity.last_done() + keep_alive <= tokio::time::Instant::now() {
+                            connection.as_mut().graceful_shutdown();
+                            break connection.await;
+                        }
+                    }
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(client = %conn.remote, error = %e, "client connection ended with an error");
+    }
+}

@@ -1,0 +1,584 @@
+//! HTTP/1 request framing as the router enforces it before hyper parses anything.
+//!
+//! [`Framing`] follows the client's byte stream request by request: it gathers each request
+//! head, checks it, learns the body's framing (`Content-Length` or `chunked`), and skips the
+//! body to find the next head, so every head of a pipelined stream is checked too. What it
+//! refuses never reaches the proxy, and the connection is closed after:
+//!
+//! | refused | status |
+//! |---|---|
+//! | head larger than `max_header_bytes`, or more than `max_headers` fields | 431 |
+//! | `Content-Length` together with `Transfer-Encoding` | 400 |
+//! | more than one `Content-Length` (even equal), or one that is not plain digits (`+3`, `1,1`) | 400 |
+//! | a `Transfer-Encoding` other than exactly `chunked`, or in more than one field, or on HTTP/1.0 | 400 |
+//! | obs-fold (a field line starting with a space or tab), whitespace before a field's colon | 400 |
+//! | a bare LF (a line ending without CR) | 400 |
+//! | a chunk size that is not hex, longer than 16 digits, a chunk not ended by CRLF, oversized extensions or trailers | 400 |
+//!
+//! Anchors: `shared/reference/anchors.md` §5.3 (reject rather than normalise ambiguous framing).
+
+/// Limits the scanner enforces on heads.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadLimits {
+    /// Largest head, request line and CRLFs included.
+    pub max_header_bytes: usize,
+    /// Most header fields.
+    pub max_headers: usize,
+}
+
+/// Why a request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Violation {
+    /// The head is over `max_header_bytes`.
+    HeadTooLarge,
+    /// More than `max_headers` fields.
+    TooManyHeaders,
+    /// Both `Content-Length` and `Transfer-Encoding`.
+    LengthAndChunked,
+    /// Several `Content-Length` fields.
+    DuplicateLength,
+    /// A `Content-Length` that is not a plain decimal number.
+    InvalidLength,
+    /// A transfer coding other than `chunked`, repeated, or on HTTP/1.0.
+    InvalidTransferEncoding,
+    /// A folded (obs-fold) field line.
+    ObsFold,
+    /// A malformed field line (no colon, whitespace before the colon, empty name).
+    InvalidHeaderLine,
+    /// A line ending in LF without CR.
+    BareLineFeed,
+    /// A malformed chunk size line, chunk end or trailer.
+    InvalidChunk,
+}
+
+impl Violation {
+    /// The status the client gets.
+    pub fn status(self) -> u16 {
+        match self {
+            Violation::HeadTooLarge | Violation::TooManyHeaders => 431,
+            _ => 400,
+        }
+    }
+
+    /// The stable error code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Violation::HeadTooLarge | Violation::TooManyHeaders => "RequestHeaderFieldsTooLarge",
+            _ => "BadRequestFraming",
+        }
+    }
+
+    /// What is wrong, for the client.
+    pub fn message(self) -> &'static str {
+        match self {
+            Violation::HeadTooLarge => "the request head is larger than the router accepts",
+            Violation::TooManyHeaders => {
+                "the request has more header fields than the router accepts"
+            }
+            Violation::LengthAndChunked => {
+                "the request has both Content-Length and Transfer-Encoding"
+            }
+            Violation::DuplicateLength => "the request has more than one Content-Length",
+            Violation::InvalidLength => {
+                "the request's Content-Length is not a plain decimal number"
+            }
+            Violation::InvalidTransferEncoding => {
+                "the request's Transfer-Encoding is not exactly `chunked`"
+            }
+            Violation::ObsFold => "the request has a folded header line (obs-fold)",
+            Violation::InvalidHeaderLine => "the request has a malformed header line",
+            Violation::BareLineFeed => "the request has a line ending without CR",
+            Violation::InvalidChunk => "the request body's chunked framing is malformed",
+        }
+    }
+}
+
+/// Most hex digits in a chunk size (64 bits).
+const MAX_CHUNK_SIZE_DIGITS: u8 = 16;
+/// Longest chunk-size line extension.
+const MAX_CHUNK_EXTENSION_BYTES: usize = 4096;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Gathering a request head.
+    Head,
+    /// A body of known length: bytes left.
+    Body(u64),
+    /// A chunk-size line: digits read, value, inside an extension, bytes of extension, saw CR.
+    ChunkSize {
+        digits: u8,
+        value: u64,
+        extension: usize,
+        cr: bool,
+    },
+    /// Chunk data: bytes left.
+    ChunkData(u64),
+    /// The CRLF after chunk data: `false` expects CR, `true` expects LF.
+    ChunkEnd(bool),
+    /// Trailer fields after the last chunk: bytes of this line, total trailer bytes, saw CR.
+    Trailers { line: usize, total: usize, cr: bool },
+}
+
+/// The framing state of one HTTP/1 connection.
+#[derive(Debug)]
+pub struct Framing {
+    state: State,
+    head: Vec<u8>,
+    limits: HeadLimits,
+}
+
+/// What feeding bytes found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scan {
+    /// All bytes are fine.
+    Ok,
+    /// The first `valid` bytes are fine; what follows breaks `violation`.
+    Refused {
+        /// Bytes before the offending request or chunk.
+        valid: usize,
+        /// The rule broken.
+        violation: Violation,
+        /// Whether the offence is in a head (the request never reached the proxy) rather than
+        /// in a body already being forwarded.
+        in_head: bool,
+    },
+}
+
+impl Framing {
+    /// A connection about to read its first request.
+    pub fn new(limits: HeadLimits) -> Self {
+        Framing {
+            state: State::Head,
+            head: Vec::new(),
+            limits,
+        }
+    }
+
+    /// Whether the stream is between requests (no byte of the next head seen yet).
+    pub fn at_boundary(&self) -> bool {
+        self.state == State::Head && self.head.is_empty()
+    }
+
+    /// Whether part of a head has arrived but not all of it.
+    pub fn in_head(&self) -> bool {
+        self.state == State::Head && !self.head.is_empty()
+    }
+
+    /// Feeds bytes read from the client.
+    pub fn feed(&mut self, mut data: &[u8]) -> Scan {
+        let total = data.len();
+        // Bytes before the start of the request (or chunk) being processed.
+        let mut unit_start = 0;
+        while !data.is_empty() {
+            let consumed_before = total - data.len();
+            match self.state {
+                State::Head => {
+                    if self.head.is_empty() {
+                        unit_start = consumed_before;
+                        // Empty lines before a request line are allowed (RFC 9112 §2.2).
+                        let skip = data
+                            .iter()
+                            .take_while(|b| **b == b'\r' || **b == b'\n')
+                            .count();
+                        if skip > 0 {
+                            data = &data[skip..];
+                            continue;
+                        }
+                    }
+                    let (used, done) = self.take_head(data);
+                    data = &data[used..];
+                    if self.head.len() > self.limits.max_header_bytes {
+                        return refused(unit_start, Violation::HeadTooLarge, true);
+                    }
+                    if done {
+                        match inspect_head(&self.head, self.limits) {
+                            Ok(next) => {
+                                self.state = next;
+                                self.head.clear();
+                            }
+                            Err(v) => return refused(unit_start, v, true),
+                        }
+                    }
+                }
+                State::Body(left) => {
+                    let n = left.min(data.len() as u64);
+                    data = &data[n as usize..];
+                    self.state = if left == n {
+                        State::Head
+                    } else {
+                        State::Body(left - n)
+                    };
+                }
+                State::ChunkData(left) => {
+                    let n = left.min(data.len() as u64);
+                    data = &data[n as usize..];
+                    self.state = if left == n {
+                        State::ChunkEnd(false)
+                    } else {
+                        State::ChunkData(left - n)
+                    };
+                }
+                State::ChunkEnd(expect_lf) => {
+                    let byte = data[0];
+                    data = &data[1..];
+                    self.state = match (expect_lf, byte) {
+                        (false, b'\r') => State::ChunkEnd(true),
+                        (true, b'\n') => zero_size_line(),
+                        _ => return refused(consumed_before, Violation::InvalidChunk, false),
+                    };
+                }
+                State::ChunkSize {
+                    digits,
+                    value,
+                    extension,
+                    cr,
+                } => {
+                    let byte = data[0];
+                    data = &data[1..];
+                    let bad = || refused(consumed_before, Violation::InvalidChunk, false);
+                    self.state = if cr {
+                        if byte != b'\n' || digits == 0 {
+                            return bad();
+                        }
+                        if value == 0 {
+                            State::Trailers {
+                                line: 0,
+                                total: 0,
+                                cr: false,
+                            }
+                        } else {
+                            State::ChunkData(value)
+                        }
+                    } else if byte == b'\r' {
+                        State::ChunkSize {
+                            digits,
+                            value,
+                            extension,
+                            cr: true,
+                        }
+                    } else if extension > 0 || byte == b';' {
+                        if byte == b'\n' || extension >= MAX_CHUNK_EXTENSION_BYTES {
+                            return bad();
+                        }
+                        State::ChunkSize {
+                            digits,
+                            value,
+                            extension: extension + 1,
+                            cr: false,
+                        }
+                    } else if let Some(d) = (byte as char).to_digit(16) {
+                        if digits >= MAX_CHUNK_SIZE_DIGITS {
+                            return bad();
+                        }
+                        State::ChunkSize {
+                            digits: digits + 1,
+                            value: (value << 4) | u64::from(d),
+                            extension,
+                            cr: false,
+                        }
+                    } else {
+                        // Whitespace after the size (BWS before an extension) is not allowed
+                        // without an extension; anything else is garbage.
+                        return bad();
+                    };
+                }
+                State::Trailers { line, total, cr } => {
+                    let byte = data[0];
+                    data = &data[1..];
+                    let bad = || refused(consumed_before, Violation::InvalidChunk, false);
+                    if total + 1 > self.limits.max_header_bytes {
+                        return bad();
+                    }
+                    self.state = if cr {
+                        if byte != b'\n' {
+                            return bad();
+                        }
+                        if line == 0 {
+                            State::Head
+                        } else {
+                            State::Trailers {
+                                line: 0,
+                                total: total + 1,
+                                cr: false,
+                            }
+                        }
+                    } else if byte == b'\r' {
+                        State::Trailers {
+                            line,
+                            total: total + 1,
+                            cr: true,
+                        }
+                    } else if byte == b'\n' {
+                        return bad();
+                    } else {
+                        State::Trailers {
+                            line: line + 1,
+                            total: total + 1,
+                            cr: false,
+                        }
+                    };
+                }
+            }
+        }
+        Scan::Ok
+    }
+
+    /// Appends head bytes up to and including the blank line; returns (bytes used, head complete).
+    fn take_head(&mut self, data: &[u8]) -> (usize, bool) {
+        // Look for CRLFCRLF across the boundary with what we already have.
+        let already = self.head.len();
+        let keep = self.limits.max_header_bytes + 1 - already.min(self.limits.max_header_bytes + 1);
+        let window = &data[..data.len().min(keep.max(1))];
+        let tail_start = already.saturating_sub(3);
+        self.head.extend_from_slice(window);
+        let search_from = tail_start;
+        match find_blank_line(&self.head[search_from..]) {
+            Some(end) => {
+                let head_len = search_from + end;
+                let used = head_len - already;
+                self.head.truncate(head_len);
+                (used, true)
+            }
+            None => (window.len(), false),
+        }
+    }
+}
+
+fn refused(valid: usize, violation: Violation, in_head: bool) -> Scan {
+    Scan::Refused {
+        valid,
+        violation,
+        in_head,
+    }
+}
+
+fn zero_size_line() -> State {
+    State::ChunkSize {
+        digits: 0,
+        value: 0,
+        extension: 0,
+        cr: false,
+    }
+}
+
+/// The end offset (exclusive) of the first CRLFCRLF in `bytes`.
+fn find_blank_line(bytes: &[u8]) -> Option<usize> {
+    bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4)
+}
+
+/// Checks one complete head (ending in CRLFCRLF) and returns the body framing.
+fn inspect_head(head: &[u8], limits: HeadLimits) -> Result<State, Violation> {
+    // Every LF must end a CRLF.
+    for (i, b) in head.iter().enumerate() {
+        if *b == b'\n' && (i == 0 || head[i - 1] != b'\r') {
+            return Err(Violation::BareLineFeed);
+        }
+    }
+    let text = &head[..head.len() - 4];
+    let mut lines = text
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let request_line = lines.next().unwrap_or_default();
+    let http10 = request_line.ends_with(b"HTTP/1.0");
+    let mut fields = 0usize;
+    let mut length: Option<u64> = None;
+    let mut lengths = 0;
+    let mut chunked = false;
+    let mut encodings = 0;
+    for line in lines {
+        if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+            return Err(Violation::ObsFold);
+        }
+        fields += 1;
+        if fields > limits.max_headers {
+            return Err(Violation::TooManyHeaders);
+        }
+        let colon = line
+            .iter()
+            .position(|b| *b == b':')
+            .ok_or(Violation::InvalidHeaderLine)?;
+        let name = &line[..colon];
+        if name.is_empty() || name.iter().any(|b| b.is_ascii_whitespace()) {
+            return Err(Violation::InvalidHeaderLine);
+        }
+        let value = line[colon + 1..].trim_ascii();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            lengths += 1;
+            if value.is_empty() || !value.iter().all(u8::is_ascii_digit) || value.len() > 19 {
+                return Err(Violation::InvalidLength);
+            }
+            length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+            if length.is_none() {
+                return Err(Violation::InvalidLength);
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            encodings += 1;
+            chunked = value.eq_ignore_ascii_case(b"chunked");
+            if !chunked {
+                return Err(Violation::InvalidTransferEncoding);
+            }
+        }
+    }
+    if lengths > 1 {
+        return Err(Violation::DuplicateLength);
+    }
+    if encodings > 0 && lengths > 0 {
+        return Err(Violation::LengthAndChunked);
+    }
+    if encodings > 1 || (encodings == 1 && http10) {
+        return Err(Violation::InvalidTransferEncoding);
+    }
+    Ok(match (chunked, length) {
+        (true, _) => zero_size_line(),
+        (false, Some(n)) if n > 0 => State::Body(n),
+        _ => State::Head,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: HeadLimits = HeadLimits {
+        max_header_bytes: 1024,
+        max_headers: 10,
+    };
+
+    /// Feeds `input` split at every position and checks the outcome is the same.
+    fn scan_all_splits(input: &[u8]) -> Scan {
+        let whole = Framing::new(LIMITS).feed(input);
+        for split in 1..input.len() {
+            let mut f = Framing::new(LIMITS);
+            let first = f.feed(&input[..split]);
+            let outcome = match first {
+                Scan::Ok => match f.feed(&input[split..]) {
+                    Scan::Ok => Scan::Ok,
+                    Scan::Refused {
+                        valid,
+                        violation,
+                        in_head,
+                    } => Scan::Refused {
+                        valid: valid + split,
+                        violation,
+                        in_head,
+                    },
+                },
+                refused => refused,
+            };
+            match (whole, outcome) {
+                (Scan::Ok, Scan::Ok) => {}
+                (Scan::Refused { violation: a, .. }, Scan::Refused { violation: b, .. }) => {
+                    assert_eq!(a, b, "split at {split}")
+                }
+                (a, b) => panic!("split at {split}: whole {a:?}, split {b:?}"),
+            }
+        }
+        whole
+    }
+
+    fn violation(input: &str) -> Option<Violation> {
+        match scan_all_splits(input.as_bytes()) {
+            Scan::Ok => None,
+            Scan::Refused { violation, .. } => Some(violation),
+        }
+    }
+
+    #[test]
+    fn ordinary_requests_pass_and_end_on_a_boundary() {
+        let stream = "POST /score HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+                      GET / HTTP/1.1\r\nHost: a\r\n\r\n\
+                      POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\n";
+        assert_eq!(scan_all_splits(stream.as_bytes()), Scan::Ok);
+        let mut f = Framing::new(LIMITS);
+        assert_eq!(f.feed(stream.as_bytes()), Scan::Ok);
+        assert!(f.at_boundary());
+    }
+
+    #[test]
+    fn smuggling_vectors_are_refused() {
+        let cases = [
+            ("POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", Violation::LengthAndChunked),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n", Violation::LengthAndChunked),
+            ("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", Violation::DuplicateLength),
+            ("POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n", Violation::InvalidLength),
+            ("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n", Violation::InvalidLength),
+            ("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", Violation::InvalidLength),
+            ("POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n", Violation::InvalidLength),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", Violation::InvalidTransferEncoding),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", Violation::InvalidTransferEncoding),
+            ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", Violation::InvalidTransferEncoding),
+            ("GET / HTTP/1.1\r\nX-A: 1\r\n continued\r\n\r\n", Violation::ObsFold),
+            ("GET / HTTP/1.1\r\nHost : a\r\n\r\n", Violation::InvalidHeaderLine),
+            ("GET / HTTP/1.1\r\nno-colon\r\n\r\n", Violation::InvalidHeaderLine),
+            ("GET / HTTP/1.1\nHost: a\r\n\r\n", Violation::BareLineFeed),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", Violation::InvalidChunk),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX", Violation::InvalidChunk),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n11111111111111111\r\n", Violation::InvalidChunk),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5 \r\n", Violation::InvalidChunk),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\r\n", Violation::InvalidChunk),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(violation(input), Some(expected), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn a_bad_pipelined_head_is_refused_after_the_good_one() {
+        let good = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let stream =
+            format!("{good}POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx");
+        match Framing::new(LIMITS).feed(stream.as_bytes()) {
+            Scan::Refused {
+                valid,
+                violation,
+                in_head,
+            } => {
+                assert_eq!(valid, good.len());
+                assert_eq!(violation, Violation::DuplicateLength);
+                assert!(in_head);
+            }
+            Scan::Ok => panic!("the second head must be refused"),
+        }
+    }
+
+    #[test]
+    fn head_limits() {
+        let many: String = (0..11).map(|i| format!("X-{i}: v\r\n")).collect();
+        assert_eq!(
+            violation(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
+            Some(Violation::TooManyHeaders)
+        );
+        let big = "x".repeat(2000);
+        assert_eq!(
+            violation(&format!("GET / HTTP/1.1\r\nX: {big}\r\n\r\n")),
+            Some(Violation::HeadTooLarge)
+        );
+        // No end of head at all, just a stream of bytes.
+        assert_eq!(violation(&"a".repeat(2000)), Some(Violation::HeadTooLarge));
+    }
+
+    #[test]
+    fn leading_empty_lines_are_skipped() {
+        assert_eq!(violation("\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn boundary_and_head_states() {
+        let mut f = Framing::new(LIMITS);
+        assert!(f.at_boundary());
+        assert_eq!(f.feed(b"GET / HT"), Scan::Ok);
+        assert!(f.in_head());
+        assert_eq!(f.feed(b"TP/1.1\r\n\r\n"), Scan::Ok);
+        assert!(f.at_boundary());
+        assert_eq!(
+            f.feed(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nab"),
+            Scan::Ok
+        );
+        assert!(!f.at_boundary() && !f.in_head());
+        assert_eq!(f.feed(b"c"), Scan::Ok);
+        assert!(f.at_boundary());
+    }
+}
