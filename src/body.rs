@@ -113,7 +113,13 @@ impl std::fmt::Debug for RequestBody {
 
 impl RequestBody {
     /// The client's body, streamed, failing once more than `limit` bytes have arrived.
-    pub fn streaming(inner: Incoming, limit: u64, tee: Option<MirrorTee>) -> Self {
+    pub fn streaming(inner: Incoming, limit: u64, mut tee: Option<MirrorTee>) -> Self {
+        // An empty body is never polled: its (empty) copy is complete now.
+        if inner.is_end_stream() {
+            if let Some(tee) = &mut tee {
+                tee.finish();
+            }
+        }
         RequestBody {
             kind: RequestKind::Streaming {
                 inner,
@@ -147,7 +153,7 @@ impl Body for RequestBody {
                 limit,
                 seen,
                 tee,
-            } => match Pin::new(inner).poll_frame(cx) {
+            } => match Pin::new(&mut *inner).poll_frame(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(None) => {
                     if let Some(tee) = tee {
@@ -170,6 +176,14 @@ impl Body for RequestBody {
                         }
                         if let Some(tee) = tee {
                             tee.push(data);
+                        }
+                    }
+                    // A body of known length ends with its last data frame: the client
+                    // connection stops polling there and never sees `None`, so the copy is
+                    // complete now.
+                    if inner.is_end_stream() {
+                        if let Some(tee) = tee {
+                            tee.finish();
                         }
                     }
                     Poll::Ready(Some(Ok(frame)))
