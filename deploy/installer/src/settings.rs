@@ -1,0 +1,620 @@
+//! The extension's settings: the keys `az k8s-extension create --config` / `--config-protected`
+//! takes for Azure ML (`shared/reference/azureml-fe-behaviour.md` §9.1), with the same defaults.
+//!
+//! Two steps: [`RawSettings::parse`] turns `key=value` words into two maps (syntax, duplicates,
+//! unknown keys, which list a key belongs in); [`Settings::from_raw`] reads the values (booleans
+//! in any case, service types, names). Rules between settings live in [`crate::validate`].
+//! Keys are case-sensitive, as in az; unlike az, an unknown key is an error with a suggestion
+//! (§8.4: az silently ignores `InferenceRouterHA=False` and tries three replicas).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::problem::Problems;
+use crate::suggest;
+
+/// Settings whose keys start with this restrict where the extension runs (`nodeSelector.<label>`).
+pub const NODE_SELECTOR_PREFIX: &str = "nodeSelector.";
+
+/// What values a key takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyKind {
+    /// `True` or `False`, any case.
+    Bool,
+    /// `loadBalancer`, `nodePort` or `clusterIP`, any case.
+    ServiceType,
+    /// `azure`.
+    LoadBalancerProvider,
+    /// A Secret name in namespace `azureml`.
+    SecretName,
+    /// A DNS name.
+    DnsName,
+    /// A local file path (read by the installer, never stored).
+    FilePath,
+}
+
+/// One documented key.
+#[derive(Clone, Copy, Debug)]
+pub struct KeySpec {
+    /// The key, spelt as az spells it.
+    pub name: &'static str,
+    /// Its values.
+    pub kind: KeyKind,
+    /// The default when the key is not given, as az documents it.
+    pub default: Option<&'static str>,
+    /// Whether it belongs in `--config-protected`.
+    pub protected: bool,
+}
+
+const fn key(
+    name: &'static str,
+    kind: KeyKind,
+    default: Option<&'static str>,
+    protected: bool,
+) -> KeySpec {
+    KeySpec {
+        name,
+        kind,
+        default,
+        protected,
+    }
+}
+
+/// Every key of §9.1 except `nodeSelector.<label>` (see [`NODE_SELECTOR_PREFIX`]).
+pub const KEYS: &[KeySpec] = &[
+    key("enableTraining", KeyKind::Bool, Some("False"), false),
+    key("enableInference", KeyKind::Bool, Some("False"), false),
+    key(
+        "allowInsecureConnections",
+        KeyKind::Bool,
+        Some("False"),
+        false,
+    ),
+    key(
+        "inferenceRouterServiceType",
+        KeyKind::ServiceType,
+        None,
+        false,
+    ),
+    key(
+        "internalLoadBalancerProvider",
+        KeyKind::LoadBalancerProvider,
+        None,
+        false,
+    ),
+    key("sslSecret", KeyKind::SecretName, None, false),
+    key("sslCname", KeyKind::DnsName, None, false),
+    key("inferenceRouterHA", KeyKind::Bool, Some("True"), false),
+    key(
+        "installNvidiaDevicePlugin",
+        KeyKind::Bool,
+        Some("False"),
+        false,
+    ),
+    key("installPromOp", KeyKind::Bool, Some("True"), false),
+    key("installVolcano", KeyKind::Bool, Some("True"), false),
+    key("installDcgmExporter", KeyKind::Bool, Some("False"), false),
+    key("sslCertPemFile", KeyKind::FilePath, None, true),
+    key("sslKeyPemFile", KeyKind::FilePath, None, true),
+];
+
+/// Keys seen in public material (§9.2, §9.1) that are not settings here, and what to use instead.
+const KNOWN_MISTAKES: &[(&str, &str)] = &[
+    (
+        "inferenceLoadBalancerHA",
+        "is the older name of `inferenceRouterHA`: use inferenceRouterHA",
+    ),
+    (
+        "sslCertKeyFile",
+        "is a misspelling found in some examples: use sslKeyPemFile (in --config-protected)",
+    ),
+    (
+        "scoringFe.sslSecret",
+        "is the Helm-level key the az CLI produces: use sslSecret",
+    ),
+    (
+        "scoringFe.serviceType.nodePort",
+        "is the Helm-level key the az CLI produces: use inferenceRouterServiceType=nodePort",
+    ),
+    (
+        "scoringFe.serviceType.internalLoadBalancer",
+        "is the Helm-level key the az CLI produces: use internalLoadBalancerProvider=azure",
+    ),
+];
+
+/// The spec of a documented key (exact, case-sensitive match).
+pub fn spec(name: &str) -> Option<&'static KeySpec> {
+    KEYS.iter().find(|k| k.name == name)
+}
+
+/// The settings as given: non-protected and protected `key=value` maps, keys checked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RawSettings {
+    /// `--config` (stored with the extension, shown by `show`).
+    pub config: BTreeMap<String, String>,
+    /// `--config-protected` (used once, never stored).
+    pub protected: BTreeMap<String, String>,
+}
+
+impl RawSettings {
+    /// Parses `--config` and `--config-protected` words (`key=value` each).
+    pub fn parse(config: &[String], protected: &[String]) -> Result<Self, Problems> {
+        let mut problems = Problems::default();
+        let config_map = parse_pairs(config, "--config", false, &mut problems);
+        let protected_map = parse_pairs(protected, "--config-protected", true, &mut problems);
+        for key in config_map.keys() {
+            if protected_map.contains_key(key) {
+                // §9.3 item 2: az stops with "Duplicate keys found".
+                problems.push(
+                    key.clone(),
+                    "Duplicate keys found: the key is in both --config and --config-protected; give it in one of them",
+                );
+            }
+        }
+        problems.into_result(RawSettings {
+            config: config_map,
+            protected: protected_map,
+        })
+    }
+}
+
+fn parse_pairs(
+    words: &[String],
+    flag: &str,
+    protected: bool,
+    problems: &mut Problems,
+) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
+    for word in words {
+        let Some((key, value)) = word.split_once('=') else {
+            problems.push(
+                word.clone(),
+                format!("{flag} takes key=value pairs: write `{word}=<value>`"),
+            );
+            continue;
+        };
+        let key = key.trim();
+        if key.is_empty() {
+            problems.push(
+                word.clone(),
+                format!("{flag} `{word}` has no key before `=`"),
+            );
+            continue;
+        }
+        if !check_key(key, flag, protected, problems) {
+            continue;
+        }
+        if map.insert(key.to_owned(), value.to_owned()).is_some() {
+            problems.push(key, format!("given twice in {flag}: keep one `{key}=…`"));
+        }
+    }
+    map
+}
+
+/// Whether `key` is a known key in the right list; adds a problem (with a suggestion) if not.
+fn check_key(key: &str, flag: &str, protected: bool, problems: &mut Problems) -> bool {
+    if let Some(label) = key.strip_prefix(NODE_SELECTOR_PREFIX) {
+        if protected {
+            problems.push(
+                key,
+                "is not a protected setting: pass it with --config, not --config-protected",
+            );
+            return false;
+        }
+        if let Err(e) = check_label_key(label) {
+            problems.push(key, e);
+            return false;
+        }
+        return true;
+    }
+    if let Some(spec) = spec(key) {
+        return match (spec.protected, protected) {
+            (true, false) => {
+                problems.push(
+                    key,
+                    format!("is a protected setting: pass it with --config-protected, not {flag}"),
+                );
+                false
+            }
+            (false, true) => {
+                problems.push(
+                    key,
+                    "is not a protected setting: pass it with --config, not --config-protected",
+                );
+                false
+            }
+            _ => true,
+        };
+    }
+    problems.push(key, unknown_key_message(key));
+    false
+}
+
+fn unknown_key_message(key: &str) -> String {
+    if let Some((_, hint)) = KNOWN_MISTAKES.iter().find(|(k, _)| *k == key) {
+        return format!("is not a setting: `{key}` {hint}");
+    }
+    let lower = key.to_ascii_lowercase();
+    if let Some(rest) = lower
+        .strip_prefix("nodeselector.")
+        .map(|_| &key["nodeselector.".len()..])
+    {
+        return format!(
+            "is not a setting (keys are case-sensitive): did you mean `{NODE_SELECTOR_PREFIX}{rest}`?"
+        );
+    }
+    let candidates = KEYS.iter().map(|k| k.name);
+    match suggest::nearest(key, candidates) {
+        Some(near) if near.eq_ignore_ascii_case(key) => format!(
+            "is not a setting (keys are case-sensitive, and az would silently ignore it): did you mean `{near}`?"
+        ),
+        Some(near) => format!("is not a setting: did you mean `{near}`?"),
+        None => format!(
+            "is not a setting: known keys are {}, and {NODE_SELECTOR_PREFIX}<label>",
+            KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// A boolean setting and whether the user set it (HA's default is treated differently, §9.3 item 8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flag {
+    /// The value, given or default.
+    pub value: bool,
+    /// Whether the user gave it.
+    pub explicit: bool,
+}
+
+/// How the router's Service is exposed (§1.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceType {
+    /// A cloud load balancer.
+    LoadBalancer,
+    /// A port on every node.
+    NodePort,
+    /// Cluster-internal only.
+    ClusterIp,
+}
+
+impl ServiceType {
+    /// The Kubernetes `spec.type` value.
+    pub fn as_k8s(self) -> &'static str {
+        match self {
+            ServiceType::LoadBalancer => "LoadBalancer",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::ClusterIp => "ClusterIP",
+        }
+    }
+}
+
+impl fmt::Display for ServiceType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_k8s())
+    }
+}
+
+/// The settings, read and typed; defaults filled in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// `enableTraining`.
+    pub enable_training: Flag,
+    /// `enableInference`.
+    pub enable_inference: Flag,
+    /// `allowInsecureConnections`.
+    pub allow_insecure_connections: Flag,
+    /// `inferenceRouterServiceType`.
+    pub inference_router_service_type: Option<ServiceType>,
+    /// `internalLoadBalancerProvider=azure`.
+    pub internal_load_balancer: bool,
+    /// `sslSecret`.
+    pub ssl_secret: Option<String>,
+    /// `sslCname`.
+    pub ssl_cname: Option<String>,
+    /// `inferenceRouterHA`.
+    pub inference_router_ha: Flag,
+    /// `nodeSelector.<label>=<value>`.
+    pub node_selector: BTreeMap<String, String>,
+    /// `installNvidiaDevicePlugin`.
+    pub install_nvidia_device_plugin: Flag,
+    /// `installPromOp`.
+    pub install_prom_op: Flag,
+    /// `installVolcano`.
+    pub install_volcano: Flag,
+    /// `installDcgmExporter`.
+    pub install_dcgm_exporter: Flag,
+    /// `sslCertPemFile` (protected).
+    pub ssl_cert_pem_file: Option<PathBuf>,
+    /// `sslKeyPemFile` (protected).
+    pub ssl_key_pem_file: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Reads every value; all problems are reported together.
+    pub fn from_raw(raw: &RawSettings) -> Result<Settings, Problems> {
+        let mut problems = Problems::default();
+        let mut reader = Reader {
+            raw,
+            problems: &mut problems,
+        };
+        let settings = Settings {
+            enable_training: reader.flag("enableTraining"),
+            enable_inference: reader.flag("enableInference"),
+            allow_insecure_connections: reader.flag("allowInsecureConnections"),
+            inference_router_service_type: reader.service_type(),
+            internal_load_balancer: reader.load_balancer_provider(),
+            ssl_secret: reader.name("sslSecret", KeyKind::SecretName),
+            ssl_cname: reader.name("sslCname", KeyKind::DnsName),
+            inference_router_ha: reader.flag("inferenceRouterHA"),
+            node_selector: reader.node_selector(),
+            install_nvidia_device_plugin: reader.flag("installNvidiaDevicePlugin"),
+            install_prom_op: reader.flag("installPromOp"),
+            install_volcano: reader.flag("installVolcano"),
+            install_dcgm_exporter: reader.flag("installDcgmExporter"),
+            ssl_cert_pem_file: reader.path("sslCertPemFile"),
+            ssl_key_pem_file: reader.path("sslKeyPemFile"),
+        };
+        problems.into_result(settings)
+    }
+}
+
+struct Reader<'a> {
+    raw: &'a RawSettings,
+    problems: &'a mut Problems,
+}
+
+impl Reader<'_> {
+    fn given(&self, key: &str) -> Option<&str> {
+        self.raw
+            .config
+            .get(key)
+            .or_else(|| self.raw.protected.get(key))
+            .map(String::as_str)
+    }
+
+    fn flag(&mut self, key: &str) -> Flag {
+        let default = spec(key).and_then(|s| s.default) == Some("True");
+        match self.given(key) {
+            None => Flag {
+                value: default,
+                explicit: false,
+            },
+            Some(v) => match parse_bool(v) {
+                Some(value) => Flag {
+                    value,
+                    explicit: true,
+                },
+                None => {
+                    self.problems.push(
+                        key,
+                        format!("`{v}` is not a boolean: use True or False (any case)"),
+                    );
+                    Flag {
+                        value: default,
+                        explicit: true,
+                    }
+                }
+            },
+        }
+    }
+
+    fn service_type(&mut self) -> Option<ServiceType> {
+        let key = "inferenceRouterServiceType";
+        let v = self.given(key)?;
+        let parsed = match v.to_ascii_lowercase().as_str() {
+            "loadbalancer" => Some(ServiceType::LoadBalancer),
+            "nodeport" => Some(ServiceType::NodePort),
+            "clusterip" => Some(ServiceType::ClusterIp),
+            _ => None,
+        };
+        if parsed.is_none() {
+            // §9.3 item 5.
+            self.problems.push(
+                key,
+                format!("`{v}` is not a service type: use loadBalancer, nodePort or clusterIP (any case)"),
+            );
+        }
+        parsed
+    }
+
+    fn load_balancer_provider(&mut self) -> bool {
+        let key = "internalLoadBalancerProvider";
+        match self.given(key) {
+            None => false,
+            Some(v) if v.eq_ignore_ascii_case("azure") => true,
+            Some(v) => {
+                self.problems.push(
+                    key,
+                    format!("`{v}` is not a supported provider: the only value is `azure` (an Azure internal load balancer); leave the key out for a public one"),
+                );
+                false
+            }
+        }
+    }
+
+    fn name(&mut self, key: &str, kind: KeyKind) -> Option<String> {
+        let v = self.given(key)?;
+        let checked = match kind {
+            KeyKind::SecretName => check_dns_subdomain(v).map_err(|e| {
+                format!("`{v}` is not a Secret name ({e}): use the name of a Secret in namespace azureml, e.g. `azureml-fe-tls`")
+            }),
+            _ => check_dns_name(v).map_err(|e| {
+                format!("`{v}` is not a DNS name ({e}): use the host name clients use, e.g. `ml.contoso.com`")
+            }),
+        };
+        match checked {
+            Ok(()) => Some(v.to_owned()),
+            Err(message) => {
+                self.problems.push(key, message);
+                None
+            }
+        }
+    }
+
+    fn path(&mut self, key: &str) -> Option<PathBuf> {
+        let v = self.given(key)?;
+        if v.trim().is_empty() {
+            self.problems
+                .push(key, "is empty: give the path to the PEM file");
+            return None;
+        }
+        Some(PathBuf::from(v))
+    }
+
+    fn node_selector(&mut self) -> BTreeMap<String, String> {
+        let mut selector = BTreeMap::new();
+        for (key, value) in &self.raw.config {
+            let Some(label) = key.strip_prefix(NODE_SELECTOR_PREFIX) else {
+                continue;
+            };
+            match check_label_value(value) {
+                Ok(()) => {
+                    selector.insert(label.to_owned(), value.clone());
+                }
+                Err(e) => self.problems.push(
+                    key.clone(),
+                    format!("`{value}` is not a label value ({e}): use the value of the node label, e.g. `{key}=gpu`"),
+                ),
+            }
+        }
+        selector
+    }
+}
+
+/// `True`/`False` in any case.
+pub fn parse_bool(v: &str) -> Option<bool> {
+    if v.eq_ignore_ascii_case("true") {
+        Some(true)
+    } else if v.eq_ignore_ascii_case("false") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+fn check_dns_label(label: &str, max: usize) -> Result<(), String> {
+    if label.is_empty() {
+        return Err("empty part".into());
+    }
+    if label.len() > max {
+        return Err(format!("`{label}` is longer than {max} characters"));
+    }
+    if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err(format!(
+            "`{label}` has characters other than letters, digits and `-`"
+        ));
+    }
+    if label.starts_with('-') || label.ends_with('-') {
+        return Err(format!("`{label}` starts or ends with `-`"));
+    }
+    Ok(())
+}
+
+/// A host name: dot-separated labels of letters, digits and `-`, at most 253 characters.
+pub fn check_dns_name(name: &str) -> Result<(), String> {
+    if name.len() > 253 {
+        return Err("longer than 253 characters".into());
+    }
+    name.split('.').try_for_each(|l| check_dns_label(l, 63))
+}
+
+/// A Kubernetes object name (DNS-1123 subdomain): lowercase, at most 253 characters.
+pub fn check_dns_subdomain(name: &str) -> Result<(), String> {
+    if name.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err("has upper-case letters".into());
+    }
+    check_dns_name(name)
+}
+
+/// A Kubernetes label key: `[prefix/]name`, the prefix a DNS subdomain, the name at most 63
+/// characters of letters, digits, `-`, `_` and `.`, starting and ending alphanumeric.
+pub fn check_label_key(key: &str) -> Result<(), String> {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    if let Some(prefix) = prefix {
+        check_dns_subdomain(prefix).map_err(|e| {
+            format!("the label prefix `{prefix}` is not a DNS subdomain ({e}): write nodeSelector.<prefix>/<name>, e.g. nodeSelector.kubernetes.io/os")
+        })?;
+    }
+    if name.is_empty() {
+        return Err(
+            "has no label name: write nodeSelector.<label>=<value>, e.g. nodeSelector.agentpool=gpu"
+                .into(),
+        );
+    }
+    check_label_value(name).map_err(|e| {
+        format!("`{name}` is not a label name ({e}): write nodeSelector.<label>=<value>, e.g. nodeSelector.agentpool=gpu")
+    })
+}
+
+/// A Kubernetes label value: empty, or at most 63 characters of letters, digits, `-`, `_` and `.`,
+/// starting and ending alphanumeric.
+pub fn check_label_value(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Ok(());
+    }
+    if value.len() > 63 {
+        return Err("longer than 63 characters".into());
+    }
+    if !value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err("only letters, digits, `-`, `_` and `.` are allowed".into());
+    }
+    let ends_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    if !ends_ok(value.chars().next()) || !ends_ok(value.chars().last()) {
+        return Err("must start and end with a letter or digit".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let s = Settings::from_raw(&RawSettings::default()).unwrap();
+        assert!(!s.enable_training.value && !s.enable_inference.value);
+        assert!(!s.allow_insecure_connections.value);
+        assert!(s.inference_router_ha.value && !s.inference_router_ha.explicit);
+        assert!(s.install_prom_op.value && s.install_volcano.value);
+        assert!(!s.install_nvidia_device_plugin.value && !s.install_dcgm_exporter.value);
+        assert_eq!(s.inference_router_service_type, None);
+    }
+
+    #[test]
+    fn booleans_in_any_case_and_service_types_too() {
+        let raw = RawSettings::parse(
+            &words(&[
+                "enableInference=TRUE",
+                "inferenceRouterHA=false",
+                "inferenceRouterServiceType=NODEPORT",
+                "nodeSelector.agentpool=gpu",
+            ]),
+            &[],
+        )
+        .unwrap();
+        let s = Settings::from_raw(&raw).unwrap();
+        assert!(s.enable_inference.value && s.enable_inference.explicit);
+        assert!(!s.inference_router_ha.value && s.inference_router_ha.explicit);
+        assert_eq!(s.inference_router_service_type, Some(ServiceType::NodePort));
+        assert_eq!(s.node_selector["agentpool"], "gpu");
+    }
+
+    #[test]
+    fn label_syntax() {
+        assert!(check_label_key("kubernetes.io/os").is_ok());
+        assert!(check_label_key("agentpool").is_ok());
+        assert!(check_label_key("Bad Key").is_err());
+        assert!(check_label_value("").is_ok());
+        assert!(check_label_value("-x").is_err());
+    }
+}
