@@ -234,8 +234,8 @@ impl TableBuilder {
         let table = RoutingTable {
             endpoints: self
                 .endpoints
-                .iter()
-                .map(|(name, entry)| (entry.built.name.clone(), entry.built.clone()))
+                .values()
+                .map(|entry| (entry.built.name.clone(), entry.built.clone()))
                 .collect(),
             generation: self.generation,
         };
