@@ -185,7 +185,10 @@ impl Framing {
                             continue;
                         }
                     }
-                    let (used, done) = self.take_head(data);
+                    let (used, done) = match self.take_head(data) {
+                        Ok(taken) => taken,
+                        Err(v) => return refused(unit_start, v, true),
+                    };
                     data = &data[used..];
                     if self.head.len() > self.limits.max_header_bytes {
                         return refused(unit_start, Violation::HeadTooLarge, true);
@@ -323,8 +326,10 @@ impl Framing {
         Scan::Ok
     }
 
-    /// Appends head bytes up to and including the blank line; returns (bytes used, head complete).
-    fn take_head(&mut self, data: &[u8]) -> (usize, bool) {
+    /// Appends head bytes up to and including the blank line; returns (bytes used, head complete),
+    /// or the bare LF found on the way. A bare LF is refused as soon as it is seen: parsers that
+    /// accept it (httparse does) could see a complete head where CRLFCRLF has not appeared.
+    fn take_head(&mut self, data: &[u8]) -> Result<(usize, bool), Violation> {
         // Look for CRLFCRLF across the boundary with what we already have.
         let already = self.head.len();
         let keep = self.limits.max_header_bytes + 1 - already.min(self.limits.max_header_bytes + 1);
@@ -332,15 +337,24 @@ impl Framing {
         let tail_start = already.saturating_sub(3);
         self.head.extend_from_slice(window);
         let search_from = tail_start;
-        match find_blank_line(&self.head[search_from..]) {
+        let (used, done) = match find_blank_line(&self.head[search_from..]) {
             Some(end) => {
                 let head_len = search_from + end;
-                let used = head_len - already;
                 self.head.truncate(head_len);
-                (used, true)
+                (head_len - already, true)
             }
             None => (window.len(), false),
+        };
+        let checked_from = already.max(1);
+        if self.head[already..].first() == Some(&b'\n') && already == 0
+            || self.head[checked_from..]
+                .iter()
+                .zip(&self.head[checked_from - 1..])
+                .any(|(b, before)| *b == b'\n' && *before != b'\r')
+        {
+            return Err(Violation::BareLineFeed);
         }
+        Ok((used, done))
     }
 }
 
@@ -514,6 +528,8 @@ mod tests {
             ("GET / HTTP/1.1\r\nHost : a\r\n\r\n", Violation::InvalidHeaderLine),
             ("GET / HTTP/1.1\r\nno-colon\r\n\r\n", Violation::InvalidHeaderLine),
             ("GET / HTTP/1.1\nHost: a\r\n\r\n", Violation::BareLineFeed),
+            ("POST / HTTP/1.1\r\nContent-Length: 2\n\r\n{}", Violation::BareLineFeed),
+            ("GET / HTTP/1.1\r\nHost: a\n\n", Violation::BareLineFeed),
             ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", Violation::InvalidChunk),
             ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX", Violation::InvalidChunk),
             ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n11111111111111111\r\n", Violation::InvalidChunk),

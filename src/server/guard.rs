@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -31,6 +32,8 @@ pub struct Activity {
     base: Instant,
     in_progress: AtomicU32,
     last_done_ms: AtomicU64,
+    /// Woken when a response ends (the guard waits on it to refuse a pipelined request).
+    response_done: AtomicWaker,
 }
 
 impl Activity {
@@ -40,6 +43,7 @@ impl Activity {
             base: accepted,
             in_progress: AtomicU32::new(0),
             last_done_ms: AtomicU64::new(0),
+            response_done: AtomicWaker::new(),
         })
     }
 
@@ -69,6 +73,7 @@ impl Drop for ActivityGuard {
         let ms = self.0.base.elapsed().as_millis() as u64;
         self.0.last_done_ms.store(ms, Ordering::SeqCst);
         self.0.in_progress.fetch_sub(1, Ordering::SeqCst);
+        self.0.response_done.wake();
     }
 }
 
@@ -128,13 +133,8 @@ impl<T> GuardedIo<T> {
         }
     }
 
-    /// Starts writing the refusal for `violation`, or just closes when a response is being
-    /// written (the refusal would interleave with it).
+    /// Starts writing a refusal (only called while no response is being written).
     fn refuse(&mut self, status: u16, code: &str, message: &str) {
-        if self.activity.in_progress() > 0 {
-            self.phase = Phase::Closed;
-            return;
-        }
         let request_id = crate::proxy::headers::new_request_id();
         let request_id = request_id.to_str().unwrap_or_default();
         let body = error_json(code, message, request_id);
@@ -210,14 +210,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
                 Phase::Open => {}
             }
             if let Some(violation) = this.pending {
-                if this.activity.in_progress() == 0 {
-                    this.pending = None;
-                    this.refuse(violation.status(), violation.code(), violation.message());
-                    continue;
+                // Responses before the refused request come first: wait for them to end (an
+                // end-of-file now would make hyper abandon them), then refuse.
+                this.activity.response_done.register(cx.waker());
+                if this.activity.in_progress() > 0 {
+                    return Poll::Pending;
                 }
-                // Responses before the refused request are still being written: end reading now;
-                // hyper finishes them and closes.
-                this.phase = Phase::Closed;
+                this.pending = None;
+                this.refuse(violation.status(), violation.code(), violation.message());
                 continue;
             }
             if let Some((deadline, is_header)) = this.deadline() {
