@@ -141,17 +141,33 @@ impl RawSettings {
     /// Parses `--config` and `--config-protected` words (`key=value` each).
     pub fn parse(config: &[String], protected: &[String]) -> Result<Self, Problems> {
         let mut problems = Problems::default();
-        let config_map = parse_pairs(config, "--config", false, &mut problems);
-        let protected_map = parse_pairs(protected, "--config-protected", true, &mut problems);
-        for key in config_map.keys() {
-            if protected_map.contains_key(key) {
-                // §9.3 item 2: az stops with "Duplicate keys found".
-                problems.push(
-                    key.clone(),
-                    "Duplicate keys found: the key is in both --config and --config-protected; give it in one of them",
-                );
-            }
+        let keys = |words: &[String]| -> Vec<String> {
+            words
+                .iter()
+                .filter_map(|w| w.split_once('='))
+                .map(|(k, _)| k.trim().to_owned())
+                .collect()
+        };
+        let protected_keys = keys(protected);
+        let duplicates: Vec<String> = keys(config)
+            .into_iter()
+            .filter(|k| !k.is_empty() && protected_keys.contains(k))
+            .collect();
+        for key in &duplicates {
+            // §9.3 item 2: az stops with "Duplicate keys found".
+            problems.push(
+                key.clone(),
+                "Duplicate keys found: the key is in both --config and --config-protected; give it in one of them",
+            );
         }
+        let config_map = parse_pairs(config, "--config", false, &duplicates, &mut problems);
+        let protected_map = parse_pairs(
+            protected,
+            "--config-protected",
+            true,
+            &duplicates,
+            &mut problems,
+        );
         problems.into_result(RawSettings {
             config: config_map,
             protected: protected_map,
@@ -163,6 +179,7 @@ fn parse_pairs(
     words: &[String],
     flag: &str,
     protected: bool,
+    duplicates: &[String],
     problems: &mut Problems,
 ) -> BTreeMap<String, String> {
     let mut map = BTreeMap::new();
@@ -182,7 +199,7 @@ fn parse_pairs(
             );
             continue;
         }
-        if !check_key(key, flag, protected, problems) {
+        if duplicates.iter().any(|d| d == key) || !check_key(key, flag, protected, problems) {
             continue;
         }
         if map.insert(key.to_owned(), value.to_owned()).is_some() {
