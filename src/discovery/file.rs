@@ -292,7 +292,7 @@ pub fn watch(
         .unwrap_or(Path::new("."))
         .to_owned();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        if event.is_ok_and(|e| changes_content(&e.kind)) {
             let _ = tx.send(());
         }
     })?;
@@ -319,6 +319,17 @@ pub fn watch(
             }
         }
     }))
+}
+
+/// Whether a file event can mean new content. Opening and reading (the watcher's own reads
+/// included) cannot: reacting to them would make every read schedule another one.
+fn changes_content(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        notify::EventKind::Access(_) => false,
+        _ => true,
+    }
 }
 
 #[cfg(test)]
@@ -403,6 +414,23 @@ deployments:
             problems.iter().any(|p| p.contains("declared twice")),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn reads_are_not_changes() {
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+        use notify::EventKind;
+        assert!(!changes_content(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(!changes_content(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(changes_content(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(changes_content(&EventKind::Modify(ModifyKind::Any)));
+        assert!(changes_content(&EventKind::Create(CreateKind::File)));
     }
 
     #[test]
