@@ -308,6 +308,19 @@ pub fn watch(
                 continue;
             }
             last = current;
+            if last
+                .as_deref()
+                .is_some_and(|text| text.iter().all(u8::is_ascii_whitespace))
+            {
+                // Most likely a rewrite caught between truncating and writing; a file that
+                // really means "no endpoints" says `endpoints: []`.
+                publisher.refuse(&format!(
+                    "{}: the routes file is empty (a write in progress?): to remove every \
+                     endpoint write `endpoints: []`",
+                    path.display()
+                ));
+                continue;
+            }
             match load_routes(&path) {
                 Ok(spec) => {
                     if let Err(errors) = publisher.apply(&spec) {
