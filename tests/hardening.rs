@@ -340,3 +340,28 @@ async fn http2_prior_knowledge_serves_requests() {
     assert_eq!(response.version(), http::Version::HTTP_2);
     assert_eq!(response.headers()["azureml-model-deployment"], "blue");
 }
+
+#[tokio::test]
+async fn http2_host_that_contradicts_authority_is_refused() {
+    let r = router(|_| {}).await;
+    let tcp = TcpStream::connect(r.harness.http).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = guard("h2 ready", client.ready()).await.unwrap();
+    let request = Request::post("http://ml.example.com/api/v1/endpoint/ep-one/score")
+        .header("host", "other.example.com")
+        .header("authorization", format!("Bearer {KEY}"))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = guard("h2 response", response).await.unwrap();
+    assert_eq!(response.status(), 400);
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = guard("h2 body", body.data()).await {
+        bytes.extend_from_slice(&chunk.unwrap());
+    }
+    let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(json["error"]["code"], "HostMismatch");
+    assert_eq!(r.pod.stats().requests(), 0);
+}

@@ -41,6 +41,8 @@ pub enum RouterError {
     PayloadTooLarge,
     /// The request body could not be read (bad chunking, client reset).
     BadRequestBody,
+    /// An HTTP/2 request whose `Host` names another authority than `:authority` (RFC 9113 §8.3.1).
+    HostMismatch,
 }
 
 impl RouterError {
@@ -59,7 +61,7 @@ impl RouterError {
                 StatusCode::BAD_GATEWAY
             }
             RouterError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            RouterError::BadRequestBody => StatusCode::BAD_REQUEST,
+            RouterError::BadRequestBody | RouterError::HostMismatch => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -82,6 +84,7 @@ impl RouterError {
             RouterError::UpstreamFailed => "UpstreamFailed",
             RouterError::PayloadTooLarge => "PayloadTooLarge",
             RouterError::BadRequestBody => "BadRequestBody",
+            RouterError::HostMismatch => "HostMismatch",
         }
     }
 
@@ -114,6 +117,7 @@ impl RouterError {
             RouterError::UpstreamFailed => "the model pod closed the connection or sent an invalid response",
             RouterError::PayloadTooLarge => "the request body is larger than the router accepts",
             RouterError::BadRequestBody => "the request body could not be read",
+            RouterError::HostMismatch => "the Host header and :authority name different hosts: send one, or make them equal",
         }
     }
 }

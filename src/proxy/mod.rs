@@ -132,6 +132,9 @@ impl Proxy {
         started: Instant,
     ) -> Result<Response<ResponseBody>, Rejection> {
         // 1 target, 2 snapshot, 3 auth, 4 choose: all against one snapshot, released before awaiting.
+        if host_mismatch(&request) {
+            return Err(Rejection::unknown(RouterError::HostMismatch));
+        }
         let (deployment, mirror_to, forward_path) = {
             let (endpoint_name, forward_path) = self
                 .target(&request)
@@ -288,11 +291,11 @@ impl Proxy {
             return Some((endpoint, path));
         }
         let domain = self.settings.host_domain.as_deref()?;
-        let host = request
-            .headers()
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| uri.authority().map(|a| a.as_str()))?;
+        // The request target's authority wins over Host (RFC 9112 §3.2.2, RFC 9113 §8.3.1).
+        let host = uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| request.headers().get(HOST).and_then(|h| h.to_str().ok()))?;
         let endpoint = target::from_host(host, domain)?;
         let path = uri
             .path_and_query()
@@ -311,12 +314,11 @@ impl Proxy {
         conn: ClientConn,
         slot: &Slot,
     ) -> Request<RequestBody> {
-        let original_host = parts.headers.get(HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        let original_host = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .or_else(|| parts.headers.get(HOST).cloned());
         let headers = &mut parts.headers;
         headers::strip_hop_by_hop(headers);
         // The credential is for the router, not for the model's code.
@@ -421,6 +423,20 @@ impl Proxy {
             );
         }
         response
+    }
+}
+
+/// An HTTP/2 request whose `Host` header names another authority than `:authority`.
+fn host_mismatch<B>(request: &Request<B>) -> bool {
+    if request.version() != Version::HTTP_2 {
+        return false;
+    }
+    match (request.uri().authority(), request.headers().get(HOST)) {
+        (Some(authority), Some(host)) => !authority
+            .as_str()
+            .as_bytes()
+            .eq_ignore_ascii_case(host.as_bytes()),
+        _ => false,
     }
 }
 
