@@ -10,7 +10,7 @@ use crate::apply::{self, ApplyOutcome, RemoveOutcome};
 use crate::cluster;
 use crate::impact;
 use crate::problem::{Notice, Problems};
-use crate::render::record::{self, ExtensionRecord, EXTENSION_TYPE};
+use crate::render::record::{ExtensionRecord, EXTENSION_TYPE};
 use crate::render::{self, Manifest};
 use crate::settings::{check_dns_name, RawSettings, Settings};
 use crate::status::{self, Component, ExtensionStatus, StoredExtension, WaitOptions};
@@ -333,9 +333,4 @@ pub async fn list(client: &Client) -> anyhow::Result<Vec<ExtensionStatus>> {
 pub async fn delete(client: &Client, name: &str) -> anyhow::Result<RemoveOutcome> {
     let stored = stored_extension(client, name).await?;
     apply::delete_all(client, &stored.record.name, stored.created_namespace).await
-}
-
-/// The record ConfigMap's name, for messages.
-pub fn record_name(name: &str) -> String {
-    record::config_map_name(name)
 }

@@ -277,6 +277,26 @@ async fn create_show_update_delete() {
     assert!(e.contains("allowInsecureConnections"), "{e}");
     assert!(e.contains("sslCertPemFile, sslKeyPemFile dropped"), "{e}");
 
+    // A dry run shows the change and its impact, and writes nothing.
+    cluster.server.clear_requests();
+    let mut dry = vec![
+        "update",
+        "--name",
+        "scoregate",
+        "--dry-run",
+        "--config",
+        "allowInsecureConnections=True",
+        "--config-protected",
+    ];
+    dry.extend(protected.iter().map(String::as_str));
+    let (out, _) = cluster.ok(&dry).await;
+    assert!(
+        out.contains("# NOTE allowInsecureConnections: False → True: will IMPACT"),
+        "{out}"
+    );
+    assert!(out.contains("port: 80"), "{out}");
+    assert!(cluster.server.requests().iter().all(|r| r.method == "GET"));
+
     let mut update = vec![
         "update",
         "--name",
