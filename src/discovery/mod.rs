@@ -5,6 +5,7 @@
 //! table. The proxy never knows which source a table came from.
 
 pub mod file;
+pub mod kube;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -85,6 +86,34 @@ impl Publisher {
             "routing table published"
         );
         Ok(report)
+    }
+
+    /// Publishes `spec`, rebuilding only the endpoints named in `changed` (their declarations must
+    /// already be valid: the Kubernetes source validates endpoint by endpoint, so that one bad
+    /// endpoint does not hold back the others). Marks the router ready like [`Publisher::apply`].
+    pub fn apply_changed<'a>(
+        &mut self,
+        spec: &RouteSpec,
+        changed: impl IntoIterator<Item = &'a str>,
+    ) -> BuildReport {
+        let report = self.builder.publish_changed(spec, changed);
+        self.applied.increment(1);
+        self.endpoints.set(report.endpoints as f64);
+        self.readiness.set_loaded();
+        tracing::debug!(
+            source = self.source,
+            generation = report.generation,
+            endpoints = report.endpoints,
+            rebuilt = report.endpoints_rebuilt,
+            removed = report.endpoints_removed,
+            "routing table published"
+        );
+        report
+    }
+
+    /// Forgets pod state no table needs any more (see [`TableBuilder::sweep`]).
+    pub fn sweep(&mut self) {
+        self.builder.sweep();
     }
 
     /// Counts and logs a source-level failure (unreadable or unparsable input); the table stays.

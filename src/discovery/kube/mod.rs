@@ -1,0 +1,135 @@
+//! Kubernetes discovery: OnlineEndpoints, OnlineDeployments, the EndpointSlices of the Services
+//! deployments name, and the key Secrets endpoints name, watched with `kube::runtime::watcher`
+//! and reflector stores, turned into the same routing table the routes file produces.
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`resources`] | the watches: selection, `.modify()` trimming, retries, messages |
+//! | [`slices`] | which EndpointSlices: Services packed into bounded label-selector shards |
+//! | [`translate`] | objects → per-endpoint declarations, indexes that say what a change touches |
+//! | [`rebuild`] | the loop: coalescing (≤ 10 ms), per-endpoint validation, incremental publish |
+//! | [`health`] | outages: logs, `scoregate_discovery_up`, error counters |
+//! | [`secrets`] | the TLS certificate from `sslSecret` |
+//!
+//! Scope is one namespace, a list (one set of watches per namespace), or all namespaces (one set
+//! of cluster-wide watches). Key Secrets are watched per scope with the field selector
+//! `type=Opaque` and trimmed to `primaryKey`/`secondaryKey` on arrival: field selectors cannot
+//! select a set of names, and one watch per referenced Secret would cost one connection each
+//! (kube's client speaks HTTP/1.1), so only Opaque Secrets are listed and only the key entries
+//! are kept; only the Secrets endpoints name are ever used.
+//!
+//! While the API server is away, the router serves its last table; each watch retries with a
+//! capped exponential backoff (250 ms to 5 s, jittered) and the outage is logged and reported as
+//! `scoregate_discovery_up 0`. A 410 Expired relists, and the new list replaces the old only when
+//! complete, so routes that still exist are never dropped in between.
+//!
+//! RBAC: `get`, `list`, `watch` on `onlineendpoints.scoregate.io`, `onlinedeployments.scoregate.io`,
+//! `endpointslices.discovery.k8s.io` and `secrets` in the watched namespaces (and on the TLS
+//! Secret's namespace when `tls.secret` is set).
+
+pub mod health;
+pub mod rebuild;
+pub mod resources;
+pub mod secrets;
+pub mod slices;
+pub mod translate;
+
+use anyhow::Context as _;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::Client;
+use tokio::sync::mpsc;
+
+pub use secrets::{load_certificate, watch_certificate};
+
+use super::Publisher;
+use crate::config::KubeDiscoveryConfig;
+use crate::telemetry::Metrics;
+
+/// Metric names of Kubernetes discovery (`telemetry::names` holds the router's others).
+pub mod names {
+    /// Time from a watch event reaching the router to the table that reflects it being
+    /// published, in seconds.
+    pub const EVENT_TO_ROUTABLE: &str = "scoregate_discovery_event_to_routable_seconds";
+    /// Time one rebuild (resolve, validate, publish the changed endpoints) takes, in seconds.
+    pub const REBUILD: &str = "scoregate_discovery_rebuild_seconds";
+    /// 1 while every watch works; 0 while one cannot list or watch (the last table is served).
+    pub const UP: &str = "scoregate_discovery_up";
+    /// Failed lists and watches, by resource.
+    pub const WATCH_ERRORS: &str = "scoregate_discovery_watch_errors_total";
+    /// Relists after a 410 Expired, by resource.
+    pub const RELISTS: &str = "scoregate_discovery_relists_total";
+    /// Endpoints (or OnlineEndpoint objects) refused, by reason (`invalid`, `keys`, `conflict`).
+    pub const REJECTIONS: &str = "scoregate_discovery_rejections_total";
+    /// Endpoints and objects not served as declared now.
+    pub const REJECTED: &str = "scoregate_discovery_rejected";
+}
+
+/// The `resource` label of the TLS Secret's watch.
+pub const RESOURCE_TLS_SECRET: &str = "tls-secret";
+
+/// Aborts a task when dropped (a watch whose owner went away).
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A Kubernetes client from `--kubeconfig`, else `KUBECONFIG` or `~/.kube/config`, else the
+/// in-cluster service account. Installs rustls's crypto provider first (kube's TLS needs one).
+pub async fn client(config: &KubeDiscoveryConfig) -> anyhow::Result<Client> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let kube_config = match &config.kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path).with_context(|| {
+                format!(
+                    "cannot read the kubeconfig {} (discovery.kube.kubeconfig / --kubeconfig)",
+                    path.display()
+                )
+            })?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("the kubeconfig {} is not usable", path.display()))?
+        }
+        None => kube::Config::infer().await.context(
+            "no Kubernetes configuration found: run in a cluster with a service account, set \
+             KUBECONFIG, or pass --kubeconfig",
+        )?,
+    };
+    // kube retries 429/503/504 inside each request (up to 15 times, 5 ms doubling to minutes),
+    // which would hide an outage from the watches' own backoff and from the logs and metrics,
+    // and could delay the resumption by the last, longest wait. The watches retry themselves.
+    let mut kube_config = kube_config;
+    kube_config.default_retry = false;
+    Client::try_from(kube_config).context("cannot build a Kubernetes client")
+}
+
+/// The scopes to watch: each listed namespace once, or `None` (all namespaces).
+fn scopes(config: &KubeDiscoveryConfig) -> Vec<resources::Scope> {
+    if config.namespaces.is_empty() {
+        return vec![None];
+    }
+    let mut namespaces = config.namespaces.clone();
+    namespaces.sort();
+    namespaces.dedup();
+    namespaces.into_iter().map(Some).collect()
+}
+
+/// Starts watching and publishing through `publisher`; the router becomes ready after the first
+/// complete list of everything. Returns the loop's task (aborting it stops every watch).
+pub fn start(
+    client: Client,
+    config: &KubeDiscoveryConfig,
+    publisher: Publisher,
+    metrics: &Metrics,
+) -> tokio::task::JoinHandle<()> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let scopes = scopes(config);
+    tracing::info!(
+        namespaces = ?scopes.iter().map(|s| s.as_deref().unwrap_or("*")).collect::<Vec<_>>(),
+        "Kubernetes discovery: listing OnlineEndpoints, OnlineDeployments, EndpointSlices and Secrets"
+    );
+    let discovery = rebuild::Discovery::new(client, scopes, tx, publisher, metrics);
+    tokio::spawn(rebuild::run(discovery, rx))
+}

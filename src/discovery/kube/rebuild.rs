@@ -1,0 +1,401 @@
+//! The discovery loop: applies watch messages to the [`Cluster`], coalesces them, and publishes
+//! the endpoints they changed.
+//!
+//! **Coalescing.** After the first message of a batch the loop keeps taking messages until none
+//! has arrived for [`QUIET`] or [`MAX_COALESCE`] (10 ms) has passed since the first, then
+//! publishes once. A burst (`kubectl apply -f` of a directory, a relist) becomes one rebuild; a
+//! lone change waits at most about a millisecond.
+//!
+//! **Cost.** Only endpoints whose objects changed are resolved and, if their routing spec differs,
+//! rebuilt ([`crate::table::TableBuilder::publish_changed`]); the rest of the table is shared.
+//!
+//! **Partial validity.** Each endpoint is validated on its own (Azure ML's rules,
+//! [`RouteSpec::validate`]). An endpoint whose objects become invalid keeps its last valid
+//! declaration (its pods and keys still follow the cluster), and the problem is logged once and
+//! counted; one that was never valid is not served until it is. An endpoint whose keys Secret is
+//! missing or unusable is not served at all: credentials are never kept from memory after their
+//! Secret is gone.
+//!
+//! **Readiness.** Nothing is published until every watch (endpoints, deployments, key Secrets in
+//! every scope, and the EndpointSlice shards that the listed deployments need) has completed a
+//! list; the first publish marks the router ready.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use kube::Client;
+use metrics::{Counter, Gauge, Histogram};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::time::Instant;
+
+use super::health::Health;
+use super::resources::{spawn_plain, Body, Kind, Message, ObjKey, Scope, Sender, WatchId};
+use super::slices::SliceShards;
+use super::translate::{scope_of, Cluster, Declaration, Resolution};
+use super::{names, AbortOnDrop};
+use crate::discovery::Publisher;
+use crate::model::RouteSpec;
+use crate::telemetry::Metrics;
+
+/// A batch ends when no message arrived for this long...
+pub const QUIET: Duration = Duration::from_millis(1);
+/// ...or this long after its first message.
+pub const MAX_COALESCE: Duration = Duration::from_millis(10);
+/// How often pod state nobody needs any more is swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// The loop's state.
+pub struct Discovery {
+    client: Client,
+    tx: Sender,
+    all_namespaces: bool,
+    started: Instant,
+    cluster: Cluster,
+    shards: SliceShards,
+    watches: Vec<(WatchId, AbortOnDrop)>,
+    synced: HashSet<WatchId>,
+    ready: bool,
+    published_once: bool,
+    publisher: Publisher,
+    route: RouteSpec,
+    last_good: HashMap<String, Declaration>,
+    shadowed: HashMap<String, Vec<ObjKey>>,
+    rejected: HashMap<String, String>,
+    pending: Vec<Instant>,
+    health: Health,
+    metrics: Metrics,
+    event_to_routable: Histogram,
+    rebuild: Histogram,
+    rejected_gauge: Gauge,
+    rejections: HashMap<&'static str, Counter>,
+}
+
+impl Discovery {
+    /// Starts the plain watches of every scope.
+    pub fn new(
+        client: Client,
+        scopes: Vec<Scope>,
+        tx: Sender,
+        publisher: Publisher,
+        metrics: &Metrics,
+    ) -> Self {
+        let all_namespaces = scopes.iter().any(Option::is_none);
+        let mut watches = Vec::new();
+        for scope in &scopes {
+            for kind in [Kind::Endpoints, Kind::Deployments, Kind::Secrets] {
+                let id = WatchId::of(kind, scope);
+                let task = spawn_plain(client.clone(), id.clone(), tx.clone());
+                watches.push((id, AbortOnDrop(task)));
+            }
+        }
+        Discovery {
+            client,
+            tx,
+            all_namespaces,
+            started: Instant::now(),
+            cluster: Cluster::default(),
+            shards: SliceShards::default(),
+            watches,
+            synced: HashSet::new(),
+            ready: false,
+            published_once: false,
+            publisher,
+            route: RouteSpec::default(),
+            last_good: HashMap::new(),
+            shadowed: HashMap::new(),
+            rejected: HashMap::new(),
+            pending: Vec::new(),
+            health: Health::new(metrics, Some(metrics.gauge(names::UP, &[]))),
+            metrics: metrics.clone(),
+            event_to_routable: metrics.histogram(names::EVENT_TO_ROUTABLE, &[]),
+            rebuild: metrics.histogram(names::REBUILD, &[]),
+            rejected_gauge: metrics.gauge(names::REJECTED, &[]),
+            rejections: HashMap::new(),
+        }
+    }
+
+    /// Applies one message.
+    fn handle(&mut self, message: Message) {
+        let watch = message.watch;
+        if watch.kind == Kind::Slices && !self.shards.is_current(&watch) {
+            return;
+        }
+        match message.body {
+            Body::Apply(object) => {
+                self.cluster.apply(object, &watch);
+                self.pending.push(message.received);
+            }
+            Body::Delete(key) => {
+                self.cluster.delete(watch.kind, &key);
+                self.pending.push(message.received);
+            }
+            Body::Synced(objects) => {
+                self.cluster.replace(&watch, objects);
+                self.synced.insert(watch);
+                self.pending.push(message.received);
+            }
+            Body::Failed { error, expired } => self.health.failed(&watch, &error, expired, false),
+            Body::Recovered => self.health.recovered(&watch, false),
+        }
+    }
+
+    /// Updates the EndpointSlice shards, then publishes what changed (once everything has been
+    /// listed).
+    fn flush(&mut self) {
+        let (added, removed) = self.cluster.take_service_changes();
+        for (ns, service) in &removed {
+            let scope = scope_of(self.all_namespaces, ns);
+            self.shards.remove(&scope, ns, service);
+            self.cluster.purge_service(&(ns.clone(), service.clone()));
+        }
+        for (ns, service) in &added {
+            let scope = scope_of(self.all_namespaces, ns);
+            self.shards.add(&scope, ns, service);
+        }
+        if !added.is_empty() || !removed.is_empty() {
+            let started = self.shards.apply(&self.client, &self.tx);
+            tracing::debug!(
+                added = added.len(),
+                removed = removed.len(),
+                restarted = started.len(),
+                shards = self.shards.watch_count(),
+                "EndpointSlice selection changed"
+            );
+        }
+        if !self.ready {
+            if !self.all_synced() {
+                return;
+            }
+            self.ready = true;
+            let mut names: BTreeSet<String> = self.cluster.take_dirty();
+            names.extend(self.cluster.endpoint_names().cloned());
+            self.pending.clear();
+            self.publish(names);
+            let counts = self.cluster.counts();
+            tracing::info!(
+                elapsed = ?self.started.elapsed(),
+                endpoints_served = self.route.endpoints.len(),
+                online_endpoints = counts[0].1,
+                online_deployments = counts[1].1,
+                endpoint_slices = counts[2].1,
+                secrets = counts[3].1,
+                slice_watches = self.shards.watch_count(),
+                "Kubernetes discovery: first complete list published; the router is ready"
+            );
+            return;
+        }
+        let dirty = self.cluster.take_dirty();
+        self.publish(dirty);
+    }
+
+    fn all_synced(&self) -> bool {
+        self.watches.iter().all(|(id, _)| self.synced.contains(id))
+            && self
+                .shards
+                .running()
+                .iter()
+                .all(|id| self.synced.contains(id))
+    }
+
+    /// Resolves `names` and publishes those whose routing spec changed.
+    fn publish(&mut self, names: BTreeSet<String>) {
+        let started = Instant::now();
+        let mut changed = Vec::new();
+        for name in names {
+            let piece = self.resolve(&name);
+            if same(&self.route, &name, piece.as_ref()) {
+                continue;
+            }
+            replace(&mut self.route, &name, piece);
+            changed.push(name);
+        }
+        if !changed.is_empty() || !self.published_once {
+            self.publisher
+                .apply_changed(&self.route, changed.iter().map(String::as_str));
+            self.published_once = true;
+        }
+        self.rebuild.record(started.elapsed().as_secs_f64());
+        let now = Instant::now();
+        for received in self.pending.drain(..) {
+            self.event_to_routable
+                .record(now.duration_since(received).as_secs_f64());
+        }
+        self.rejected_gauge.set(self.rejected.len() as f64);
+    }
+}
+
+impl Discovery {
+    /// The routing spec of endpoint `name` now, or `None` when it is not served; notes (logs
+    /// and counts, once per distinct problem) why an endpoint is not served as declared.
+    fn resolve(&mut self, name: &str) -> Option<RouteSpec> {
+        let (keys, declaration, shadowed) = match self.cluster.resolve(name) {
+            Resolution::Absent => {
+                self.last_good.remove(name);
+                self.clear(&format!("endpoint `{name}`"));
+                self.note_shadowed(name, Vec::new());
+                return None;
+            }
+            Resolution::Found {
+                keys,
+                declaration,
+                shadowed,
+            } => (keys, declaration, shadowed),
+        };
+        self.note_shadowed(name, shadowed);
+        let subject = format!("endpoint `{name}`");
+        let keys = match keys {
+            Ok(keys) => keys,
+            Err(reason) => {
+                self.reject(
+                    &subject,
+                    "keys",
+                    format!("endpoint `{name}` is not served: {reason}"),
+                );
+                return None;
+            }
+        };
+        let problems = match declaration {
+            Ok(declaration) => {
+                let spec = self.cluster.compose(&declaration, &keys);
+                match spec.validate() {
+                    Ok(()) => {
+                        self.last_good.insert(name.to_string(), declaration);
+                        self.clear(&subject);
+                        return Some(spec);
+                    }
+                    Err(errors) => errors.iter().map(ToString::to_string).collect(),
+                }
+            }
+            Err(problems) => problems,
+        };
+        let fallback = self
+            .last_good
+            .get(name)
+            .map(|declaration| self.cluster.compose(declaration, &keys));
+        let consequence = if fallback.is_some() {
+            "its last valid declaration is served until this is fixed"
+        } else {
+            "it is not served until this is fixed"
+        };
+        self.reject(
+            &subject,
+            "invalid",
+            format!(
+                "endpoint `{name}` is invalid ({consequence}): {}",
+                problems.join("; ")
+            ),
+        );
+        fallback
+    }
+
+    /// Reports OnlineEndpoints hidden by a same-named one in another namespace.
+    fn note_shadowed(&mut self, name: &str, shadowed: Vec<ObjKey>) {
+        let before = if shadowed.is_empty() {
+            self.shadowed.remove(name).unwrap_or_default()
+        } else {
+            self.shadowed
+                .insert(name.to_string(), shadowed.clone())
+                .unwrap_or_default()
+        };
+        for (ns, object) in &before {
+            if !shadowed.contains(&(ns.clone(), object.clone())) {
+                self.clear(&format!("OnlineEndpoint {ns}/{object}"));
+            }
+        }
+        for (ns, object) in shadowed {
+            self.reject(
+                &format!("OnlineEndpoint {ns}/{object}"),
+                "conflict",
+                format!(
+                    "OnlineEndpoint {ns}/{object} is not served: an older OnlineEndpoint named `{name}` in                      another watched namespace serves that name (scoring URIs carry no namespace): rename one"
+                ),
+            );
+        }
+    }
+
+    fn reject(&mut self, subject: &str, reason: &'static str, message: String) {
+        if self.rejected.get(subject) == Some(&message) {
+            return;
+        }
+        tracing::warn!("{message}");
+        let metrics = &self.metrics;
+        self.rejections
+            .entry(reason)
+            .or_insert_with(|| metrics.counter(names::REJECTIONS, &[("reason", reason)]))
+            .increment(1);
+        self.rejected.insert(subject.to_string(), message);
+    }
+
+    fn clear(&mut self, subject: &str) {
+        if self.rejected.remove(subject).is_some() {
+            tracing::info!("{subject} is served as declared again");
+        }
+    }
+}
+
+/// Whether `route` already holds exactly `piece` for endpoint `name`.
+fn same(route: &RouteSpec, name: &str, piece: Option<&RouteSpec>) -> bool {
+    let current: Vec<_> = route.deployments_of(name).collect();
+    match piece {
+        None => !route.endpoints.contains_key(name) && current.is_empty(),
+        Some(piece) => {
+            route.endpoints.get(name) == piece.endpoints.get(name)
+                && current.len() == piece.deployments.len()
+                && current
+                    .iter()
+                    .zip(piece.deployments.values())
+                    .all(|(a, b)| *a == b)
+        }
+    }
+}
+
+/// Puts `piece` in place of endpoint `name` in `route`.
+fn replace(route: &mut RouteSpec, name: &str, piece: Option<RouteSpec>) {
+    route.endpoints.remove(name);
+    let old: Vec<(String, String)> = route
+        .deployments_of(name)
+        .map(|d| (d.endpoint.clone(), d.name.clone()))
+        .collect();
+    for key in old {
+        route.deployments.remove(&key);
+    }
+    if let Some(piece) = piece {
+        route.endpoints.extend(piece.endpoints);
+        route.deployments.extend(piece.deployments);
+    }
+}
+
+/// Runs the loop until the task is aborted.
+pub async fn run(mut discovery: Discovery, mut rx: UnboundedReceiver<Message>) {
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    sweep.tick().await;
+    loop {
+        let first = tokio::select! {
+            message = rx.recv() => match message {
+                Some(message) => message,
+                None => return,
+            },
+            _ = sweep.tick() => {
+                discovery.publisher.sweep();
+                continue;
+            }
+        };
+        let deadline = Instant::now() + MAX_COALESCE;
+        discovery.handle(first);
+        loop {
+            while let Ok(message) = rx.try_recv() {
+                discovery.handle(message);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            match tokio::time::timeout_at((now + QUIET).min(deadline), rx.recv()).await {
+                Ok(Some(message)) => discovery.handle(message),
+                Ok(None) => return,
+                Err(_) => break,
+            }
+        }
+        discovery.flush();
+    }
+}
