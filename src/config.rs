@@ -95,6 +95,19 @@ impl TlsConfig {
         true
     }
 
+    /// TLS from a Kubernetes Secret with keys `cert.pem` and `key.pem` (Azure ML's `sslSecret`),
+    /// other settings at their defaults.
+    pub fn from_secret(secret: SecretRef) -> Self {
+        TlsConfig {
+            cert_file: None,
+            key_file: None,
+            secret: Some(secret),
+            min_version: Self::default_min_version(),
+            server_name: None,
+            session_resumption: true,
+        }
+    }
+
     /// TLS from a certificate file and a key file, other settings at their defaults.
     pub fn from_files(cert_file: PathBuf, key_file: PathBuf) -> Self {
         TlsConfig {
@@ -123,6 +136,20 @@ impl SecretRef {
     fn default_namespace() -> String {
         "azureml".into()
     }
+
+    /// Parses `name` (namespace `azureml`, as Azure ML keeps `sslSecret`) or `namespace/name`.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let (namespace, name) = match text.split_once('/') {
+            Some((ns, name)) => (ns.to_string(), name.to_string()),
+            None => (Self::default_namespace(), text.to_string()),
+        };
+        if namespace.is_empty() || name.is_empty() || name.contains('/') {
+            return Err(ConfigError(format!(
+                "`{text}` is not a Secret reference: write `name` (in namespace azureml) or `namespace/name`"
+            )));
+        }
+        Ok(SecretRef { name, namespace })
+    }
 }
 
 /// Where routes come from: exactly one of a routes file or Kubernetes.
@@ -141,7 +168,8 @@ pub struct DiscoveryConfig {
 pub struct KubeDiscoveryConfig {
     /// Namespaces to watch; empty means all namespaces.
     pub namespaces: Vec<String>,
-    /// A kubeconfig file; without it, the in-cluster service account or `KUBECONFIG` is used.
+    /// A kubeconfig file; without it, `KUBECONFIG` (or `~/.kube/config`) is used, else the
+    /// in-cluster service account.
     pub kubeconfig: Option<PathBuf>,
 }
 
@@ -310,10 +338,41 @@ impl RouterConfig {
         if self.tls.is_none() && !self.allow_insecure_connections {
             return Err(ConfigError(
                 "no listener to serve: HTTPS needs `tls.cert_file` and `tls.key_file` (or --tls-cert and \
-                 --tls-key), and plain HTTP needs `allow_insecure_connections: true` (or \
-                 --allow-insecure-connections)"
+                 --tls-key) or `tls.secret` (or --ssl-secret), and plain HTTP needs \
+                 `allow_insecure_connections: true` (or --allow-insecure-connections)"
                     .into(),
             ));
+        }
+        if let Some(tls) = &self.tls {
+            match (&tls.cert_file, &tls.key_file, &tls.secret) {
+                (Some(_), Some(_), None) => {}
+                (None, None, Some(_)) if self.discovery.kube.is_some() => {}
+                (None, None, Some(secret)) => {
+                    return Err(ConfigError(format!(
+                        "field `tls.secret`: the certificate Secret {}/{} is read through the Kubernetes \
+                         API, which needs Kubernetes discovery: set `discovery.kube` (or --discovery kube)",
+                        secret.namespace, secret.name
+                    )))
+                }
+                (Some(_), Some(_), Some(_)) => {
+                    return Err(ConfigError(
+                        "field `tls`: both certificate files and `tls.secret` are set: keep one (Azure ML \
+                         lets the files win; scoregate asks you to choose)"
+                            .into(),
+                    ))
+                }
+                (None, None, None) => {
+                    return Err(ConfigError(
+                        "field `tls`: no certificate: set `tls.cert_file` and `tls.key_file`, or `tls.secret`"
+                            .into(),
+                    ))
+                }
+                _ => {
+                    return Err(ConfigError(
+                        "field `tls`: `cert_file` and `key_file` go together: set both".into(),
+                    ))
+                }
+            }
         }
         if let Some(tls) = &self.tls {
             if tls.min_version != "1.2" && tls.min_version != "1.3" {
@@ -323,11 +382,27 @@ impl RouterConfig {
                 )));
             }
         }
-        if self.discovery.routes_file.is_none() {
-            return Err(ConfigError(
-                "no route source: pass --routes routes.yaml (or set `discovery.routes_file`)"
+        match (&self.discovery.routes_file, &self.discovery.kube) {
+            (None, None) => return Err(ConfigError(
+                "no route source: pass --routes routes.yaml (or set `discovery.routes_file`), or \
+                     --discovery kube (or set `discovery.kube`)"
                     .into(),
-            ));
+            )),
+            (Some(file), Some(_)) => {
+                return Err(ConfigError(format!(
+                    "two route sources: the routes file {} and Kubernetes discovery: keep one",
+                    file.display()
+                )))
+            }
+            _ => {}
+        }
+        if let Some(kube) = &self.discovery.kube {
+            if let Some(bad) = kube.namespaces.iter().find(|ns| !valid_namespace(ns)) {
+                return Err(ConfigError(format!(
+                    "field `discovery.kube.namespaces`: `{bad}` is not a namespace name (lowercase letters, \
+                     digits and dashes, at most 63)"
+                )));
+            }
         }
         if self.limits.max_header_bytes < 8192 {
             return Err(ConfigError(format!(
@@ -351,9 +426,56 @@ impl RouterConfig {
     }
 }
 
+/// A DNS-1123 label, as namespace names are.
+fn valid_namespace(ns: &str) -> bool {
+    !ns.is_empty()
+        && ns.len() <= 63
+        && ns
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !ns.starts_with('-')
+        && !ns.ends_with('-')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn route_and_certificate_sources_are_checked() {
+        let mut c = RouterConfig {
+            allow_insecure_connections: true,
+            ..RouterConfig::default()
+        };
+        assert!(c.validate().unwrap_err().0.contains("--discovery kube"));
+        c.discovery.kube = Some(KubeDiscoveryConfig::default());
+        c.validate().unwrap();
+        c.discovery.routes_file = Some("r.yaml".into());
+        assert!(c.validate().unwrap_err().0.contains("two route sources"));
+        c.discovery.routes_file = None;
+        c.tls = Some(TlsConfig::from_secret(SecretRef::parse("tls").unwrap()));
+        c.validate().unwrap();
+        assert_eq!(
+            c.tls.as_ref().unwrap().secret.as_ref().unwrap().namespace,
+            "azureml"
+        );
+        c.discovery.kube = None;
+        c.discovery.routes_file = Some("r.yaml".into());
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .0
+            .contains("needs Kubernetes discovery"));
+        assert_eq!(SecretRef::parse("ns/tls").unwrap().namespace, "ns");
+        assert!(SecretRef::parse("a/b/c").is_err());
+        c.tls = None;
+        c.discovery.routes_file = None;
+        c.discovery.kube = Some(KubeDiscoveryConfig {
+            namespaces: vec!["Bad_Name".into()],
+            kubeconfig: None,
+        });
+        assert!(c.validate().unwrap_err().0.contains("Bad_Name"));
+    }
 
     #[test]
     fn empty_file_is_all_defaults() {

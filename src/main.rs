@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
-use scoregate::config::{KubeDiscoveryConfig, RouterConfig, TlsConfig};
+use scoregate::config::{KubeDiscoveryConfig, RouterConfig, SecretRef, TlsConfig};
 use scoregate::demo::{Demo, DemoOptions};
 use scoregate::discovery::file::load_routes;
 use scoregate::router::Router;
@@ -104,9 +104,14 @@ struct ServeArgs {
     /// With --discovery kube: a namespace to watch (repeatable; none means all).
     #[arg(long = "namespace")]
     namespaces: Vec<String>,
-    /// With --discovery kube: a kubeconfig file (default: in-cluster, then KUBECONFIG).
+    /// With --discovery kube: a kubeconfig file (default: KUBECONFIG or ~/.kube/config, else the
+    /// in-cluster service account).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// TLS certificate from a Kubernetes Secret with keys cert.pem and key.pem (Azure ML's
+    /// sslSecret): `name` (namespace azureml) or `namespace/name`; needs --discovery kube.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    ssl_secret: Option<String>,
     /// Lowest TLS version offered: 1.2 or 1.3.
     #[arg(long)]
     tls_min_version: Option<String>,
@@ -150,6 +155,17 @@ impl ServeArgs {
             tls.cert_file = Some(cert.clone());
             tls.key_file = Some(key.clone());
             tls.secret = None;
+            c.tls = Some(tls);
+        }
+        if let Some(secret) = &self.ssl_secret {
+            let secret = SecretRef::parse(secret)?;
+            let mut tls = c
+                .tls
+                .take()
+                .unwrap_or_else(|| TlsConfig::from_secret(secret.clone()));
+            tls.cert_file = None;
+            tls.key_file = None;
+            tls.secret = Some(secret);
             c.tls = Some(tls);
         }
         if self.allow_insecure_connections {
@@ -205,7 +221,7 @@ impl ServeArgs {
             || self.ssl_cname.is_some()
             || self.tls_session_resumption.is_some()
         {
-            anyhow::bail!("--tls-min-version, --ssl-cname and --tls-session-resumption need TLS: add --tls-cert and --tls-key");
+            anyhow::bail!("--tls-min-version, --ssl-cname and --tls-session-resumption need TLS: add --tls-cert and --tls-key, or --ssl-secret");
         }
         c.validate()?;
         Ok(c)
@@ -264,6 +280,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Check(args) => {
             let config = args.config()?;
+            if let Some(kube) = &config.discovery.kube {
+                let scope = if kube.namespaces.is_empty() {
+                    "all namespaces".to_string()
+                } else {
+                    kube.namespaces.join(", ")
+                };
+                println!("configuration ok (routes from Kubernetes: {scope})");
+                return Ok(());
+            }
             let path = config
                 .discovery
                 .routes_file

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use crate::admin::{self, AdminState};
 use crate::config::RouterConfig;
 use crate::config::TlsConfig;
-use crate::discovery::{file, Publisher, Readiness};
+use crate::discovery::{file, kube as kube_discovery, Publisher, Readiness};
 use crate::proxy::{Proxy, ProxySettings};
 use crate::server::{self, ConnectionSettings, Lifecycle, Transport};
 use crate::table::TableHandle;
@@ -42,23 +42,31 @@ impl Router {
         let table = TableHandle::default();
         let readiness = Readiness::default();
         let lifecycle = Lifecycle::default();
-        let mut background = Vec::new();
+        // Tasks started so far are aborted if a later step fails.
+        let mut background = Tasks::default();
 
-        let routes_path = config
-            .discovery
-            .routes_file
-            .clone()
-            .context("no route source configured")?;
-        let mut publisher = Publisher::new("file", table.clone(), &metrics, readiness.clone());
-        let spec = file::load_routes(&routes_path)?;
-        if let Err(errors) = publisher.apply(&spec) {
-            let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            anyhow::bail!("{}: {}", routes_path.display(), text.join("; "));
+        let kube_client = match &config.discovery.kube {
+            Some(kube) => Some(kube_discovery::client(kube).await?),
+            None => None,
+        };
+        if kube_client.is_none() {
+            let routes_path = config
+                .discovery
+                .routes_file
+                .clone()
+                .context("no route source configured")?;
+            let mut publisher = Publisher::new("file", table.clone(), &metrics, readiness.clone());
+            let spec = file::load_routes(&routes_path)?;
+            if let Err(errors) = publisher.apply(&spec) {
+                let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                anyhow::bail!("{}: {}", routes_path.display(), text.join("; "));
+            }
+            background.push(
+                file::watch(routes_path.clone(), publisher).with_context(|| {
+                    format!("cannot watch {} for changes", routes_path.display())
+                })?,
+            );
         }
-        background.push(
-            file::watch(routes_path.clone(), publisher)
-                .with_context(|| format!("cannot watch {} for changes", routes_path.display()))?,
-        );
 
         let upstream = Upstream::new(
             Duration::from_millis(config.upstream.connect_timeout_ms),
@@ -105,7 +113,7 @@ impl Router {
         let mut https_addr = None;
         let mut cert_store = None;
         if let Some(tls) = &config.tls {
-            let (store, watcher) = start_certificates(tls, &metrics)?;
+            let (store, watcher) = start_certificates(tls, &metrics, kube_client.as_ref()).await?;
             background.extend(watcher);
             let server_config =
                 crate::tls::server_config(store.clone(), &tls.min_version, tls.session_resumption)?;
@@ -129,6 +137,16 @@ impl Router {
                 lifecycle.clone(),
                 metrics.gauge(names::OPEN_CONNECTIONS, &[("listener", "https")]),
             )));
+        }
+        if let (Some(client), Some(kube)) = (&kube_client, &config.discovery.kube) {
+            // Readiness comes with the first complete list (see discovery::kube::rebuild).
+            let publisher = Publisher::new("kube", table.clone(), &metrics, readiness.clone());
+            background.push(kube_discovery::start(
+                client.clone(),
+                kube,
+                publisher,
+                &metrics,
+            ));
         }
         background.push(tokio::spawn(admin::serve(
             admin_listener,
@@ -158,7 +176,7 @@ impl Router {
             table,
             metrics,
             readiness,
-            background,
+            background: background.disarm(),
         })
     }
 
@@ -231,15 +249,57 @@ impl Router {
     }
 }
 
-/// Loads the first certificate (refusing to start on a bad one) and starts its file watcher.
-fn start_certificates(
+/// Background tasks of a router being started: aborted if start fails, kept once it succeeds.
+#[derive(Default)]
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Tasks {
+    fn push(&mut self, task: tokio::task::JoinHandle<()>) {
+        self.0.push(task);
+    }
+
+    fn extend(&mut self, tasks: impl IntoIterator<Item = tokio::task::JoinHandle<()>>) {
+        self.0.extend(tasks);
+    }
+
+    fn disarm(mut self) -> Vec<tokio::task::JoinHandle<()>> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Loads the first certificate (refusing to start on a bad one) and starts watching its source:
+/// the files, or the Secret through the Kubernetes API.
+async fn start_certificates(
     tls: &TlsConfig,
     metrics: &Metrics,
+    kube_client: Option<&kube::Client>,
 ) -> anyhow::Result<(Arc<CertStore>, Option<tokio::task::JoinHandle<()>>)> {
-    let (Some(cert_file), Some(key_file)) = (&tls.cert_file, &tls.key_file) else {
-        anyhow::bail!(
-            "TLS from a Secret needs Kubernetes discovery, which this build does not run yet"
+    if let (Some(secret), None) = (&tls.secret, &tls.cert_file) {
+        let client = kube_client.context(
+            "TLS from a Secret (tls.secret) needs Kubernetes discovery: set discovery.kube or pass --discovery kube",
+        )?;
+        let (store, served) =
+            kube_discovery::load_certificate(client, secret, tls.server_name.clone(), metrics)
+                .await?;
+        let watcher = kube_discovery::watch_certificate(
+            client.clone(),
+            secret.clone(),
+            store.clone(),
+            served,
+            metrics,
         );
+        return Ok((store, Some(watcher)));
+    }
+    let (Some(cert_file), Some(key_file)) = (&tls.cert_file, &tls.key_file) else {
+        anyhow::bail!("TLS needs tls.cert_file and tls.key_file, or tls.secret");
     };
     let (cert, key) = crate::tls::read_pair(cert_file, key_file)?;
     let origin = crate::tls::files_origin(cert_file, key_file);
