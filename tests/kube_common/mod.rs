@@ -1,0 +1,429 @@
+//! Fixtures of the Kubernetes discovery tests: a fake API server with scoregate's CRDs, objects
+//! as the cluster would hold them, sample model pods on loopback addresses, a router pointed at
+//! the fake by kubeconfig, a hyper client, and polling helpers.
+//!
+//! Every wait polls with a deadline that only guards against hangs; no test asserts how long
+//! something took.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+use scoregate::config::{KubeDiscoveryConfig, RouterConfig};
+use scoregate::router::Router;
+use scoregate::sample_model::SampleModel;
+use scoregate_fake_kube::FakeApiServer;
+
+/// The namespace the tests use.
+pub const NS: &str = "models";
+/// The primary key of test endpoints.
+pub const KEY: &str = "primary-key-0123456789";
+/// The secondary key of test endpoints.
+pub const KEY2: &str = "secondary-key-0123456789";
+/// How long any wait may take before the test is declared hung.
+pub const HANG: Duration = Duration::from_secs(60);
+
+/// A hyper client over plain TCP.
+pub type Client = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
+
+/// Installs the crypto provider kube's client needs (once per process).
+pub fn crypto() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// A fake API server that knows scoregate's CRDs (applied as a cluster admin would).
+pub async fn fake() -> FakeApiServer {
+    crypto();
+    let server = FakeApiServer::start()
+        .await
+        .expect("fake API server starts");
+    for crd in scoregate::crd::crds() {
+        server
+            .apply(serde_json::to_value(&crd).unwrap())
+            .expect("the fake accepts the CRD");
+    }
+    server
+}
+
+/// A router config for `fake`, watching `namespaces` (empty: all), serving plain HTTP.
+pub fn router_config(
+    fake: &FakeApiServer,
+    namespaces: &[&str],
+    dir: &tempfile::TempDir,
+) -> RouterConfig {
+    let kubeconfig = dir.path().join("kubeconfig");
+    fake.write_kubeconfig(&kubeconfig, NS)
+        .expect("write kubeconfig");
+    let mut config = RouterConfig {
+        allow_insecure_connections: true,
+        ..RouterConfig::default()
+    };
+    config.listen.http = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.listen.https = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.listen.admin = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.shutdown.drain_delay_ms = 0;
+    config.shutdown.grace_period_ms = 1_000;
+    config.log.access_log = scoregate::telemetry::AccessLogMode::Off;
+    config.discovery.kube = Some(KubeDiscoveryConfig {
+        namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+        kubeconfig: Some(kubeconfig),
+    });
+    config
+}
+
+/// Starts a router and waits until it is ready.
+pub async fn ready_router(config: RouterConfig) -> Router {
+    let router = Router::start(config).await.expect("router starts");
+    eventually("the router to become ready", || async { router.is_ready() }).await;
+    router
+}
+
+/// Polls `condition` every 5 ms until it holds; panics after [`HANG`].
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + HANG;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Objects
+
+/// An `OnlineEndpoint`.
+pub fn endpoint(ns: &str, name: &str, secret: &str, traffic: &[(&str, u8)]) -> Value {
+    let traffic: serde_json::Map<String, Value> = traffic
+        .iter()
+        .map(|(d, p)| (d.to_string(), json!(p)))
+        .collect();
+    json!({
+        "apiVersion": "scoregate.io/v1", "kind": "OnlineEndpoint",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"authMode": "key", "keysSecretName": secret, "traffic": traffic},
+    })
+}
+
+/// An `OnlineDeployment` named `name` of `endpoint`, whose pods are those of Service `service`.
+pub fn deployment(ns: &str, endpoint: &str, name: &str, service: &str, port: u16) -> Value {
+    json!({
+        "apiVersion": "scoregate.io/v1", "kind": "OnlineDeployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"endpointName": endpoint, "serviceName": service, "port": port,
+            "requestSettings": {"maxConcurrentRequestsPerInstance": 4, "maxQueueWaitMs": 2000}},
+    })
+}
+
+/// A pod entry of an EndpointSlice.
+#[derive(Clone, Copy, Debug)]
+pub struct PodState {
+    /// The pod IP.
+    pub ip: IpAddr,
+    /// `conditions.ready`.
+    pub ready: bool,
+    /// `conditions.terminating`.
+    pub terminating: bool,
+}
+
+impl PodState {
+    /// A ready pod.
+    pub fn ready(ip: IpAddr) -> Self {
+        PodState {
+            ip,
+            ready: true,
+            terminating: false,
+        }
+    }
+}
+
+/// An EndpointSlice of Service `service` listing `pods`.
+pub fn slice(ns: &str, name: &str, service: &str, port: u16, pods: &[PodState]) -> Value {
+    let endpoints: Vec<Value> = pods
+        .iter()
+        .map(|p| {
+            json!({"addresses": [p.ip.to_string()],
+                "conditions": {"ready": p.ready, "serving": p.ready || p.terminating, "terminating": p.terminating},
+                "targetRef": {"kind": "Pod", "name": format!("pod-{}", p.ip)}, "nodeName": "node-1"})
+        })
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": ns,
+            "labels": {"kubernetes.io/service-name": service,
+                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+    })
+}
+
+fn b64(text: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// An Opaque Secret with an endpoint's keys.
+pub fn key_secret(ns: &str, name: &str, primary: &str, secondary: Option<&str>) -> Value {
+    let mut data = json!({"primaryKey": b64(primary.as_bytes())});
+    if let Some(secondary) = secondary {
+        data["secondaryKey"] = json!(b64(secondary.as_bytes()));
+    }
+    json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": name, "namespace": ns}, "data": data})
+}
+
+/// An Opaque Secret with `cert.pem` and `key.pem` (Azure ML's `sslSecret`).
+pub fn tls_secret(ns: &str, name: &str, cert_pem: &[u8], key_pem: &[u8]) -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": name, "namespace": ns},
+        "data": {"cert.pem": b64(cert_pem), "key.pem": b64(key_pem)}})
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pods
+
+/// Sample model pods of one deployment, on `127.<net>.0.1`, `127.<net>.0.2`, … all on one port
+/// (as pods of a Deployment share their container port).
+pub struct Pods {
+    /// The pods, in address order.
+    pub pods: Vec<SampleModel>,
+    /// Their shared port.
+    pub port: u16,
+}
+
+/// Starts `count` pods named `model` on `127.<net>.0.x:<port>`, with `port` free on all of them.
+pub async fn pods(net: u8, count: u8, model: &str, port: u16) -> Pods {
+    let mut started = Vec::new();
+    for i in 1..=count {
+        let address = SocketAddr::from(([127, net, 0, i], port));
+        started.push(
+            SampleModel::start(address, model)
+                .await
+                .unwrap_or_else(|e| panic!("sample pod on {address}: {e}")),
+        );
+    }
+    Pods {
+        pods: started,
+        port,
+    }
+}
+
+/// A port free on every loopback address the tests use (probed, then released).
+pub fn free_port() -> u16 {
+    loop {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+        let free_everywhere = (1..=8u8).all(|net| {
+            (1..=6u8).all(|i| {
+                std::net::TcpListener::bind(SocketAddr::from(([127, net, 0, i], port))).is_ok()
+            })
+        });
+        if free_everywhere {
+            return port;
+        }
+    }
+}
+
+impl Pods {
+    /// The pod IPs.
+    pub fn ips(&self) -> Vec<IpAddr> {
+        self.pods.iter().map(|p| p.address().ip()).collect()
+    }
+
+    /// Every pod ready.
+    pub fn all_ready(&self) -> Vec<PodState> {
+        self.ips().into_iter().map(PodState::ready).collect()
+    }
+
+    /// Requests each pod has received.
+    pub fn requests(&self) -> Vec<u64> {
+        self.pods.iter().map(|p| p.stats().requests()).collect()
+    }
+}
+
+/// `127.<net>.0.<i>`.
+pub fn ip(net: u8, i: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, net, 0, i))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scoring
+
+/// A hyper client.
+pub fn client() -> Client {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// What one scoring request got back.
+#[derive(Debug)]
+pub struct Scored {
+    /// The status.
+    pub status: StatusCode,
+    /// `azureml-model-deployment` of the response.
+    pub deployment: Option<String>,
+}
+
+/// POSTs a scoring request to `endpoint` through the router at `addr` with `key`, optionally
+/// naming a deployment.
+pub async fn score(
+    client: &Client,
+    addr: SocketAddr,
+    endpoint: &str,
+    key: &str,
+    deployment: Option<&str>,
+) -> Scored {
+    let mut request = Request::post(format!("http://{addr}/api/v1/endpoint/{endpoint}/score"))
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json");
+    if let Some(d) = deployment {
+        request = request.header("azureml-model-deployment", d);
+    }
+    let request = request
+        .body(Full::new(Bytes::from_static(b"{\"data\": [[1, 2, 3, 4]]}")))
+        .unwrap();
+    let response = tokio::time::timeout(HANG, client.request(request))
+        .await
+        .expect("a scoring request hung")
+        .expect("the router answers");
+    let status = response.status();
+    let deployment = response
+        .headers()
+        .get("azureml-model-deployment")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let _ = response.into_body().collect().await;
+    Scored { status, deployment }
+}
+
+/// The router's Prometheus text.
+pub async fn metrics_text(client: &Client, router: &Router) -> String {
+    let request = Request::get(format!("http://{}/metrics", router.admin_addr()))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = client.request(request).await.expect("admin answers");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// The value of an unlabelled (or the first matching) sample of `name` in Prometheus text.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// `/readyz` status.
+pub async fn readyz(client: &Client, router: &Router) -> StatusCode {
+    let request = Request::get(format!("http://{}/readyz", router.admin_addr()))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    client
+        .request(request)
+        .await
+        .expect("admin answers")
+        .status()
+}
+
+/// The routable pod addresses of each deployment of `endpoint` in the published table, sorted.
+pub fn routable(router: &Router, endpoint: &str) -> Vec<(String, Vec<SocketAddr>)> {
+    let table = router.table().snapshot();
+    let Some(ep) = table.endpoint(endpoint) else {
+        return Vec::new();
+    };
+    ep.deployments
+        .iter()
+        .map(|d| {
+            let mut pods: Vec<SocketAddr> = d.pods.iter().map(|p| p.address()).collect();
+            pods.sort();
+            (d.name.to_string(), pods)
+        })
+        .collect()
+}
+
+/// Addresses of `ips` on `port`, sorted.
+pub fn addrs(ips: &[IpAddr], port: u16) -> Vec<SocketAddr> {
+    let mut v: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
+    v.sort();
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load
+
+/// Requests sent in a loop while a fault happens, counting answers by status.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    /// `workers` loops scoring `endpoint` with `key` through `addr`.
+    pub fn start(addr: SocketAddr, endpoint: &str, key: &str, workers: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let tasks = (0..workers)
+            .map(|_| {
+                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                let (endpoint, key) = (endpoint.to_string(), key.to_string());
+                tokio::spawn(async move {
+                    let client = client();
+                    let mut failures = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let scored = score(&client, addr, &endpoint, &key, None).await;
+                        if scored.status == StatusCode::OK {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            failures.push(format!("{scored:?}"));
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            tasks,
+        }
+    }
+
+    /// Successful requests so far.
+    pub fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Stops and returns (successes, failures as text).
+    pub async fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for task in self.tasks {
+            failures.extend(task.await.expect("load worker"));
+        }
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
+}
