@@ -69,6 +69,8 @@ const SERVICE_PATTERN: &str = "^[a-z]([-a-z0-9]*[a-z0-9])?$";
 /// credentials and how live and mirrored traffic is split between its deployments.
 ///
 /// The endpoint name is `metadata.name`; it must be unique across the namespaces a router watches.
+// The lint mistakes the repeated `type_ = …` of several `printcolumn(…)` for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[kube(
     group = "scoregate.io",
@@ -139,6 +141,8 @@ impl From<AuthModeSpec> for crate::model::AuthMode {
 
 /// An online deployment: one model version behind an endpoint, served by the pods that the
 /// EndpointSlices of `serviceName` list.
+// The lint mistakes the repeated `type_ = …` of several `printcolumn(…)` for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[kube(
     group = "scoregate.io",
