@@ -8,7 +8,6 @@ use std::sync::Arc;
 use http::Method;
 use scoregate::sample_model::SampleModel;
 use support::*;
-use tokio::sync::mpsc;
 
 /// Fires `n` requests at once (each on its own connection) and returns their responses.
 async fn burst(h: &Harness, n: usize, query: &str) -> Vec<Resp> {
@@ -91,33 +90,38 @@ async fn the_queue_is_first_in_first_out() {
         "max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 120000, max_queue_length: 20",
     ))
     .await;
-    let held = h.hold("ep-one", &[]).await;
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let mut tasks = Vec::new();
+    // Every request holds the one slot until it is dropped, so exactly one is admitted at a
+    // time and the test sees which one.
+    let mut holder = h.hold("ep-one", &[]).await;
+    let auth = format!("Bearer {KEY}");
+    let mut waiters = Vec::new();
     for i in 0..8 {
-        let task = h.spawn_score("ep-one", &format!("?order={i}"));
-        let done_tx = done_tx.clone();
-        tasks.push(tokio::spawn(async move {
-            let r = task.await.unwrap();
-            done_tx.send((i, r.status)).unwrap();
+        let uri = h.url(
+            "ep-one",
+            &format!("/score?order={i}&stream_events=1000000&event_interval_ms=50"),
+        );
+        let (address, auth) = (h.http, auth.clone());
+        waiters.push(tokio::spawn(async move {
+            Held::open(address, &uri, &[("authorization", &auth)]).await
         }));
         // Each one is in the queue before the next is sent.
         h.wait_queue_depth("ep-one", "blue", i + 1).await;
     }
-    drop(held);
-    for t in tasks {
-        guard("a queued request", t).await.unwrap();
+    for i in 0..8 {
+        drop(holder);
+        h.wait_queue_depth("ep-one", "blue", 7 - i).await;
+        holder = guard("the oldest waiter", &mut waiters[i]).await.unwrap();
+        assert_eq!(holder.status, 200);
+        for (j, later) in waiters.iter().enumerate().skip(i + 1) {
+            assert!(
+                !later.is_finished(),
+                "waiter {j} was admitted before waiter {i}"
+            );
+        }
     }
-    let order: Vec<_> = std::iter::from_fn(|| done_rx.try_recv().ok()).collect();
-    // One slot: each request finishes before the next is admitted, so completion order is
-    // admission order.
-    assert_eq!(
-        order,
-        (0..8)
-            .map(|i| (i, http::StatusCode::OK))
-            .collect::<Vec<_>>()
-    );
-    assert_eq!(pod.stats().peak_concurrency(), 1);
+    drop(holder);
+    h.wait_in_flight("ep-one", "blue", 0).await;
+    assert_eq!(pod.stats().requests(), 9);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,4 +235,29 @@ async fn slots_are_never_leaked_whatever_the_outcome() {
     let _a = h.hold("ep-one", &[]).await;
     let _b = h.hold("ep-one", &[]).await;
     h.wait_in_flight("ep-one", "blue", 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_before_the_answer_frees_its_slot() {
+    let pod = SampleModel::start_local("blue").await.unwrap();
+    let h = Harness::start(&simple_routes(
+        "ep-one",
+        &[pod.address()],
+        "request_timeout_ms: 120000, max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 0",
+    ))
+    .await;
+    let auth = format!("Bearer {KEY}");
+    let gone = raw_open(
+        h.http,
+        "/api/v1/endpoint/ep-one/score?sleep_ms=100000",
+        &[("authorization", &auth)],
+    )
+    .await;
+    h.wait_in_flight("ep-one", "blue", 1).await;
+    assert_router_error(&h.score("ep-one", "").await, 503, "QueueTimeout");
+    drop(gone);
+    // The pod sleeps for 100 s more; the router's slot is free as soon as the client left.
+    h.wait_in_flight("ep-one", "blue", 0).await;
+    let r = h.score("ep-one", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
 }

@@ -692,3 +692,19 @@ async fn every_routed_response_names_its_deployment() {
     let r = h.score("ep-one", "?fail=1").await;
     assert_eq!((r.status.as_u16(), r.deployment()), (500, Some("blue")));
 }
+
+#[tokio::test]
+async fn a_pod_that_closes_after_each_response_costs_no_request() {
+    // The pod answers without `Connection: close` and then closes: a pooled connection may be
+    // dead by the time it is reused. The router must notice or retry, never answer 502.
+    let pod = RawPod::start(RawMode::Respond(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+    ))
+    .await;
+    let h = Harness::start(&simple_routes("ep-one", &[pod.address()], WIDE)).await;
+    for i in 0..200 {
+        let r = h.score("ep-one", "").await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+    assert_eq!(pod.requests(), 200);
+}

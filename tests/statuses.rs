@@ -617,3 +617,37 @@ async fn router_errors_carry_the_clients_request_id() {
     assert_router_error(&r, 404, "EndpointNotFound");
     assert_ne!(r.header("x-request-id"), Some("not-a-guid"));
 }
+
+#[tokio::test]
+async fn metrics_never_carry_client_chosen_names_or_pod_addresses() {
+    let (pod, h) = one_pod(SETTINGS).await;
+    let _ = h.score("made-up-endpoint", "").await;
+    let _ = h
+        .score_with(
+            "ep-one",
+            "",
+            &[("azureml-model-deployment", "made-up-deployment")],
+        )
+        .await;
+    let auth = format!("Bearer {KEY}");
+    let _ = send(
+        &h.client,
+        Method::GET,
+        &h.raw_url("/made-up-path"),
+        &[("authorization", &auth)],
+        empty(),
+    )
+    .await;
+    let _ = h.score("ep-one", "?made-up-query=1").await;
+    let _ = h.score("ep-one", "?fail=1").await;
+    let text = h.metrics_text().await;
+    assert!(text.contains("scoregate_requests_total"), "{text}");
+    for secret in [
+        "made-up",
+        &pod.address().to_string(),
+        &pod.address().port().to_string(),
+        KEY,
+    ] {
+        assert!(!text.contains(secret), "{secret:?} in /metrics:\n{text}");
+    }
+}
