@@ -126,14 +126,24 @@ async fn rewriting_the_routes_file_during_a_20_second_load_run_fails_no_request(
             h.write_routes_in_place(yaml);
         }
     }
-    // End on a known table, then stop the load.
-    let (applied, _) = outcomes(&h).await;
-    h.write_routes(&variants[4]);
-    h.wait_metric(
-        "scoregate_table_reloads_total",
-        &[("source", "file"), ("result", "applied")],
-        |v| v > applied,
-    )
+    // End on a known table (0/100, plus an endpoint that tells when it is live), then stop
+    // the load.
+    h.write_routes(&routes(
+        &[
+            endpoint("ep-one", &["traffic: { blue: 0, green: 100 }"]),
+            endpoint("ep-final", &["traffic: { blue: 100 }"]),
+        ],
+        &[
+            deployment("blue", "ep-one", &[b1, b2], s2),
+            deployment("green", "ep-one", &[g1, g2], s2),
+            deployment("blue", "ep-final", &[b1], s2),
+        ],
+    ));
+    guard("the final table going live", async {
+        while h.score("ep-final", "").await.status != 200 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
     .await;
     stop.store(true, Ordering::Relaxed);
 
