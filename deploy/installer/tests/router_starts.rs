@@ -2,9 +2,11 @@
 //!
 //! The config YAML is taken from the rendered ConfigMap and the certificate from the rendered
 //! Secret, and the binary is started as the Deployment starts it (`scoregate serve --config …`).
-//! Only what a pod gets from its surroundings is substituted: listen addresses (free local ports
-//! instead of the pod's), the certificate paths (a directory laid out like the projected volume)
-//! and the route source (see [`route_source`]).
+//! Its Kubernetes discovery runs as rendered (all namespaces, no kubeconfig in the config) against
+//! the fake API server, which holds the rendered CRDs and one endpoint whose pod is a sample model
+//! server; `KUBECONFIG` stands in for the pod's service account. Only what a pod gets from its
+//! surroundings is substituted: listen addresses (free local ports instead of the pod's) and the
+//! certificate paths (a directory laid out like the projected volume).
 
 mod support;
 
@@ -17,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use scoregate::config::RouterConfig;
 use scoregate_ext::render::Manifest;
+use serde_json::json;
 
 /// The `scoregate` binary of this workspace, built (or found fresh) by cargo.
 fn router_binary() -> PathBuf {
@@ -55,23 +58,78 @@ fn free_port() -> SocketAddr {
         .expect("a free port")
 }
 
-/// A routes file with one endpoint and no ready pods: the router becomes ready on it (a table is
-/// loaded) and answers 404 for other endpoints.
-fn route_source(dir: &Path, config: &mut RouterConfig) {
-    // Kubernetes discovery (what the rendered config asks for) is not in the router yet; until it
-    // is, the rendered `discovery.kube` is swapped for the file source.
-    assert!(
-        config.discovery.kube.is_some(),
-        "the rendered config uses Kubernetes discovery"
-    );
-    let routes = dir.join("routes.yaml");
-    std::fs::write(
-        &routes,
-        "endpoints:\n  - name: demo\n    auth_mode: key\n    keys: { primary: \"p\", secondary: \"s\" }\n    traffic: { blue: 100 }\ndeployments:\n  - name: blue\n    endpoint: demo\n    pods: []\n",
-    )
-    .unwrap();
-    config.discovery.kube = None;
-    config.discovery.routes_file = Some(routes);
+/// The namespace of the test endpoint.
+const NS: &str = "models";
+/// The test endpoint's primary key.
+const KEY: &str = "primary-key-0123456789";
+
+/// The cluster the router discovers: the fake API server with the rendered CRDs, endpoint `demo`
+/// whose deployment `blue` is one sample model pod, and a kubeconfig pointing at it.
+struct World {
+    runtime: tokio::runtime::Runtime,
+    server: Option<scoregate_fake_kube::FakeApiServer>,
+    model: Option<scoregate::sample_model::SampleModel>,
+    kubeconfig: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _guard = self.runtime.enter();
+        self.model.take();
+        self.server.take();
+    }
+}
+
+fn world(manifest: &Manifest) -> World {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (server, model) = runtime.block_on(async {
+        let server = scoregate_fake_kube::FakeApiServer::start().await.unwrap();
+        let model = scoregate::sample_model::SampleModel::start_local("blue")
+            .await
+            .unwrap();
+        (server, model)
+    });
+    for object in &manifest.objects {
+        if object["kind"] == "CustomResourceDefinition" {
+            server.apply(serde_json::to_value(object).unwrap()).unwrap();
+        }
+    }
+    let port = model.address().port();
+    let key = serde_json::to_value(k8s_openapi::ByteString(KEY.as_bytes().to_vec())).unwrap();
+    for object in [
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": "demo-keys", "namespace": NS}, "data": {"primaryKey": key}}),
+        json!({"apiVersion": "scoregate.io/v1", "kind": "OnlineEndpoint",
+            "metadata": {"name": "demo", "namespace": NS},
+            "spec": {"authMode": "key", "keysSecretName": "demo-keys", "traffic": {"blue": 100}}}),
+        json!({"apiVersion": "scoregate.io/v1", "kind": "OnlineDeployment",
+            "metadata": {"name": "blue", "namespace": NS},
+            "spec": {"endpointName": "demo", "serviceName": "demo-blue", "port": port}}),
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "demo-blue-x1", "namespace": NS,
+                "labels": {"kubernetes.io/service-name": "demo-blue"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true, "serving": true, "terminating": false}}],
+            "ports": [{"name": "http", "port": port, "protocol": "TCP"}]}),
+    ] {
+        server.apply(object).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig, NS).unwrap();
+    World {
+        runtime,
+        server: Some(server),
+        model: Some(model),
+        kubeconfig,
+        _dir: dir,
+    }
 }
 
 struct Router {
@@ -89,8 +147,9 @@ impl Drop for Router {
     }
 }
 
-/// Starts the binary with the configuration and certificate `manifest` renders.
-fn start(manifest: &Manifest) -> Router {
+/// Starts the binary with the configuration and certificate `manifest` renders, discovering
+/// `world`.
+fn start(manifest: &Manifest, world: &World) -> Router {
     let dir = tempfile::tempdir().unwrap();
     let cm = manifest
         .find("ConfigMap", "azureml-fe-config")
@@ -117,7 +176,15 @@ fn start(manifest: &Manifest) -> Router {
         tls.cert_file = Some(dir.path().join("tls/cert.pem"));
         tls.key_file = Some(dir.path().join("tls/key.pem"));
     }
-    route_source(dir.path(), &mut config);
+    let kube = config
+        .discovery
+        .kube
+        .as_ref()
+        .expect("Kubernetes discovery is rendered");
+    assert!(
+        kube.namespaces.is_empty() && kube.kubeconfig.is_none(),
+        "all namespaces, in-cluster"
+    );
     let path = dir.path().join("config.yaml");
     std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
 
@@ -135,6 +202,7 @@ fn start(manifest: &Manifest) -> Router {
     let child = Command::new(router_binary())
         .args(&args[..2])
         .arg(&path)
+        .env("KUBECONFIG", &world.kubeconfig)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -148,12 +216,25 @@ fn start(manifest: &Manifest) -> Router {
     }
 }
 
-/// One HTTP/1.1 request over `stream`; the status code.
-fn status_over(mut stream: impl Read + Write, path: &str, host: &str) -> std::io::Result<u16> {
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )?;
+/// One HTTP/1.1 request over `stream` (a POST when `body` is given, with the endpoint key); the
+/// status code.
+fn status_over(
+    mut stream: impl Read + Write,
+    path: &str,
+    host: &str,
+    body: Option<&str>,
+) -> std::io::Result<u16> {
+    match body {
+        None => write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )?,
+        Some(body) => write!(
+            stream,
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?,
+    }
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response);
     let text = String::from_utf8_lossy(&response);
@@ -164,7 +245,17 @@ fn status_over(mut stream: impl Read + Write, path: &str, host: &str) -> std::io
 }
 
 fn get(addr: SocketAddr, path: &str) -> std::io::Result<u16> {
-    status_over(TcpStream::connect(addr)?, path, "localhost")
+    status_over(TcpStream::connect(addr)?, path, "localhost", None)
+}
+
+/// A scoring request to endpoint `demo` over plain HTTP.
+fn score(addr: SocketAddr) -> std::io::Result<u16> {
+    status_over(
+        TcpStream::connect(addr)?,
+        "/api/v1/endpoint/demo/score",
+        "localhost",
+        Some(r#"{"data": [1, 2, 3]}"#),
+    )
 }
 
 /// Polls `/readyz` until it answers 200 (the router loaded its table), or gives up.
@@ -202,12 +293,25 @@ fn scenario(name: &str) -> Manifest {
 }
 
 #[test]
-fn the_http_scenario_config_starts_the_router() {
-    let mut router = start(&scenario("aks-proof-of-concept"));
+fn the_http_scenario_config_starts_the_router_and_it_routes() {
+    let manifest = scenario("aks-proof-of-concept");
+    let world = world(&manifest);
+    let mut router = start(&manifest, &world);
     wait_ready(&mut router);
     assert_eq!(get(router.admin, "/healthz").unwrap(), 200);
     let http = router.http.expect("plain HTTP is allowed");
     assert_eq!(get(http, "/api/v1/endpoint/unknown/score").unwrap(), 404);
+    // The endpoint it discovered answers through the router.
+    let mut status = score(http).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status != 200 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        status = score(http).unwrap();
+    }
+    assert_eq!(
+        status, 200,
+        "a scoring request reaches the discovered model pod"
+    );
     assert!(router.https.is_none());
     terminate(router);
 }
@@ -215,7 +319,8 @@ fn the_http_scenario_config_starts_the_router() {
 #[test]
 fn the_https_scenario_config_serves_the_rendered_certificate() {
     let manifest = scenario("aks-production-https");
-    let mut router = start(&manifest);
+    let world = world(&manifest);
+    let mut router = start(&manifest, &world);
     wait_ready(&mut router);
     assert!(router.http.is_none(), "HTTPS only");
 
@@ -227,18 +332,30 @@ fn the_https_scenario_config_serves_the_rendered_certificate() {
         roots.add(cert.unwrap()).unwrap();
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from("ml.contoso.com").unwrap();
-    let connection = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
-    let tcp = TcpStream::connect(router.https.expect("HTTPS is on")).unwrap();
-    let tls = rustls::StreamOwned::new(connection, tcp);
-    assert_eq!(
-        status_over(tls, "/api/v1/endpoint/unknown/score", "ml.contoso.com").unwrap(),
-        404
+    let client = Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
     );
+    let https = router.https.expect("HTTPS is on");
+    let over_tls = |body: Option<&str>| {
+        let name = rustls::pki_types::ServerName::try_from("ml.contoso.com").unwrap();
+        let connection = rustls::ClientConnection::new(client.clone(), name).unwrap();
+        let tls = rustls::StreamOwned::new(connection, TcpStream::connect(https).unwrap());
+        status_over(tls, "/api/v1/endpoint/demo/score", "ml.contoso.com", body).unwrap()
+    };
+    let mut status = over_tls(Some("{}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status != 200 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        status = over_tls(Some("{}"));
+    }
+    assert_eq!(
+        status, 200,
+        "scoring over HTTPS with the rendered certificate"
+    );
+    assert_eq!(over_tls(None), 401, "no key, no answer");
     terminate(router);
 }
