@@ -1,0 +1,115 @@
+//! One access-log line per request, with the request id the client saw, for routed requests
+//! (written when the response body ends or the client goes away) and for the router's own
+//! errors alike. Its own test binary: it installs the process-wide tracing subscriber.
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use scoregate::sample_model::SampleModel;
+use support::*;
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn captured() -> &'static Capture {
+    static LOGS: OnceLock<Capture> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let capture = Capture::default();
+        let writer = capture.clone();
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_env_filter("scoregate::access=info")
+            .with_writer(move || writer.clone())
+            .init();
+        capture
+    })
+}
+
+/// The access-log lines (as JSON) that carry `request_id`.
+fn lines_for(request_id: &str) -> Vec<serde_json::Value> {
+    let text = String::from_utf8(captured().0.lock().unwrap().clone()).unwrap();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "scoregate::access" && v["request_id"] == request_id)
+        .collect()
+}
+
+async fn the_line_for(request_id: &str) -> serde_json::Value {
+    guard("the access-log line", async {
+        loop {
+            let lines = lines_for(request_id);
+            if !lines.is_empty() {
+                // Give a duplicate the chance to show up, then insist there is one line.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                let lines = lines_for(request_id);
+                assert_eq!(lines.len(), 1, "one line per request: {lines:#?}");
+                return lines.into_iter().next().unwrap();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_gets_one_access_log_line_with_its_request_id() {
+    captured();
+    let pod = SampleModel::start_local("blue").await.unwrap();
+    let h = Harness::start(&simple_routes(
+        "ep-one",
+        &[pod.address()],
+        "max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 0",
+    ))
+    .await;
+
+    let ok = h.score("ep-one", "?x=1").await;
+    let id = ok.header("x-request-id").unwrap();
+    let line = the_line_for(id).await;
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["endpoint"], "ep-one", "{line}");
+    assert_eq!(line["deployment"], "blue", "{line}");
+    assert_eq!(line["complete"], true, "{line}");
+    assert!(
+        line["total_ms"].is_number() && line["upstream_ms"].is_number(),
+        "{line}"
+    );
+
+    let failed = h.score("ep-one", "?fail=1").await;
+    let line = the_line_for(failed.header("x-request-id").unwrap()).await;
+    assert_eq!(line["status"], 500, "{line}");
+
+    let unknown = h.score("no-such-endpoint", "").await;
+    let line = the_line_for(unknown.header("x-request-id").unwrap()).await;
+    assert_eq!(line["status"], 404, "{line}");
+    assert_eq!(line["code"], "EndpointNotFound", "{line}");
+
+    // A client that goes away mid-response still gets its line, marked incomplete.
+    let guid = "0b7c1b0e-8f1c-4c53-9a55-2d7f4f0c9e11";
+    let held = h.hold("ep-one", &[("x-request-id", guid)]).await;
+    assert_eq!(held.headers["x-request-id"], guid);
+    let busy = h.score("ep-one", "").await;
+    let line = the_line_for(busy.header("x-request-id").unwrap()).await;
+    assert_eq!(line["status"], 503, "{line}");
+    assert_eq!(line["deployment"], "blue", "{line}");
+    assert!(
+        lines_for(guid).is_empty(),
+        "not written before the body ends"
+    );
+    drop(held);
+    let line = the_line_for(guid).await;
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["complete"], false, "{line}");
+}
