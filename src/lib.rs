@@ -23,3 +23,4 @@ pub mod table;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+pub mod watch;

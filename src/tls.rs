@@ -27,6 +27,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::telemetry::{names, Metrics};
+use crate::watch::{directory_of, DirWatcher};
 
 /// A certificate is warned about when it expires within this many days.
 pub const EXPIRY_WARNING_DAYS: i64 = 30;
@@ -413,31 +414,10 @@ pub fn watch_files(
     cert_file: PathBuf,
     key_file: PathBuf,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    use notify::{RecursiveMode, Watcher};
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
-            let _ = tx.send(());
-        }
-    })?;
-    let dir_of = |p: &Path| {
-        p.parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_owned()
-    };
-    let cert_dir = dir_of(&cert_file);
-    let key_dir = dir_of(&key_file);
-    watcher.watch(&cert_dir, RecursiveMode::NonRecursive)?;
-    if key_dir != cert_dir {
-        watcher.watch(&key_dir, RecursiveMode::NonRecursive)?;
-    }
+    let mut watcher = DirWatcher::new(&[directory_of(&cert_file), directory_of(&key_file)])?;
     let mut last = read_pair(&cert_file, &key_file).ok();
     Ok(tokio::spawn(async move {
-        let _watcher = watcher;
-        while rx.recv().await.is_some() {
-            tokio::time::sleep(DEBOUNCE).await;
-            while rx.try_recv().is_ok() {}
+        while watcher.changed(DEBOUNCE).await {
             let pair = match read_pair(&cert_file, &key_file) {
                 Ok(pair) => pair,
                 Err(e) => {

@@ -28,7 +28,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
@@ -37,6 +36,7 @@ use crate::model::{
     AuthMode, DeploymentSpec, EndpointKeys, EndpointSpec, PodSpec, RequestSettings, RouteSpec,
     DEFAULT_MODEL_PORT,
 };
+use crate::watch::{directory_of, DirWatcher};
 
 /// Why a routes file was not loaded.
 #[derive(Debug)]
@@ -285,24 +285,10 @@ pub fn watch(
     path: PathBuf,
     mut publisher: Publisher,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_owned();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| changes_content(&e.kind)) {
-            let _ = tx.send(());
-        }
-    })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    let mut watcher = DirWatcher::new(&[directory_of(&path)])?;
     let mut last = std::fs::read(&path).ok();
     Ok(tokio::spawn(async move {
-        let _watcher = watcher;
-        while rx.recv().await.is_some() {
-            tokio::time::sleep(DEBOUNCE).await;
-            while rx.try_recv().is_ok() {}
+        while watcher.changed(DEBOUNCE).await {
             let current = std::fs::read(&path).ok();
             if current == last {
                 continue;
@@ -332,17 +318,6 @@ pub fn watch(
             }
         }
     }))
-}
-
-/// Whether a file event can mean new content. Opening and reading (the watcher's own reads
-/// included) cannot: reacting to them would make every read schedule another one.
-fn changes_content(kind: &notify::EventKind) -> bool {
-    use notify::event::{AccessKind, AccessMode};
-    match kind {
-        notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        notify::EventKind::Access(_) => false,
-        _ => true,
-    }
 }
 
 #[cfg(test)]
@@ -427,23 +402,6 @@ deployments:
             problems.iter().any(|p| p.contains("declared twice")),
             "{problems:?}"
         );
-    }
-
-    #[test]
-    fn reads_are_not_changes() {
-        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
-        use notify::EventKind;
-        assert!(!changes_content(&EventKind::Access(AccessKind::Open(
-            AccessMode::Any
-        ))));
-        assert!(!changes_content(&EventKind::Access(AccessKind::Close(
-            AccessMode::Read
-        ))));
-        assert!(changes_content(&EventKind::Access(AccessKind::Close(
-            AccessMode::Write
-        ))));
-        assert!(changes_content(&EventKind::Modify(ModifyKind::Any)));
-        assert!(changes_content(&EventKind::Create(CreateKind::File)));
     }
 
     #[test]
