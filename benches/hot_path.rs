@@ -1,0 +1,236 @@
+//! Micro-benchmarks of the request path's pieces (issue 6).
+//!
+//! - `request_path`: step 1 (target parse) + 2 (snapshot) + 3 (key auth) + 4 (weighted choice)
+//!   + 5 (admission, fast path) and the slot's release, on a table of 10,000 endpoints.
+//! - `p2c_admission`: taking and releasing a slot among 1,000 pods, idle and loaded.
+//! - `table_rebuild`: publishing a table that differs from the current one in one pod, at
+//!   10,000 endpoints × 10 pods.
+//!
+//! Run with `cargo bench --bench hot_path` (add `-- p2c` to run one group). The figures are
+//! for comparing revisions on the same machine: nothing here asserts a timing.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue};
+
+use scoregate::balance::{DeploymentAdmission, Pod};
+use scoregate::model::{
+    AuthMode, DeploymentSpec, EndpointKeys, EndpointSpec, PodSpec, RequestSettings, RouteSpec,
+};
+use scoregate::proxy::target;
+use scoregate::table::{TableBuilder, TableHandle};
+use scoregate::telemetry::Metrics;
+
+/// Endpoints in the large tables.
+const ENDPOINTS: usize = 10_000;
+
+fn endpoint_name(i: usize) -> String {
+    format!("ep-{i:05}")
+}
+
+fn primary_key(i: usize) -> String {
+    format!("primary-key-{i:05}-0123456789abcdef")
+}
+
+/// A distinct pod address per (endpoint, deployment, pod).
+fn pod_address(endpoint: usize, deployment: usize, pod: usize) -> SocketAddr {
+    let n = (endpoint * 16 + deployment * 8 + pod) as u32;
+    SocketAddr::from((Ipv4Addr::from(0x0a00_0000 | n), 5001))
+}
+
+/// `endpoints` endpoints in key mode, each with the given deployments (name, traffic percent)
+/// of `pods` ready pods each, `cap` slots per pod.
+fn route_spec(endpoints: usize, deployments: &[(&str, u8)], pods: usize, cap: u32) -> RouteSpec {
+    let mut spec = RouteSpec::default();
+    for e in 0..endpoints {
+        let name = endpoint_name(e);
+        spec.endpoints.insert(
+            name.clone(),
+            EndpointSpec {
+                name: name.clone(),
+                auth_mode: AuthMode::Key,
+                keys: EndpointKeys {
+                    primary: primary_key(e),
+                    secondary: Some(format!("secondary-key-{e:05}-0123456789abcdef")),
+                },
+                traffic: deployments
+                    .iter()
+                    .map(|(d, p)| (d.to_string(), *p))
+                    .collect(),
+                mirror_traffic: BTreeMap::new(),
+            },
+        );
+        for (d, (deployment, _)) in deployments.iter().enumerate() {
+            spec.deployments.insert(
+                (name.clone(), deployment.to_string()),
+                DeploymentSpec {
+                    name: deployment.to_string(),
+                    endpoint: name.clone(),
+                    pods: (0..pods)
+                        .map(|p| PodSpec::ready(pod_address(e, d, p)))
+                        .collect(),
+                    settings: RequestSettings {
+                        max_concurrent_requests_per_instance: cap,
+                        ..RequestSettings::default()
+                    },
+                },
+            );
+        }
+    }
+    spec.validate()
+        .unwrap_or_else(|errors| panic!("the bench spec is invalid: {errors:?}"));
+    spec
+}
+
+/// One client request as the proxy sees it before routing: a path and its headers.
+struct Request {
+    path: String,
+    headers: HeaderMap,
+}
+
+fn request(endpoint: usize) -> Request {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {}", primary_key(endpoint))).unwrap(),
+    );
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Request {
+        path: format!("/api/v1/endpoint/{}/score", endpoint_name(endpoint)),
+        headers,
+    }
+}
+
+/// Steps 1–5 for one request; the slot is released when it goes out of scope.
+fn route_once(table: &TableHandle, request: &Request) {
+    let (endpoint, rest) = target::from_path(&request.path).expect("a scoring path");
+    let snapshot = table.load();
+    let endpoint = snapshot.endpoint(endpoint).expect("a known endpoint");
+    endpoint
+        .auth
+        .check(&request.headers)
+        .expect("the primary key");
+    let deployment = endpoint.choose().expect("a deployment with traffic");
+    let slot = deployment
+        .admission
+        .try_acquire(&deployment.pods)
+        .expect("a free slot");
+    black_box((rest, slot.pod().address()));
+}
+
+fn request_path(c: &mut Criterion) {
+    // Two deployments split 90/10, as during a blue/green rollout, three pods each.
+    let spec = route_spec(ENDPOINTS, &[("blue", 90), ("green", 10)], 3, 100);
+    let mut builder = TableBuilder::new(TableHandle::default(), Metrics::new());
+    builder.publish(&spec);
+    let table = builder.handle().clone();
+    assert_eq!(table.load().len(), ENDPOINTS);
+    let requests: Vec<Request> = (0..ENDPOINTS).map(request).collect();
+
+    let mut group = c.benchmark_group("request_path");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("parse_auth_choose_admit/10k_endpoints_rotating", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            // Every request for another endpoint, so lookups miss the cache as real traffic would.
+            i = (i + 7919) % ENDPOINTS;
+            route_once(&table, &requests[i]);
+        })
+    });
+    group.bench_function("parse_auth_choose_admit/10k_endpoints_one_hot", |b| {
+        let hot = &requests[ENDPOINTS / 2];
+        b.iter(|| route_once(&table, black_box(hot)))
+    });
+    group.finish();
+}
+
+fn pods(n: usize) -> Box<[Arc<Pod>]> {
+    (0..n)
+        .map(|i| Arc::new(Pod::new(pod_address(i, 0, 0))))
+        .collect()
+}
+
+fn p2c_admission(c: &mut Criterion) {
+    const PODS: usize = 1_000;
+    const CAP: u32 = 4;
+    let mut group = c.benchmark_group("p2c_admission");
+    group.throughput(Throughput::Elements(1));
+
+    let idle = pods(PODS);
+    let admission = DeploymentAdmission::new(CAP, None);
+    admission.update(CAP, None, idle.clone());
+    group.bench_function("1000_pods/idle", |b| {
+        b.iter(|| drop(black_box(admission.try_acquire(&idle).expect("free"))))
+    });
+
+    // 90 % of the pods at their cap: the two samples often both miss, so the scan runs.
+    let loaded = pods(PODS);
+    let admission = DeploymentAdmission::new(CAP, None);
+    admission.update(CAP, None, loaded.clone());
+    let mut held = Vec::new();
+    for i in 0..PODS * 9 / 10 {
+        let pod = &loaded[(i * 10 / 9) % PODS..][..1];
+        for _ in 0..CAP {
+            held.push(admission.try_acquire(pod).expect("free"));
+        }
+    }
+    group.bench_function("1000_pods/90pct_full", |b| {
+        b.iter(|| drop(black_box(admission.try_acquire(&loaded).expect("free"))))
+    });
+
+    // Every pod at its cap: what a request pays before it queues.
+    let full = pods(PODS);
+    let admission = DeploymentAdmission::new(CAP, None);
+    admission.update(CAP, None, full.clone());
+    let mut held_full = Vec::new();
+    while let Some(slot) = admission.try_acquire(&full) {
+        held_full.push(slot);
+    }
+    assert_eq!(held_full.len(), PODS * CAP as usize);
+    group.bench_function("1000_pods/all_full", |b| {
+        b.iter(|| black_box(admission.try_acquire(&full)).is_none())
+    });
+    group.finish();
+    drop((held, held_full));
+}
+
+fn table_rebuild(c: &mut Criterion) {
+    const PODS: usize = 10;
+    let before = route_spec(ENDPOINTS, &[("blue", 100)], PODS, 1);
+    // The same routes with one pod of one deployment no longer ready, as an EndpointSlice
+    // update would report it.
+    let mut after = before.clone();
+    let key = (endpoint_name(ENDPOINTS / 2), "blue".to_string());
+    after
+        .deployments
+        .get_mut(&key)
+        .expect("the deployment")
+        .pods[3]
+        .ready = false;
+
+    let mut builder = TableBuilder::new(TableHandle::default(), Metrics::new());
+    builder.publish(&before);
+    let mut group = c.benchmark_group("table_rebuild");
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(10));
+    group.bench_function("10k_endpoints_x_10_pods/one_pod_changed", |b| {
+        let mut flip = false;
+        b.iter(|| {
+            flip = !flip;
+            let report = builder.publish(if flip { &after } else { &before });
+            debug_assert_eq!(report.endpoints_rebuilt, 1);
+            black_box(report)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, request_path, p2c_admission, table_rebuild);
+criterion_main!(benches);
