@@ -120,19 +120,22 @@ impl Discovery {
         if watch.kind == Kind::Slices && !self.shards.is_current(&watch) {
             return;
         }
+        if matches!(
+            message.body,
+            Body::Apply(_) | Body::Delete(_) | Body::Synced(_)
+        ) {
+            // Events prove the watch works (a restarted shard's new watch never says Recovered).
+            self.health.recovered(&watch, false);
+            self.pending.push(message.received);
+        }
         match message.body {
-            Body::Apply(object) => {
-                self.cluster.apply(object, &watch);
-                self.pending.push(message.received);
-            }
-            Body::Delete(key) => {
-                self.cluster.delete(watch.kind, &key);
-                self.pending.push(message.received);
-            }
+            Body::Apply(object) => self.cluster.apply(object, &watch),
+            Body::Delete(key) => self.cluster.delete(watch.kind, &key),
             Body::Synced(objects) => {
                 self.cluster.replace(&watch, objects);
-                self.synced.insert(watch);
-                self.pending.push(message.received);
+                if !self.ready {
+                    self.synced.insert(watch);
+                }
             }
             Body::Failed { error, expired } => self.health.failed(&watch, &error, expired, false),
             Body::Recovered => self.health.recovered(&watch, false),
@@ -153,7 +156,10 @@ impl Discovery {
             self.shards.add(&scope, ns, service);
         }
         if !added.is_empty() || !removed.is_empty() {
-            let started = self.shards.apply(&self.client, &self.tx);
+            let (started, stopped) = self.shards.apply(&self.client, &self.tx);
+            for id in &stopped {
+                self.health.forget(id);
+            }
             tracing::debug!(
                 added = added.len(),
                 removed = removed.len(),

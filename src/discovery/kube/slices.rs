@@ -113,9 +113,10 @@ impl SliceShards {
     }
 
     /// Restarts the watch of every shard whose Services changed (a new generation) and stops
-    /// those left empty. Returns the watches started.
-    pub fn apply(&mut self, client: &Client, tx: &Sender) -> Vec<WatchId> {
+    /// those left empty. Returns the watches started and the shards whose watch stopped.
+    pub fn apply(&mut self, client: &Client, tx: &Sender) -> (Vec<WatchId>, Vec<WatchId>) {
         let mut started = Vec::new();
+        let mut stopped = Vec::new();
         for (scope, shards) in &mut self.scopes {
             for (index, shard) in shards.iter_mut().enumerate() {
                 if !shard.dirty {
@@ -126,15 +127,16 @@ impl SliceShards {
                     task.abort();
                 }
                 shard.generation += 1;
-                if shard.services.is_empty() {
-                    continue;
-                }
                 let id = WatchId {
                     kind: Kind::Slices,
                     scope: scope.clone(),
                     shard: index,
                     generation: shard.generation,
                 };
+                if shard.services.is_empty() {
+                    stopped.push(id);
+                    continue;
+                }
                 shard.task = Some(spawn_slices(
                     client.clone(),
                     id.clone(),
@@ -144,7 +146,7 @@ impl SliceShards {
                 started.push(id);
             }
         }
-        started
+        (started, stopped)
     }
 
     /// Whether `id` is the current watch of its shard (messages from replaced ones are ignored).
