@@ -38,9 +38,14 @@ pub const HANG: Duration = Duration::from_secs(60);
 /// A hyper client over plain TCP.
 pub type Client = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
 
-/// Installs the crypto provider kube's client needs (once per process).
+/// Installs the crypto provider kube's client needs (once per process), and logs to the test
+/// output at the level `TEST_LOG` names (e.g. `TEST_LOG=scoregate=debug`; errors only without).
 pub fn crypto() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("TEST_LOG"))
+        .with_test_writer()
+        .try_init();
 }
 
 /// A fake API server that knows scoregate's CRDs (applied as a cluster admin would).
@@ -330,6 +335,17 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// The sum of every sample of `name` (all label sets), if there is one.
+pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 /// `/readyz` status.
