@@ -640,3 +640,39 @@ async fn tls_certificate_from_a_secret_rotates_live() {
     assert_eq!(served().await, *second.cert.der());
     router.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serve_command_runs_with_a_kubeconfig() {
+    let fake = fake().await;
+    let port = free_port();
+    let blue = pods(1, 1, "blue", port).await;
+    one_endpoint(&fake, &blue).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    fake.write_kubeconfig(&kubeconfig, NS).unwrap();
+    let (http, admin) = (free_port(), free_port());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_scoregate"))
+        .args(["serve", "--discovery", "kube", "--namespace", NS])
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["--allow-insecure-connections"])
+        .args(["--listen", &format!("127.0.0.1:{http}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start scoregate serve");
+    let client = client();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], http).into();
+    eventually("the served endpoint", || async {
+        let request =
+            http::Request::post(format!("http://{addr}/api/v1/endpoint/my-endpoint/score"))
+                .header("authorization", format!("Bearer {KEY}"))
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+                .unwrap();
+        matches!(client.request(request).await, Ok(r) if r.status() == StatusCode::OK)
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+}
