@@ -5,18 +5,17 @@
 //! directory, outside the workspace and without touching any other build.
 //!
 //! ```text
-//! holdconns ADDR CONNS PID REQUEST_FILE
+//! holdconns ADDR CONNS PID REQUEST_FILE MODE
 //! ```
 //!
-//! Stages, each printed as one `key=value` line on stdout:
-//! 1. `before`: the server's VmRSS with none of our connections open;
-//! 2. `connected`: CONNS connections open, no request sent on them (read after a settle pause,
-//!    well within the server's header timeout); then they are closed;
-//! 3. `closed`: after a settle pause with none open again;
-//! 4. `served`: CONNS new connections, each opened and given one request (its response read)
-//!    in batches of 64 so that the server's upstream pool stays small, then all held idle
-//!    (read after a settle pause, within the server's keep-alive timeout);
-//! 5. `alive`: how many of those the server still had open at the end, and how the requests went.
+//! MODE is `keep-alive` (each connection is opened and given one request, its response read,
+//! in batches of 64 so that the server's upstream pool stays small, then all are held idle) or
+//! `open` (connections opened and held without a request; the server's header timeout bounds
+//! how long that may last, so the reading comes 2 s after the last one opened).
+//!
+//! Output, one `key=value` line each: `before` (the server's memory before the first
+//! connection), `held` (with all CONNS held idle, after a 2 s settle pause), and `alive` (how
+//! many of the connections the server still had open then, and how the requests went).
 //!
 //! RSS figures are in KiB, from `/proc/PID/status`.
 
@@ -104,23 +103,14 @@ fn connect(addr: SocketAddr, i: usize, count: usize) -> Result<TcpStream, String
     Ok(stream)
 }
 
-fn run(addr: SocketAddr, count: usize, pid: u32, request: &[u8]) -> Result<(), String> {
+fn run(
+    addr: SocketAddr,
+    count: usize,
+    pid: u32,
+    request: &[u8],
+    with_request: bool,
+) -> Result<(), String> {
     report("before", pid, 0);
-
-    let started = Instant::now();
-    let streams = (0..count)
-        .map(|i| connect(addr, i, count))
-        .collect::<Result<Vec<_>, _>>()?;
-    eprintln!(
-        "holdconns: {count} connections open in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    sleep(SETTLE);
-    report("connected", pid, streams.len());
-    drop(streams);
-    sleep(SETTLE);
-    report("closed", pid, 0);
-
     let started = Instant::now();
     let mut streams = Vec::with_capacity(count);
     let (mut ok, mut failed) = (0usize, 0usize);
@@ -130,8 +120,11 @@ fn run(addr: SocketAddr, count: usize, pid: u32, request: &[u8]) -> Result<(), S
         let mut sent = Vec::with_capacity(BATCH);
         for i in batch_start..batch_end {
             let mut stream = connect(addr, i, count)?;
-            sent.push(stream.write_all(request).is_ok());
+            sent.push(with_request && stream.write_all(request).is_ok());
             streams.push(stream);
+        }
+        if !with_request {
+            continue;
         }
         for (stream, sent) in streams[batch_start..].iter_mut().zip(sent) {
             match sent.then(|| read_response(stream)) {
@@ -141,11 +134,16 @@ fn run(addr: SocketAddr, count: usize, pid: u32, request: &[u8]) -> Result<(), S
         }
     }
     eprintln!(
-        "holdconns: {count} connections served one request each in {:.1} s",
+        "holdconns: {count} connections opened{} in {:.1} s",
+        if with_request {
+            ", one request each,"
+        } else {
+            ""
+        },
         started.elapsed().as_secs_f64()
     );
     sleep(SETTLE);
-    report("served", pid, streams.len());
+    report("held", pid, streams.len());
     let alive = streams.iter().filter(|s| still_open(s)).count();
     println!("alive conns={alive} responses_2xx={ok} responses_failed={failed}");
     Ok(())
@@ -154,16 +152,16 @@ fn run(addr: SocketAddr, count: usize, pid: u32, request: &[u8]) -> Result<(), S
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let parsed = match args.as_slice() {
-        [_, addr, count, pid, request] => addr
+        [_, addr, count, pid, request, mode] if mode == "keep-alive" || mode == "open" => addr
             .parse::<SocketAddr>()
             .ok()
             .zip(count.parse::<usize>().ok())
             .zip(pid.parse::<u32>().ok())
-            .map(|((a, c), p)| (a, c, p, request.clone())),
+            .map(|((a, c), p)| (a, c, p, request.clone(), mode == "keep-alive")),
         _ => None,
     };
-    let Some((addr, count, pid, request_file)) = parsed else {
-        eprintln!("usage: holdconns ADDR CONNS PID REQUEST_FILE");
+    let Some((addr, count, pid, request_file, with_request)) = parsed else {
+        eprintln!("usage: holdconns ADDR CONNS PID REQUEST_FILE keep-alive|open");
         return ExitCode::from(2);
     };
     let request = match std::fs::read(&request_file) {
@@ -173,7 +171,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(addr, count, pid, &request) {
+    match run(addr, count, pid, &request, with_request) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("holdconns: {e}");

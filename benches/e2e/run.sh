@@ -509,7 +509,8 @@ parse() {
                      (.latencyPercentiles["p99.9"] // 0) * 1000,
                      (([.statusCodeDistribution | to_entries[] | select(.key != "200") | .value] | add // 0)
                       + ([.errorDistribution | to_entries[] | select(.key | test("deadline") | not) | .value] | add // 0))
-                   ] | map(tostring) | join(" ")' "$out"
+                   ] | map(tostring) | join(" ")' "$out" |
+                awk '{ printf "%d %.3f %.3f %.3f %.3f %d\n", $1, $2, $3, $4, $5, $6 }'
             ;;
     esac
 }
@@ -585,20 +586,34 @@ for mode in http https handshake latency; do
 done
 
 # ---------------------------------------------------------------- memory
-MEM_LINES=""
-if [[ " $MODES " == *" memory "* ]]; then
-    sleep 2
-    log "memory: holding $HOLD_CONNS idle keep-alive connections to scoregate"
-    if taskset -c "$LOADGEN_CPU" "$WORK/holdconns" "127.0.0.1:$P_SCOREGATE" "$HOLD_CONNS" "$SG_PID" \
-        "$WORK/request.http" >"$WORK/holdconns.out" 2>"$WORK/holdconns.err"; then
-        MEM_LINES=$(cat "$WORK/holdconns.out")
-    else
-        MEM_LINES="failed: $(tail -n 2 "$WORK/holdconns.err")"
-    fi
-    log "memory: $(tr '\n' ';' <<<"$MEM_LINES")"
-fi
-SG_HWM_TOTAL=$(awk '$1 == "VmHWM:" { print $2 }' "/proc/$SG_PID/status")
 SG_METRICS=$(curl -s "http://127.0.0.1:$P_SCOREGATE_ADMIN/metrics" || true)
+# VmHWM is reset before every run: the peak over the load modes is the largest per-run peak.
+SG_HWM_TOTAL=$(awk -F'\t' -v m="$(status_kib VmHWM "$SG_PID")" 'NR > 1 && $2 ~ /^scoregate/ && $12 + 0 > m { m = $12 + 0 } END { print m }' "$RUNS")
+SG_RSS_IDLE_AFTER=$(status_kib VmRSS "$SG_PID")
+declare -A MEM=()
+if [[ " $MODES " == *" memory "* ]]; then
+    # Each reading on a freshly started scoregate: freed memory is not returned to the system,
+    # so a reading after other work would count that work too.
+    restart_scoregate() {
+        kill "$SG_PID" 2>/dev/null || true
+        wait "$SG_PID" 2>/dev/null || true
+        if [[ -n $SG_TLS_NOTE ]]; then start_scoregate; else start_scoregate "${SG_TLS_ARGS[@]}"; fi
+        wait_port "$P_SCOREGATE" || die "scoregate did not restart: $(tail -n 3 "$WORK/scoregate.log")"
+        SG_PID=${PID_OF[scoregate]}
+        sleep 1
+    }
+    for hold in keep-alive open; do
+        restart_scoregate
+        log "memory: $HOLD_CONNS idle connections to a fresh scoregate ($hold)"
+        if taskset -c "$LOADGEN_CPU" "$WORK/holdconns" "127.0.0.1:$P_SCOREGATE" "$HOLD_CONNS" "$SG_PID" \
+            "$WORK/request.http" "$hold" >"$WORK/holdconns-$hold.out" 2>"$WORK/holdconns-$hold.err"; then
+            MEM[$hold]=$(cat "$WORK/holdconns-$hold.out")
+        else
+            MEM[$hold]="failed: $(tail -n 2 "$WORK/holdconns-$hold.err")"
+        fi
+        log "memory: $(tr '\n' ';' <<<"${MEM[$hold]}")"
+    done
+fi
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- report
@@ -650,27 +665,31 @@ latency_table() {
     done
 }
 
+mem_field() { # MODE STAGE KEY
+    awk -v s="$2" -v k="$3" '$1 == s { for (i = 2; i <= NF; i++) { split($i, kv, "="); if (kv[1] == k) print kv[2] } }' <<<"${MEM[$1]:-}"
+}
+kib_to_mib() { awk -v k="$1" 'BEGIN { if (k == "") print "–"; else printf "%.1f", k / 1024 }'; }
+
 memory_section() {
-    local before connected closed served alive
-    mem_field() { awk -v s="$1" -v k="$2" '$1 == s { for (i = 2; i <= NF; i++) { split($i, kv, "="); if (kv[1] == k) print kv[2] } }' <<<"$MEM_LINES"; }
-    echo "| scoregate state | RSS MiB |"
-    echo "|---|---:|"
-    echo "| idle, just started (before any request) | $(awk -v k="$SG_RSS_IDLE_FRESH" 'BEGIN { printf "%.1f", k / 1024 }') |"
-    if [[ $MEM_LINES == failed* || -z $MEM_LINES ]]; then
-        echo "| with $HOLD_CONNS idle connections | ${MEM_LINES:-not measured} |"
-        return
-    fi
-    before=$(mem_field before rss_kib)
-    connected=$(mem_field connected rss_kib)
-    closed=$(mem_field closed rss_kib)
-    served=$(mem_field served rss_kib)
-    alive=$(mem_field alive conns)
-    kib_to_mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
-    echo "| idle, after the load modes | $(kib_to_mib "$before") |"
-    echo "| $HOLD_CONNS client connections open, no request sent on them | $(kib_to_mib "$connected") ($(awk -v a="$connected" -v b="$before" -v n="$HOLD_CONNS" 'BEGIN { printf "%.1f", (a - b) / n }') KiB per connection) |"
-    echo "| those closed again | $(kib_to_mib "$closed") |"
-    echo "| $HOLD_CONNS keep-alive connections idle after one request each ($(mem_field alive responses_2xx) answered 2xx, $(mem_field alive responses_failed) failed; $alive still open when measured) | $(kib_to_mib "$served") ($(awk -v a="$served" -v b="$closed" -v n="$HOLD_CONNS" 'BEGIN { printf "%.1f", (a - b) / n }') KiB per connection) |"
-    echo "| peak RSS over the whole benchmark (VmHWM) | $(awk -v k="$SG_HWM_TOTAL" 'BEGIN { printf "%.1f", k / 1024 }') |"
+    local hold before held
+    echo "| scoregate state | RSS MiB | per connection KiB |"
+    echo "|---|---:|---:|"
+    echo "| idle, just started (before any request) | $(kib_to_mib "$SG_RSS_IDLE_FRESH") | |"
+    echo "| idle, after the load modes (peak during them: $(kib_to_mib "$SG_HWM_TOTAL") MiB) | $(kib_to_mib "$SG_RSS_IDLE_AFTER") | |"
+    for hold in keep-alive open; do
+        local what
+        case $hold in
+            keep-alive) what="$HOLD_CONNS keep-alive connections idle after one request each" ;;
+            open) what="$HOLD_CONNS connections open, no request sent on them" ;;
+        esac
+        if [[ -z ${MEM[$hold]:-} || ${MEM[$hold]} == failed* ]]; then
+            echo "| $what | ${MEM[$hold]:-not measured} | |"
+            continue
+        fi
+        before=$(mem_field "$hold" before rss_kib)
+        held=$(mem_field "$hold" held rss_kib)
+        echo "| $what, on a fresh scoregate ($(mem_field "$hold" alive responses_2xx) answered 2xx, $(mem_field "$hold" alive responses_failed) failed; $(mem_field "$hold" alive conns) still open when measured) | $(kib_to_mib "$held") | $(awk -v a="$held" -v b="$before" -v n="$HOLD_CONNS" 'BEGIN { printf "%.1f", (a - b) / n }') |"
+    done
 }
 
 targets_section() {
@@ -700,11 +719,11 @@ targets_section() {
         lat=$(awk -v a="$(col latency scoregate 6 | median)" -v b="$(col latency direct 6 | median)" 'BEGIN { print (a == "nan" || b == "nan") ? "nan" : a - b }')
         echo "| Added p99 at $LAT_RATE req/s ≤ 1 ms over direct | $(fmt "$lat" "%+.3f ms") | $(verdict "$(awk -v a="$lat" 'BEGIN { print (a == "nan") ? "nan" : (a <= 1) }')") |"
     fi
-    if [[ " $MODES " == *" memory "* && $MEM_LINES != failed* && -n $MEM_LINES ]]; then
-        local served
-        served=$(awk '$1 == "served" { for (i = 2; i <= NF; i++) { split($i, kv, "="); if (kv[1] == "rss_kib") print kv[2] } }' <<<"$MEM_LINES")
-        echo "| RSS ≤ 30 MB idle | $(awk -v k="$SG_RSS_IDLE_FRESH" 'BEGIN { printf "%.1f MiB", k / 1024 }') | $(verdict "$(awk -v k="$SG_RSS_IDLE_FRESH" 'BEGIN { print (k * 1024 <= 30e6) }')") |"
-        echo "| RSS ≤ 100 MB with $HOLD_CONNS idle connections | $(awk -v k="$served" 'BEGIN { printf "%.1f MiB", k / 1024 }') | $(verdict "$(awk -v k="$served" 'BEGIN { print (k * 1024 <= 100e6) }')") |"
+    if [[ " $MODES " == *" memory "* ]]; then
+        local held
+        held=$(mem_field keep-alive held rss_kib)
+        echo "| RSS ≤ 30 MB idle | $(kib_to_mib "$SG_RSS_IDLE_FRESH") MiB | $(verdict "$(awk -v k="$SG_RSS_IDLE_FRESH" 'BEGIN { print (k * 1024 <= 30e6) }')") |"
+        echo "| RSS ≤ 100 MB with $HOLD_CONNS idle keep-alive connections | $(kib_to_mib "$held") MiB | $(verdict "$(awk -v k="$held" 'BEGIN { print (k == "") ? "nan" : (k * 1024 <= 100e6) }')") |"
     fi
 }
 
