@@ -191,6 +191,9 @@ impl Discovery {
             return;
         }
         let dirty = self.cluster.take_dirty();
+        if dirty.is_empty() && self.pending.is_empty() {
+            return; // only health news in this batch
+        }
         self.publish(dirty);
     }
 
