@@ -676,3 +676,62 @@ async fn the_serve_command_runs_with_a_kubeconfig() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_coming_and_going_keep_the_others_in_flight_accounting() {
+    let fake = fake().await;
+    let port = free_port();
+    let blue = pods(1, 2, "blue", port).await;
+    let ips = blue.ips();
+    fake.apply(key_secret(NS, "keys", KEY, None)).unwrap();
+    fake.apply(endpoint(NS, "my-endpoint", "keys", &[("blue", 100)]))
+        .unwrap();
+    let mut one_at_a_time = deployment(NS, "my-endpoint", "blue", "blue-svc", port);
+    one_at_a_time["spec"]["requestSettings"] =
+        serde_json::json!({"maxConcurrentRequestsPerInstance": 1, "maxQueueWaitMs": 10000});
+    fake.apply(one_at_a_time).unwrap();
+    let set = |pods: &[PodState]| slice(NS, "blue-svc-x1", "blue-svc", port, pods);
+    fake.apply(set(&[PodState::ready(ips[0])])).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let router = ready_router(router_config(&fake, &[NS], &dir)).await;
+    let addr = router.http_addr().unwrap();
+
+    // A slow request holds pod 0's only slot.
+    let slow = tokio::spawn(async move {
+        let request = http::Request::post(format!(
+            "http://{addr}/api/v1/endpoint/my-endpoint/score?sleep_ms=1500"
+        ))
+        .header("authorization", format!("Bearer {KEY}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+        .unwrap();
+        client().request(request).await.unwrap().status()
+    });
+    eventually("the slow request to reach pod 0", || async {
+        blue.pods[0].stats().in_flight() == 1
+    })
+    .await;
+
+    // Pod 1 comes and goes; every rebuild keeps pod 0's accounting.
+    fake.apply(set(&[PodState::ready(ips[0]), PodState::ready(ips[1])]))
+        .unwrap();
+    eventually("pod 1 to join", || async {
+        routable(&router, "my-endpoint")[0].1.len() == 2
+    })
+    .await;
+    fake.apply(set(&[PodState::ready(ips[0])])).unwrap();
+    eventually("pod 1 to leave", || async {
+        routable(&router, "my-endpoint")[0].1.len() == 1
+    })
+    .await;
+
+    // A second request must wait for pod 0's slot, not join the slow one.
+    let second = score(&client(), addr, "my-endpoint", KEY, None).await;
+    assert_eq!(second.status, StatusCode::OK);
+    assert_eq!(slow.await.unwrap(), StatusCode::OK);
+    assert_eq!(
+        blue.pods[0].stats().peak_concurrency(),
+        1,
+        "pod 0 never served two requests at once"
+    );
+    router.shutdown().await;
+}
