@@ -1,8 +1,9 @@
 //! Client authentication, Azure ML style: `Authorization: Bearer <credential>`.
 //!
-//! Key mode accepts the endpoint's primary or secondary key. Both are compared as SHA-256
-//! digests with a constant-time equality, and both comparisons always run, so timing reveals
-//! neither a key's length nor which key matched.
+//! Key mode accepts the endpoint's primary or secondary key. The presented key is compared
+//! with both in constant time, and both comparisons always run, so timing reveals neither the
+//! keys' bytes nor which key matched (only, as with any constant-time compare of unequal-length
+//! inputs, whether the lengths differ).
 //!
 //! Token mode (`aml_token`) accepts an HS256 JWT whose audience is the endpoint, issued by
 //! `scoregate token`, signed with the primary key and verified with either key (so rotating keys
@@ -11,7 +12,6 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_lc_rs::digest;
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
 use jsonwebtoken::errors::ErrorKind;
@@ -53,14 +53,6 @@ impl AuthError {
     }
 }
 
-type KeyDigest = [u8; 32];
-
-fn key_digest(key: &[u8]) -> KeyDigest {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest::digest(&digest::SHA256, key).as_ref());
-    out
-}
-
 /// Verifies the credentials of one endpoint.
 pub struct Authenticator {
     mode: Verifier,
@@ -68,8 +60,8 @@ pub struct Authenticator {
 
 enum Verifier {
     Key {
-        primary: KeyDigest,
-        secondary: Option<KeyDigest>,
+        primary: Box<[u8]>,
+        secondary: Option<Box<[u8]>>,
     },
     Token {
         keys: Vec<DecodingKey>,
@@ -91,8 +83,8 @@ impl Authenticator {
     pub fn new(endpoint: &str, mode: AuthMode, keys: &EndpointKeys) -> Self {
         let mode = match mode {
             AuthMode::Key => Verifier::Key {
-                primary: key_digest(keys.primary.as_bytes()),
-                secondary: keys.secondary.as_deref().map(|k| key_digest(k.as_bytes())),
+                primary: keys.primary.as_bytes().into(),
+                secondary: keys.secondary.as_deref().map(|k| k.as_bytes().into()),
             },
             AuthMode::AmlToken => {
                 let mut validation = Validation::new(Algorithm::HS256);
@@ -119,11 +111,10 @@ impl Authenticator {
         let credential = bearer(headers).ok_or(AuthError::Missing)?;
         match &self.mode {
             Verifier::Key { primary, secondary } => {
-                let presented = key_digest(credential);
-                let primary_ok = presented.ct_eq(primary);
-                // Compare against a digest that never matches when there is no secondary key,
-                // so the work done is the same either way.
-                let secondary_ok = presented.ct_eq(secondary.as_ref().unwrap_or(&[0u8; 32]))
+                let primary_ok = credential.ct_eq(primary);
+                // Without a secondary key, compare against the primary again and discard the
+                // result, so the work done is the same either way.
+                let secondary_ok = credential.ct_eq(secondary.as_deref().unwrap_or(primary))
                     & subtle::Choice::from(u8::from(secondary.is_some()));
                 if bool::from(primary_ok | secondary_ok) {
                     Ok(())

@@ -6,7 +6,9 @@
 
 use std::net::IpAddr;
 
-use http::header::{HeaderName, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    HeaderName, AUTHORIZATION, CONNECTION, EXPECT, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
 use http::{HeaderMap, HeaderValue};
 
 /// `azureml-model-deployment`: request header that picks a deployment; response header naming it.
@@ -35,22 +37,31 @@ pub struct RequestIds {
     pub request_id: HeaderValue,
     /// The client's id, cleaned; `None` when absent or empty after cleaning.
     pub client_request_id: Option<HeaderValue>,
+    /// The request already carries both ids exactly as they go to the pod.
+    request_unchanged: bool,
 }
 
 impl RequestIds {
     /// Applies the id rules to the request's headers.
     pub fn read(headers: &HeaderMap) -> Self {
-        let request_id = headers
+        let client_guid = headers
             .get(&REQUEST_ID)
             .filter(|v| is_guid(v.as_bytes()))
-            .cloned()
-            .unwrap_or_else(new_request_id);
-        let client_request_id = headers
-            .get(&CLIENT_REQUEST_ID)
-            .and_then(|v| clean_client_id(v.as_bytes()));
+            .cloned();
+        let sent_client_id = headers.get(&CLIENT_REQUEST_ID);
+        let client_request_id = sent_client_id.and_then(|v| clean_client_id(v.as_bytes()));
         RequestIds {
-            request_id,
+            request_unchanged: client_guid.is_some()
+                && sent_client_id == client_request_id.as_ref(),
+            request_id: client_guid.unwrap_or_else(new_request_id),
             client_request_id,
+        }
+    }
+
+    /// Sets both ids on the request to the pod, touching the headers only when they change.
+    pub fn apply_to_request(&self, headers: &mut HeaderMap) {
+        if !self.request_unchanged {
+            self.apply(headers);
         }
     }
 
@@ -86,6 +97,11 @@ pub fn is_guid(value: &[u8]) -> bool {
 }
 
 fn clean_client_id(value: &[u8]) -> Option<HeaderValue> {
+    let clean = |b: &u8| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_';
+    if !value.is_empty() && value.len() <= CLIENT_REQUEST_ID_MAX && value.iter().all(clean) {
+        // Already clean (the usual case): keep the client's value as it is.
+        return HeaderValue::from_bytes(value).ok();
+    }
     let cleaned: Vec<u8> = value
         .iter()
         .copied()
@@ -98,50 +114,145 @@ fn clean_client_id(value: &[u8]) -> Option<HeaderValue> {
     HeaderValue::from_bytes(&cleaned).ok()
 }
 
-/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .flat_map(|value| value.to_str().unwrap_or("").split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        headers.remove(CONNECTION);
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for name in [
+/// The hop-by-hop headers by definition (RFC 9110 §7.6.1).
+fn hop_by_hop_names() -> [&'static HeaderName; 7] {
+    [
+        &CONNECTION,
         &TRANSFER_ENCODING,
         &TE,
         &TRAILER,
         &UPGRADE,
         &KEEP_ALIVE,
         &PROXY_CONNECTION,
-    ] {
-        if headers.contains_key(name) {
+    ]
+}
+
+/// Which of the headers the proxy rewrites a message carries, found in one pass over its names
+/// so that the rewrite only touches what is there.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Present {
+    /// Bit `i` set: the `i`-th of [`hop_by_hop_names`] is present.
+    hop_by_hop: u8,
+    /// `Authorization`.
+    pub authorization: bool,
+    /// `Expect`.
+    pub expect: bool,
+    /// `Host`.
+    pub host: bool,
+    /// `X-Forwarded-For`.
+    pub forwarded_for: bool,
+    /// `X-Forwarded-Host`.
+    pub forwarded_host: bool,
+}
+
+impl Present {
+    /// Scans the names of `headers`.
+    pub fn scan(headers: &HeaderMap) -> Self {
+        let mut p = Present::default();
+        let hop = hop_by_hop_names();
+        for name in headers.keys() {
+            if *name == AUTHORIZATION {
+                p.authorization = true;
+            } else if *name == HOST {
+                p.host = true;
+            } else if *name == EXPECT {
+                p.expect = true;
+            } else if *name == FORWARDED_FOR {
+                p.forwarded_for = true;
+            } else if *name == FORWARDED_HOST {
+                p.forwarded_host = true;
+            } else if let Some(i) = hop.iter().position(|h| *h == name) {
+                p.hop_by_hop |= 1 << i;
+            }
+        }
+        p
+    }
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let present = Present::scan(headers);
+    strip_present_hop_by_hop(headers, &present);
+}
+
+/// Like [`strip_hop_by_hop`] when the names were already scanned.
+pub fn strip_present_hop_by_hop(headers: &mut HeaderMap, present: &Present) {
+    if present.hop_by_hop == 0 {
+        return;
+    }
+    let hop = hop_by_hop_names();
+    if present.hop_by_hop & 1 != 0 {
+        // Names listed in `Connection` other than the usual tokens, which are removed anyway
+        // or are not header names (`close`).
+        let listed: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|token| {
+                !token.is_empty()
+                    && !token.eq_ignore_ascii_case(b"close")
+                    && !hop
+                        .iter()
+                        .any(|h| token.eq_ignore_ascii_case(h.as_str().as_bytes()))
+            })
+            .filter_map(|token| HeaderName::from_bytes(token).ok())
+            .collect();
+        for name in listed {
             headers.remove(name);
         }
     }
+    for (i, name) in hop.iter().enumerate() {
+        if present.hop_by_hop & (1 << i) != 0 {
+            headers.remove(*name);
+        }
+    }
+}
+
+/// A client address as a header value, made once per connection.
+pub fn client_ip_value(client: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&client.to_string()).expect("an IP address is a valid header value")
 }
 
 /// Appends the client address to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host` (when the original host is known).
 pub fn add_forwarded(
     headers: &mut HeaderMap,
-    client: IpAddr,
+    client: &HeaderValue,
     tls: bool,
     host: Option<HeaderValue>,
 ) {
-    let client_text = client.to_string();
-    let forwarded_for = match headers.get(&FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) if !previous.trim().is_empty() => format!("{previous}, {client_text}"),
-        _ => client_text,
+    let present = Present::scan(headers);
+    add_present_forwarded(headers, &present, client, tls, host);
+}
+
+/// Like [`add_forwarded`] when the names were already scanned.
+pub fn add_present_forwarded(
+    headers: &mut HeaderMap,
+    present: &Present,
+    client: &HeaderValue,
+    tls: bool,
+    host: Option<HeaderValue>,
+) {
+    let appended = match present
+        .forwarded_for
+        .then(|| headers.get(&FORWARDED_FOR))
+        .flatten()
+    {
+        Some(previous) if !previous.as_bytes().trim_ascii().is_empty() => {
+            let previous = previous.as_bytes();
+            let mut value = Vec::with_capacity(previous.len() + 2 + client.len());
+            value.extend_from_slice(previous);
+            value.extend_from_slice(b", ");
+            value.extend_from_slice(client.as_bytes());
+            HeaderValue::from_bytes(&value).ok()
+        }
+        _ => None,
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert(FORWARDED_FOR.clone(), value);
-    }
+    headers.insert(
+        FORWARDED_FOR.clone(),
+        appended.unwrap_or_else(|| client.clone()),
+    );
     headers.insert(
         FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if tls { "https" } else { "http" }),
@@ -150,9 +261,10 @@ pub fn add_forwarded(
         Some(host) => {
             headers.insert(FORWARDED_HOST.clone(), host);
         }
-        None => {
+        None if present.forwarded_host => {
             headers.remove(&FORWARDED_HOST);
         }
+        None => {}
     }
 }
 
@@ -224,9 +336,10 @@ mod tests {
     #[test]
     fn forwarded_headers() {
         let mut h = map(&[("x-forwarded-for", "10.0.0.1")]);
+        let client = client_ip_value("192.0.2.7".parse().unwrap());
         add_forwarded(
             &mut h,
-            "192.0.2.7".parse().unwrap(),
+            &client,
             true,
             Some(HeaderValue::from_static("ml.example.com")),
         );
@@ -234,7 +347,12 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "ml.example.com");
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, "::1".parse().unwrap(), false, None);
+        add_forwarded(
+            &mut h,
+            &client_ip_value("::1".parse().unwrap()),
+            false,
+            None,
+        );
         assert_eq!(h["x-forwarded-for"], "::1");
         assert_eq!(h["x-forwarded-proto"], "http");
     }

@@ -42,12 +42,25 @@ pub struct ProxySettings {
 }
 
 /// The connection a request came in on.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ClientConn {
     /// The client's address.
     pub remote: SocketAddr,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// The client's IP as a header value, formatted once per connection.
+    client_ip: HeaderValue,
+}
+
+impl ClientConn {
+    /// A connection from `remote`, over TLS or not.
+    pub fn new(remote: SocketAddr, tls: bool) -> Self {
+        ClientConn {
+            remote,
+            tls,
+            client_ip: headers::client_ip_value(remote.ip()),
+        }
+    }
 }
 
 /// An early answer, with what to count it against.
@@ -215,7 +228,7 @@ impl Proxy {
             None => (None, None),
         };
         let body = RequestBody::streaming(body, self.settings.max_request_body_bytes, tee);
-        let upstream_request = self.upstream_request(parts, body, forward_path, ids, conn, &slot);
+        let upstream_request = self.upstream_request(parts, body, forward_path, ids, &conn, &slot);
         if let (Some(mirror), Some(mirror_body)) = (mirror_to, mirror_body) {
             let head = mirror::MirrorHead {
                 method: upstream_request.method().clone(),
@@ -311,28 +324,37 @@ impl Proxy {
         body: RequestBody,
         path: PathAndQuery,
         ids: &RequestIds,
-        conn: ClientConn,
+        conn: &ClientConn,
         slot: &Slot,
     ) -> Request<RequestBody> {
+        let present = headers::Present::scan(&parts.headers);
         let original_host = parts
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             .or_else(|| parts.headers.get(HOST).cloned());
         let headers = &mut parts.headers;
-        headers::strip_hop_by_hop(headers);
-        // The credential is for the router, not for the model's code.
-        headers.remove(AUTHORIZATION);
-        // The router already answered `100-continue` by reading the body.
-        headers.remove(EXPECT);
-        headers.insert(
-            HOST,
-            original_host
-                .clone()
-                .unwrap_or_else(|| slot.pod().authority().clone()),
-        );
-        headers::add_forwarded(headers, conn.remote.ip(), conn.tls, original_host);
-        ids.apply(headers);
+        headers::strip_present_hop_by_hop(headers, &present);
+        if present.authorization {
+            // The credential is for the router, not for the model's code.
+            headers.remove(AUTHORIZATION);
+        }
+        if present.expect {
+            // The router already answered `100-continue` by reading the body.
+            headers.remove(EXPECT);
+        }
+        if !present.host || parts.uri.authority().is_some() {
+            // An authority in the target (HTTP/2, or HTTP/1 absolute form) is the host; an
+            // origin-form request keeps its Host as it is.
+            headers.insert(
+                HOST,
+                original_host
+                    .clone()
+                    .unwrap_or_else(|| slot.pod().authority().clone()),
+            );
+        }
+        headers::add_present_forwarded(headers, &present, &conn.client_ip, conn.tls, original_host);
+        ids.apply_to_request(headers);
         parts.uri = Uri::from(path);
         parts.version = Version::HTTP_11;
         Request::from_parts(parts, body)

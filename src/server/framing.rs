@@ -184,6 +184,19 @@ impl Framing {
                             data = &data[skip..];
                             continue;
                         }
+                        // The usual case: the whole head is in this read; check it in place.
+                        match find_head_end(data, 0) {
+                            Ok(Some(end)) if end <= self.limits.max_header_bytes => {
+                                match inspect_head(&data[..end], self.limits) {
+                                    Ok(next) => self.state = next,
+                                    Err(v) => return refused(unit_start, v, true),
+                                }
+                                data = &data[end..];
+                                continue;
+                            }
+                            Ok(_) => {}
+                            Err(v) => return refused(unit_start, v, true),
+                        }
                     }
                     let (used, done) = match self.take_head(data) {
                         Ok(taken) => taken,
@@ -330,31 +343,21 @@ impl Framing {
     /// or the bare LF found on the way. A bare LF is refused as soon as it is seen: parsers that
     /// accept it (httparse does) could see a complete head where CRLFCRLF has not appeared.
     fn take_head(&mut self, data: &[u8]) -> Result<(usize, bool), Violation> {
-        // Look for CRLFCRLF across the boundary with what we already have.
         let already = self.head.len();
-        let keep = self.limits.max_header_bytes + 1 - already.min(self.limits.max_header_bytes + 1);
-        let window = &data[..data.len().min(keep.max(1))];
-        let tail_start = already.saturating_sub(3);
+        // Keep at most one byte more than the limit: enough to know it was passed.
+        let room = (self.limits.max_header_bytes + 1)
+            .saturating_sub(already)
+            .max(1);
+        let window = &data[..data.len().min(room)];
         self.head.extend_from_slice(window);
-        let search_from = tail_start;
-        let (used, done) = match find_blank_line(&self.head[search_from..]) {
+        // Rescan the last bytes already held: a CRLFCRLF may straddle the two reads.
+        match find_head_end(&self.head, already.saturating_sub(3))? {
             Some(end) => {
-                let head_len = search_from + end;
-                self.head.truncate(head_len);
-                (head_len - already, true)
+                self.head.truncate(end);
+                Ok((end - already, true))
             }
-            None => (window.len(), false),
-        };
-        let checked_from = already.max(1);
-        if self.head[already..].first() == Some(&b'\n') && already == 0
-            || self.head[checked_from..]
-                .iter()
-                .zip(&self.head[checked_from - 1..])
-                .any(|(b, before)| *b == b'\n' && *before != b'\r')
-        {
-            return Err(Violation::BareLineFeed);
+            None => Ok((window.len(), false)),
         }
-        Ok((used, done))
     }
 }
 
@@ -375,63 +378,66 @@ fn zero_size_line() -> State {
     }
 }
 
-/// The end offset (exclusive) of the first CRLFCRLF in `bytes`.
-fn find_blank_line(bytes: &[u8]) -> Option<usize> {
-    bytes
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 4)
-}
-
-/// Checks one complete head (ending in CRLFCRLF) and returns the body framing.
-fn inspect_head(head: &[u8], limits: HeadLimits) -> Result<State, Violation> {
-    // Every LF must end a CRLF.
-    for (i, b) in head.iter().enumerate() {
-        if *b == b'\n' && (i == 0 || head[i - 1] != b'\r') {
+/// The end (exclusive) of the first CRLFCRLF in `bytes` at or after `from`, checking on the way
+/// that every LF ends a CRLF.
+fn find_head_end(bytes: &[u8], from: usize) -> Result<Option<usize>, Violation> {
+    for i in memchr::memchr_iter(b'\n', &bytes[from..]).map(|i| i + from) {
+        if i == 0 || bytes[i - 1] != b'\r' {
             return Err(Violation::BareLineFeed);
         }
+        if i >= 3 && bytes[i - 3..=i] == *b"\r\n\r\n" {
+            return Ok(Some(i + 1));
+        }
     }
-    let text = &head[..head.len() - 4];
-    let mut lines = text
-        .split(|b| *b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    let request_line = lines.next().unwrap_or_default();
-    let http10 = request_line.ends_with(b"HTTP/1.0");
+    Ok(None)
+}
+
+/// Checks one complete head (ending in CRLFCRLF, every LF after a CR) and returns the body
+/// framing, in one pass over its lines.
+fn inspect_head(head: &[u8], limits: HeadLimits) -> Result<State, Violation> {
     let mut fields = 0usize;
     let mut length: Option<u64> = None;
     let mut lengths = 0;
-    let mut chunked = false;
     let mut encodings = 0;
-    for line in lines {
-        if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+    let mut http10 = false;
+    let mut start = 0;
+    for lf in memchr::memchr_iter(b'\n', head) {
+        // The line without its CRLF.
+        let line = &head[start..lf.saturating_sub(1).max(start)];
+        let first_line = start == 0;
+        start = lf + 1;
+        if first_line {
+            http10 = line.ends_with(b"HTTP/1.0");
+            continue;
+        }
+        if line.is_empty() {
+            break;
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
             return Err(Violation::ObsFold);
         }
         fields += 1;
         if fields > limits.max_headers {
             return Err(Violation::TooManyHeaders);
         }
-        let colon = line
-            .iter()
-            .position(|b| *b == b':')
-            .ok_or(Violation::InvalidHeaderLine)?;
+        let colon = memchr::memchr(b':', line).ok_or(Violation::InvalidHeaderLine)?;
         let name = &line[..colon];
-        if name.is_empty() || name.iter().any(|b| b.is_ascii_whitespace()) {
+        if name.is_empty() || name.iter().any(|b| *b == b' ' || *b == b'\t') {
             return Err(Violation::InvalidHeaderLine);
         }
-        let value = line[colon + 1..].trim_ascii();
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if name.len() == 14 && name.eq_ignore_ascii_case(b"content-length") {
             lengths += 1;
-            if value.is_empty() || !value.iter().all(u8::is_ascii_digit) || value.len() > 19 {
+            let value = line[colon + 1..].trim_ascii();
+            if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
                 return Err(Violation::InvalidLength);
             }
-            length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
-            if length.is_none() {
-                return Err(Violation::InvalidLength);
-            }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            length = Some(value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
+        } else if name.len() == 17 && name.eq_ignore_ascii_case(b"transfer-encoding") {
             encodings += 1;
-            chunked = value.eq_ignore_ascii_case(b"chunked");
-            if !chunked {
+            if !line[colon + 1..]
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"chunked")
+            {
                 return Err(Violation::InvalidTransferEncoding);
             }
         }
@@ -445,7 +451,7 @@ fn inspect_head(head: &[u8], limits: HeadLimits) -> Result<State, Violation> {
     if encodings > 1 || (encodings == 1 && http10) {
         return Err(Violation::InvalidTransferEncoding);
     }
-    Ok(match (chunked, length) {
+    Ok(match (encodings == 1, length) {
         (true, _) => zero_size_line(),
         (false, Some(n)) if n > 0 => State::Body(n),
         _ => State::Head,

@@ -97,29 +97,29 @@ pub async fn serve(
         let accepted = tokio::time::Instant::now();
         let _ = stream.set_nodelay(true);
         let (proxy, settings, drain) = (proxy.clone(), settings.clone(), lifecycle.drain.clone());
-        let (gauge, transport) = (open_connections.clone(), transport.clone());
-        lifecycle.connections.spawn(async move {
-            gauge.increment(1.0);
-            match transport {
-                Transport::Plain => {
-                    let conn = ClientConn { remote, tls: false };
-                    let protocol =
-                        connection::sniff_plain(&stream, settings.header_timeout()).await;
-                    connection::serve(stream, accepted, protocol, conn, proxy, &settings, drain)
-                        .await;
-                }
-                Transport::Tls {
-                    acceptor,
-                    handshake_timeout,
-                    errors,
-                } => match tokio::time::timeout_at(
-                    accepted + handshake_timeout,
-                    acceptor.accept(stream),
-                )
-                .await
+        let gauge = open_connections.clone();
+        let transport = transport.clone();
+        // One task type per transport: a plain connection does not carry TLS state.
+        match transport {
+            Transport::Plain => lifecycle.connections.spawn(async move {
+                gauge.increment(1.0);
+                let conn = ClientConn::new(remote, false);
+                let protocol = connection::sniff_plain(&stream, settings.header_timeout()).await;
+                connection::serve(stream, accepted, protocol, conn, proxy, &settings, drain).await;
+                gauge.decrement(1.0);
+                drop(permit);
+            }),
+            Transport::Tls {
+                acceptor,
+                handshake_timeout,
+                errors,
+            } => lifecycle.connections.spawn(async move {
+                gauge.increment(1.0);
+                match tokio::time::timeout_at(accepted + handshake_timeout, acceptor.accept(stream))
+                    .await
                 {
                     Ok(Ok(tls)) => {
-                        let conn = ClientConn { remote, tls: true };
+                        let conn = ClientConn::new(remote, true);
                         let protocol = match tls.get_ref().1.alpn_protocol() {
                             Some(b"h2") => Protocol::Http2,
                             _ => Protocol::Http1,
@@ -135,10 +135,10 @@ pub async fn serve(
                         errors.increment(1);
                         tracing::debug!(client = %remote, "TLS handshake timed out");
                     }
-                },
-            }
-            gauge.decrement(1.0);
-            drop(permit);
-        });
+                }
+                gauge.decrement(1.0);
+                drop(permit);
+            }),
+        };
     }
 }
