@@ -15,6 +15,10 @@ use scoregate::discovery::file::load_routes;
 use scoregate::router::Router;
 use scoregate::telemetry::{init_logging, AccessLogMode, LogFormat};
 
+/// jemalloc, with its background thread returning freed pages to the system.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// scoregate: an inference router for Azure ML style online endpoints.
 #[derive(Parser)]
 #[command(version, about)]

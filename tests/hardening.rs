@@ -365,3 +365,81 @@ async fn http2_host_that_contradicts_authority_is_refused() {
     assert_eq!(json["error"]["code"], "HostMismatch");
     assert_eq!(r.pod.stats().requests(), 0);
 }
+
+/// Sends one request on an open connection and reads one response.
+async fn request_on(stream: &mut TcpStream, path: &str) -> String {
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    read_response(stream).await
+}
+
+/// Reads one Content-Length framed response from an open connection.
+async fn read_response(stream: &mut TcpStream) -> String {
+    let mut response = Vec::new();
+    guard("a response on the kept-alive connection", async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the connection closed instead of answering");
+            response.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&response);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if body.len() >= length {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+#[tokio::test]
+async fn a_parked_idle_connection_serves_its_next_requests() {
+    // Idle HTTP/1 connections release their hyper buffers after 2 s and are served again by a
+    // fresh hyper connection when the client speaks.
+    let r = router(|c| c.limits.keep_alive_timeout_ms = 60_000).await;
+    let mut stream = TcpStream::connect(r.harness.http).await.unwrap();
+    for round in 0..3 {
+        let response = request_on(&mut stream, "/nowhere").await;
+        assert!(
+            response.starts_with("HTTP/1.1 404"),
+            "round {round}: {response}"
+        );
+        assert!(
+            !response.to_ascii_lowercase().contains("connection: close"),
+            "round {round}: {response}"
+        );
+        tokio::time::sleep(Duration::from_millis(2_600)).await;
+    }
+    // The first bytes of the next request wake the parked connection; the rest follow.
+    stream.write_all(b"GET /nowh").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream
+        .write_all(b"ere HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let response = read_response(&mut stream).await;
+    assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+    assert!(response.contains("RouteNotFound"), "{response}");
+}
+
+#[tokio::test]
+async fn a_parked_connection_still_closes_at_the_keep_alive_timeout() {
+    let r = router(|c| c.limits.keep_alive_timeout_ms = 2_500).await;
+    let mut stream = TcpStream::connect(r.harness.http).await.unwrap();
+    let response = request_on(&mut stream, "/nowhere").await;
+    assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+    let rest = read_to_close(&mut stream).await;
+    assert_eq!(rest, "", "closed quietly after the keep-alive timeout");
+}

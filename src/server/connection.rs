@@ -149,6 +149,93 @@ impl Body for TrackedBody {
     }
 }
 
+/// An HTTP/1 connection without a request for this long releases hyper's buffers (about
+/// 10 KiB) until its next byte arrives; see [`serve_http1`].
+const PARK_AFTER: Duration = Duration::from_secs(2);
+
+/// Serves an HTTP/1 connection until it closes or `drain` asks it to finish.
+///
+/// hyper keeps an 8 KiB read buffer and an 8 KiB write buffer for every connection, idle or
+/// not. A keep-alive connection that has been idle for [`PARK_AFTER`] is therefore *parked*:
+/// the hyper connection ends without shutting the socket, the socket waits with no buffers, and
+/// a new hyper connection serves it when the client's next byte arrives (that byte, and anything
+/// hyper had read, is replayed). The framing guard and its timers live on across.
+async fn serve_http1<IO, S>(
+    mut io: GuardedIo<IO>,
+    service: S,
+    activity: &Activity,
+    settings: &ConnectionSettings,
+    drain: CancellationToken,
+) -> Result<(), hyper::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = TrackedBody> + Clone + Unpin,
+    S::Future: Send + Unpin + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let mut connection = settings
+            .http1
+            .serve_connection(TokioIo::new(io), service.clone());
+        // Set when the connection is being released to park: the requests started by then.
+        let mut parking: Option<u64> = None;
+        let mut draining = drain.is_cancelled();
+        if draining {
+            Pin::new(&mut connection).graceful_shutdown();
+        }
+        let result = loop {
+            // Checked again at the latest one PARK_AFTER from now, busy or not.
+            let park_at = (parking.is_none() && !draining).then(|| match activity.in_progress() {
+                0 => activity.last_done() + PARK_AFTER,
+                _ => tokio::time::Instant::now() + PARK_AFTER,
+            });
+            tokio::select! {
+                result = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => break result,
+                _ = drain.cancelled(), if !draining => {
+                    draining = true;
+                    Pin::new(&mut connection).graceful_shutdown();
+                }
+                _ = tokio::time::sleep_until(park_at.unwrap_or_else(tokio::time::Instant::now)), if park_at.is_some() => {
+                    let idle = activity.in_progress() == 0
+                        && activity.at_boundary()
+                        && activity.last_done() + PARK_AFTER <= tokio::time::Instant::now();
+                    if idle {
+                        parking = Some(activity.started());
+                        Pin::new(&mut connection).graceful_shutdown();
+                    }
+                }
+            }
+        };
+        let parts = connection.into_parts();
+        io = parts.io.into_inner();
+        // Park only if the release found the connection idle: a request that slipped in was
+        // answered with `Connection: close`, and the connection must end.
+        let park = result.is_ok() && !draining && parking == Some(activity.started());
+        if !park {
+            let _ = io.shutdown().await;
+            return result;
+        }
+        if !parts.read_buf.is_empty() {
+            io.replay(parts.read_buf);
+            continue;
+        }
+        // Parked: wait for the next byte (the guard's keep-alive timer ends the wait quietly).
+        let mut first = [0u8; 64];
+        let read = tokio::select! {
+            read = io.read(&mut first) => read,
+            _ = drain.cancelled() => Ok(0),
+        };
+        match read {
+            Ok(n) if n > 0 => io.replay(Bytes::copy_from_slice(&first[..n])),
+            _ => {
+                let _ = io.shutdown().await;
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// What the service returns per request.
 type ServiceFuture =
     Pin<Box<dyn Future<Output = Result<http::Response<TrackedBody>, Infallible>> + Send>>;
@@ -226,15 +313,7 @@ pub async fn serve<IO>(
     let result = match protocol {
         Protocol::Http1 => {
             let io = GuardedIo::new(io, settings.guard, activity.clone());
-            let connection = settings.http1.serve_connection(TokioIo::new(io), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => result,
-                _ = drain.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            }
+            serve_http1(io, service, &activity, settings, drain).await
         }
         // Boxed so that HTTP/1 connections do not carry HTTP/2's state.
         Protocol::Http2 => Box::pin(serve_http2(io, service, &activity, settings, drain)).await,

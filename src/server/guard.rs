@@ -14,11 +14,12 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
@@ -34,6 +35,10 @@ pub struct Activity {
     last_done_ms: AtomicU64,
     /// Woken when a response ends (the guard waits on it to refuse a pipelined request).
     response_done: AtomicWaker,
+    /// Requests started on the connection.
+    started: AtomicU64,
+    /// Whether the client's byte stream is between requests (no byte of a next head yet).
+    at_boundary: AtomicBool,
 }
 
 impl Activity {
@@ -44,13 +49,26 @@ impl Activity {
             in_progress: AtomicU32::new(0),
             last_done_ms: AtomicU64::new(0),
             response_done: AtomicWaker::new(),
+            started: AtomicU64::new(0),
+            at_boundary: AtomicBool::new(true),
         })
     }
 
     /// Marks a request as started; the guard marks it finished when dropped.
     pub fn begin(self: &Arc<Self>) -> ActivityGuard {
+        self.started.fetch_add(1, Ordering::SeqCst);
         self.in_progress.fetch_add(1, Ordering::SeqCst);
         ActivityGuard(self.clone())
+    }
+
+    /// Requests started so far.
+    pub fn started(&self) -> u64 {
+        self.started.load(Ordering::SeqCst)
+    }
+
+    /// Whether the client is between requests: nothing of a next head has arrived.
+    pub fn at_boundary(&self) -> bool {
+        self.at_boundary.load(Ordering::SeqCst)
     }
 
     /// Requests whose response has not ended.
@@ -112,6 +130,9 @@ pub struct GuardedIo<T> {
     refusal_written: usize,
     /// A refused pipelined request, acted on once the responses before it are done.
     pending: Option<Violation>,
+    /// Bytes already read (and checked) that must be handed out again first: what a released
+    /// hyper connection had read, or what arrived while the connection was parked.
+    replay: Bytes,
 }
 
 impl<T> GuardedIo<T> {
@@ -130,6 +151,19 @@ impl<T> GuardedIo<T> {
             refusal: Vec::new(),
             refusal_written: 0,
             pending: None,
+            replay: Bytes::new(),
+        }
+    }
+
+    /// Hands `bytes`, already read and checked, out again before anything new.
+    pub fn replay(&mut self, bytes: Bytes) {
+        if self.replay.is_empty() {
+            self.replay = bytes;
+        } else {
+            let mut joined = Vec::with_capacity(self.replay.len() + bytes.len());
+            joined.extend_from_slice(&self.replay);
+            joined.extend_from_slice(&bytes);
+            self.replay = Bytes::from(joined);
         }
     }
 
@@ -192,6 +226,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         loop {
+            if !this.replay.is_empty() {
+                let n = this.replay.len().min(buf.remaining());
+                buf.put_slice(&this.replay.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
             match this.phase {
                 Phase::Closed => return Poll::Ready(Ok(())),
                 Phase::Refusing => {
@@ -268,6 +307,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
                 }
             }
             this.first_request = false;
+            this.activity
+                .at_boundary
+                .store(this.framing.at_boundary(), Ordering::SeqCst);
             if this.framing.at_boundary() {
                 this.first_head_byte = None;
             } else if was_boundary && this.framing.in_head() {
