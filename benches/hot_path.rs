@@ -4,7 +4,8 @@
 //!   + 5 (admission, fast path) and the slot's release, on a table of 10,000 endpoints.
 //! - `p2c_admission`: taking and releasing a slot among 1,000 pods, idle and loaded.
 //! - `table_rebuild`: publishing a table that differs from the current one in one pod, at
-//!   10,000 endpoints × 10 pods.
+//!   10,000 endpoints × 10 pods: comparing the whole spec (the routes file) and rebuilding only
+//!   the endpoint a watch named (Kubernetes discovery).
 //!
 //! Run with `cargo bench --bench hot_path` (add `-- p2c` to run one group). The figures are
 //! for comparing revisions on the same machine: nothing here asserts a timing.
@@ -220,11 +221,27 @@ fn table_rebuild(c: &mut Criterion) {
     group
         .sample_size(20)
         .measurement_time(Duration::from_secs(10));
-    group.bench_function("10k_endpoints_x_10_pods/one_pod_changed", |b| {
+    // The file source: the whole new spec is compared with the last one.
+    group.bench_function(
+        "10k_endpoints_x_10_pods/one_pod_changed/full_compare",
+        |b| {
+            let mut flip = false;
+            b.iter(|| {
+                flip = !flip;
+                let report = builder.publish(if flip { &after } else { &before });
+                debug_assert_eq!(report.endpoints_rebuilt, 1);
+                black_box(report)
+            })
+        },
+    );
+    // Kubernetes discovery: the watch says which endpoint changed.
+    let changed = key.0.clone();
+    group.bench_function("10k_endpoints_x_10_pods/one_pod_changed/incremental", |b| {
         let mut flip = false;
         b.iter(|| {
             flip = !flip;
-            let report = builder.publish(if flip { &after } else { &before });
+            let spec = if flip { &after } else { &before };
+            let report = builder.publish_changed(spec, [changed.as_str()]);
             debug_assert_eq!(report.endpoints_rebuilt, 1);
             black_box(report)
         })
