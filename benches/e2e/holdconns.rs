@@ -14,8 +14,9 @@
 //! how long that may last, so the reading comes 2 s after the last one opened).
 //!
 //! Output, one `key=value` line each: `before` (the server's memory before the first
-//! connection), `held` (with all CONNS held idle, after a 2 s settle pause), and `alive` (how
-//! many of the connections the server still had open then, and how the requests went).
+//! connection), in `keep-alive` mode `fresh` (2 s after the last connection) and `held` (after
+//! 20 s idle), in `open` mode `held` (2 s after the last connection), and `alive` (how many of
+//! the connections the server still had open then, and how the requests went).
 //!
 //! RSS figures are in KiB, from `/proc/PID/status`.
 
@@ -29,6 +30,10 @@ use std::time::{Duration, Instant};
 const BATCH: usize = 64;
 /// Pause before reading memory, so the server finishes accepting and settles.
 const SETTLE: Duration = Duration::from_secs(2);
+/// How long keep-alive connections are held idle before the settled reading: scoregate parks a
+/// connection after 2 s without a request and its allocator returns the freed pages within
+/// about 10 s more.
+const IDLE: Duration = Duration::from_secs(20);
 
 fn status_kib(pid: u32, field: &str) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -143,6 +148,10 @@ fn run(
         started.elapsed().as_secs_f64()
     );
     sleep(SETTLE);
+    if with_request {
+        report("fresh", pid, streams.len());
+        sleep(IDLE.saturating_sub(SETTLE));
+    }
     report("held", pid, streams.len());
     let alive = streams.iter().filter(|s| still_open(s)).count();
     println!("alive conns={alive} responses_2xx={ok} responses_failed={failed}");
