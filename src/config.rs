@@ -335,6 +335,12 @@ impl RouterConfig {
 
     /// Checks the settings against each other; the message says what to change.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_listeners()?;
+        self.validate_settings()
+    }
+
+    /// Checks that there is something to serve on: HTTPS, or plain HTTP when allowed.
+    pub fn validate_listeners(&self) -> Result<(), ConfigError> {
         if self.tls.is_none() && !self.allow_insecure_connections {
             return Err(ConfigError(
                 "no listener to serve: HTTPS needs `tls.cert_file` and `tls.key_file` (or --tls-cert and \
@@ -343,6 +349,11 @@ impl RouterConfig {
                     .into(),
             ));
         }
+        Ok(())
+    }
+
+    /// Checks every setting but the choice of listeners (what `scoregate check` validates).
+    pub fn validate_settings(&self) -> Result<(), ConfigError> {
         if let Some(tls) = &self.tls {
             match (&tls.cert_file, &tls.key_file, &tls.secret) {
                 (Some(_), Some(_), None) => {}

@@ -135,6 +135,13 @@ enum DiscoverySource {
 
 impl ServeArgs {
     fn config(&self) -> anyhow::Result<RouterConfig> {
+        let c = self.merged()?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Defaults, then the file, then the flags, not yet validated.
+    fn merged(&self) -> anyhow::Result<RouterConfig> {
         let mut c = match &self.config {
             Some(path) => RouterConfig::from_file(path)?,
             None => RouterConfig::default(),
@@ -227,7 +234,6 @@ impl ServeArgs {
         {
             anyhow::bail!("--tls-min-version, --ssl-cname and --tls-session-resumption need TLS: add --tls-cert and --tls-key, or --ssl-secret");
         }
-        c.validate()?;
         Ok(c)
     }
 }
@@ -283,7 +289,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::Check(args) => {
-            let config = args.config()?;
+            // Which listeners to open is for `serve`; everything else is checked.
+            let config = args.merged()?;
+            config.validate_settings()?;
             if let Some(kube) = &config.discovery.kube {
                 let scope = if kube.namespaces.is_empty() {
                     "all namespaces".to_string()

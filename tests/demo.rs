@@ -177,9 +177,6 @@ fn good_routes() -> String {
 
 /// `scoregate check --routes F`, exactly as an operator would type it.
 #[tokio::test]
-#[ignore = "main.rs: `check` validates listener settings first and fails with \"no listener to serve\" \
-            unless --allow-insecure-connections or TLS flags are given, so it never looks at the routes \
-            file; see the report of the issue-2 test suite"]
 async fn check_with_only_a_routes_file() {
     let dir = tempfile::tempdir().unwrap();
     let good = write(dir.path(), "good.yaml", &good_routes());
