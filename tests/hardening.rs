@@ -132,14 +132,68 @@ async fn a_bad_chunk_size_fails_the_request_and_never_completes_upstream() {
             format!("{SCORE}Transfer-Encoding: chunked\r\n\r\n{body}").as_bytes(),
         )
         .await;
-        if !response.is_empty() {
-            assert_eq!(status_of(&response), 400, "{body:?}: {response}");
-        }
+        // The head and the broken chunk arrive together: refused like a broken head.
+        assert_eq!(status_of(&response), 400, "{body:?}: {response}");
+        assert_eq!(json_code(&response), "BadRequestFraming", "{body:?}");
     }
+    assert_eq!(
+        r.pod.stats().requests(),
+        0,
+        "no broken request reached the model"
+    );
+    // The broken chunk arrives after the body has started streaming to the pod: the upstream
+    // request is aborted before its body completes.
+    let mut stream = TcpStream::connect(r.harness.http).await.unwrap();
+    stream
+        .write_all(format!("{SCORE}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = stream.write_all(b"zz\r\n").await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
     assert_eq!(
         r.pod.stats().scored_bytes(),
         0,
         "no broken body was delivered to the model"
+    );
+}
+
+#[tokio::test]
+async fn http11_requests_need_exactly_one_host() {
+    let r = router(|_| {}).await;
+    let score = SCORE.replace("Host: a\r\n", "");
+    let cases = [
+        (
+            "no Host",
+            format!("{score}Content-Length: 2\r\n\r\n{{}}"),
+            400,
+        ),
+        (
+            "two Hosts",
+            format!("{SCORE}Host: b\r\nContent-Length: 2\r\n\r\n{{}}"),
+            400,
+        ),
+        (
+            "HTTP/1.0 without Host",
+            format!(
+                "{}Content-Length: 2\r\n\r\n{{}}",
+                score.replace("HTTP/1.1", "HTTP/1.0")
+            ),
+            200,
+        ),
+    ];
+    for (name, request, status) in cases {
+        let response = exchange(r.harness.http, request.as_bytes()).await;
+        assert_eq!(status_of(&response), status, "{name}: {response}");
+        if status == 400 {
+            assert_eq!(json_code(&response), "InvalidHost", "{name}");
+        }
+    }
+    assert_eq!(
+        r.pod.stats().requests(),
+        1,
+        "only the HTTP/1.0 request was forwarded"
     );
 }
 

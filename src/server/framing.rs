@@ -14,6 +14,12 @@
 //! | obs-fold (a field line starting with a space or tab), whitespace before a field's colon | 400 |
 //! | a bare LF (a line ending without CR) | 400 |
 //! | a chunk size that is not hex, longer than 16 digits, a chunk not ended by CRLF, oversized extensions or trailers | 400 |
+//! | an HTTP/1.1 request without a `Host` field, or any request with several (RFC 9112 §3.2) | 400 |
+//!
+//! A broken chunk that arrives in the same read as the end of its request's head is refused like
+//! a broken head: the request never reaches the proxy. One that arrives later fails a body
+//! already being streamed: the upstream request is aborted before its body completes, so the
+//! model never receives it as a complete request.
 //!
 //! Anchors: `shared/reference/anchors.md` §5.3 (reject rather than normalise ambiguous framing).
 
@@ -49,6 +55,10 @@ pub enum Violation {
     BareLineFeed,
     /// A malformed chunk size line, chunk end or trailer.
     InvalidChunk,
+    /// An HTTP/1.1 request without a `Host` field (RFC 9112 §3.2).
+    MissingHost,
+    /// Several `Host` fields.
+    DuplicateHost,
 }
 
 impl Violation {
@@ -64,6 +74,7 @@ impl Violation {
     pub fn code(self) -> &'static str {
         match self {
             Violation::HeadTooLarge | Violation::TooManyHeaders => "RequestHeaderFieldsTooLarge",
+            Violation::MissingHost | Violation::DuplicateHost => "InvalidHost",
             _ => "BadRequestFraming",
         }
     }
@@ -89,6 +100,8 @@ impl Violation {
             Violation::InvalidHeaderLine => "the request has a malformed header line",
             Violation::BareLineFeed => "the request has a line ending without CR",
             Violation::InvalidChunk => "the request body's chunked framing is malformed",
+            Violation::MissingHost => "an HTTP/1.1 request needs a Host header",
+            Violation::DuplicateHost => "the request has more than one Host header",
         }
     }
 }
@@ -169,6 +182,9 @@ impl Framing {
         let total = data.len();
         // Bytes before the start of the request (or chunk) being processed.
         let mut unit_start = 0;
+        // Where the request whose body is being scanned began, when its head ended in this
+        // feed: hyper has not seen that head whole yet, so the request can still be withheld.
+        let mut undispatched: Option<usize> = None;
         while !data.is_empty() {
             let consumed_before = total - data.len();
             match self.state {
@@ -191,6 +207,7 @@ impl Framing {
                                     Ok(next) => self.state = next,
                                     Err(v) => return refused(unit_start, v, true),
                                 }
+                                undispatched = Some(unit_start);
                                 data = &data[end..];
                                 continue;
                             }
@@ -211,6 +228,7 @@ impl Framing {
                             Ok(next) => {
                                 self.state = next;
                                 self.head.clear();
+                                undispatched = Some(unit_start);
                             }
                             Err(v) => return refused(unit_start, v, true),
                         }
@@ -240,7 +258,7 @@ impl Framing {
                     self.state = match (expect_lf, byte) {
                         (false, b'\r') => State::ChunkEnd(true),
                         (true, b'\n') => zero_size_line(),
-                        _ => return refused(consumed_before, Violation::InvalidChunk, false),
+                        _ => return bad_chunk(undispatched, consumed_before),
                     };
                 }
                 State::ChunkSize {
@@ -251,7 +269,7 @@ impl Framing {
                 } => {
                     let byte = data[0];
                     data = &data[1..];
-                    let bad = || refused(consumed_before, Violation::InvalidChunk, false);
+                    let bad = || bad_chunk(undispatched, consumed_before);
                     self.state = if cr {
                         if byte != b'\n' || digits == 0 {
                             return bad();
@@ -301,7 +319,7 @@ impl Framing {
                 State::Trailers { line, total, cr } => {
                     let byte = data[0];
                     data = &data[1..];
-                    let bad = || refused(consumed_before, Violation::InvalidChunk, false);
+                    let bad = || bad_chunk(undispatched, consumed_before);
                     if total + 1 > self.limits.max_header_bytes {
                         return bad();
                     }
@@ -369,6 +387,15 @@ fn refused(valid: usize, violation: Violation, in_head: bool) -> Scan {
     }
 }
 
+/// A broken chunk: the whole request is withheld when its head ended in this feed (`undispatched`
+/// is where it began), else the bytes before the chunk pass and the body fails.
+fn bad_chunk(undispatched: Option<usize>, chunk_start: usize) -> Scan {
+    match undispatched {
+        Some(request_start) => refused(request_start, Violation::InvalidChunk, true),
+        None => refused(chunk_start, Violation::InvalidChunk, false),
+    }
+}
+
 fn zero_size_line() -> State {
     State::ChunkSize {
         digits: 0,
@@ -399,6 +426,7 @@ fn inspect_head(head: &[u8], limits: HeadLimits) -> Result<State, Violation> {
     let mut length: Option<u64> = None;
     let mut lengths = 0;
     let mut encodings = 0;
+    let mut hosts = 0;
     let mut http10 = false;
     let mut start = 0;
     for lf in memchr::memchr_iter(b'\n', head) {
@@ -425,7 +453,9 @@ fn inspect_head(head: &[u8], limits: HeadLimits) -> Result<State, Violation> {
         if name.is_empty() || name.iter().any(|b| *b == b' ' || *b == b'\t') {
             return Err(Violation::InvalidHeaderLine);
         }
-        if name.len() == 14 && name.eq_ignore_ascii_case(b"content-length") {
+        if name.len() == 4 && name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+        } else if name.len() == 14 && name.eq_ignore_ascii_case(b"content-length") {
             lengths += 1;
             let value = line[colon + 1..].trim_ascii();
             if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
@@ -441,6 +471,12 @@ fn inspect_head(head: &[u8], limits: HeadLimits) -> Result<State, Violation> {
                 return Err(Violation::InvalidTransferEncoding);
             }
         }
+    }
+    if hosts > 1 {
+        return Err(Violation::DuplicateHost);
+    }
+    if hosts == 0 && !http10 {
+        return Err(Violation::MissingHost);
     }
     if lengths > 1 {
         return Err(Violation::DuplicateLength);
@@ -510,7 +546,7 @@ mod tests {
     fn ordinary_requests_pass_and_end_on_a_boundary() {
         let stream = "POST /score HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
                       GET / HTTP/1.1\r\nHost: a\r\n\r\n\
-                      POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\n";
+                      POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\n";
         assert_eq!(scan_all_splits(stream.as_bytes()), Scan::Ok);
         let mut f = Framing::new(LIMITS);
         assert_eq!(f.feed(stream.as_bytes()), Scan::Ok);
@@ -520,27 +556,27 @@ mod tests {
     #[test]
     fn smuggling_vectors_are_refused() {
         let cases = [
-            ("POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", Violation::LengthAndChunked),
-            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n", Violation::LengthAndChunked),
-            ("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", Violation::DuplicateLength),
-            ("POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n", Violation::InvalidLength),
-            ("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n", Violation::InvalidLength),
-            ("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", Violation::InvalidLength),
-            ("POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n", Violation::InvalidLength),
-            ("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", Violation::InvalidTransferEncoding),
-            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", Violation::InvalidTransferEncoding),
-            ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", Violation::InvalidTransferEncoding),
-            ("GET / HTTP/1.1\r\nX-A: 1\r\n continued\r\n\r\n", Violation::ObsFold),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", Violation::LengthAndChunked),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n", Violation::LengthAndChunked),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", Violation::DuplicateLength),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n", Violation::InvalidLength),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n", Violation::InvalidLength),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", Violation::InvalidLength),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n", Violation::InvalidLength),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", Violation::InvalidTransferEncoding),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", Violation::InvalidTransferEncoding),
+            ("POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", Violation::InvalidTransferEncoding),
+            ("GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n continued\r\n\r\n", Violation::ObsFold),
             ("GET / HTTP/1.1\r\nHost : a\r\n\r\n", Violation::InvalidHeaderLine),
-            ("GET / HTTP/1.1\r\nno-colon\r\n\r\n", Violation::InvalidHeaderLine),
+            ("GET / HTTP/1.1\r\nHost: a\r\nno-colon\r\n\r\n", Violation::InvalidHeaderLine),
             ("GET / HTTP/1.1\nHost: a\r\n\r\n", Violation::BareLineFeed),
-            ("POST / HTTP/1.1\r\nContent-Length: 2\n\r\n{}", Violation::BareLineFeed),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\n\r\n{}", Violation::BareLineFeed),
             ("GET / HTTP/1.1\r\nHost: a\n\n", Violation::BareLineFeed),
-            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", Violation::InvalidChunk),
-            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX", Violation::InvalidChunk),
-            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n11111111111111111\r\n", Violation::InvalidChunk),
-            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5 \r\n", Violation::InvalidChunk),
-            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\r\n", Violation::InvalidChunk),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", Violation::InvalidChunk),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX", Violation::InvalidChunk),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n11111111111111111\r\n", Violation::InvalidChunk),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5 \r\n", Violation::InvalidChunk),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\r\n", Violation::InvalidChunk),
         ];
         for (input, expected) in cases {
             assert_eq!(violation(input), Some(expected), "{input:?}");
@@ -550,8 +586,9 @@ mod tests {
     #[test]
     fn a_bad_pipelined_head_is_refused_after_the_good_one() {
         let good = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
-        let stream =
-            format!("{good}POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx");
+        let stream = format!(
+            "{good}POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx"
+        );
         match Framing::new(LIMITS).feed(stream.as_bytes()) {
             Scan::Refused {
                 valid,
@@ -570,12 +607,12 @@ mod tests {
     fn head_limits() {
         let many: String = (0..11).map(|i| format!("X-{i}: v\r\n")).collect();
         assert_eq!(
-            violation(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
+            violation(&format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n")),
             Some(Violation::TooManyHeaders)
         );
         let big = "x".repeat(2000);
         assert_eq!(
-            violation(&format!("GET / HTTP/1.1\r\nX: {big}\r\n\r\n")),
+            violation(&format!("GET / HTTP/1.1\r\nHost: a\r\nX: {big}\r\n\r\n")),
             Some(Violation::HeadTooLarge)
         );
         // No end of head at all, just a stream of bytes.
@@ -593,10 +630,10 @@ mod tests {
         assert!(f.at_boundary());
         assert_eq!(f.feed(b"GET / HT"), Scan::Ok);
         assert!(f.in_head());
-        assert_eq!(f.feed(b"TP/1.1\r\n\r\n"), Scan::Ok);
+        assert_eq!(f.feed(b"TP/1.1\r\nHost: a\r\n\r\n"), Scan::Ok);
         assert!(f.at_boundary());
         assert_eq!(
-            f.feed(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nab"),
+            f.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nab"),
             Scan::Ok
         );
         assert!(!f.at_boundary() && !f.in_head());
