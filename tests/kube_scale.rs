@@ -15,6 +15,7 @@
 
 mod kube_common;
 
+use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,13 @@ use serde_json::json;
 const ENDPOINTS: usize = 1_000;
 const DEPLOYMENTS: [&str; 3] = ["blue", "green", "red"];
 const PODS: usize = 10;
-const CHANGES: usize = 500;
+/// Pod changes in each churn phase (`SCALE_CHANGES` overrides).
+fn changes() -> usize {
+    std::env::var("SCALE_CHANGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500)
+}
 const SCALE_NS: &str = "scale";
 
 fn pod_ip(endpoint: usize, deployment: usize, pod: usize) -> std::net::IpAddr {
@@ -123,8 +130,17 @@ fn bucket_quantile(text: &str, name: &str, q: f64) -> Option<(f64, u64)> {
 struct ChildRouter(Child);
 
 impl Drop for ChildRouter {
+    /// Stops the router's process group (a `SCALE_WRAP` profiler and the router under it).
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill").args(["-TERM", &group]).status();
+        for _ in 0..100 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = Command::new("kill").args(["-KILL", &group]).status();
         let _ = self.0.wait();
     }
 }
@@ -150,40 +166,76 @@ async fn a_thousand_endpoints_of_three_deployments_of_ten_pods() {
     fake.write_kubeconfig(&kubeconfig, SCALE_NS).unwrap();
     let client = client();
 
+    // Phase 0: the same router process watching an empty namespace, for a baseline.
+    let spawn = |namespace: &str, admin: u16| {
+        // `SCALE_WRAP="heaptrack -o /tmp/scoregate"` runs the measured router under a profiler.
+        let wrap = match namespace {
+            SCALE_NS => std::env::var("SCALE_WRAP").unwrap_or_default(),
+            _ => String::new(),
+        };
+        let mut words: Vec<String> = wrap.split_whitespace().map(str::to_string).collect();
+        words.push(env!("CARGO_BIN_EXE_scoregate").to_string());
+        ChildRouter(
+            Command::new(&words[0])
+                .args(&words[1..])
+                .args(["serve", "--discovery", "kube", "--namespace", namespace])
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(["--allow-insecure-connections", "--listen", "127.0.0.1:0"])
+                .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+                .args(["--access-log", "off"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .env("RUST_LOG", "warn")
+                .process_group(0)
+                .spawn()
+                .expect("start scoregate"),
+        )
+    };
+    let wait_ready = |admin: u16| {
+        let client = client.clone();
+        async move {
+            let ready_uri = format!("http://127.0.0.1:{admin}/readyz");
+            eventually("the router process to be ready", || async {
+                let request = http::Request::get(&ready_uri)
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap();
+                matches!(client.request(request).await, Ok(r) if r.status() == 200)
+            })
+            .await;
+        }
+    };
+    let admin = free_port();
+    let empty = spawn("empty", admin);
+    wait_ready(admin).await;
+    let (rss_empty, _) = rss_kib(empty.0.id());
+    drop(empty);
+    println!(
+        "phase 0: router process watching an empty namespace: {:.1} MiB resident",
+        rss_empty as f64 / 1024.0
+    );
+
     // Phase 1: a router process.
     let admin = free_port();
     let started = Instant::now();
-    let child = ChildRouter(
-        Command::new(env!("CARGO_BIN_EXE_scoregate"))
-            .args(["serve", "--discovery", "kube", "--namespace", SCALE_NS])
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args(["--allow-insecure-connections", "--listen", "127.0.0.1:0"])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .args(["--access-log", "off"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .expect("start scoregate"),
-    );
+    let child = spawn(SCALE_NS, admin);
     let pid = child.0.id();
-    let ready_uri = format!("http://127.0.0.1:{admin}/readyz");
-    eventually("the router process to be ready", || async {
-        let request = http::Request::get(&ready_uri)
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .unwrap();
-        matches!(client.request(request).await, Ok(r) if r.status() == 200)
-    })
-    .await;
+    wait_ready(admin).await;
     let ready_after = started.elapsed();
     let (rss_ready, _) = rss_kib(pid);
 
     let churn = Instant::now();
-    for i in 0..CHANGES {
+    for i in 0..changes() {
         let (e, d) = ((i * 7919) % ENDPOINTS, i % DEPLOYMENTS.len());
         fake.apply(slice_of(e, d, Some(i % PODS))).unwrap();
         tokio::time::sleep(Duration::from_millis(2)).await;
+        if (i + 1) % 1000 == 0 {
+            println!(
+                "  after {} changes: {:.1} MiB resident",
+                i + 1,
+                rss_kib(pid).0 as f64 / 1024.0
+            );
+        }
     }
     let churn_took = churn.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -208,21 +260,22 @@ async fn a_thousand_endpoints_of_three_deployments_of_ten_pods() {
     println!("phase 1 (router process {pid}):");
     println!("  time to ready (process start to /readyz 200): {ready_after:?}");
     println!(
-        "  resident memory: {:.1} MiB at ready, {:.1} MiB after {CHANGES} changes, peak {:.1} MiB",
+        "  resident memory: {:.1} MiB at ready, {:.1} MiB after {} changes, peak {:.1} MiB",
         rss_ready as f64 / 1024.0,
         rss_after as f64 / 1024.0,
+        changes(),
         hwm as f64 / 1024.0
     );
     println!(
-        "  {CHANGES} slice changes written in {churn_took:?}; event-to-routable (router histogram, bucket upper bounds): p50 ≤ {:?} s, p99 ≤ {:?} s; rebuild p99 ≤ {:?} s",
+        "  {} slice changes written in {churn_took:?}; event-to-routable (router histogram, bucket upper bounds): p50 ≤ {:?} s, p99 ≤ {:?} s; rebuild p99 ≤ {:?} s",
+        changes(),
         p50.map(|p| p.0),
         p99.map(|p| p.0),
         rebuild_p99.map(|p| p.0)
     );
     println!(
-        "  endpoints in table: {:?}; slice watches: {:?}",
-        metric(&text, "scoregate_table_endpoints"),
-        "see log"
+        "  endpoints in the table: {:?}",
+        metric(&text, "scoregate_table_endpoints")
     );
     drop(child);
 
@@ -241,8 +294,8 @@ async fn a_thousand_endpoints_of_three_deployments_of_ten_pods() {
             .endpoint(&format!("ep-{e:04}"))
             .and_then(|ep| ep.deployment_named(d.as_bytes()).map(|d| d.pods.len()))
     };
-    let mut latencies = Vec::with_capacity(CHANGES);
-    for i in 0..CHANGES {
+    let mut latencies = Vec::with_capacity(changes());
+    for i in 0..changes() {
         let (e, d) = ((i * 104_729 + 13) % ENDPOINTS, (i + 1) % DEPLOYMENTS.len());
         // Alternate between one pod not ready and all ready.
         let unready = (i % 2 == 0).then_some(i % PODS);
