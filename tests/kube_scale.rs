@@ -133,14 +133,14 @@ impl Drop for ChildRouter {
     /// Stops the router's process group (a `SCALE_WRAP` profiler and the router under it).
     fn drop(&mut self) {
         let group = format!("-{}", self.0.id());
-        let _ = Command::new("kill").args(["-TERM", &group]).status();
+        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
         for _ in 0..100 {
             if matches!(self.0.try_wait(), Ok(Some(_))) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = Command::new("kill").args(["-KILL", &group]).status();
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.0.wait();
     }
 }

@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::body::RequestBody;
 use crate::table::Deployment;
+use crate::telemetry::MirrorResult;
 use crate::upstream::Upstream;
 
 /// The parts of the live request the mirror copy reuses.
@@ -35,12 +36,12 @@ pub fn spawn(
     tokio::spawn(async move {
         let metrics = &deployment.metrics;
         let Ok(body) = body.await else {
-            metrics.mirror_skipped.increment(1);
+            metrics.mirror(MirrorResult::Skipped);
             return;
         };
         let wait = Duration::from_millis(deployment.settings.max_queue_wait_ms);
         let Ok(slot) = deployment.admission.admit(&deployment.pods, wait).await else {
-            metrics.mirror_dropped.increment(1);
+            metrics.mirror(MirrorResult::Dropped);
             return;
         };
         let mut request = Request::new(RequestBody::full(body));
@@ -58,8 +59,8 @@ pub fn spawn(
             Some(())
         };
         match tokio::time::timeout(timeout, exchange).await {
-            Ok(Some(())) => metrics.mirror_sent.increment(1),
-            _ => metrics.mirror_failed.increment(1),
+            Ok(Some(())) => metrics.mirror(MirrorResult::Sent),
+            _ => metrics.mirror(MirrorResult::Failed),
         }
         drop(slot);
     });

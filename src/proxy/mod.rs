@@ -210,7 +210,7 @@ impl Proxy {
         let queue_wait = started.elapsed();
         deployment
             .metrics
-            .queue_wait
+            .queue_wait()
             .record(queue_wait.as_secs_f64());
 
         // 6 forward
@@ -268,9 +268,9 @@ impl Proxy {
         // 8 record (the access-log line is written when the body ends)
         let metrics = &deployment.metrics;
         metrics.requests.record(status);
-        metrics.duration.record(started.elapsed().as_secs_f64());
+        metrics.duration().record(started.elapsed().as_secs_f64());
         metrics
-            .upstream_duration
+            .upstream_duration()
             .record(upstream_time.as_secs_f64());
         let record = self.access_log.wants(status).then(|| {
             Box::new(RequestRecord {
@@ -378,7 +378,7 @@ impl Proxy {
             }
             Err(SendError::Failed(e)) => return Err(ForwardError::Failed(e)),
             Err(SendError::NotSent { request, error }) => {
-                deployment.metrics.connect_errors.increment(1);
+                deployment.metrics.connect_errors().increment(1);
                 tracing::debug!(pod = %slot.pod().address(), %error, "connecting to the pod failed; retrying elsewhere");
                 (request, slot.pod().clone())
             }
@@ -396,7 +396,7 @@ impl Proxy {
             }),
             Err(SendError::Failed(e)) => Err(ForwardError::Failed(e)),
             Err(SendError::NotSent { error, .. }) => {
-                deployment.metrics.connect_errors.increment(1);
+                deployment.metrics.connect_errors().increment(1);
                 tracing::debug!(pod = %retry.pod().address(), %error, "connecting to the retry pod failed");
                 Err(ForwardError::ConnectFailed)
             }
@@ -425,7 +425,7 @@ impl Proxy {
             }
             Counted::Deployment(d) => {
                 d.metrics.requests.record(status);
-                d.metrics.duration.record(started.elapsed().as_secs_f64());
+                d.metrics.duration().record(started.elapsed().as_secs_f64());
                 response
                     .headers_mut()
                     .insert(MODEL_DEPLOYMENT.clone(), d.name_header.clone());

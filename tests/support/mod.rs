@@ -266,6 +266,17 @@ pub fn client() -> Client {
 /// Builds a request.
 pub fn request(method: Method, uri: &str, headers: &[(&str, &str)], body: Body) -> Request<Body> {
     let mut request = Request::builder().method(method).uri(uri);
+    // HTTP/1.1 needs a Host; hyper's connection-level client does not add one.
+    let has_host = headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host"));
+    if let Some(authority) = uri
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.authority().cloned())
+    {
+        if !has_host {
+            request = request.header(http::header::HOST, authority.as_str());
+        }
+    }
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
