@@ -787,6 +787,9 @@ git_rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
     echo
     targets_section
     echo
+    echo "Where a target is missed, \`benches/PROFILE.md\` has the profile that explains it (instructions per"
+    echo "request by crate and function, from \`benches/profile/callgrind.sh\`) and what would close it."
+    echo
     echo "### scoregate's own counters at the end"
     echo
     echo '```'
