@@ -620,7 +620,7 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 col() { awk -F'\t' -v m="$1" -v t="$2" -v c="$3" 'NR > 1 && $1 == m && $2 == t && $c != "-" { print $c }' "$RUNS"; }
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 maximum() { sort -g | awk 'END { print (NR ? $1 : "nan") }'; }
-spread() { sort -g | awk '{ v[NR] = $1 } END { if (NR < 2) { print "–"; exit } m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.0f%%", m > 0 ? 100 * (v[NR] - v[1]) / m : 0 }'; }
+spread() { sort -g | awk '{ v[NR] = $1 } END { if (NR < 2) { print "–"; exit } m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.0f%%", (m > 0 ? 100 * (v[NR] - v[1]) / m : 0) }'; }
 fmt() { awk -v v="$1" -v f="$2" 'BEGIN { if (v == "nan" || v == "") print "–"; else printf f, v }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "nan" || b == "nan" || a == "" || b == "" || b == 0) print "–"; else printf "%.2f", a / b }'; }
 sum() { awk '{ s += $1 } END { print s + 0 }'; }
