@@ -34,23 +34,22 @@ for line in text.splitlines():
         name = "std (core, alloc)"
     elif re.search(r"/src/[^:]*\.rs:scoregate", where) or ":scoregate::" in where:
         name = "scoregate"
-    elif "libc.so" in where or "malloc" in where or "memmove" in where or "memcpy" in where:
-        name = "libc (memcpy, malloc)"
-    elif "jemalloc" in where:
-        name = "jemalloc"
+    elif any(w in where for w in ("libc.so", "malloc", "memmove", "memcpy", "jemalloc", "tcache")):
+        name = "libc and the allocator (memcpy, malloc)"
     else:
         name = "other"
     costs[name] += ir
-    functions[(name, where.split(":", 1)[-1][:110])] += ir
+    function = re.sub(r"\s*\[[^\]]*\]$", "", where.split(":", 1)[-1])
+    functions[function[:110]] += ir
 print(f"total: {total:,} instructions, {total // requests:,} per request")
 print()
-print("| crate | instructions per request | share |")
+print("| source of the instructions (crate of the code, after inlining) | instructions per request | share |")
 print("|---|---:|---:|")
 for name, ir in costs.most_common():
     if ir / total >= 0.005:
         print(f"| {name} | {ir // requests:,} | {100 * ir / total:.1f} % |")
 print()
-print("| top functions (self) | instructions per request |")
+print("| top functions (self, inlined code included) | instructions per request |")
 print("|---|---:|")
-for (name, fn), ir in functions.most_common(25):
+for fn, ir in functions.most_common(25):
     print(f"| `{fn}` | {ir // requests:,} |")

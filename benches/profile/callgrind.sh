@@ -13,7 +13,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 REQUESTS=5000
 KEY=bench-key-0123456789abcdef
 WORK=$(mktemp -d)
-trap 'pkill -f "$WORK" 2>/dev/null || true; sleep 1; rm -rf "$WORK"' EXIT
+trap 'pkill -f "$WORK" 2>/dev/null || true; sleep 1; [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"' EXIT
 
 missing=()
 for tool in valgrind:valgrind h2load:nghttp2-client nginx:nginx-light; do
@@ -50,7 +50,7 @@ http {
 EOF
 }
 nginx_conf backend 18280 "location = /score { default_type application/json; return 200 '{\"predictions\": [0.1234, 0.5678], \"model\": \"bench\", \"version\": \"1.0.0\", \"latency_ms\": 0.1}'; }"
-nginx_conf proxy 18281 'location / { proxy_pass http://backend/score; proxy_http_version 1.1; proxy_set_header Connection ""; }'
+nginx_conf proxy 18281 'location = /api/v1/endpoint/bench/score { proxy_pass http://backend/score; proxy_http_version 1.1; proxy_set_header Connection ""; }'
 cat > "$WORK/routes.yaml" <<EOF
 endpoints:
   - name: bench
@@ -78,7 +78,14 @@ profile() {
   local pid
   pid=$(pgrep -f "callgrind-out-file=$WORK/cg.$label" | head -1)
   callgrind_control -z "$pid" > /dev/null
-  "${load[@]}" -n "$REQUESTS" | grep -E '^requests:'
+  local report
+  report=$("${load[@]}" -n "$REQUESTS")
+  grep -E '^requests:' <<<"$report"
+  if ! grep -q "$REQUESTS succeeded" <<<"$report"; then
+    echo "$label: not every request succeeded; the count would not be of proxied requests (work directory: $WORK)" >&2
+    KEEP_WORK=1
+    exit 1
+  fi
   callgrind_control -d "$pid" > /dev/null
   sleep 1
   kill -INT "$pid"
