@@ -430,6 +430,16 @@ pub fn trim_slice(slice: &mut EndpointSlice) {
 
 /// Keeps only the endpoint-key entries of a Secret's data.
 pub fn trim_key_secret(secret: &mut Secret) {
+    trim_secret(secret, &[PRIMARY_KEY, SECONDARY_KEY]);
+}
+
+/// Keeps only the certificate and key of the TLS Secret.
+pub fn trim_tls_secret(secret: &mut Secret) {
+    trim_secret(secret, &[TLS_CERT_KEY, TLS_KEY_KEY]);
+}
+
+/// Drops a Secret's metadata the router does not use and every data entry but `keep`.
+fn trim_secret(secret: &mut Secret, keep: &[&str]) {
     let meta = &mut secret.metadata;
     meta.managed_fields = None;
     meta.annotations = None;
@@ -438,20 +448,7 @@ pub fn trim_key_secret(secret: &mut Secret) {
     meta.finalizers = None;
     secret.string_data = None;
     if let Some(data) = secret.data.as_mut() {
-        data.retain(|k, _| k == PRIMARY_KEY || k == SECONDARY_KEY);
-    }
-}
-
-/// Keeps only the certificate and key of the TLS Secret.
-pub fn trim_tls_secret(secret: &mut Secret) {
-    let meta = &mut secret.metadata;
-    meta.managed_fields = None;
-    meta.annotations = None;
-    meta.labels = None;
-    meta.owner_references = None;
-    secret.string_data = None;
-    if let Some(data) = secret.data.as_mut() {
-        data.retain(|k, _| k == TLS_CERT_KEY || k == TLS_KEY_KEY);
+        data.retain(|k, _| keep.contains(&k.as_str()));
     }
 }
 
