@@ -316,6 +316,15 @@ impl DeploymentMetrics {
     }
 }
 
+impl Drop for DeploymentMetrics {
+    /// A deployment that left the routing table stops reporting pods and requests: its gauges
+    /// read 0 (the exporter keeps a series until restart). Every scrape sets the gauges of the
+    /// deployments in the table before rendering, so one that comes back reports again.
+    fn drop(&mut self) {
+        self.set_admission(crate::balance::AdmissionStats::default());
+    }
+}
+
 /// Which requests get an access-log line.
 #[derive(
     Clone,
@@ -497,6 +506,27 @@ mod tests {
             text.contains(
                 r#"scoregate_requests_total{endpoint="ep-one",deployment="blue",code="418"} 1"#
             ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_dropped_deployment_reports_zero_pods() {
+        let m = Metrics::new();
+        let d = DeploymentMetrics::new(&m, "ep-one", "blue");
+        d.set_admission(crate::balance::AdmissionStats {
+            pods: 3,
+            busy_pods: 1,
+            in_flight: 2,
+            queued: 1,
+        });
+        let series = r#"scoregate_routable_pods{endpoint="ep-one",deployment="blue"}"#;
+        assert!(m.render().contains(&format!("{series} 3")));
+        drop(d);
+        let text = m.render();
+        assert!(text.contains(&format!("{series} 0")), "{text}");
+        assert!(
+            text.contains(r#"scoregate_in_flight_requests{endpoint="ep-one",deployment="blue"} 0"#),
             "{text}"
         );
     }
