@@ -51,8 +51,10 @@ impl RequestIds {
         let sent_client_id = headers.get(&CLIENT_REQUEST_ID);
         let client_request_id = sent_client_id.and_then(|v| clean_client_id(v.as_bytes()));
         RequestIds {
+            // A repeated field anywhere (rare) means a repeated id may be among them: rewrite.
             request_unchanged: client_guid.is_some()
-                && sent_client_id == client_request_id.as_ref(),
+                && sent_client_id == client_request_id.as_ref()
+                && headers.len() == headers.keys_len(),
             request_id: client_guid.unwrap_or_else(new_request_id),
             client_request_id,
         }
@@ -146,6 +148,21 @@ pub struct Present {
 }
 
 impl Present {
+    /// Marks `name` as no longer present.
+    fn forget(&mut self, name: &HeaderName) {
+        if *name == AUTHORIZATION {
+            self.authorization = false;
+        } else if *name == HOST {
+            self.host = false;
+        } else if *name == EXPECT {
+            self.expect = false;
+        } else if *name == FORWARDED_FOR {
+            self.forwarded_for = false;
+        } else if *name == FORWARDED_HOST {
+            self.forwarded_host = false;
+        }
+    }
+
     /// Scans the names of `headers`.
     pub fn scan(headers: &HeaderMap) -> Self {
         let mut p = Present::default();
@@ -171,12 +188,13 @@ impl Present {
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let present = Present::scan(headers);
-    strip_present_hop_by_hop(headers, &present);
+    let mut present = Present::scan(headers);
+    strip_present_hop_by_hop(headers, &mut present);
 }
 
-/// Like [`strip_hop_by_hop`] when the names were already scanned.
-pub fn strip_present_hop_by_hop(headers: &mut HeaderMap, present: &Present) {
+/// Like [`strip_hop_by_hop`] when the names were already scanned; `present` is kept true
+/// (a name listed in `Connection` may be one of the fields it tracks, such as `Host`).
+pub fn strip_present_hop_by_hop(headers: &mut HeaderMap, present: &mut Present) {
     if present.hop_by_hop == 0 {
         return;
     }
@@ -199,7 +217,8 @@ pub fn strip_present_hop_by_hop(headers: &mut HeaderMap, present: &Present) {
             .filter_map(|token| HeaderName::from_bytes(token).ok())
             .collect();
         for name in listed {
-            headers.remove(name);
+            headers.remove(&name);
+            present.forget(&name);
         }
     }
     for (i, name) in hop.iter().enumerate() {
@@ -314,6 +333,25 @@ mod tests {
         assert_eq!(ids.client_request_id.unwrap().len(), 40);
         let ids = RequestIds::read(&map(&[("x-ms-client-request-id", "!!!")]));
         assert!(ids.client_request_id.is_none());
+    }
+
+    #[test]
+    fn repeated_ids_reach_the_pod_once() {
+        let guid = "0e706d93-9306-4d6e-939e-e1ad8a9440f1";
+        let mut h = map(&[("x-request-id", guid), ("x-request-id", "second")]);
+        RequestIds::read(&h).apply_to_request(&mut h);
+        let ids: Vec<_> = h.get_all("x-request-id").iter().collect();
+        assert_eq!(ids, [guid]);
+    }
+
+    #[test]
+    fn a_tracked_field_named_in_connection_is_no_longer_present() {
+        let mut h = map(&[("connection", "host"), ("host", "ml.example.com")]);
+        let mut present = Present::scan(&h);
+        assert!(present.host);
+        strip_present_hop_by_hop(&mut h, &mut present);
+        assert!(!h.contains_key("host"));
+        assert!(!present.host, "the proxy must set a Host again");
     }
 
     #[test]

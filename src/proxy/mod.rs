@@ -327,14 +327,14 @@ impl Proxy {
         conn: &ClientConn,
         slot: &Slot,
     ) -> Request<RequestBody> {
-        let present = headers::Present::scan(&parts.headers);
+        let mut present = headers::Present::scan(&parts.headers);
         let original_host = parts
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             .or_else(|| parts.headers.get(HOST).cloned());
         let headers = &mut parts.headers;
-        headers::strip_present_hop_by_hop(headers, &present);
+        headers::strip_present_hop_by_hop(headers, &mut present);
         if present.authorization {
             // The credential is for the router, not for the model's code.
             headers.remove(AUTHORIZATION);
