@@ -148,18 +148,27 @@ pub struct Present {
 }
 
 impl Present {
+    /// The flag that tracks `name`, if one does (hop-by-hop names are tracked as bits).
+    fn flag(&mut self, name: &HeaderName) -> Option<&mut bool> {
+        if *name == AUTHORIZATION {
+            Some(&mut self.authorization)
+        } else if *name == HOST {
+            Some(&mut self.host)
+        } else if *name == EXPECT {
+            Some(&mut self.expect)
+        } else if *name == FORWARDED_FOR {
+            Some(&mut self.forwarded_for)
+        } else if *name == FORWARDED_HOST {
+            Some(&mut self.forwarded_host)
+        } else {
+            None
+        }
+    }
+
     /// Marks `name` as no longer present.
     fn forget(&mut self, name: &HeaderName) {
-        if *name == AUTHORIZATION {
-            self.authorization = false;
-        } else if *name == HOST {
-            self.host = false;
-        } else if *name == EXPECT {
-            self.expect = false;
-        } else if *name == FORWARDED_FOR {
-            self.forwarded_for = false;
-        } else if *name == FORWARDED_HOST {
-            self.forwarded_host = false;
+        if let Some(flag) = self.flag(name) {
+            *flag = false;
         }
     }
 
@@ -168,16 +177,8 @@ impl Present {
         let mut p = Present::default();
         let hop = hop_by_hop_names();
         for name in headers.keys() {
-            if *name == AUTHORIZATION {
-                p.authorization = true;
-            } else if *name == HOST {
-                p.host = true;
-            } else if *name == EXPECT {
-                p.expect = true;
-            } else if *name == FORWARDED_FOR {
-                p.forwarded_for = true;
-            } else if *name == FORWARDED_HOST {
-                p.forwarded_host = true;
+            if let Some(flag) = p.flag(name) {
+                *flag = true;
             } else if let Some(i) = hop.iter().position(|h| *h == name) {
                 p.hop_by_hop |= 1 << i;
             }
