@@ -20,6 +20,7 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
+use crate::cluster::LeaseGuard;
 use crate::upstream::IdleConnections;
 
 /// One model pod as admission and the upstream pool see it.
@@ -112,15 +113,26 @@ pub enum AdmitError {
     QueueFull,
     /// The request waited `max_queue_wait_ms` without getting a slot (503).
     QueueTimeout,
+    /// Coordinated admission: the deployment's owner cannot be reached and the fallback is
+    /// `reject` (503).
+    OwnerUnreachable,
 }
 
 /// The right to send one request to one pod. Dropping it frees the slot.
 pub struct Slot {
     pod: Option<Arc<Pod>>,
     admission: Arc<DeploymentAdmission>,
+    /// With coordinated admission: this replica's record of the slot, which ends the lease at
+    /// the deployment's owner when dropped.
+    lease: Option<LeaseGuard>,
 }
 
 impl Slot {
+    /// Ties `lease` to the slot: it is dropped, ending the lease, when the slot is.
+    pub fn attach(&mut self, lease: LeaseGuard) {
+        self.lease = Some(lease);
+    }
+
     /// The pod this slot is on.
     pub fn pod(&self) -> &Arc<Pod> {
         self.pod
@@ -275,7 +287,21 @@ impl DeploymentAdmission {
         Some(Slot {
             pod: Some(pod),
             admission: self.clone(),
+            lease: None,
         })
+    }
+
+    /// Takes a slot on `pod` whatever its count: a request the deployment's owner already
+    /// admitted, or one a replica reports after ownership moved. Also says whether the pod is
+    /// now above its cap (an over-admission, for the caller to count).
+    pub fn force_acquire(self: &Arc<Self>, pod: &Arc<Pod>) -> (Slot, bool) {
+        let now = pod.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        let slot = Slot {
+            pod: Some(pod.clone()),
+            admission: self.clone(),
+            lease: None,
+        };
+        (slot, now > self.cap())
     }
 
     /// Admits one request: a free slot at once, or the oldest-first queue for at most `max_wait`.

@@ -36,6 +36,9 @@ pub struct RouterConfig {
     pub shutdown: ShutdownConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Coordinated admission with the other router replicas; unset means this replica admits
+    /// on its own.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Listening addresses.
@@ -303,6 +306,69 @@ impl Default for LogConfig {
     }
 }
 
+/// Coordinated admission across router replicas: one replica owns each deployment's slots.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The internal port other replicas ask for slots on (HTTP/2, shared-secret authenticated).
+    pub listen: SocketAddr,
+    /// How the other replicas reach this one; default: `listen`, or `$POD_IP` with `listen`'s
+    /// port when `listen` is a wildcard address.
+    pub advertise: Option<SocketAddr>,
+    /// Every replica's `advertise` address (this one's included), for routes from a file.
+    pub peers: Vec<SocketAddr>,
+    /// The router's own headless Service, whose EndpointSlices list the replicas (Kubernetes).
+    pub peer_service: Option<PeerServiceConfig>,
+    /// A file holding the shared credential (at least 16 bytes; surrounding whitespace is
+    /// ignored); without it, `$SCOREGATE_CLUSTER_SECRET`.
+    pub secret_file: Option<PathBuf>,
+    /// What a replica does when the owner of a deployment cannot be reached: `local` admits
+    /// against this replica's own cap, `reject` answers 503.
+    pub fallback: FallbackMode,
+    /// A lease a requester never released expires this long after `request_timeout_ms`.
+    pub lease_margin_ms: u64,
+    /// A replica that becomes owner waits at most this long for the others to report their
+    /// leases before it grants slots of the deployments it took over.
+    pub handover_settle_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9190)),
+            advertise: None,
+            peers: Vec::new(),
+            peer_service: None,
+            secret_file: None,
+            fallback: FallbackMode::Local,
+            lease_margin_ms: 1_000,
+            handover_settle_ms: 250,
+        }
+    }
+}
+
+/// The router's headless Service in Kubernetes.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerServiceConfig {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name (the EndpointSlices carry it as `kubernetes.io/service-name`).
+    pub name: String,
+}
+
+/// Admission when the owner of a deployment is unreachable.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FallbackMode {
+    /// Admit against this replica's own per-pod cap (requests keep flowing; the cap may be
+    /// exceeded cluster-wide meanwhile, and it is counted).
+    #[default]
+    Local,
+    /// Answer 503 until an owner is reachable again.
+    Reject,
+}
+
 /// A configuration problem, said so a person can fix it.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -415,6 +481,9 @@ impl RouterConfig {
                 )));
             }
         }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate(self.discovery.kube.is_some())?;
+        }
         if self.limits.max_header_bytes < 8192 {
             return Err(ConfigError(format!(
                 "field `limits.max_header_bytes`: {} is below the 8192-byte minimum HTTP/1 parsing needs",
@@ -446,6 +515,53 @@ fn valid_namespace(ns: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !ns.starts_with('-')
         && !ns.ends_with('-')
+}
+
+impl ClusterConfig {
+    /// Checks the cluster section; `kube` says whether routes come from Kubernetes.
+    pub fn validate(&self, kube: bool) -> Result<(), ConfigError> {
+        match (&self.peer_service, self.peers.is_empty()) {
+            (Some(_), false) => {
+                return Err(ConfigError(
+                    "field `cluster`: both `peers` and `peer_service` are set: keep `peers` for a \
+                     static list, or `peer_service` to find the replicas through Kubernetes"
+                        .into(),
+                ))
+            }
+            (Some(_), true) if !kube => {
+                return Err(ConfigError(
+                    "field `cluster.peer_service`: finding replicas through their Service needs \
+                     Kubernetes discovery: set `discovery.kube`, or list the replicas in `cluster.peers`"
+                        .into(),
+                ))
+            }
+            (None, true) => {
+                return Err(ConfigError(
+                    "field `cluster`: no way to find the other replicas: list every replica's address \
+                     in `cluster.peers` (this one's included), or name the router's headless Service \
+                     in `cluster.peer_service`"
+                        .into(),
+                ))
+            }
+            _ => {}
+        }
+        if let Some(service) = &self.peer_service {
+            if !valid_namespace(&service.namespace) {
+                return Err(ConfigError(format!(
+                    "field `cluster.peer_service.namespace`: `{}` is not a namespace name",
+                    service.namespace
+                )));
+            }
+        }
+        if self.lease_margin_ms == 0 {
+            return Err(ConfigError(
+                "field `cluster.lease_margin_ms`: 0 would expire leases while their response still \
+                 streams: use at least 1 (default 1000)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod auth;
 pub mod balance;
 pub mod body;
+pub mod cluster;
 pub mod config;
 pub mod crd;
 pub mod demo;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::admin::{self, AdminState};
+use crate::cluster::{self, Admitter, Cluster};
 use crate::config::RouterConfig;
 use crate::config::TlsConfig;
 use crate::discovery::{file, kube as kube_discovery, Publisher, Readiness};
@@ -30,6 +31,7 @@ pub struct Router {
     table: TableHandle,
     metrics: Metrics,
     readiness: Readiness,
+    cluster: Option<Arc<Cluster>>,
     background: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -68,12 +70,58 @@ impl Router {
             );
         }
 
+        let cluster = match &config.cluster {
+            None => None,
+            Some(settings) => {
+                let listener = server::bind(settings.listen).with_context(|| {
+                    format!(
+                        "cannot listen on {} (cluster.listen): is another process using it? pick another port",
+                        settings.listen
+                    )
+                })?;
+                let bound = listener.local_addr()?;
+                let cluster = Cluster::new(
+                    settings,
+                    bound,
+                    table.clone(),
+                    readiness.clone(),
+                    lifecycle.shutting_down.clone(),
+                    &metrics,
+                )?;
+                background.push(tokio::spawn(cluster::server::serve(
+                    listener,
+                    cluster.clone(),
+                )));
+                background.push(cluster.start());
+                match &settings.peer_service {
+                    Some(service) => {
+                        let client = kube_client.as_ref().context(
+                            "cluster.peer_service needs Kubernetes discovery: set discovery.kube",
+                        )?;
+                        background.push(cluster::kube_peers::watch(
+                            client.clone(),
+                            service,
+                            cluster.port(),
+                            cluster.clone(),
+                        ));
+                    }
+                    None => cluster.set_peers(&settings.peers),
+                }
+                tracing::info!(me = %cluster.me(), "coordinated admission is on");
+                Some(cluster)
+            }
+        };
+        let admitter = match &cluster {
+            Some(cluster) => Admitter::Coordinated(cluster.clone()),
+            None => Admitter::Local,
+        };
         let upstream = Upstream::new(
             Duration::from_millis(config.upstream.connect_timeout_ms),
             Duration::from_millis(config.upstream.idle_timeout_ms),
         );
         let proxy = Arc::new(Proxy::new(
             table.clone(),
+            admitter,
             upstream,
             ProxySettings {
                 max_request_body_bytes: config.limits.max_request_body_bytes,
@@ -176,8 +224,14 @@ impl Router {
             table,
             metrics,
             readiness,
+            cluster,
             background: background.disarm(),
         })
+    }
+
+    /// This replica's part of the cluster, with coordinated admission.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
     }
 
     /// The plain-HTTP address, when plain HTTP is allowed.
@@ -241,6 +295,9 @@ impl Router {
                 open = self.lifecycle.connections.len(),
                 "grace period over; closing the remaining connections"
             );
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.stop();
         }
         for task in self.background {
             task.abort();

@@ -31,6 +31,8 @@ pub enum RouterError {
     QueueTimeout,
     /// The deployment has no ready pod.
     NoReadyPod,
+    /// The replica that owns the deployment's slots cannot be reached (fallback `reject`).
+    OwnerUnreachable,
     /// The pod sent no response headers within `request_timeout_ms`.
     UpstreamTimeout,
     /// No pod could be connected to.
@@ -55,7 +57,9 @@ impl RouterError {
             | RouterError::DeploymentNotFound => StatusCode::NOT_FOUND,
             RouterError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             RouterError::QueueFull => StatusCode::TOO_MANY_REQUESTS,
-            RouterError::QueueTimeout | RouterError::NoReadyPod => StatusCode::SERVICE_UNAVAILABLE,
+            RouterError::QueueTimeout | RouterError::NoReadyPod | RouterError::OwnerUnreachable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             RouterError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             RouterError::UpstreamConnectFailed | RouterError::UpstreamFailed => {
                 StatusCode::BAD_GATEWAY
@@ -79,6 +83,7 @@ impl RouterError {
             RouterError::QueueFull => "QueueFull",
             RouterError::QueueTimeout => "QueueTimeout",
             RouterError::NoReadyPod => "NoReadyPod",
+            RouterError::OwnerUnreachable => "OwnerUnreachable",
             RouterError::UpstreamTimeout => "UpstreamTimeout",
             RouterError::UpstreamConnectFailed => "UpstreamConnectFailed",
             RouterError::UpstreamFailed => "UpstreamFailed",
@@ -110,6 +115,9 @@ impl RouterError {
                 "no model pod was free within max_queue_wait_ms: retry later, or add capacity"
             }
             RouterError::NoReadyPod => "the deployment has no ready model pod: retry later",
+            RouterError::OwnerUnreachable => {
+                "the router replica that admits requests for this deployment cannot be reached: retry later"
+            }
             RouterError::UpstreamTimeout => {
                 "the model did not respond within request_timeout_ms: raise the timeout or speed up scoring"
             }
@@ -168,7 +176,10 @@ pub fn error_response(error: RouterError, request_id: &str) -> Response<Response
                 HeaderValue::from_static("Bearer error=\"invalid_token\""),
             );
         }
-        RouterError::QueueFull | RouterError::QueueTimeout | RouterError::NoReadyPod => {
+        RouterError::QueueFull
+        | RouterError::QueueTimeout
+        | RouterError::NoReadyPod
+        | RouterError::OwnerUnreachable => {
             headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         _ => {}

@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 
 use crate::balance::{AdmitError, Slot};
 use crate::body::{MirrorTee, RequestBody, RequestBodyError, ResponseBody};
+use crate::cluster::Admitter;
 use crate::table::{Deployment, TableHandle};
 use crate::telemetry::{AccessLog, Metrics, RequestRecord, StatusCounters};
 use crate::upstream::{PooledSender, SendError, Upstream};
@@ -87,6 +88,7 @@ impl Rejection {
 /// The router's request handler.
 pub struct Proxy {
     table: TableHandle,
+    admitter: Admitter,
     upstream: Upstream,
     settings: ProxySettings,
     access_log: AccessLog,
@@ -106,9 +108,10 @@ enum ForwardError {
 }
 
 impl Proxy {
-    /// A proxy reading routes from `table`.
+    /// A proxy reading routes from `table` and admitting through `admitter`.
     pub fn new(
         table: TableHandle,
+        admitter: Admitter,
         upstream: Upstream,
         settings: ProxySettings,
         access_log: AccessLog,
@@ -116,6 +119,7 @@ impl Proxy {
     ) -> Self {
         Proxy {
             table,
+            admitter,
             upstream,
             settings,
             access_log,
@@ -196,15 +200,16 @@ impl Proxy {
 
         // 5 admit
         let max_wait = Duration::from_millis(deployment.settings.max_queue_wait_ms);
-        let slot = deployment
-            .admission
-            .admit(&deployment.pods, max_wait)
+        let slot = self
+            .admitter
+            .admit(&deployment, max_wait)
             .await
             .map_err(|e| {
                 reject(match e {
                     AdmitError::NoReadyPod => RouterError::NoReadyPod,
                     AdmitError::QueueFull => RouterError::QueueFull,
                     AdmitError::QueueTimeout => RouterError::QueueTimeout,
+                    AdmitError::OwnerUnreachable => RouterError::OwnerUnreachable,
                 })
             })?;
         let queue_wait = started.elapsed();
@@ -364,7 +369,7 @@ impl Proxy {
     /// on another pod that has a free slot now.
     async fn forward(
         &self,
-        deployment: &Deployment,
+        deployment: &Arc<Deployment>,
         slot: Slot,
         request: Request<RequestBody>,
     ) -> Result<Exchange, ForwardError> {
@@ -384,9 +389,10 @@ impl Proxy {
             }
         };
         drop(slot);
-        let retry = deployment
-            .admission
-            .try_acquire_excluding(&deployment.pods, Some(&failed_pod))
+        let retry = self
+            .admitter
+            .retry(deployment, &failed_pod)
+            .await
             .ok_or(ForwardError::ConnectFailed)?;
         match self.upstream.send(retry.pod(), *request).await {
             Ok((response, sender)) => Ok(Exchange {

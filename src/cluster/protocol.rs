@@ -1,0 +1,65 @@
+//! The coordination protocol between replicas: HTTP/2 requests on the internal port, each
+//! carrying the shared credential.
+//!
+//! - `GET /v1/hello` → 200 with a challenge and the answering replica's proof of the credential
+//!   (see [`super::credential`]), and whether it is ready to own deployments.
+//! - `POST /v1/auth` → 204 when the connecting replica's proof is right, 401 otherwise; every
+//!   other request on a connection that has not passed it is answered 401.
+//! - `POST /v1/grant` (deployment, wait budget, optional pod to avoid) → 200 with the pod, the
+//!   response and request streams then stay open as the lease; or 429 / 503 with the reason,
+//!   meaning what they mean to a client; 404 when the owner does not know the deployment.
+//! - `POST /v1/adopt` (deployment, pod, time left) → 200 and a lease on a slot the requester
+//!   already holds, reported to a new owner after ownership moved.
+//! - `POST /v1/synced` (view) → 204: the sender has reported all its leases for that view.
+//!
+//! A lease ends when the requester ends its request body, resets the stream or loses the
+//! connection, or when it expires.
+
+use http::HeaderName;
+
+/// Readiness and credential check.
+pub const HELLO: &str = "/v1/hello";
+/// The connecting replica's proof of the credential.
+pub const AUTH: &str = "/v1/auth";
+/// Ask for a slot.
+pub const GRANT: &str = "/v1/grant";
+/// Report a held slot to a new owner.
+pub const ADOPT: &str = "/v1/adopt";
+/// All leases reported for a view.
+pub const SYNCED: &str = "/v1/synced";
+
+/// `endpoint/deployment`.
+pub static DEPLOYMENT: HeaderName = HeaderName::from_static("x-scoregate-deployment");
+/// Milliseconds the requester can wait in the owner's queue.
+pub static WAIT_MS: HeaderName = HeaderName::from_static("x-scoregate-wait-ms");
+/// A pod the grant must not choose (a retry after a failed connection).
+pub static EXCLUDE: HeaderName = HeaderName::from_static("x-scoregate-exclude");
+/// The granted (or adopted) pod, `ip:port`.
+pub static POD: HeaderName = HeaderName::from_static("x-scoregate-pod");
+/// Milliseconds until an adopted lease expires.
+pub static LEASE_MS: HeaderName = HeaderName::from_static("x-scoregate-lease-ms");
+/// Why a grant was refused: one of the `REASON_*` values.
+pub static REASON: HeaderName = HeaderName::from_static("x-scoregate-reason");
+/// The sender's identity (its advertised address).
+pub static PEER: HeaderName = HeaderName::from_static("x-scoregate-peer");
+/// `true` when the answering replica is ready to own deployments.
+pub static READY: HeaderName = HeaderName::from_static("x-scoregate-ready");
+/// A view of the live replicas, as its hash in hexadecimal.
+pub static VIEW: HeaderName = HeaderName::from_static("x-scoregate-view");
+
+/// The deployment has no routable pod.
+pub const REASON_NO_READY_POD: &str = "no-ready-pod";
+/// The request waited its whole budget.
+pub const REASON_QUEUE_TIMEOUT: &str = "queue-timeout";
+/// The queue is at its bound.
+pub const REASON_QUEUE_FULL: &str = "queue-full";
+/// The replica is not ready (still loading routes, or draining).
+pub const REASON_NOT_READY: &str = "not-ready";
+/// The owner does not know the deployment.
+pub const REASON_UNKNOWN_DEPLOYMENT: &str = "unknown-deployment";
+
+/// `endpoint/deployment` split into its two names.
+pub fn split_key(key: &str) -> Option<(&str, &str)> {
+    let (endpoint, deployment) = key.split_once('/')?;
+    (!endpoint.is_empty() && !deployment.is_empty()).then_some((endpoint, deployment))
+}

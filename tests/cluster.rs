@@ -1,0 +1,390 @@
+//! Coordinated admission across router replicas (issue 7): the per-pod cap holds cluster-wide,
+//! ownership moves with the live replicas without over-admitting, a replica without the shared
+//! credential is refused, and an unreachable owner means the configured fallback.
+//!
+//! Routers run in this process (each with its own cluster port on 127.0.0.1) unless a test
+//! needs to kill one, which then runs the real binary. No test asserts a duration.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use scoregate::cluster::ring;
+use scoregate::config::{ClusterConfig, FallbackMode, RouterConfig};
+use scoregate::sample_model::SampleModel;
+use support::load::Load;
+use support::*;
+
+const SECRET: &str = "cluster-secret-for-tests-0123456789";
+
+/// A port free on 127.0.0.1 now (probed, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn cluster_addresses(n: usize) -> Vec<SocketAddr> {
+    (0..n)
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+        .collect()
+}
+
+fn write_secret(dir: &Path, secret: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("secret-{}", fastrand::u32(..)));
+    std::fs::write(&path, format!("{secret}\n")).unwrap();
+    path
+}
+
+fn cluster_config(me: SocketAddr, peers: &[SocketAddr], secret_file: &Path) -> ClusterConfig {
+    ClusterConfig {
+        listen: me,
+        peers: peers.to_vec(),
+        secret_file: Some(secret_file.to_path_buf()),
+        ..ClusterConfig::default()
+    }
+}
+
+/// Starts one router per address, all listing each other, and waits until every one sees all.
+async fn start_replicas(
+    routes_yaml: &str,
+    addresses: &[SocketAddr],
+    secret_dir: &Path,
+    tweak: impl Fn(&mut RouterConfig),
+) -> Vec<Harness> {
+    let secret = write_secret(secret_dir, SECRET);
+    let mut routers = Vec::new();
+    for me in addresses {
+        let config = cluster_config(*me, addresses, &secret);
+        routers.push(
+            Harness::start_with(routes_yaml, |c| {
+                c.cluster = Some(config);
+                tweak(c);
+            })
+            .await,
+        );
+    }
+    wait_for_members(&routers, addresses.len()).await;
+    routers
+}
+
+async fn wait_for_members(routers: &[Harness], n: usize) {
+    guard("every replica seeing the others", async {
+        loop {
+            let agreed = routers.iter().all(|h| {
+                let cluster = h.router.as_ref().unwrap().cluster().unwrap();
+                cluster.view().members().len() == n
+            });
+            if agreed {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+fn owner_of(addresses: &[SocketAddr], endpoint: &str, deployment: &str) -> usize {
+    let ids: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+    let owner = ring::owner(&ids, endpoint, deployment).unwrap();
+    addresses
+        .iter()
+        .position(|a| a.to_string() == ids[owner])
+        .unwrap()
+}
+
+async fn pods(n: usize) -> Vec<SampleModel> {
+    let mut pods = Vec::new();
+    for i in 0..n {
+        pods.push(SampleModel::start_local(&format!("pod-{i}")).await.unwrap());
+    }
+    pods
+}
+
+fn addresses_of(pods: &[SampleModel]) -> Vec<SocketAddr> {
+    pods.iter().map(|p| p.address()).collect()
+}
+
+const CAP_ONE: &str =
+    "max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 10000, max_queue_length: 1000";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_never_put_two_requests_on_a_pod_of_cap_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let pods = pods(2).await;
+    let routes = simple_routes("credit", &addresses_of(&pods), CAP_ONE);
+    let addresses = cluster_addresses(3);
+    let routers = start_replicas(&routes, &addresses, dir.path(), |_| {}).await;
+    let owner = owner_of(&addresses, "credit", "blue");
+
+    let urls: Vec<String> = routers
+        .iter()
+        .map(|r| r.url("credit", "/score?sleep_ms=5"))
+        .collect();
+    let load = Load::start(&urls, 3);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (ok, failed) = load.finish().await;
+
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(ok > 50, "only {ok} requests were served");
+    for pod in &pods {
+        assert_eq!(
+            pod.stats().peak_concurrency(),
+            1,
+            "a pod of cap 1 saw more than one request at once"
+        );
+    }
+    for (i, router) in routers.iter().enumerate() {
+        let remote = router
+            .metric_or_zero("scoregate_cluster_admissions_total", &[("via", "remote")])
+            .await;
+        let as_owner = router
+            .metric_or_zero("scoregate_cluster_admissions_total", &[("via", "owner")])
+            .await;
+        if i == owner {
+            assert!(
+                as_owner > 0.0 && remote == 0.0,
+                "owner: {as_owner} local, {remote} remote"
+            );
+            let served = router
+                .metric_or_zero("scoregate_cluster_grants_served_total", &[])
+                .await;
+            assert!(served > 0.0, "the owner served no grants");
+        } else {
+            assert!(
+                remote > 0.0 && as_owner == 0.0,
+                "replica {i}: {as_owner} as owner, {remote} remote"
+            );
+        }
+        let fallback = router
+            .metric_or_zero("scoregate_cluster_admissions_total", &[("via", "fallback")])
+            .await;
+        assert_eq!(fallback, 0.0, "replica {i} fell back to local admission");
+    }
+    for router in routers {
+        router.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_is_shared_429_and_503_mean_the_same_cluster_wide() {
+    let dir = tempfile::tempdir().unwrap();
+    let pods = pods(1).await;
+    let settings =
+        "max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 300, max_queue_length: 1";
+    let routes = simple_routes("credit", &addresses_of(&pods), settings);
+    let addresses = cluster_addresses(2);
+    let routers = start_replicas(&routes, &addresses, dir.path(), |_| {}).await;
+    let owner = owner_of(&addresses, "credit", "blue");
+    let other = 1 - owner;
+
+    // The only slot, taken through the replica that does not own the deployment.
+    let held = routers[other].hold("credit", &[]).await;
+    assert_eq!(held.status, 200);
+    // One request waits (through the owner) ...
+    let waiting = routers[owner].spawn_score("credit", "");
+    routers[owner].wait_queue_depth("credit", "blue", 1).await;
+    // ... so the next one, through the other replica, finds the shared queue full.
+    let full = routers[other].score("credit", "").await;
+    assert_router_error(&full, 429, "QueueFull");
+    // The waiting one times out in the owner's queue.
+    let timed_out = guard("the queued request", waiting).await.unwrap();
+    assert_router_error(&timed_out, 503, "QueueTimeout");
+    drop(held);
+    // Released through the stream: the slot is free cluster-wide again.
+    let resp = routers[other].score("credit", "").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(pods[0].stats().peak_concurrency(), 1);
+    for router in routers {
+        router.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_owner_counts_the_slots_in_use_before_granting() {
+    let dir = tempfile::tempdir().unwrap();
+    let pods = pods(2).await;
+    let addresses = cluster_addresses(3);
+    // A deployment the third replica will own once it joins.
+    let deployment = (0..200)
+        .map(|i| format!("dep{i}"))
+        .find(|d| owner_of(&addresses, "credit", d) == 2)
+        .unwrap();
+    let routes = routes(
+        &[endpoint(
+            "credit",
+            &[&format!("traffic: {{ {deployment}: 100 }}")],
+        )],
+        &[support::deployment(
+            &deployment,
+            "credit",
+            &addresses_of(&pods),
+            CAP_ONE,
+        )],
+    );
+    let secret = write_secret(dir.path(), SECRET);
+    let mut routers = Vec::new();
+    for me in &addresses[..2] {
+        let config = cluster_config(*me, &addresses, &secret);
+        routers.push(Harness::start_with(&routes, |c| c.cluster = Some(config)).await);
+    }
+    wait_for_members(&routers, 2).await;
+    // Both pods busy: one request through each of the first two replicas.
+    let a = routers[0].hold("credit", &[]).await;
+    let b = routers[1].hold("credit", &[]).await;
+    assert_eq!((a.status.as_u16(), b.status.as_u16()), (200, 200));
+
+    let config = cluster_config(addresses[2], &addresses, &secret);
+    routers.push(Harness::start_with(&routes, |c| c.cluster = Some(config)).await);
+    wait_for_members(&routers, 3).await;
+    let newcomer = &routers[2];
+    newcomer
+        .wait_metric(
+            "scoregate_in_flight_requests",
+            &[("endpoint", "credit"), ("deployment", deployment.as_str())],
+            |v| v == 2.0,
+        )
+        .await;
+    // The new owner knows both pods are busy: a request through it waits instead of landing
+    // on a busy pod.
+    let waiting = newcomer.spawn_score("credit", "");
+    newcomer.wait_queue_depth("credit", &deployment, 1).await;
+    drop(a);
+    let resp = guard("the queued request", waiting).await.unwrap();
+    assert_eq!(resp.status, 200);
+    drop(b);
+    for pod in &pods {
+        assert_eq!(
+            pod.stats().peak_concurrency(),
+            1,
+            "over-admitted during the handover"
+        );
+    }
+    let over = newcomer
+        .metric_or_zero("scoregate_cluster_over_admissions_total", &[])
+        .await;
+    assert_eq!(over, 0.0);
+    let reported: f64 = {
+        let mut sum = 0.0;
+        for r in &routers[..2] {
+            sum += r
+                .metric_or_zero("scoregate_cluster_leases_reported_total", &[])
+                .await;
+        }
+        sum
+    };
+    assert!(
+        reported >= 1.0,
+        "no held slot was reported to the new owner"
+    );
+    for router in routers {
+        router.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_without_the_shared_credential_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pods = pods(1).await;
+    let routes = simple_routes("credit", &addresses_of(&pods), CAP_ONE);
+    let addresses = cluster_addresses(2);
+    let good = write_secret(dir.path(), SECRET);
+    let bad = write_secret(dir.path(), "another-secret-entirely-0123456789");
+    let a = Harness::start_with(&routes, |c| {
+        c.cluster = Some(cluster_config(addresses[0], &addresses, &good))
+    })
+    .await;
+    let b = Harness::start_with(&routes, |c| {
+        c.cluster = Some(cluster_config(addresses[1], &addresses, &bad))
+    })
+    .await;
+    // Both try to connect to each other and both refuse.
+    a.wait_metric("scoregate_cluster_refused_total", &[], |v| v >= 1.0)
+        .await;
+    b.wait_metric("scoregate_cluster_refused_total", &[], |v| v >= 1.0)
+        .await;
+    for h in [&a, &b] {
+        let view = h.router.as_ref().unwrap().cluster().unwrap().view();
+        assert_eq!(
+            view.members().len(),
+            1,
+            "a replica with another secret was admitted"
+        );
+    }
+
+    // A plain HTTP/2 client that skips the handshake gets 401 for a grant.
+    let stream = tokio::net::TcpStream::connect(addresses[0]).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake::<_, _, http_body_util::Empty<bytes::Bytes>>(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let grant = http::Request::post(format!("http://{}/v1/grant", addresses[0]))
+        .header("x-scoregate-deployment", "credit/blue")
+        .header("x-scoregate-wait-ms", "0")
+        .header("authorization", format!("Bearer {SECRET}"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = sender.send_request(grant).await.unwrap();
+    assert_eq!(response.status(), 401);
+    // Each replica still serves on its own.
+    assert_eq!(a.score("credit", "").await.status, 200);
+    assert_eq!(b.score("credit", "").await.status, 200);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_that_cannot_serve_the_deployment_means_the_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let pods = pods(1).await;
+    let secret = write_secret(dir.path(), SECRET);
+    for (mode, expected) in [(FallbackMode::Local, 200), (FallbackMode::Reject, 503)] {
+        // Replica 1 owns the deployment but has not seen its endpoint (its routes lag).
+        let addresses = cluster_addresses(2);
+        let deployment = (0..200)
+            .map(|i| format!("dep{i}"))
+            .find(|d| owner_of(&addresses, "credit", d) == 1)
+            .unwrap();
+        let full_routes = routes(
+            &[endpoint(
+                "credit",
+                &[&format!("traffic: {{ {deployment}: 100 }}")],
+            )],
+            &[support::deployment(
+                &deployment,
+                "credit",
+                &addresses_of(&pods),
+                CAP_ONE,
+            )],
+        );
+        let lagging_routes = simple_routes("other", &addresses_of(&pods), CAP_ONE);
+        let asker = 0;
+        let mut routers = Vec::new();
+        for (i, routes_yaml) in [full_routes, lagging_routes].iter().enumerate() {
+            let mut config = cluster_config(addresses[i], &addresses, &secret);
+            config.fallback = mode;
+            routers.push(Harness::start_with(routes_yaml, |c| c.cluster = Some(config)).await);
+        }
+        wait_for_members(&routers, 2).await;
+        let resp = routers[asker].score("credit", "").await;
+        assert_eq!(resp.status, expected, "fallback {mode:?}: {}", resp.text());
+        if expected == 503 {
+            assert_router_error(&resp, 503, "OwnerUnreachable");
+        }
+        let fallbacks = routers[asker]
+            .metric_or_zero("scoregate_cluster_admissions_total", &[("via", "fallback")])
+            .await;
+        assert_eq!(fallbacks, 1.0);
+        for router in routers {
+            router.shutdown().await;
+        }
+    }
+}

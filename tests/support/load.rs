@@ -1,0 +1,110 @@
+//! A closed-loop load: workers that each send one scoring request after another.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use http_body_util::BodyExt as _;
+
+use super::{client, full, guard, request, KEY};
+
+/// Workers sending scoring requests until [`Load::finish`].
+pub struct Load {
+    ok: Arc<AtomicU64>,
+    failed: Arc<Failures>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// `workers` tasks per URL, each with its own keep-alive connection, POSTing with [`KEY`].
+    pub fn start(urls: &[String], workers: usize) -> Load {
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(Failures::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for url in urls {
+            for _ in 0..workers {
+                let url = url.clone();
+                let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
+                tasks.push(tokio::spawn(async move {
+                    let client = client();
+                    let auth = format!("Bearer {KEY}");
+                    while !stop.load(Ordering::Relaxed) {
+                        let request = request(
+                            http::Method::POST,
+                            &url,
+                            &[("authorization", &auth)],
+                            full("{}"),
+                        );
+                        match client.request(request).await {
+                            Ok(response) if response.status() == 200 => {
+                                match response.into_body().collect().await {
+                                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                                    Err(e) => {
+                                        failed.push(format!("{url}: body: {e}"));
+                                        0
+                                    }
+                                };
+                            }
+                            Ok(response) => {
+                                let status = response.status();
+                                let body =
+                                    response.into_body().collect().await.map(|b| b.to_bytes());
+                                failed.push(format!("{url}: {status} {body:?}"));
+                            }
+                            Err(e) => failed.push(format!("{url}: {e}")),
+                        }
+                    }
+                }));
+            }
+        }
+        Load {
+            ok,
+            failed,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Requests answered 200 so far.
+    pub fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Stops the workers; returns the count of 200s and every failure.
+    pub async fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            guard("a load worker finishing", task).await.unwrap();
+        }
+        (self.ok.load(Ordering::Relaxed), self.failed.summary())
+    }
+}
+
+/// Failed requests: a count and the first few, so a broken run stays readable.
+#[derive(Default)]
+struct Failures {
+    count: AtomicU64,
+    first: parking_lot::Mutex<Vec<String>>,
+}
+
+impl Failures {
+    fn push(&self, what: String) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first.lock();
+        if first.len() < 5 {
+            first.push(what);
+        }
+    }
+
+    /// Empty when nothing failed; else the count, then the first failures.
+    fn summary(&self) -> Vec<String> {
+        let count = self.count.load(Ordering::Relaxed);
+        if count == 0 {
+            return Vec::new();
+        }
+        let mut all = vec![format!("{count} failed requests, the first:")];
+        all.extend(self.first.lock().iter().cloned());
+        all
+    }
+}
