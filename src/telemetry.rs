@@ -62,6 +62,12 @@ const DURATION_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
+/// Buckets for remote grant latency, in seconds: 25 µs steps up to 300 µs, then coarser.
+const GRANT_BUCKETS: &[f64] = &[
+    0.000025, 0.00005, 0.000075, 0.0001, 0.000125, 0.00015, 0.000175, 0.0002, 0.00025, 0.0003,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.1, 1.0,
+];
+
 /// A router's metrics registry.
 #[derive(Clone)]
 pub struct Metrics {
@@ -84,6 +90,11 @@ impl Metrics {
     pub fn new() -> Self {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), DURATION_BUCKETS)
+            .expect("the bucket list is not empty")
+            .set_buckets_for_metric(
+                Matcher::Full(crate::cluster::metrics::names::GRANT_DURATION.into()),
+                GRANT_BUCKETS,
+            )
             .expect("the bucket list is not empty")
             .build_recorder();
         let handle = recorder.handle();

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use scoregate::cluster::credential::Credential;
 use scoregate::cluster::ring;
 use scoregate::config::{ClusterConfig, FallbackMode, RouterConfig};
 use scoregate::sample_model::SampleModel;
@@ -387,4 +388,101 @@ async fn an_owner_that_cannot_serve_the_deployment_means_the_fallback() {
             router.shutdown().await;
         }
     }
+}
+
+/// A connection to a replica's cluster port that proved the credential, as a peer's would,
+/// made with the `h2` crate so that aborting the returned task closes the socket at once.
+async fn authenticated_peer(
+    address: SocketAddr,
+    secret: &str,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<()>,
+) {
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (sender, connection) = h2::client::handshake(stream).await.unwrap();
+    let connection = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut sender = sender.ready().await.unwrap();
+    let credential = Credential::new(secret.as_bytes()).unwrap();
+    let nonce = Credential::nonce();
+    let hello = http::Request::get(format!("http://{address}/v1/hello"))
+        .header("x-scoregate-nonce", &nonce)
+        .body(())
+        .unwrap();
+    let (response, _) = sender.send_request(hello, true).unwrap();
+    let response = response.await.unwrap();
+    let server_nonce = response.headers()["x-scoregate-nonce"].as_bytes().to_vec();
+    let proof = response.headers()["x-scoregate-proof"].as_bytes();
+    assert!(credential.verify_server(nonce.as_bytes(), &server_nonce, proof));
+    let auth = http::Request::post(format!("http://{address}/v1/auth"))
+        .header("x-scoregate-proof", credential.client_proof(&server_nonce))
+        .body(())
+        .unwrap();
+    let (response, _) = sender.send_request(auth, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 204);
+    (sender, connection)
+}
+
+/// Asks for a slot of `credit/blue`; the lease lasts while the returned stream is open.
+async fn grant(
+    sender: &mut h2::client::SendRequest<bytes::Bytes>,
+    address: SocketAddr,
+) -> (http::Response<h2::RecvStream>, h2::SendStream<bytes::Bytes>) {
+    let request = http::Request::post(format!("http://{address}/v1/grant"))
+        .header("x-scoregate-deployment", "credit/blue")
+        .header("x-scoregate-wait-ms", "0")
+        .body(())
+        .unwrap();
+    let (response, stream) = sender.send_request(request, false).unwrap();
+    (response.await.unwrap(), stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_never_released_expires_and_a_vanished_peer_frees_its_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let pods = pods(1).await;
+    let settings = "max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 20000, request_timeout_ms: 300";
+    let routes = simple_routes("credit", &addresses_of(&pods), settings);
+    let me = cluster_addresses(1)[0];
+    let secret = write_secret(dir.path(), SECRET);
+    let mut config = cluster_config(me, &[me], &secret);
+    config.lease_margin_ms = 100;
+    let router = Harness::start_with(&routes, |c| c.cluster = Some(config)).await;
+    wait_for_members(std::slice::from_ref(&router), 1).await;
+
+    // A peer takes the only slot and never releases it: the lease runs out by itself
+    // (request_timeout_ms + lease_margin_ms) and the waiting request gets the pod.
+    let (mut peer, _connection) = authenticated_peer(me, SECRET).await;
+    let (granted, _kept_open) = grant(&mut peer, me).await;
+    assert_eq!(granted.status(), 200);
+    assert_eq!(
+        granted.headers()["x-scoregate-pod"].to_str().unwrap(),
+        pods[0].address().to_string()
+    );
+    let resp = router.score("credit", "").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        router
+            .metric_or_zero("scoregate_cluster_lease_expiries_total", &[])
+            .await,
+        1.0
+    );
+
+    // A peer whose connection goes away frees its slots at once, long before they expire.
+    let (mut peer, connection) = authenticated_peer(me, SECRET).await;
+    let (granted, _kept_open) = grant(&mut peer, me).await;
+    assert_eq!(granted.status(), 200);
+    router.wait_in_flight("credit", "blue", 1).await;
+    connection.abort();
+    router.wait_in_flight("credit", "blue", 0).await;
+    assert_eq!(
+        router
+            .metric_or_zero("scoregate_cluster_lease_expiries_total", &[])
+            .await,
+        1.0,
+        "the slot was freed by expiry, not by the connection closing"
+    );
+    router.shutdown().await;
 }

@@ -510,6 +510,9 @@ impl Cluster {
         let asked = Instant::now();
         let wait = deadline.saturating_duration_since(asked);
         let released = CancellationToken::new();
+        // Ends the request stream (and with it a grant the owner may already have given) on
+        // every way out but success, the future being dropped included.
+        let release_unless_granted = released.clone().drop_guard();
         let mut request = self
             .request(protocol::GRANT)
             .header(
@@ -580,6 +583,7 @@ impl Cluster {
             .find(|p| p.address() == address)
             .cloned()
             .unwrap_or_else(|| Arc::new(Pod::new(address)));
+        release_unless_granted.disarm();
         let (mut slot, _) = deployment.admission.force_acquire(&pod);
         let expires = Instant::now()
             + Duration::from_millis(deployment.settings.request_timeout_ms)

@@ -43,6 +43,9 @@ pub async fn serve(listener: TcpListener, cluster: Arc<Cluster>) {
     builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_STREAMS_PER_PEER)
+        // Abandoned grant requests are reset by their requester: allow many from a peer that
+        // proved the credential (a connection that did not gets nothing but 401s).
+        .max_pending_accept_reset_streams(Some(1024))
         .keep_alive_interval(Some(Duration::from_secs(1)))
         .keep_alive_timeout(Duration::from_secs(2));
     loop {
