@@ -66,6 +66,14 @@ impl Credential {
         Credential::new(text.trim_ascii())
     }
 
+    /// A new random credential: 32 bytes from the system's generator, base64url.
+    pub fn generate() -> Result<String, String> {
+        let mut bytes = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut bytes)
+            .map_err(|_| "the system's random generator failed".to_string())?;
+        Ok(URL_SAFE_NO_PAD.encode(bytes))
+    }
+
     /// A fresh random nonce.
     pub fn nonce() -> String {
         let mut bytes = [0u8; 16];

@@ -78,7 +78,27 @@ pub async fn apply(
 ) -> anyhow::Result<ApplyOutcome> {
     let mut outcome = ApplyOutcome::default();
     let params = PatchParams::apply(meta::FIELD_MANAGER).force();
-    for object in &manifest.objects {
+    let cluster_secret_at = manifest
+        .objects
+        .iter()
+        .position(|o| o["kind"].as_str() == Some("Deployment"));
+    for (index, object) in manifest.objects.iter().enumerate() {
+        // The replicas' credential exists before the router that reads it.
+        if Some(index) == cluster_secret_at && needs_cluster_secret(manifest) {
+            let extension = object["metadata"]["labels"][meta::EXTENSION_LABEL]
+                .as_str()
+                .unwrap_or_default();
+            let made = ensure_cluster_secret(client, extension).await?;
+            outcome.applied.push(format!(
+                "Secret/{} ({})",
+                meta::CLUSTER_SECRET,
+                if made {
+                    "created with a new random credential"
+                } else {
+                    "kept"
+                }
+            ));
+        }
         let reference = object_ref(object);
         let kind = kinds::of(object).with_context(|| {
             format!("{reference}: the installer does not know this kind (a bug)")
@@ -107,6 +127,49 @@ pub async fn apply(
         outcome.applied.push(reference);
     }
     Ok(outcome)
+}
+
+/// Whether the rendered router coordinates admission with its replicas.
+fn needs_cluster_secret(manifest: &Manifest) -> bool {
+    manifest
+        .router_config
+        .as_ref()
+        .is_some_and(|c| c.cluster.is_some())
+}
+
+/// Creates Secret `azureml-fe-cluster` with a random credential unless it exists; never changes
+/// an existing one (replicas must agree on it, and rotating it mid-rollout would split them).
+/// Says whether it was created.
+async fn ensure_cluster_secret(client: &Client, extension: &str) -> anyhow::Result<bool> {
+    use k8s_openapi::api::core::v1::Secret;
+    use k8s_openapi::ByteString;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), meta::NAMESPACE);
+    let reference = format!("Secret/{}", meta::CLUSTER_SECRET);
+    if secrets
+        .get_opt(meta::CLUSTER_SECRET)
+        .await
+        .map_err(|e| explain(e, "read", &reference))?
+        .is_some()
+    {
+        return Ok(false);
+    }
+    let credential =
+        scoregate::cluster::credential::Credential::generate().map_err(anyhow::Error::msg)?;
+    let secret = Secret {
+        metadata: meta::namespaced(meta::CLUSTER_SECRET, extension, "router"),
+        type_: Some("Opaque".to_owned()),
+        data: Some(std::collections::BTreeMap::from([(
+            crate::render::config::CLUSTER_SECRET_KEY.to_owned(),
+            ByteString(credential.into_bytes()),
+        )])),
+        ..Secret::default()
+    };
+    match secrets.create(&Default::default(), &secret).await {
+        Ok(_) => Ok(true),
+        // Another installer made it meanwhile: keep theirs.
+        Err(e) if is_status(&e, 409) => Ok(false),
+        Err(e) => Err(explain(e, "create", &reference)),
+    }
 }
 
 /// Turns an API error into a message naming the object and the operation.
@@ -155,7 +218,10 @@ pub async fn prune(
     extension: &str,
     manifest: &Manifest,
 ) -> anyhow::Result<RemoveOutcome> {
-    let keep: Vec<String> = manifest.objects.iter().map(object_ref).collect();
+    let mut keep: Vec<String> = manifest.objects.iter().map(object_ref).collect();
+    if needs_cluster_secret(manifest) {
+        keep.push(format!("Secret/{}", meta::CLUSTER_SECRET));
+    }
     let mut outcome = RemoveOutcome::default();
     let mut found = labelled(client, extension).await?;
     found.reverse();

@@ -210,6 +210,19 @@ async fn create_show_update_delete() {
     assert!(cluster
         .get("v1", "Secret", "azureml", "azureml-fe-tls")
         .is_some());
+    // HA: the replicas share a random credential and find each other through a headless Service.
+    let credential = cluster
+        .get("v1", "Secret", "azureml", "azureml-fe-cluster")
+        .expect("the cluster credential is created");
+    let credential = credential["data"]["secret"].as_str().unwrap().to_owned();
+    assert!(
+        credential.len() >= 40,
+        "32 random bytes, base64: {credential}"
+    );
+    let peers = cluster
+        .get("v1", "Service", "azureml", "azureml-fe-peers")
+        .unwrap();
+    assert_eq!(peers["spec"]["clusterIP"], "None");
     assert!(cluster
         .get(
             "apiextensions.k8s.io/v1",
@@ -342,6 +355,14 @@ async fn create_show_update_delete() {
     assert_eq!(
         deployment["metadata"]["generation"], 2,
         "the config digest rolled the router"
+    );
+    assert_eq!(
+        cluster
+            .get("v1", "Secret", "azureml", "azureml-fe-cluster")
+            .unwrap()["data"]["secret"]
+            .as_str(),
+        Some(credential.as_str()),
+        "an update keeps the replicas' credential"
     );
 
     // Turning the plugin off again prunes it; the rest stays.

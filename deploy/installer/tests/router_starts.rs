@@ -176,6 +176,26 @@ fn start(manifest: &Manifest, world: &World) -> Router {
         tls.cert_file = Some(dir.path().join("tls/cert.pem"));
         tls.key_file = Some(dir.path().join("tls/key.pem"));
     }
+    if let Some(cluster) = config.cluster.as_mut() {
+        // HA: the replicas' credential as `scoregate-ext` creates it, at the projected path's
+        // place; the internal port on loopback (the pod would advertise $POD_IP).
+        let service = cluster
+            .peer_service
+            .as_ref()
+            .expect("replicas find each other by Service");
+        assert!(
+            manifest.find("Service", &service.name).is_some(),
+            "the peer Service is rendered"
+        );
+        let secret = dir.path().join("cluster-secret");
+        std::fs::write(
+            &secret,
+            scoregate::cluster::credential::Credential::generate().unwrap(),
+        )
+        .unwrap();
+        cluster.secret_file = Some(secret);
+        cluster.listen = free_port();
+    }
     let kube = config
         .discovery
         .kube

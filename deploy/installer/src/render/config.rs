@@ -3,9 +3,12 @@
 //! [`CONFIG_PATH`] and passes with `scoregate serve --config`.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use scoregate::config::{KubeDiscoveryConfig, RouterConfig, ShutdownConfig, TlsConfig};
+use scoregate::config::{
+    ClusterConfig, KubeDiscoveryConfig, PeerServiceConfig, RouterConfig, ShutdownConfig, TlsConfig,
+};
 use scoregate::telemetry::LogFormat;
 
 use super::meta;
@@ -21,6 +24,12 @@ pub const CONFIG_KEY: &str = "config.yaml";
 pub const TLS_CERT_PATH: &str = "/etc/scoregate/tls/cert.pem";
 /// The private key, projected from the TLS Secret's `key.pem`.
 pub const TLS_KEY_PATH: &str = "/etc/scoregate/tls/key.pem";
+/// The cluster credential, projected from the cluster Secret's [`CLUSTER_SECRET_KEY`].
+pub const CLUSTER_SECRET_PATH: &str = "/etc/scoregate/cluster/secret";
+/// The key of the credential in the cluster Secret.
+pub const CLUSTER_SECRET_KEY: &str = "secret";
+/// The replicas' internal port for coordinated admission.
+pub const CLUSTER_PORT: u16 = 9190;
 /// Worker threads: the CPU limit (azureml-fe's 2 vCPU, §1), so the runtime never oversubscribes it.
 pub const WORKERS: usize = 2;
 
@@ -59,6 +68,19 @@ pub fn router_config(plan: &InferencePlan) -> RouterConfig {
         grace_period_ms: ShutdownConfig::default().grace_period_ms,
     };
     config.log.format = LogFormat::Json;
+    // Three replicas share each pod's cap, as azureml-fe's do (§1): they find each other through
+    // their headless Service and reach each other on the pod IP ($POD_IP, downward API).
+    if plan.ha {
+        config.cluster = Some(ClusterConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], CLUSTER_PORT)),
+            peer_service: Some(PeerServiceConfig {
+                namespace: meta::NAMESPACE.to_owned(),
+                name: meta::PEER_SERVICE.to_owned(),
+            }),
+            secret_file: Some(CLUSTER_SECRET_PATH.into()),
+            ..ClusterConfig::default()
+        });
+    }
     config
 }
 

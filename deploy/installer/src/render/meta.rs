@@ -19,6 +19,11 @@ pub const METRICS_SERVICE: &str = "azureml-fe-metrics";
 pub const CONFIG_MAP: &str = "azureml-fe-config";
 /// The TLS Secret made from `sslCertPemFile`/`sslKeyPemFile`.
 pub const TLS_SECRET: &str = "azureml-fe-tls";
+/// The headless Service whose EndpointSlices list the router replicas to each other (HA).
+pub const PEER_SERVICE: &str = "azureml-fe-peers";
+/// The Secret holding the replicas' shared cluster credential (HA), made once by `create` with
+/// random bytes and kept by every `update`.
+pub const CLUSTER_SECRET: &str = "azureml-fe-cluster";
 /// The router's ClusterRole and ClusterRoleBinding.
 pub const CLUSTER_ROLE: &str = "scoregate-router";
 /// The pod label Azure ML's router pods carry (§1), and the router's selector.

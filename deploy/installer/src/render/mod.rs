@@ -43,7 +43,7 @@ fn value<T: Serialize>(object: &T) -> serde_yaml::Value {
 /// Renders `plan` for the extension described by `record`.
 pub fn render(plan: &Plan, record: &ExtensionRecord) -> Manifest {
     let ext = record.name.as_str();
-    let notices = plan.notices.clone();
+    let mut notices = plan.notices.clone();
     let mut objects = vec![
         value(&Namespace {
             metadata: meta::cluster_scoped(meta::NAMESPACE, ext, "namespace"),
@@ -75,6 +75,15 @@ pub fn render(plan: &Plan, record: &ExtensionRecord) -> Manifest {
         )));
         objects.push(value(&router::disruption_budget(ext)));
         objects.push(value(&service::scoring(inference, ext)));
+        if let Some(cluster) = &cfg.cluster {
+            objects.push(value(&service::peers(ext, cluster.listen.port())));
+            notices.push(Notice::general(format!(
+                "Secret {}/{} (the replicas' shared cluster credential) is not in this manifest: \
+                 scoregate-ext creates it once with 32 random bytes and keeps it on every update",
+                meta::NAMESPACE,
+                meta::CLUSTER_SECRET
+            )));
+        }
         if plan.service_monitors {
             objects.push(value(&service::metrics(ext, cfg.listen.admin.port())));
             objects.push(value(&monitoring::service_monitor(

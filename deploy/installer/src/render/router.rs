@@ -12,10 +12,11 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, ConfigMapProjection, Container, ContainerPort, HTTPGetAction,
-    KeyToPath, Lifecycle, LifecycleHandler, PodAffinityTerm, PodAntiAffinity, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
-    SecretProjection, SecurityContext, SleepAction, Volume, VolumeMount, VolumeProjection,
+    Affinity, Capabilities, ConfigMapProjection, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodAffinityTerm,
+    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SeccompProfile, SecretProjection, SecurityContext, SleepAction, Volume,
+    VolumeMount, VolumeProjection,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -23,7 +24,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use scoregate::config::RouterConfig;
 
-use super::config::{self, CONFIG_DIR, CONFIG_KEY, CONFIG_PATH, TLS_CERT_PATH, TLS_KEY_PATH};
+use super::config::{
+    self, CLUSTER_SECRET_PATH, CONFIG_DIR, CONFIG_KEY, CONFIG_PATH, TLS_CERT_PATH, TLS_KEY_PATH,
+};
 use super::meta;
 use crate::validate::{InferencePlan, TlsSource, HA_REPLICAS};
 
@@ -38,6 +41,8 @@ pub const CONFIG_DIGEST_ANNOTATION: &str = "scoregate.io/config-digest";
 const HTTP: &str = "http";
 const HTTPS: &str = "https";
 const ADMIN: &str = "admin";
+/// The replicas' internal port; the peer Service's EndpointSlices carry this name.
+const CLUSTER: &str = scoregate::cluster::kube_peers::PORT_NAME;
 const VOLUME: &str = "scoregate";
 
 fn selector_labels() -> BTreeMap<String, String> {
@@ -88,6 +93,23 @@ pub fn deployment(
         ports.push(port(HTTPS, router_config.listen.https.port()));
     }
     ports.push(port(ADMIN, router_config.listen.admin.port()));
+    if let Some(cluster) = &router_config.cluster {
+        ports.push(port(CLUSTER, cluster.listen.port()));
+    }
+    // The replicas advertise their pod IP to each other.
+    let env = router_config.cluster.is_some().then(|| {
+        vec![EnvVar {
+            name: "POD_IP".to_owned(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "status.podIP".to_owned(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        }]
+    });
 
     let container = Container {
         name: "router".to_owned(),
@@ -100,6 +122,7 @@ pub fn deployment(
             CONFIG_PATH.to_owned(),
         ]),
         ports: Some(ports),
+        env,
         readiness_probe: Some(probe("/readyz", 5, 2)),
         liveness_probe: Some(probe("/healthz", 10, 3)),
         resources: Some(ResourceRequirements {
@@ -155,6 +178,22 @@ pub fn deployment(
                     key_to_path("cert.pem", &relative(TLS_CERT_PATH)),
                     key_to_path("key.pem", &relative(TLS_KEY_PATH)),
                 ]),
+                ..SecretProjection::default()
+            }),
+            ..VolumeProjection::default()
+        });
+    }
+
+    if router_config.cluster.is_some() {
+        sources.push(VolumeProjection {
+            secret: Some(SecretProjection {
+                name: meta::CLUSTER_SECRET.to_owned(),
+                items: Some(vec![key_to_path(
+                    config::CLUSTER_SECRET_KEY,
+                    CLUSTER_SECRET_PATH
+                        .trim_start_matches(CONFIG_DIR)
+                        .trim_start_matches('/'),
+                )]),
                 ..SecretProjection::default()
             }),
             ..VolumeProjection::default()

@@ -57,6 +57,27 @@ pub fn scoring(plan: &InferencePlan, extension: &str) -> Service {
     }
 }
 
+/// Service `azureml-fe-peers`: headless, the replicas' internal port, so that its EndpointSlices
+/// list the ready replicas to each other (coordinated admission, HA only).
+pub fn peers(extension: &str, cluster_port: u16) -> Service {
+    Service {
+        metadata: meta::namespaced(meta::PEER_SERVICE, extension, "router"),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_owned()),
+            cluster_ip: Some("None".to_owned()),
+            selector: Some(app_selector()),
+            ports: Some(vec![port(
+                scoregate::cluster::kube_peers::PORT_NAME,
+                i32::from(cluster_port),
+                scoregate::cluster::kube_peers::PORT_NAME,
+            )]),
+            publish_not_ready_addresses: Some(false),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
 /// Service `azureml-fe-metrics`: ClusterIP, the admin port only, for the ServiceMonitor.
 pub fn metrics(extension: &str, admin_port: u16) -> Service {
     let mut metadata = meta::namespaced(meta::METRICS_SERVICE, extension, "router");
