@@ -12,6 +12,7 @@ use http_body_util::BodyExt;
 use tokio::sync::oneshot;
 
 use crate::body::RequestBody;
+use crate::cluster::Admitter;
 use crate::table::Deployment;
 use crate::telemetry::MirrorResult;
 use crate::upstream::Upstream;
@@ -26,9 +27,11 @@ pub struct MirrorHead {
     pub headers: HeaderMap,
 }
 
-/// Sends the copy once `body` arrives; counts the outcome in the mirror deployment's metrics.
+/// Sends the copy once `body` arrives, admitted like any request (cluster-wide with several
+/// replicas); counts the outcome in the mirror deployment's metrics.
 pub fn spawn(
     upstream: Upstream,
+    admitter: Admitter,
     deployment: Arc<Deployment>,
     head: MirrorHead,
     body: oneshot::Receiver<Bytes>,
@@ -40,7 +43,7 @@ pub fn spawn(
             return;
         };
         let wait = Duration::from_millis(deployment.settings.max_queue_wait_ms);
-        let Ok(slot) = deployment.admission.admit(&deployment.pods, wait).await else {
+        let Ok(slot) = admitter.admit(&deployment, wait).await else {
             metrics.mirror(MirrorResult::Dropped);
             return;
         };

@@ -240,7 +240,13 @@ impl Proxy {
                 uri: upstream_request.uri().clone(),
                 headers: upstream_request.headers().clone(),
             };
-            mirror::spawn(self.upstream.clone(), mirror, head, mirror_body);
+            mirror::spawn(
+                self.upstream.clone(),
+                self.admitter.clone(),
+                mirror,
+                head,
+                mirror_body,
+            );
         }
         let sent_at = Instant::now();
         let timeout = Duration::from_millis(deployment.settings.request_timeout_ms);
