@@ -645,4 +645,34 @@ mod tests {
         c.allow_insecure_connections = true;
         c.validate().unwrap();
     }
+
+    #[test]
+    fn a_cluster_section_must_say_how_to_find_the_replicas() {
+        let c = RouterConfig::from_yaml(
+            "allow_insecure_connections: true\ndiscovery: { routes_file: r.yaml }\ncluster: { listen: \"127.0.0.1:9190\" }\n",
+        )
+        .unwrap();
+        let e = c.validate().unwrap_err();
+        assert!(
+            e.0.contains("cluster.peers") && e.0.contains("cluster.peer_service"),
+            "{e}"
+        );
+
+        let c = RouterConfig::from_yaml(
+            "allow_insecure_connections: true\ndiscovery: { routes_file: r.yaml }\ncluster: { peer_service: { namespace: azureml, name: peers } }\n",
+        )
+        .unwrap();
+        let e = c.validate().unwrap_err();
+        assert!(e.0.contains("discovery.kube"), "{e}");
+
+        let c = RouterConfig::from_yaml(
+            "allow_insecure_connections: true\ndiscovery: { routes_file: r.yaml }\ncluster: { peers: [\"127.0.0.1:9190\"], fallback: reject }\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.cluster.unwrap().fallback, FallbackMode::Reject);
+
+        let e = RouterConfig::from_yaml("cluster: { fallback: sometimes }\n").unwrap_err();
+        assert!(e.0.contains("cluster.fallback"), "{e}");
+    }
 }

@@ -95,7 +95,10 @@ fn spawn_replica(
     let config = dir.join(format!("router-{}.yaml", admin.port()));
     std::fs::write(&config, yaml).unwrap();
     let log = std::fs::File::create(dir.join(format!("router-{}.log", admin.port()))).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_scoregate"))
+    // SCOREGATE_BIN: measure a fully optimised binary built elsewhere.
+    let binary =
+        std::env::var("SCOREGATE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_scoregate").into());
+    let child = Command::new(binary)
         .args(["serve", "--config"])
         .arg(&config)
         .stdout(Stdio::null())
@@ -265,8 +268,9 @@ async fn killing_the_owner_moves_ownership_and_no_other_request_fails() {
     assert!(ok > 0);
 }
 
-/// `cargo test --release --test cluster_failover -- --ignored --nocapture`: the issue's
-/// figures. Prints them; asserts only the cap.
+/// `cargo test --release --test cluster_failover -- --ignored --nocapture` (optionally with
+/// `SCOREGATE_BIN=target/release/scoregate` and `MEASURE_SECS`): the figures. Prints
+/// them; asserts only the cap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: run it alone, in release"]
 async fn measure_throughput_and_grant_latency() {

@@ -67,3 +67,43 @@ impl Gate {
         let _ = tokio::time::timeout_at(deadline.into(), open.wait_for(|o| *o)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(peers: &[&str]) -> Arc<Gate> {
+        Gate::new(
+            HashSet::from(["credit/blue".to_owned()]),
+            7,
+            peers.iter().map(|p| Arc::<str>::from(*p)).collect(),
+        )
+    }
+
+    #[test]
+    fn opens_when_every_peer_reported_for_the_same_view() {
+        let g = gate(&["a", "b"]);
+        assert!(g.covers("credit", "blue"));
+        assert!(!g.covers("credit", "green"));
+        assert!(!g.is_open());
+        g.peer_synced("a", 7);
+        assert!(!g.is_open());
+        g.peer_synced("b", 6);
+        assert!(!g.is_open(), "a report for another view does not count");
+        g.peer_synced("b", 7);
+        assert!(g.is_open());
+    }
+
+    #[tokio::test]
+    async fn waiting_ends_at_the_deadline_or_when_it_opens() {
+        let g = gate(&["a"]);
+        g.wait(Instant::now() + std::time::Duration::from_millis(20))
+            .await;
+        assert!(!g.is_open());
+        let opener = g.clone();
+        tokio::spawn(async move { opener.peer_synced("a", 7) });
+        g.wait(Instant::now() + std::time::Duration::from_secs(60))
+            .await;
+        assert!(g.is_open());
+    }
+}

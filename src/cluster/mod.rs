@@ -307,25 +307,28 @@ impl Cluster {
                 "this replica took over deployments"
             );
         }
-        let pending: HashSet<Arc<str>> = {
+        {
+            // Under the lock `peer_synced` takes, so no report of completion falls between
+            // reading who has reported and installing the gate.
             let synced = self.synced_from.lock();
-            new.peers()
+            let pending: HashSet<Arc<str>> = new
+                .peers()
                 .map(|p| p.id.clone())
                 .filter(|id| synced.get(id) != Some(&new.hash()))
-                .collect()
-        };
-        let gate = (!gained.is_empty() && !pending.is_empty())
-            .then(|| Gate::new(gained, new.hash(), pending));
-        if let Some(gate) = &gate {
-            let gate = gate.clone();
-            let settle = self.settings.handover_settle;
-            tokio::spawn(async move {
-                tokio::time::sleep(settle).await;
-                gate.open();
-            });
-        }
-        if let Some(previous) = self.gate.swap(gate) {
-            previous.open();
+                .collect();
+            let gate = (!gained.is_empty() && !pending.is_empty())
+                .then(|| Gate::new(gained, new.hash(), pending));
+            if let Some(gate) = &gate {
+                let gate = gate.clone();
+                let settle = self.settings.handover_settle;
+                tokio::spawn(async move {
+                    tokio::time::sleep(settle).await;
+                    gate.open();
+                });
+            }
+            if let Some(previous) = self.gate.swap(gate) {
+                previous.open();
+            }
         }
 
         let mut reports = Vec::new();
@@ -407,10 +410,12 @@ impl Cluster {
 
     /// Records that `peer` reported its leases for `view`.
     pub(crate) fn peer_synced(&self, peer: Arc<str>, view: u64) {
-        self.synced_from.lock().insert(peer.clone(), view);
+        let mut synced = self.synced_from.lock();
+        synced.insert(peer.clone(), view);
         if let Some(gate) = self.gate.load_full() {
             gate.peer_synced(&peer, view);
         }
+        drop(synced);
     }
 
     /// Waits, at most until `deadline`, while a handover holds this deployment's grants.

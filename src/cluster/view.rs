@@ -96,3 +96,33 @@ impl View {
         self.members == other.members
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alone_it_owns_everything_and_draining_alone_nobody_does() {
+        let me: Arc<str> = "10.0.0.1:9190".into();
+        let alone = View::new(me.clone(), true, Vec::new());
+        assert!(matches!(alone.owner("credit", "blue"), Owner::Me));
+        assert_eq!(alone.members().len(), 1);
+        let draining = View::new(me, false, Vec::new());
+        assert!(matches!(draining.owner("credit", "blue"), Owner::Nobody));
+        assert!(draining.members().is_empty());
+        assert_ne!(alone.hash(), draining.hash());
+    }
+
+    #[test]
+    fn the_hash_depends_on_the_members_only() {
+        let peer = |a: &str| Peer::new(a.parse().unwrap());
+        let a = View::new("10.0.0.1:9190".into(), true, vec![peer("10.0.0.2:9190")]);
+        let b = View::new("10.0.0.2:9190".into(), true, vec![peer("10.0.0.1:9190")]);
+        assert!(a.same_members(&b));
+        assert_eq!(
+            a.hash(),
+            b.hash(),
+            "two replicas with the same members agree"
+        );
+    }
+}
