@@ -11,11 +11,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use scoregate::cluster::credential::Credential;
 use scoregate::cluster::ring;
 use scoregate::config::{ClusterConfig, FallbackMode, RouterConfig};
 use scoregate::sample_model::SampleModel;
 use support::load::Load;
+use support::peer::{authenticated_peer, grant};
 use support::*;
 
 const SECRET: &str = "cluster-secret-for-tests-0123456789";
@@ -390,55 +390,6 @@ async fn an_owner_that_cannot_serve_the_deployment_means_the_fallback() {
     }
 }
 
-/// A connection to a replica's cluster port that proved the credential, as a peer's would,
-/// made with the `h2` crate so that aborting the returned task closes the socket at once.
-async fn authenticated_peer(
-    address: SocketAddr,
-    secret: &str,
-) -> (
-    h2::client::SendRequest<bytes::Bytes>,
-    tokio::task::JoinHandle<()>,
-) {
-    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let (sender, connection) = h2::client::handshake(stream).await.unwrap();
-    let connection = tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let mut sender = sender.ready().await.unwrap();
-    let credential = Credential::new(secret.as_bytes()).unwrap();
-    let nonce = Credential::nonce();
-    let hello = http::Request::get(format!("http://{address}/v1/hello"))
-        .header("x-scoregate-nonce", &nonce)
-        .body(())
-        .unwrap();
-    let (response, _) = sender.send_request(hello, true).unwrap();
-    let response = response.await.unwrap();
-    let server_nonce = response.headers()["x-scoregate-nonce"].as_bytes().to_vec();
-    let proof = response.headers()["x-scoregate-proof"].as_bytes();
-    assert!(credential.verify_server(nonce.as_bytes(), &server_nonce, proof));
-    let auth = http::Request::post(format!("http://{address}/v1/auth"))
-        .header("x-scoregate-proof", credential.client_proof(&server_nonce))
-        .body(())
-        .unwrap();
-    let (response, _) = sender.send_request(auth, true).unwrap();
-    assert_eq!(response.await.unwrap().status(), 204);
-    (sender, connection)
-}
-
-/// Asks for a slot of `credit/blue`; the lease lasts while the returned stream is open.
-async fn grant(
-    sender: &mut h2::client::SendRequest<bytes::Bytes>,
-    address: SocketAddr,
-) -> (http::Response<h2::RecvStream>, h2::SendStream<bytes::Bytes>) {
-    let request = http::Request::post(format!("http://{address}/v1/grant"))
-        .header("x-scoregate-deployment", "credit/blue")
-        .header("x-scoregate-wait-ms", "0")
-        .body(())
-        .unwrap();
-    let (response, stream) = sender.send_request(request, false).unwrap();
-    (response.await.unwrap(), stream)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_never_released_expires_and_a_vanished_peer_frees_its_slots() {
     let dir = tempfile::tempdir().unwrap();
@@ -455,7 +406,7 @@ async fn a_lease_never_released_expires_and_a_vanished_peer_frees_its_slots() {
     // A peer takes the only slot and never releases it: the lease runs out by itself
     // (request_timeout_ms + lease_margin_ms) and the waiting request gets the pod.
     let (mut peer, _connection) = authenticated_peer(me, SECRET).await;
-    let (granted, _kept_open) = grant(&mut peer, me).await;
+    let (granted, _kept_open) = grant(&mut peer, me, "credit/blue").await;
     assert_eq!(granted.status(), 200);
     assert_eq!(
         granted.headers()["x-scoregate-pod"].to_str().unwrap(),
@@ -472,7 +423,7 @@ async fn a_lease_never_released_expires_and_a_vanished_peer_frees_its_slots() {
 
     // A peer whose connection goes away frees its slots at once, long before they expire.
     let (mut peer, connection) = authenticated_peer(me, SECRET).await;
-    let (granted, _kept_open) = grant(&mut peer, me).await;
+    let (granted, _kept_open) = grant(&mut peer, me, "credit/blue").await;
     assert_eq!(granted.status(), 200);
     router.wait_in_flight("credit", "blue", 1).await;
     connection.abort();

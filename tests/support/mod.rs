@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod load;
+pub mod peer;
 
 use std::collections::BTreeMap;
 use std::future::Future;
