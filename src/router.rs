@@ -148,6 +148,20 @@ impl Router {
                 &metrics,
             ));
         }
+        if let (Some(client), Some(kube), true) = (
+            &kube_client,
+            &config.discovery.kube,
+            config.autoscale.enabled,
+        ) {
+            background.push(crate::autoscale::spawn(
+                client.clone(),
+                &kube.namespaces,
+                &config.autoscale,
+                table.clone(),
+                Arc::new(crate::autoscale::SingleReplica),
+                &metrics,
+            ));
+        }
         background.push(tokio::spawn(admin::serve(
             admin_listener,
             AdminState {
