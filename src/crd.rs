@@ -331,8 +331,8 @@ pub struct OnlineDeploymentStatus {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct AutoscaleStatus {
-    /// Replicas of the target Deployment when the decision was made (`spec.replicas` of its
-    /// scale subresource).
+    /// Replicas of the target Deployment after the last decision (`spec.replicas` of its scale
+    /// subresource).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_replicas: Option<u32>,
     /// Replicas the load asks for, within `minInstances..maxInstances`.

@@ -52,6 +52,15 @@ impl TargetMetrics {
     }
 }
 
+impl Drop for TargetMetrics {
+    /// A deployment the autoscaler no longer scales reads 0 replicas and no refusal.
+    fn drop(&mut self) {
+        self.desired.set(0.0);
+        self.current.set(0.0);
+        self.refused.set(0.0);
+    }
+}
+
 /// The status of a decision, with the numbers that led to it in the message.
 pub fn decision_status(
     sample: Sample,
