@@ -455,3 +455,40 @@ async fn an_hpa_on_the_deployment_stops_the_autoscaler_with_a_clear_status() {
     );
     router.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_write_that_loses_a_race_is_read_again_not_retried() {
+    let (fake, pods) = world().await;
+    let (fake, pods) = (Arc::new(fake), Arc::new(pods));
+    // The first scale write finds the Deployment changed since it was read (409 Conflict).
+    fake.fail_next_writes(SCALE_PATH, 409, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let router = router(&fake, &dir, enabled(3, "scoregate-autoscaler")).await;
+    let _history = pod_controller(fake.clone(), pods.clone());
+
+    let requests = burst(router.http_addr().unwrap(), BURST);
+    eventually("the Deployment to be scaled up", || async {
+        replicas(&fake) == 3
+    })
+    .await;
+    let writes = scale_requests(&fake, "PUT");
+    assert_eq!(
+        writes.iter().map(|w| w.status).collect::<Vec<_>>(),
+        [409, 200],
+        "{writes:?}"
+    );
+    assert!(
+        intervals_between(&fake, writes[0].at, writes[1].at) >= 1,
+        "the scale was read again before the second write: {writes:?}"
+    );
+    let text = router.metrics().render();
+    assert_eq!(
+        metric(&text, autoscale::names::CONFLICTS),
+        Some(1.0),
+        "{text}"
+    );
+    for request in requests {
+        assert_eq!(request.await.unwrap(), StatusCode::OK);
+    }
+    router.shutdown().await;
+}
