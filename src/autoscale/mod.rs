@@ -96,3 +96,44 @@ pub fn spawn(
     });
     tokio::spawn(controller::supervise(shared))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_section_is_checked() {
+        let config = AutoscaleConfig::default();
+        assert!(!config.enabled);
+        assert_eq!(config.scale_down_intervals, 20);
+        config.validate(false).unwrap();
+        let on = AutoscaleConfig {
+            enabled: true,
+            ..AutoscaleConfig::default()
+        };
+        on.validate(true).unwrap();
+        assert!(on.validate(false).unwrap_err().0.contains("discovery.kube"));
+        let no_window = AutoscaleConfig {
+            scale_down_intervals: 0,
+            ..on.clone()
+        };
+        assert!(no_window
+            .validate(true)
+            .unwrap_err()
+            .0
+            .contains("at least 1"));
+        let no_manager = AutoscaleConfig {
+            field_manager: String::new(),
+            ..on
+        };
+        assert!(no_manager
+            .validate(true)
+            .unwrap_err()
+            .0
+            .contains("field_manager"));
+        let yaml: crate::config::RouterConfig =
+            serde_yaml::from_str("autoscale: { enabled: true, scale_down_intervals: 5 }").unwrap();
+        assert_eq!(yaml.autoscale.scale_down_intervals, 5);
+        assert_eq!(yaml.autoscale.field_manager, "scoregate-autoscaler");
+    }
+}

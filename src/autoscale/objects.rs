@@ -195,7 +195,11 @@ where
         let mut stream = pin!(stream);
         while let Some(item) = stream.next().await {
             if let Err(error) = item {
-                tracing::warn!(%error, kind, scope, "autoscaler: cannot list or watch; retrying");
+                tracing::warn!(
+                    %error, kind, scope,
+                    "autoscaler: cannot list or watch {kind} (the router's service account needs \
+                     get, list and watch on them); retrying, and not scaling until it can"
+                );
             }
         }
     }))
