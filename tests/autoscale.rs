@@ -268,6 +268,18 @@ async fn a_load_step_scales_up_at_once_and_down_after_the_hysteresis() {
         Some(1.0),
         "{text}"
     );
+
+    // Manual scaling from now on: the autoscaler lets go, and its gauges read 0.
+    let mut manual = autoscaled(pods.port);
+    manual["spec"]["scaleSettings"]["type"] = json!("default");
+    fake.apply(manual).unwrap();
+    eventually("the autoscaler to let go", || async {
+        metric(
+            &router.metrics().render(),
+            autoscale::names::CURRENT_REPLICAS,
+        ) == Some(0.0)
+    })
+    .await;
     router.shutdown().await;
 }
 

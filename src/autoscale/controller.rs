@@ -60,7 +60,18 @@ pub async fn supervise(shared: Arc<Shared>) {
                 warned.insert(key, problem);
             }
         }
-        actors.retain(|key, (target, _)| targets.get(key) == Some(target));
+        let mut stopped = Vec::new();
+        actors.retain(|key, (target, _)| {
+            let keep = targets.get(key) == Some(target);
+            if !keep {
+                stopped.push(target.clone());
+            }
+            keep
+        });
+        // Stopped actors' gauges read 0; a restarted one sets its own at its first interval.
+        for target in stopped {
+            TargetMetrics::new(&shared.metrics, &target.endpoint, &target.deployment).zero();
+        }
         for (key, target) in targets {
             if actors.contains_key(&key) {
                 continue;

@@ -52,9 +52,9 @@ impl TargetMetrics {
     }
 }
 
-impl Drop for TargetMetrics {
-    /// A deployment the autoscaler no longer scales reads 0 replicas and no refusal.
-    fn drop(&mut self) {
+impl TargetMetrics {
+    /// Sets the gauges to 0: the deployment is no longer autoscaled (as it was).
+    pub fn zero(&self) {
         self.desired.set(0.0);
         self.current.set(0.0);
         self.refused.set(0.0);
