@@ -39,6 +39,8 @@ pub struct RouterConfig {
     /// Coordinated admission with the other router replicas; unset means this replica admits
     /// on its own.
     pub cluster: Option<ClusterConfig>,
+    /// Request-based autoscaling of model deployments (needs Kubernetes discovery).
+    pub autoscale: AutoscaleConfig,
 }
 
 /// Listening addresses.
@@ -260,6 +262,62 @@ impl Default for MirrorConfig {
     fn default() -> Self {
         MirrorConfig {
             max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Request-based autoscaling: the router sets the replicas of the Deployments that
+/// `targetUtilization` OnlineDeployments name (see `crate::autoscale`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AutoscaleConfig {
+    /// Run the autoscaler (with Kubernetes discovery only); default false (the installer turns it
+    /// on). With a `cluster` section each deployment's owner acts for it, and only that replica;
+    /// without one, every replica that runs it acts on every deployment: run one.
+    pub enabled: bool,
+    /// Decision intervals the desired replica count must stay below the current one before one
+    /// replica is removed (Azure ML: "around 20 times" the scale-up interval); default 20.
+    pub scale_down_intervals: u32,
+    /// The field manager of the autoscaler's writes (scale and status); default
+    /// `scoregate-autoscaler`.
+    pub field_manager: String,
+}
+
+impl AutoscaleConfig {
+    /// Checks the section; `kube` says whether Kubernetes discovery is configured.
+    pub fn validate(&self, kube: bool) -> Result<(), ConfigError> {
+        if self.enabled && !kube {
+            return Err(ConfigError(
+                "field `autoscale.enabled`: the autoscaler sets Deployment replicas through the \
+                 Kubernetes API, which needs Kubernetes discovery: set `discovery.kube` (or \
+                 --discovery kube), or turn the autoscaler off"
+                    .into(),
+            ));
+        }
+        if self.scale_down_intervals == 0 {
+            return Err(ConfigError(
+                "field `autoscale.scale_down_intervals`: must be at least 1 (Azure ML waits about 20 \
+                 intervals before removing a replica)"
+                    .into(),
+            ));
+        }
+        let manager = &self.field_manager;
+        if manager.is_empty() || manager.len() > 128 || manager.chars().any(char::is_control) {
+            return Err(ConfigError(format!(
+                "field `autoscale.field_manager`: `{manager}` is not a field manager name: use 1-128 \
+                 printable characters, e.g. `scoregate-autoscaler`"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Default for AutoscaleConfig {
+    fn default() -> Self {
+        AutoscaleConfig {
+            enabled: false,
+            scale_down_intervals: 20,
+            field_manager: "scoregate-autoscaler".into(),
         }
     }
 }
@@ -502,6 +560,7 @@ impl RouterConfig {
                 )));
             }
         }
+        self.autoscale.validate(self.discovery.kube.is_some())?;
         Ok(())
     }
 }

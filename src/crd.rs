@@ -153,6 +153,7 @@ impl From<AuthModeSpec> for crate::model::AuthMode {
     category = "scoregate",
     doc = "An online deployment: the model pods (through a Service) and request settings of one deployment of an online endpoint (Azure ML's online deployment).",
     derive = "PartialEq",
+    status = "OnlineDeploymentStatus",
     printcolumn(name = "Endpoint", type_ = "string", json_path = ".spec.endpointName"),
     printcolumn(
         name = "Deployment",
@@ -171,6 +172,17 @@ impl From<AuthModeSpec> for crate::model::AuthMode {
         name = "Max-Replicas",
         type_ = "integer",
         json_path = ".spec.scaleSettings.maxInstances",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".status.autoscale.currentReplicas"
+    ),
+    printcolumn(
+        name = "Autoscale",
+        type_ = "string",
+        json_path = ".status.autoscale.reason",
         priority = 1
     ),
     printcolumn(
@@ -303,6 +315,39 @@ impl Default for ScaleSettingsSpec {
             target_deployment: None,
         }
     }
+}
+
+/// What the router reports about an online deployment (the `status` subresource).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OnlineDeploymentStatus {
+    /// The request-based autoscaler's last decision; written only by the replica that owns the
+    /// deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AutoscaleStatus>,
+}
+
+/// The autoscaler's last decision about one deployment (`status.autoscale`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscaleStatus {
+    /// Replicas of the target Deployment after the last decision (`spec.replicas` of its scale
+    /// subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_replicas: Option<u32>,
+    /// Replicas the load asks for, within `minInstances..maxInstances`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<u32>,
+    /// When the autoscaler last changed the replica count (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<String>,
+    /// A machine-readable word: `ScaledUp`, `ScaledDown`, `Steady`, `WaitingToScaleDown`,
+    /// `BelowMinimum`, `AboveMaximum`, `HpaConflict`, `TargetNotFound`, `ScaleFailed`.
+    #[serde(default)]
+    pub reason: String,
+    /// What happened, for a person, with the numbers that led to it.
+    #[serde(default)]
+    pub message: String,
 }
 
 /// Azure ML's `scale_settings.type`.

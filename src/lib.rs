@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod autoscale;
 pub mod balance;
 pub mod body;
 pub mod cluster;

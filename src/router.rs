@@ -196,6 +196,25 @@ impl Router {
                 &metrics,
             ));
         }
+        if let (Some(client), Some(kube), true) = (
+            &kube_client,
+            &config.discovery.kube,
+            config.autoscale.enabled,
+        ) {
+            background.push(crate::autoscale::spawn(
+                client.clone(),
+                &kube.namespaces,
+                &config.autoscale,
+                table.clone(),
+                match &cluster {
+                    // The owner of a deployment admits for every replica: its counts are the
+                    // cluster's, and it alone acts.
+                    Some(cluster) => cluster.clone() as Arc<dyn crate::autoscale::Ownership>,
+                    None => Arc::new(crate::autoscale::SingleReplica),
+                },
+                &metrics,
+            ));
+        }
         background.push(tokio::spawn(admin::serve(
             admin_listener,
             AdminState {

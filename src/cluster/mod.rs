@@ -628,6 +628,13 @@ impl Cluster {
     }
 }
 
+/// The autoscaler acts for the deployments this replica owns in the current view.
+impl crate::autoscale::Ownership for Cluster {
+    fn owns(&self, endpoint: &str, deployment: &str) -> bool {
+        matches!(self.view.load().owner(endpoint, deployment), Owner::Me)
+    }
+}
+
 /// The address other replicas reach this one at.
 fn advertised_address(config: &ClusterConfig, bound: SocketAddr) -> anyhow::Result<SocketAddr> {
     if let Some(address) = config.advertise {

@@ -17,12 +17,14 @@ pub(crate) struct StreamFaults {
     pub(crate) stall_until: Option<Instant>,
 }
 
-/// A rule failing the next `remaining` requests whose path starts with `path_prefix`.
+/// A rule failing the next `remaining` requests whose path starts with `path_prefix` (only
+/// writes when `writes_only`).
 #[derive(Clone, Debug)]
 struct FailRule {
     path_prefix: String,
     code: u16,
     remaining: usize,
+    writes_only: bool,
 }
 
 /// All fault switches.
@@ -75,20 +77,22 @@ impl Faults {
             .is_some_and(|until| Instant::now() < until)
     }
 
-    pub(crate) fn fail_next(&self, path_prefix: &str, code: u16, count: usize) {
+    pub(crate) fn fail_next(&self, path_prefix: &str, code: u16, count: usize, writes_only: bool) {
         self.failures.lock().push(FailRule {
             path_prefix: path_prefix.to_string(),
             code,
             remaining: count,
+            writes_only,
         });
     }
 
     /// The status code to fail this request with, if a rule matches (consuming one use).
-    pub(crate) fn injected_failure(&self, path: &str) -> Option<u16> {
+    pub(crate) fn injected_failure(&self, method: &http::Method, path: &str) -> Option<u16> {
+        let write = !matches!(*method, http::Method::GET | http::Method::HEAD);
         let mut rules = self.failures.lock();
-        let rule = rules
-            .iter_mut()
-            .find(|r| r.remaining > 0 && path.starts_with(&r.path_prefix))?;
+        let rule = rules.iter_mut().find(|r| {
+            r.remaining > 0 && path.starts_with(&r.path_prefix) && (write || !r.writes_only)
+        })?;
         rule.remaining -= 1;
         let code = rule.code;
         rules.retain(|r| r.remaining > 0);

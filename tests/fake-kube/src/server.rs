@@ -183,7 +183,15 @@ impl FakeApiServer {
 
     /// Fails the next `count` requests whose path starts with `path_prefix` with HTTP `code`.
     pub fn fail_next_requests(&self, path_prefix: &str, code: u16, count: usize) {
-        self.shared.faults.fail_next(path_prefix, code, count);
+        self.shared
+            .faults
+            .fail_next(path_prefix, code, count, false);
+    }
+
+    /// Fails the next `count` writes (any method but GET and HEAD) whose path starts with
+    /// `path_prefix` with HTTP `code`: a 409 here is a write that lost a race.
+    pub fn fail_next_writes(&self, path_prefix: &str, code: u16, count: usize) {
+        self.shared.faults.fail_next(path_prefix, code, count, true);
     }
 
     /// How often watches with `allowWatchBookmarks=true` get a BOOKMARK (default 1 s).

@@ -161,7 +161,7 @@ pub(crate) async fn serve(
             "ServiceUnavailable",
             "the server is currently unable to handle the request",
         ))
-    } else if let Some(code) = shared.faults.injected_failure(req.path()) {
+    } else if let Some(code) = shared.faults.injected_failure(req.method(), req.path()) {
         error_response(&ApiError::new(
             code,
             reason_for(code),

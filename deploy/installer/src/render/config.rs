@@ -68,6 +68,8 @@ pub fn router_config(plan: &InferencePlan) -> RouterConfig {
         grace_period_ms: ShutdownConfig::default().grace_period_ms,
     };
     config.log.format = LogFormat::Json;
+    // azureml-fe scales model deployments itself (§5.3); so does the installed router.
+    config.autoscale.enabled = true;
     // Three replicas share each pod's cap, as azureml-fe's do (§1): they find each other through
     // their headless Service and reach each other on the pod IP ($POD_IP, downward API).
     if plan.ha {

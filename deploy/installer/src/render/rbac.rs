@@ -1,5 +1,6 @@
 //! The router's identity: ServiceAccount `azureml-fe-v2`, and a ClusterRole bound to it that
-//! grants exactly what the router watches (get, list, watch; nothing it does not read, no writes).
+//! grants exactly what the router watches (get, list, watch) and what its request-based
+//! autoscaler reads and writes (the scale of model Deployments, HPAs, OnlineDeployment status).
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
@@ -17,6 +18,19 @@ pub const WATCHED: &[(&str, &[&str])] = &[
 
 /// The verbs a watcher needs.
 pub const VERBS: &[&str] = &["get", "list", "watch"];
+
+/// What the request-based autoscaler needs, as `(API group, resources, verbs)`: it sets the
+/// replicas of model Deployments through their scale subresource, stays away from Deployments an
+/// HPA scales, and reports in each OnlineDeployment's status.
+pub const AUTOSCALER: &[(&str, &[&str], &[&str])] = &[
+    ("apps", &["deployments/scale"], &["get", "update", "patch"]),
+    (
+        "autoscaling",
+        &["horizontalpodautoscalers"],
+        &["get", "list", "watch"],
+    ),
+    ("scoregate.io", &["onlinedeployments/status"], &["patch"]),
+];
 
 /// ServiceAccount `azureml-fe-v2`.
 pub fn service_account(extension: &str) -> ServiceAccount {
@@ -39,6 +53,16 @@ pub fn cluster_role(extension: &str) -> ClusterRole {
                     verbs: VERBS.iter().map(|v| (*v).to_owned()).collect(),
                     ..PolicyRule::default()
                 })
+                .chain(
+                    AUTOSCALER
+                        .iter()
+                        .map(|(group, resources, verbs)| PolicyRule {
+                            api_groups: Some(vec![(*group).to_owned()]),
+                            resources: Some(resources.iter().map(|r| (*r).to_owned()).collect()),
+                            verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
+                            ..PolicyRule::default()
+                        }),
+                )
                 .collect(),
         ),
         ..ClusterRole::default()

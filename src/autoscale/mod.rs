@@ -1,0 +1,139 @@
+//! Request-based autoscaling of model deployments, as azureml-fe does it
+//! (`shared/reference/azureml-fe-behaviour.md` §5.3): for each OnlineDeployment with
+//! `scaleSettings.type: targetUtilization` and a `targetDeployment`, the router replica that owns
+//! the deployment samples its load every `pollingInterval` seconds, decides a replica count and
+//! sets it through the scale subresource of that apps/v1 Deployment. It never scales nodes.
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`decide`] | the pure decision: formula, rounding, bounds, scale-down hysteresis |
+//! | [`ownership`] | which replica acts for a deployment ([`Ownership`], [`SingleReplica`]) |
+//! | [`objects`] | reflectors of OnlineDeployments and HorizontalPodAutoscalers; targets |
+//! | [`writes`] | the scale subresource (with `resourceVersion`) and `status.autoscale` |
+//! | [`report`] | metrics and the status content |
+//! | [`controller`] | the supervisor and the per-deployment loop |
+//!
+//! Inputs: requests in flight and queued from the deployment's
+//! [`crate::balance::DeploymentAdmission::stats`] on this replica (on the coordination owner of a
+//! deployment these are cluster-wide), and the Deployment's `spec.replicas`.
+//!
+//! One replica acts per deployment: [`Ownership::owns`] is asked every interval and again right
+//! before every write (scale and status), and the scale is replaced with the `resourceVersion`
+//! that was read, so a write racing with another writer gets a 409 and is not retried: the next
+//! interval reads again. A new owner starts its scale-down window afresh.
+//!
+//! An HPA whose `scaleTargetRef` is the target Deployment stops the autoscaler for that
+//! deployment (status reason `HpaConflict`, metric `scoregate_autoscale_refused{reason="hpa"}`)
+//! until the HPA is deleted.
+//!
+//! Decisions are logged with their inputs (busy and queued pods, current, desired, reason): at
+//! info level when the reason or a replica count changes, at debug level otherwise; the status
+//! is written only then too.
+//!
+//! RBAC: `get`, `list`, `watch` on `onlinedeployments` and `horizontalpodautoscalers`
+//! (autoscaling); `get`, `update`, `patch` on `deployments/scale` (apps); `patch` on
+//! `onlinedeployments/status`.
+
+pub mod controller;
+pub mod decide;
+pub mod objects;
+pub mod ownership;
+pub mod report;
+pub mod writes;
+
+use std::sync::Arc;
+
+use kube::Client;
+
+pub use ownership::{Ownership, SingleReplica};
+
+use crate::config::AutoscaleConfig;
+use crate::table::TableHandle;
+use crate::telemetry::Metrics;
+
+/// Metric names of the autoscaler (all labelled by `endpoint` and `deployment`).
+pub mod names {
+    /// Replicas the load asks for, within `minInstances..maxInstances`.
+    pub const DESIRED_REPLICAS: &str = "scoregate_autoscale_desired_replicas";
+    /// Replicas of the target Deployment after the last decision.
+    pub const CURRENT_REPLICAS: &str = "scoregate_autoscale_current_replicas";
+    /// Replicas added or removed, by `direction` (`up`, `down`).
+    pub const SCALE_EVENTS: &str = "scoregate_autoscale_scale_events_total";
+    /// 1 while the autoscaler leaves the deployment alone, by `reason` (`hpa`).
+    pub const REFUSED: &str = "scoregate_autoscale_refused";
+    /// Times the autoscaler started refusing, by `reason` (`hpa`).
+    pub const REFUSALS: &str = "scoregate_autoscale_refusals_total";
+    /// Scale writes that lost to a concurrent change (409 Conflict).
+    pub const CONFLICTS: &str = "scoregate_autoscale_conflicts_total";
+    /// Failed reads and writes of scales and statuses.
+    pub const ERRORS: &str = "scoregate_autoscale_errors_total";
+}
+
+/// Starts the autoscaler over the OnlineDeployments in `namespaces` (empty: all namespaces),
+/// sampling load from `table` and acting for the deployments `ownership` gives this replica.
+/// Aborting the returned task stops it and its watches.
+pub fn spawn(
+    client: Client,
+    namespaces: &[String],
+    config: &AutoscaleConfig,
+    table: TableHandle,
+    ownership: Arc<dyn Ownership>,
+    metrics: &Metrics,
+) -> tokio::task::JoinHandle<()> {
+    let mut scopes: Vec<Option<String>> = namespaces.iter().cloned().map(Some).collect();
+    scopes.sort();
+    scopes.dedup();
+    if scopes.is_empty() {
+        scopes.push(None);
+    }
+    let shared = Arc::new(controller::Shared {
+        writer: writes::Writer::new(client.clone(), config.field_manager.clone()),
+        watches: objects::Watches::start(&client, &scopes),
+        table,
+        ownership,
+        scale_down_intervals: config.scale_down_intervals.max(1),
+        metrics: metrics.clone(),
+    });
+    tokio::spawn(controller::supervise(shared))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_section_is_checked() {
+        let config = AutoscaleConfig::default();
+        assert!(!config.enabled);
+        assert_eq!(config.scale_down_intervals, 20);
+        config.validate(false).unwrap();
+        let on = AutoscaleConfig {
+            enabled: true,
+            ..AutoscaleConfig::default()
+        };
+        on.validate(true).unwrap();
+        assert!(on.validate(false).unwrap_err().0.contains("discovery.kube"));
+        let no_window = AutoscaleConfig {
+            scale_down_intervals: 0,
+            ..on.clone()
+        };
+        assert!(no_window
+            .validate(true)
+            .unwrap_err()
+            .0
+            .contains("at least 1"));
+        let no_manager = AutoscaleConfig {
+            field_manager: String::new(),
+            ..on
+        };
+        assert!(no_manager
+            .validate(true)
+            .unwrap_err()
+            .0
+            .contains("field_manager"));
+        let yaml: crate::config::RouterConfig =
+            serde_yaml::from_str("autoscale: { enabled: true, scale_down_intervals: 5 }").unwrap();
+        assert_eq!(yaml.autoscale.scale_down_intervals, 5);
+        assert_eq!(yaml.autoscale.field_manager, "scoregate-autoscaler");
+    }
+}

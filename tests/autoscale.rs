@@ -1,0 +1,586 @@
+//! Request-based autoscaling (issue 8) against the fake API server, with sample model pods and
+//! real routers: a load step scales the target Deployment up within two decision intervals and
+//! the queued requests are served as the new pods turn ready; without load it comes back down one
+//! replica per hysteresis window, never below `minInstances`; with three router replicas only the
+//! owner writes; an HPA on the Deployment stops the autoscaler with a clear status.
+//!
+//! A small "Deployment controller" in the test stands in for Kubernetes: when the Deployment's
+//! `spec.replicas` changes it waits a moment (pods starting) and rewrites the EndpointSlice with
+//! that many ready pods. Timings are counted in decision intervals (GETs of the scale
+//! subresource) from the fake's request log, never asserted in wall time.
+
+mod kube_common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use kube_common::*;
+use parking_lot::Mutex;
+use scoregate::autoscale::{self, Ownership};
+use scoregate::config::AutoscaleConfig;
+use scoregate::router::Router;
+use scoregate_fake_kube::{FakeApiServer, RecordedRequest};
+use serde_json::{json, Value};
+
+const SCALE_PATH: &str = "/apis/apps/v1/namespaces/models/deployments/ep-blue/scale";
+const STATUS_PATH: &str =
+    "/apis/scoregate.io/v1/namespaces/models/onlinedeployments/ep-blue/status";
+/// How long each request of a burst keeps its pod busy.
+const BUSY_MS: u64 = 2_000;
+/// Requests in a burst: 1 on the single pod, 4 queued.
+const BURST: usize = 5;
+
+/// An OnlineDeployment `ep-blue` (deployment `blue` of `my-ep`) scaled by the router between 1 and
+/// 3 replicas of the apps/v1 Deployment `ep-blue`, one slot per pod, every second.
+fn autoscaled(port: u16) -> Value {
+    json!({
+        "apiVersion": "scoregate.io/v1", "kind": "OnlineDeployment",
+        "metadata": {"name": "ep-blue", "namespace": NS},
+        "spec": {"endpointName": "my-ep", "deploymentName": "blue", "serviceName": "svc-blue", "port": port,
+            "requestSettings": {"maxConcurrentRequestsPerInstance": 1, "maxQueueWaitMs": 6000,
+                "maxQueueLength": 20},
+            "scaleSettings": {"type": "targetUtilization", "minInstances": 1, "maxInstances": 3,
+                "targetUtilizationPercentage": 70, "pollingInterval": 1,
+                "targetDeployment": "ep-blue"}},
+    })
+}
+
+/// The apps/v1 Deployment `ep-blue` with `replicas`.
+fn apps_deployment(replicas: u32) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "ep-blue", "namespace": NS},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "blue"}},
+            "template": {"metadata": {"labels": {"app": "blue"}}, "spec": {"containers": []}}},
+    })
+}
+
+fn slice_of(pods: &Pods, ready: usize) -> Value {
+    let states: Vec<PodState> = pods.ips()[..ready.min(pods.pods.len())]
+        .iter()
+        .map(|ip| PodState::ready(*ip))
+        .collect();
+    slice(NS, "svc-blue-1", "svc-blue", pods.port, &states)
+}
+
+/// The world around one autoscaled deployment: fake API server, three sample pods (one ready),
+/// the endpoint and its keys.
+async fn world() -> (FakeApiServer, Pods) {
+    let fake = fake().await;
+    let port = free_port();
+    let pods = pods(7, 3, "blue-model", port).await;
+    fake.apply(key_secret(NS, "ep-keys", KEY, None)).unwrap();
+    fake.apply(endpoint(NS, "my-ep", "ep-keys", &[("blue", 100)]))
+        .unwrap();
+    fake.apply(autoscaled(port)).unwrap();
+    fake.apply(apps_deployment(1)).unwrap();
+    fake.apply(slice_of(&pods, 1)).unwrap();
+    (fake, pods)
+}
+
+/// The replicas of the Deployment in the fake.
+fn replicas(fake: &FakeApiServer) -> u32 {
+    fake.get("apps/v1", "Deployment", NS, "ep-blue")
+        .and_then(|d| d.pointer("/spec/replicas").and_then(Value::as_u64))
+        .unwrap_or(0) as u32
+}
+
+/// Stands in for the Deployment controller and the kubelet: every replica count the Deployment
+/// is set to becomes, a moment later, that many ready pods in the EndpointSlice. Returns the
+/// counts seen, in order.
+fn pod_controller(fake: Arc<FakeApiServer>, pods: Arc<Pods>) -> Arc<Mutex<Vec<u32>>> {
+    let history = Arc::new(Mutex::new(vec![replicas(&fake)]));
+    let seen = history.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let now = replicas(&fake);
+            if seen.lock().last() == Some(&now) {
+                continue;
+            }
+            seen.lock().push(now);
+            tokio::time::sleep(Duration::from_millis(300)).await; // pods start
+            fake.apply(slice_of(&pods, now as usize)).unwrap();
+        }
+    });
+    history
+}
+
+/// A scoring request that keeps its pod busy for `busy_ms`.
+async fn slow_score(addr: SocketAddr, busy_ms: u64) -> StatusCode {
+    let request = Request::post(format!(
+        "http://{addr}/api/v1/endpoint/my-ep/score?sleep_ms={busy_ms}"
+    ))
+    .header("authorization", format!("Bearer {KEY}"))
+    .header("content-type", "application/json")
+    .body(Full::new(Bytes::from_static(b"{\"data\": [[1, 2, 3, 4]]}")))
+    .unwrap();
+    let response = tokio::time::timeout(HANG, client().request(request))
+        .await
+        .expect("a scoring request hung")
+        .expect("the router answers");
+    let status = response.status();
+    let _ = response.into_body().collect().await;
+    status
+}
+
+/// `n` concurrent slow requests through `addr`.
+fn burst(addr: SocketAddr, n: usize) -> Vec<tokio::task::JoinHandle<StatusCode>> {
+    (0..n)
+        .map(|_| tokio::spawn(slow_score(addr, BUSY_MS)))
+        .collect()
+}
+
+fn scale_requests(fake: &FakeApiServer, method: &str) -> Vec<RecordedRequest> {
+    fake.requests_with_prefix(SCALE_PATH)
+        .into_iter()
+        .filter(|r| r.method == method && r.path == SCALE_PATH)
+        .collect()
+}
+
+/// Decision intervals (scale reads) between `from` and `to`, both included.
+fn intervals_between(fake: &FakeApiServer, from: SystemTime, to: SystemTime) -> usize {
+    scale_requests(fake, "GET")
+        .iter()
+        .filter(|r| r.at >= from && r.at <= to)
+        .count()
+}
+
+fn autoscale_status(fake: &FakeApiServer) -> Value {
+    fake.get("scoregate.io/v1", "OnlineDeployment", NS, "ep-blue")
+        .and_then(|o| o.pointer("/status/autoscale").cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// A router on `fake` whose own autoscaler is `autoscale`.
+async fn router(
+    fake: &FakeApiServer,
+    dir: &tempfile::TempDir,
+    autoscale: AutoscaleConfig,
+) -> Router {
+    let mut config = router_config(fake, &[NS], dir);
+    config.autoscale = autoscale;
+    let router = ready_router(config).await;
+    eventually("the first pod to be routable", || async {
+        routable(&router, "my-ep")
+            .iter()
+            .any(|(_, pods)| !pods.is_empty())
+    })
+    .await;
+    router
+}
+
+fn enabled(scale_down_intervals: u32, field_manager: &str) -> AutoscaleConfig {
+    AutoscaleConfig {
+        enabled: true,
+        scale_down_intervals,
+        field_manager: field_manager.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_step_scales_up_at_once_and_down_after_the_hysteresis() {
+    let (fake, pods) = world().await;
+    let (fake, pods) = (Arc::new(fake), Arc::new(pods));
+    let dir = tempfile::tempdir().unwrap();
+    let router = router(&fake, &dir, enabled(3, "scoregate-autoscaler")).await;
+    let addr = router.http_addr().unwrap();
+    let history = pod_controller(fake.clone(), pods.clone());
+
+    // Load step: one pod busy, four requests queued (5 pods of load at 70 %: above max, so 3).
+    let started = SystemTime::now();
+    let requests = burst(addr, BURST);
+    eventually("the Deployment to be scaled up", || async {
+        replicas(&fake) == 3
+    })
+    .await;
+    let first_write = scale_requests(&fake, "PUT")[0].clone();
+    assert_eq!(first_write.status, 200);
+    assert_eq!(
+        first_write.field_manager.as_deref(),
+        Some("scoregate-autoscaler")
+    );
+    let intervals = intervals_between(&fake, started, first_write.at);
+    assert!(
+        (1..=2).contains(&intervals),
+        "scaled up at the decision interval {intervals} after the load step"
+    );
+
+    // The queue waits while the new pods start, and they serve it.
+    for request in requests {
+        assert_eq!(request.await.unwrap(), StatusCode::OK);
+    }
+    assert!(
+        pods.requests()[1..].iter().sum::<u64>() > 0,
+        "queued requests were served by the new pods: {:?}",
+        pods.requests()
+    );
+
+    // No load: one replica per window of 3 intervals, down to minInstances and no further.
+    eventually("the Deployment to be scaled down to 1", || async {
+        replicas(&fake) == 1
+    })
+    .await;
+    let writes = scale_requests(&fake, "PUT");
+    assert_eq!(writes.len(), 3, "1 → 3, 3 → 2, 2 → 1: {writes:?}");
+    for pair in writes.windows(2) {
+        let between = intervals_between(&fake, pair[0].at, pair[1].at);
+        assert!(
+            between >= 3,
+            "a scale-down step after {between} reads (the window is 3 intervals after the write)"
+        );
+    }
+    let settled = SystemTime::now();
+    eventually("four more decision intervals", || async {
+        intervals_between(&fake, settled, SystemTime::now()) >= 4
+    })
+    .await;
+    assert_eq!(
+        scale_requests(&fake, "PUT").len(),
+        3,
+        "never below minInstances"
+    );
+    assert_eq!(*history.lock(), [1, 3, 2, 1]);
+
+    let status = autoscale_status(&fake);
+    assert_eq!(status["reason"], "Steady", "{status}");
+    assert_eq!(status["currentReplicas"], 1);
+    assert_eq!(status["desiredReplicas"], 1);
+    assert!(status["lastScaleTime"].is_string(), "{status}");
+    let text = router.metrics().render();
+    let events = |direction: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with(autoscale::names::SCALE_EVENTS)
+                    && l.contains(&format!("direction=\"{direction}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    assert_eq!(events("up"), Some(2.0), "{text}");
+    assert_eq!(events("down"), Some(2.0), "{text}");
+    assert_eq!(
+        metric(&text, autoscale::names::CURRENT_REPLICAS),
+        Some(1.0),
+        "{text}"
+    );
+
+    // Manual scaling from now on: the autoscaler lets go, and its gauges read 0.
+    let mut manual = autoscaled(pods.port);
+    manual["spec"]["scaleSettings"]["type"] = json!("default");
+    fake.apply(manual).unwrap();
+    eventually("the autoscaler to let go", || async {
+        metric(
+            &router.metrics().render(),
+            autoscale::names::CURRENT_REPLICAS,
+        ) == Some(0.0)
+    })
+    .await;
+    router.shutdown().await;
+}
+
+/// Ownership that the test moves from one replica to another.
+struct Owner {
+    me: usize,
+    owner: Arc<AtomicUsize>,
+}
+
+impl Ownership for Owner {
+    fn owns(&self, _endpoint: &str, _deployment: &str) -> bool {
+        self.owner.load(Ordering::SeqCst) == self.me
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_three_replicas_only_the_owner_writes_even_as_ownership_moves() {
+    let (fake, pods) = world().await;
+    let (fake, pods) = (Arc::new(fake), Arc::new(pods));
+    let dir = tempfile::tempdir().unwrap();
+    let owner = Arc::new(AtomicUsize::new(0));
+    let mut routers = Vec::new();
+    let mut controllers = Vec::new();
+    for me in 0..3 {
+        let router = router(&fake, &dir, AutoscaleConfig::default()).await;
+        let client = fake.client(NS).await.unwrap();
+        controllers.push(autoscale::spawn(
+            client,
+            &[NS.to_string()],
+            &enabled(3, &format!("replica-{me}")),
+            router.table().clone(),
+            Arc::new(Owner {
+                me,
+                owner: owner.clone(),
+            }),
+            router.metrics(),
+        ));
+        routers.push(router);
+    }
+    let _history = pod_controller(fake.clone(), pods.clone());
+
+    // Replica 0 owns the deployment (and, as the coordination owner would, sees its load).
+    let requests = burst(routers[0].http_addr().unwrap(), BURST);
+    eventually("the Deployment to be scaled up", || async {
+        replicas(&fake) == 3
+    })
+    .await;
+    for request in requests {
+        assert_eq!(request.await.unwrap(), StatusCode::OK);
+    }
+    eventually("replica 0 to write the status", || async {
+        autoscale_status(&fake)["currentReplicas"] == 3
+    })
+    .await;
+
+    // Ownership moves to replica 1, which sees no load and scales down after its own window.
+    let moved = SystemTime::now();
+    owner.store(1, Ordering::SeqCst);
+    eventually("the Deployment to be scaled down to 1", || async {
+        replicas(&fake) == 1
+    })
+    .await;
+    eventually("replica 1 to write the status", || async {
+        autoscale_status(&fake)["currentReplicas"] == 1
+    })
+    .await;
+
+    let writes: Vec<RecordedRequest> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method != "GET" && (r.path == SCALE_PATH || r.path == STATUS_PATH))
+        .collect();
+    let scales: Vec<&RecordedRequest> = writes.iter().filter(|r| r.path == SCALE_PATH).collect();
+    assert_eq!(
+        scales.len(),
+        3,
+        "one write per change, no conflicts: {scales:?}"
+    );
+    assert!(scales.iter().all(|r| r.status == 200), "{scales:?}");
+    for pair in scales.windows(2) {
+        let apart = pair[1].at.duration_since(pair[0].at).unwrap_or_default();
+        assert!(
+            apart >= Duration::from_millis(500),
+            "two scale writes within one interval: {pair:?}"
+        );
+    }
+    let by = |manager: &str| -> Vec<&RecordedRequest> {
+        writes
+            .iter()
+            .filter(|w| w.field_manager.as_deref() == Some(manager))
+            .collect()
+    };
+    let (old, new) = (by("replica-0"), by("replica-1"));
+    assert_eq!(
+        old.len() + new.len(),
+        writes.len(),
+        "only owners write: {writes:?}"
+    );
+    assert!(!old.is_empty() && !new.is_empty(), "{writes:?}");
+    assert!(
+        new.iter().all(|w| w.at > moved),
+        "replica 1 waited for ownership: {new:?}"
+    );
+    assert!(
+        old.iter().all(|w| w.at < new[0].at),
+        "replica 0 stopped before replica 1 acted: {writes:?}"
+    );
+    assert_eq!(scales[0].field_manager.as_deref(), Some("replica-0"));
+    assert!(scales[1..]
+        .iter()
+        .all(|w| w.field_manager.as_deref() == Some("replica-1")));
+    assert!(
+        writes.iter().any(|w| w.path == STATUS_PATH && w.at < moved)
+            && writes.iter().any(|w| w.path == STATUS_PATH && w.at > moved),
+        "both owners wrote the status in turn: {writes:?}"
+    );
+    for controller in controllers {
+        controller.abort();
+    }
+    for router in routers {
+        router.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hpa_on_the_deployment_stops_the_autoscaler_with_a_clear_status() {
+    let (fake, pods) = world().await;
+    let (fake, pods) = (Arc::new(fake), Arc::new(pods));
+    fake.apply(json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "blue-cpu", "namespace": NS},
+        "spec": {"minReplicas": 1, "maxReplicas": 5,
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "ep-blue"}},
+    }))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let router = router(&fake, &dir, enabled(3, "scoregate-autoscaler")).await;
+    let addr = router.http_addr().unwrap();
+    let _history = pod_controller(fake.clone(), pods.clone());
+
+    let requests = burst(addr, BURST);
+    eventually("the HpaConflict status", || async {
+        autoscale_status(&fake)["reason"] == "HpaConflict"
+    })
+    .await;
+    let status = autoscale_status(&fake);
+    let message = status["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("HorizontalPodAutoscaler blue-cpu") && message.contains("Delete the HPA"),
+        "{status}"
+    );
+    let text = router.metrics().render();
+    assert_eq!(
+        metric(&text, autoscale::names::REFUSED),
+        Some(1.0),
+        "{text}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        scale_requests(&fake, "PUT").is_empty(),
+        "no scale write while the HPA exists"
+    );
+    assert!(scale_requests(&fake, "GET").is_empty(), "not even a read");
+    assert_eq!(replicas(&fake), 1);
+    for request in requests {
+        let _ = request.await.unwrap();
+    }
+
+    // Without the HPA the autoscaler takes over again.
+    fake.delete("autoscaling/v2", "HorizontalPodAutoscaler", NS, "blue-cpu")
+        .unwrap();
+    let requests = burst(addr, BURST);
+    eventually("the Deployment to be scaled up", || async {
+        replicas(&fake) == 3
+    })
+    .await;
+    for request in requests {
+        assert_eq!(request.await.unwrap(), StatusCode::OK);
+    }
+    let text = router.metrics().render();
+    assert_eq!(
+        metric(&text, autoscale::names::REFUSED),
+        Some(0.0),
+        "{text}"
+    );
+    router.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_write_that_loses_a_race_is_read_again_not_retried() {
+    let (fake, pods) = world().await;
+    let (fake, pods) = (Arc::new(fake), Arc::new(pods));
+    // The first scale write finds the Deployment changed since it was read (409 Conflict).
+    fake.fail_next_writes(SCALE_PATH, 409, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let router = router(&fake, &dir, enabled(3, "scoregate-autoscaler")).await;
+    let _history = pod_controller(fake.clone(), pods.clone());
+
+    let requests = burst(router.http_addr().unwrap(), BURST);
+    eventually("the Deployment to be scaled up", || async {
+        replicas(&fake) == 3
+    })
+    .await;
+    let writes = scale_requests(&fake, "PUT");
+    assert_eq!(
+        writes.iter().map(|w| w.status).collect::<Vec<_>>(),
+        [409, 200],
+        "{writes:?}"
+    );
+    assert!(
+        intervals_between(&fake, writes[0].at, writes[1].at) >= 1,
+        "the scale was read again before the second write: {writes:?}"
+    );
+    let text = router.metrics().render();
+    assert_eq!(
+        metric(&text, autoscale::names::CONFLICTS),
+        Some(1.0),
+        "{text}"
+    );
+    for request in requests {
+        assert_eq!(request.await.unwrap(), StatusCode::OK);
+    }
+    router.shutdown().await;
+}
+
+/// Three routers coordinating admission (issue 7) with their autoscalers on: load through all
+/// three lands in the owner's queue, the owner alone scales, once, and no pod ever holds more
+/// than its one slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinated_replicas_scale_once_through_the_owner_with_load_on_every_replica() {
+    let (fake, pods) = world().await;
+    let (fake, pods) = (Arc::new(fake), Arc::new(pods));
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("cluster-secret");
+    std::fs::write(&secret, "autoscale-cluster-secret-0123456789").unwrap();
+    let addresses: Vec<SocketAddr> = (0..3)
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+        .collect();
+    let mut routers = Vec::new();
+    for (i, me) in addresses.iter().enumerate() {
+        let mut config = router_config(&fake, &[NS], &dir);
+        config.autoscale = enabled(100, &format!("replica-{i}"));
+        config.cluster = Some(scoregate::config::ClusterConfig {
+            listen: *me,
+            peers: addresses.clone(),
+            secret_file: Some(secret.clone()),
+            ..Default::default()
+        });
+        routers.push(ready_router(config).await);
+    }
+    eventually(
+        "the replicas to see each other and the first pod",
+        || async {
+            routers.iter().all(|r| {
+                r.cluster().unwrap().view().members().len() == 3
+                    && routable(r, "my-ep").iter().any(|(_, p)| !p.is_empty())
+            })
+        },
+    )
+    .await;
+    let ids: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+    let owner = scoregate::cluster::ring::owner(&ids, "my-ep", "blue").unwrap();
+    let _history = pod_controller(fake.clone(), pods.clone());
+
+    // Five slow requests, spread over the three routers: one pod busy, four queued at the owner.
+    let mut requests = Vec::new();
+    for (i, router) in routers.iter().enumerate() {
+        requests.extend(burst(
+            router.http_addr().unwrap(),
+            if i == 2 { 1 } else { 2 },
+        ));
+    }
+    eventually("the Deployment to be scaled up", || async {
+        replicas(&fake) == 3
+    })
+    .await;
+    for request in requests {
+        assert_eq!(request.await.unwrap(), StatusCode::OK);
+    }
+    let writes: Vec<RecordedRequest> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method != "GET" && (r.path == SCALE_PATH || r.path == STATUS_PATH))
+        .collect();
+    let owner_manager = format!("replica-{owner}");
+    assert!(
+        writes
+            .iter()
+            .all(|w| w.field_manager.as_deref() == Some(owner_manager.as_str())),
+        "only the owner ({owner_manager}) writes: {writes:?}"
+    );
+    let scales: Vec<&RecordedRequest> = writes.iter().filter(|w| w.path == SCALE_PATH).collect();
+    assert_eq!(scales.len(), 1, "one decision, 1 → 3: {scales:?}");
+    for pod in &pods.pods {
+        assert!(
+            pod.stats().peak_concurrency() <= 1,
+            "a pod of cap 1 saw {} requests at once",
+            pod.stats().peak_concurrency()
+        );
+    }
+    for router in routers {
+        router.shutdown().await;
+    }
+}
