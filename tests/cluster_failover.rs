@@ -10,6 +10,7 @@ mod support;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use scoregate::cluster::ring;
@@ -383,7 +384,7 @@ async fn measure_throughput_and_grant_latency() {
         "grant latency run: {:.0} requests/s achieved, {failed} failed",
         ok as f64 / seconds as f64
     );
-    for asker in askers {
+    for asker in &askers {
         let text = asker.metrics(&client).await;
         let lines: Vec<&str> = text
             .lines()
@@ -391,4 +392,44 @@ async fn measure_throughput_and_grant_latency() {
             .collect();
         println!("{}:\n{}", asker.cluster, lines.join("\n"));
     }
+
+    // 3. The same rate of grants asked directly of the owner by one authenticated peer (the
+    //    protocol alone, without proxying): exact percentiles of the round trip.
+    let owner_addr = three[owner].cluster;
+    let (sender, _connection) = support::peer::authenticated_peer(owner_addr, SECRET).await;
+    let samples = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let stop = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (mut sender, samples) = (sender.clone(), samples.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 * workers / rate));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while Instant::now() < stop {
+                tick.tick().await;
+                let asked = Instant::now();
+                let (response, mut lease) =
+                    support::peer::grant(&mut sender, owner_addr, "credit/blue").await;
+                let took = asked.elapsed();
+                assert_eq!(response.status(), 200);
+                let _ = lease.send_data(bytes::Bytes::new(), true);
+                samples.lock().push(took);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut samples = samples.lock().clone();
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    println!(
+        "direct grants: {:.0}/s, round trip p50 {:?}, p90 {:?}, p99 {:?}, p99.9 {:?}, max {:?}",
+        samples.len() as f64 / seconds as f64,
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        at(0.999),
+        samples.last().unwrap()
+    );
 }

@@ -52,6 +52,7 @@ pub async fn grant(
         .header("x-scoregate-wait-ms", "0")
         .body(())
         .unwrap();
+    let mut sender = sender.clone().ready().await.unwrap();
     let (response, stream) = sender.send_request(request, false).unwrap();
     (response.await.unwrap(), stream)
 }
