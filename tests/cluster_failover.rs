@@ -269,6 +269,17 @@ async fn killing_the_owner_moves_ownership_and_no_other_request_fails() {
     assert!(ok > 0);
 }
 
+/// Worker `w` of `workers` sending `rate` requests per second in all: each worker ticks every
+/// `workers / rate` seconds, offset by its share of the period, so the load is even rather than
+/// bursts of `workers` requests at once.
+fn staggered(w: u64, workers: u64, rate: u64) -> tokio::time::Interval {
+    let period = Duration::from_micros(1_000_000 * workers / rate);
+    let start = tokio::time::Instant::now() + period.mul_f64(w as f64 / workers as f64);
+    let mut tick = tokio::time::interval_at(start, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
 /// `cargo test --release --test cluster_failover -- --ignored --nocapture` (optionally with
 /// `SCOREGATE_BIN=target/release/scoregate` and `MEASURE_SECS`): the figures. Prints
 /// them; asserts only the cap.
@@ -279,10 +290,15 @@ async fn measure_throughput_and_grant_latency() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
+    let rate: u64 = std::env::var("MEASURE_RATE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5_000);
+    let parts = std::env::var("MEASURE_PARTS").unwrap_or_else(|_| "123".into());
     let client = client();
 
     // 1. Two pods at cap 1: the same closed-loop load on one router, then spread over three.
-    for round in 0..2 {
+    for round in 0..if parts.contains('1') { 2 } else { 0 } {
         let dir = tempfile::tempdir().unwrap();
         let pods = pods(2).await;
         let routes = write_routes(dir.path(), &pods, CAP_ONE);
@@ -342,17 +358,15 @@ async fn measure_throughput_and_grant_latency() {
     let addresses: Vec<SocketAddr> = three.iter().map(|r| r.cluster).collect();
     let owner = owner_index(&addresses);
     let askers: Vec<&Replica> = (0..3).filter(|i| *i != owner).map(|i| &three[i]).collect();
-    let rate = 5_000u64;
-    let workers = 100u64;
-    let stop = Instant::now() + Duration::from_secs(seconds);
+    let workers = 100u64.min(rate);
+    let stop = Instant::now() + Duration::from_secs(if parts.contains('2') { seconds } else { 0 });
     let mut tasks = Vec::new();
     for w in 0..workers {
         let url = askers[(w % 2) as usize].url("");
         tasks.push(tokio::spawn(async move {
             let client = support::client();
             let auth = format!("Bearer {KEY}");
-            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 * workers / rate));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut tick = staggered(w, workers, rate);
             let (mut ok, mut failed) = (0u64, 0u64);
             while Instant::now() < stop {
                 tick.tick().await;
@@ -381,7 +395,7 @@ async fn measure_throughput_and_grant_latency() {
         failed += f;
     }
     println!(
-        "grant latency run: {:.0} requests/s achieved, {failed} failed",
+        "grant latency run at {rate}/s: {:.0} requests/s achieved, {failed} failed",
         ok as f64 / seconds as f64
     );
     for asker in &askers {
@@ -400,11 +414,10 @@ async fn measure_throughput_and_grant_latency() {
     let samples = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let stop = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
-    for _ in 0..workers {
+    for w in 0..workers {
         let (mut sender, samples) = (sender.clone(), samples.clone());
         tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 * workers / rate));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut tick = staggered(w, workers, rate);
             while Instant::now() < stop {
                 tick.tick().await;
                 let asked = Instant::now();

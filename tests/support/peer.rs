@@ -15,6 +15,7 @@ pub async fn authenticated_peer(
     tokio::task::JoinHandle<()>,
 ) {
     let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.set_nodelay(true).unwrap();
     let (sender, connection) = h2::client::handshake(stream).await.unwrap();
     let connection = tokio::spawn(async move {
         let _ = connection.await;
