@@ -79,29 +79,19 @@ impl Cluster {
         self.server.get(api_version, kind, ns, name)
     }
 
-    /// Plays the controllers until the router Deployment's current generation is ready and the
-    /// scoring Service has a load balancer address (once).
+    /// Plays the controllers: the scoring Service gets a load balancer address (once), and the
+    /// router Deployment's current generation turns ready, but only once that Service is
+    /// settled, so a finished `create` always sees both (as a real rollout would, the address
+    /// comes long before the pods are ready).
     fn controllers(&self) -> tokio::task::JoinHandle<()> {
         let server = self.server.clone();
         tokio::spawn(async move {
             loop {
-                if let Some(d) = server.get("apps/v1", "Deployment", "azureml", "azureml-fe-v2") {
-                    let generation = d["metadata"]["generation"].clone();
-                    if d["status"]["observedGeneration"] != generation {
-                        let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1);
-                        server
-                            .set_status("apps/v1", "Deployment", "azureml", "azureml-fe-v2", json!({
-                                "observedGeneration": generation, "replicas": replicas,
-                                "readyReplicas": replicas, "updatedReplicas": replicas, "availableReplicas": replicas,
-                                "conditions": [{"type": "Available", "status": "True"}],
-                            }))
-                            .unwrap();
-                    }
-                }
-                if let Some(s) = server.get("v1", "Service", "azureml", "azureml-fe") {
-                    if s["spec"]["type"] == "LoadBalancer"
-                        && s["status"]["loadBalancer"]["ingress"].is_null()
-                    {
+                let service_settled = match server.get("v1", "Service", "azureml", "azureml-fe") {
+                    None => false,
+                    Some(s) if s["spec"]["type"] != "LoadBalancer" => true,
+                    Some(s) if !s["status"]["loadBalancer"]["ingress"].is_null() => true,
+                    Some(_) => {
                         server
                             .set_status(
                                 "v1",
@@ -112,6 +102,20 @@ impl Cluster {
                                     "loadBalancer": {"ingress": [{"ip": "20.1.2.3"}]},
                                 }),
                             )
+                            .unwrap();
+                        true
+                    }
+                };
+                if let Some(d) = server.get("apps/v1", "Deployment", "azureml", "azureml-fe-v2") {
+                    let generation = d["metadata"]["generation"].clone();
+                    if service_settled && d["status"]["observedGeneration"] != generation {
+                        let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1);
+                        server
+                            .set_status("apps/v1", "Deployment", "azureml", "azureml-fe-v2", json!({
+                                "observedGeneration": generation, "replicas": replicas,
+                                "readyReplicas": replicas, "updatedReplicas": replicas, "availableReplicas": replicas,
+                                "conditions": [{"type": "Available", "status": "True"}],
+                            }))
                             .unwrap();
                     }
                 }
