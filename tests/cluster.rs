@@ -20,19 +20,35 @@ use support::*;
 
 const SECRET: &str = "cluster-secret-for-tests-0123456789";
 
-/// A port free on 127.0.0.1 now (probed, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `n` addresses on 127.0.0.1 free now, for cluster ports.
+fn cluster_addresses(n: usize) -> Vec<SocketAddr> {
+    (0..n).map(|_| dead_address()).collect()
 }
 
-fn cluster_addresses(n: usize) -> Vec<SocketAddr> {
-    (0..n)
-        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
-        .collect()
+/// A deployment name of endpoint `credit` that replica `owner` of `addresses` owns, and a
+/// routes file where it takes all of the endpoint's traffic on `pods`.
+fn routes_owned_by(
+    addresses: &[SocketAddr],
+    owner: usize,
+    pods: &[SampleModel],
+) -> (String, String) {
+    let deployment = (0..200)
+        .map(|i| format!("dep{i}"))
+        .find(|d| owner_of(addresses, "credit", d) == owner)
+        .expect("one of 200 names hashes to every replica");
+    let routes = routes(
+        &[endpoint(
+            "credit",
+            &[&format!("traffic: {{ {deployment}: 100 }}")],
+        )],
+        &[support::deployment(
+            &deployment,
+            "credit",
+            &addresses_of(pods),
+            CAP_ONE,
+        )],
+    );
+    (deployment, routes)
 }
 
 fn write_secret(dir: &Path, secret: &str) -> std::path::PathBuf {
@@ -211,22 +227,7 @@ async fn a_joining_owner_counts_the_slots_in_use_before_granting() {
     let pods = pods(2).await;
     let addresses = cluster_addresses(3);
     // A deployment the third replica will own once it joins.
-    let deployment = (0..200)
-        .map(|i| format!("dep{i}"))
-        .find(|d| owner_of(&addresses, "credit", d) == 2)
-        .unwrap();
-    let routes = routes(
-        &[endpoint(
-            "credit",
-            &[&format!("traffic: {{ {deployment}: 100 }}")],
-        )],
-        &[support::deployment(
-            &deployment,
-            "credit",
-            &addresses_of(&pods),
-            CAP_ONE,
-        )],
-    );
+    let (deployment, routes) = routes_owned_by(&addresses, 2, &pods);
     let secret = write_secret(dir.path(), SECRET);
     let mut routers = Vec::new();
     for me in &addresses[..2] {
@@ -350,22 +351,7 @@ async fn an_owner_that_cannot_serve_the_deployment_means_the_fallback() {
     for (mode, expected) in [(FallbackMode::Local, 200), (FallbackMode::Reject, 503)] {
         // Replica 1 owns the deployment but has not seen its endpoint (its routes lag).
         let addresses = cluster_addresses(2);
-        let deployment = (0..200)
-            .map(|i| format!("dep{i}"))
-            .find(|d| owner_of(&addresses, "credit", d) == 1)
-            .unwrap();
-        let full_routes = routes(
-            &[endpoint(
-                "credit",
-                &[&format!("traffic: {{ {deployment}: 100 }}")],
-            )],
-            &[support::deployment(
-                &deployment,
-                "credit",
-                &addresses_of(&pods),
-                CAP_ONE,
-            )],
-        );
+        let (_, full_routes) = routes_owned_by(&addresses, 1, &pods);
         let lagging_routes = simple_routes("other", &addresses_of(&pods), CAP_ONE);
         let asker = 0;
         let mut routers = Vec::new();

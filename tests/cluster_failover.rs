@@ -20,13 +20,6 @@ use support::*;
 
 const SECRET: &str = "cluster-secret-for-process-tests-01";
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 /// One router process.
 struct Replica {
     child: Child,
@@ -74,7 +67,7 @@ fn spawn_replica(
     routes: &Path,
     cluster: Option<(SocketAddr, &[SocketAddr], &Path)>,
 ) -> Replica {
-    let (http, admin) = (free_addr(), free_addr());
+    let (http, admin) = (dead_address(), dead_address());
     let mut yaml = format!(
         "allow_insecure_connections: true\nlisten: {{ http: \"{http}\", admin: \"{admin}\" }}\n\
          discovery: {{ routes_file: \"{}\" }}\nlog: {{ access_log: off }}\n\
@@ -91,7 +84,7 @@ fn spawn_replica(
             ));
             me
         }
-        None => free_addr(),
+        None => dead_address(),
     };
     let config = dir.join(format!("router-{}.yaml", admin.port()));
     std::fs::write(&config, yaml).unwrap();
@@ -169,7 +162,7 @@ fn owner_index(addresses: &[SocketAddr]) -> usize {
 fn three_replicas(dir: &Path, routes: &Path) -> Vec<Replica> {
     let secret = dir.join("secret");
     std::fs::write(&secret, SECRET).unwrap();
-    let addresses: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let addresses: Vec<SocketAddr> = (0..3).map(|_| dead_address()).collect();
     addresses
         .iter()
         .map(|me| spawn_replica(dir, routes, Some((*me, &addresses, &secret))))
