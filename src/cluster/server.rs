@@ -97,7 +97,8 @@ async fn answer(
     }
     if !state.authenticated.load(Ordering::Acquire) {
         cluster.metrics.refused.increment(1);
-        tracing::warn!(%remote, path = request.uri().path(), "cluster port: refused a request from a connection that has not proved the shared credential");
+        // Per request, so at debug: a connection that fails the proof is logged once, at warn.
+        tracing::debug!(%remote, path = request.uri().path(), "cluster port: refused a request from a connection that has not proved the shared credential");
         return status(StatusCode::UNAUTHORIZED, None);
     }
     match request.uri().path() {
