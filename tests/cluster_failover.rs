@@ -404,6 +404,7 @@ async fn measure_throughput_and_grant_latency() {
     //    protocol alone, without proxying): exact percentiles of the round trip.
     let owner_addr = three[owner].cluster;
     let (sender, _connection) = support::peer::authenticated_peer(owner_addr, SECRET).await;
+    let hellos = parts.contains('h');
     let samples = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let stop = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
@@ -414,6 +415,18 @@ async fn measure_throughput_and_grant_latency() {
             while Instant::now() < stop {
                 tick.tick().await;
                 let asked = Instant::now();
+                if hellos {
+                    // The protocol's cheapest exchange, for comparison.
+                    let hello = http::Request::get(format!("http://{owner_addr}/v1/hello"))
+                        .header("x-scoregate-nonce", "measure")
+                        .body(())
+                        .unwrap();
+                    let mut ready = sender.clone().ready().await.unwrap();
+                    let (response, _) = ready.send_request(hello, true).unwrap();
+                    assert_eq!(response.await.unwrap().status(), 200);
+                    samples.lock().push(asked.elapsed());
+                    continue;
+                }
                 let (response, mut lease) =
                     support::peer::grant(&mut sender, owner_addr, "credit/blue").await;
                 let took = asked.elapsed();
@@ -430,7 +443,8 @@ async fn measure_throughput_and_grant_latency() {
     samples.sort();
     let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
     println!(
-        "direct grants: {:.0}/s, round trip p50 {:?}, p90 {:?}, p99 {:?}, p99.9 {:?}, max {:?}",
+        "direct {}: {:.0}/s, round trip p50 {:?}, p90 {:?}, p99 {:?}, p99.9 {:?}, max {:?}",
+        if hellos { "hellos" } else { "grants" },
         samples.len() as f64 / seconds as f64,
         at(0.5),
         at(0.9),
