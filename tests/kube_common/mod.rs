@@ -230,18 +230,24 @@ pub async fn pods(net: u8, count: u8, model: &str, port: u16) -> Pods {
     }
 }
 
-/// A port free on every loopback address the tests use (probed, then released).
+/// A port free on every loopback address the tests use (probed, then released), never one this
+/// test process was handed before (the kernel may give a released port again).
 pub fn free_port() -> u16 {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = probe.local_addr().unwrap().port();
         drop(probe);
+        if HANDED_OUT.lock().unwrap().contains(&port) {
+            continue;
+        }
         let free_everywhere = (1..=8u8).all(|net| {
             (1..=6u8).all(|i| {
                 std::net::TcpListener::bind(SocketAddr::from(([127, net, 0, i], port))).is_ok()
             })
         });
         if free_everywhere {
+            HANDED_OUT.lock().unwrap().push(port);
             return port;
         }
     }

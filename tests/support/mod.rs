@@ -109,12 +109,21 @@ pub fn simple_routes(name: &str, pods: &[SocketAddr], settings: &str) -> String 
     )
 }
 
-/// An address where nothing listens (bound, then closed).
+/// An address where nothing listens (bound, then closed), never one this test process was
+/// handed before: the kernel may give a just-released port again, and two "free" addresses that
+/// are the same one make a test fail for nothing.
 pub fn dead_address() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    drop(listener);
-    address
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        drop(listener);
+        let mut handed_out = HANDED_OUT.lock().unwrap();
+        if !handed_out.contains(&address.port()) {
+            handed_out.push(address.port());
+            return address;
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
