@@ -483,11 +483,23 @@ impl Cluster {
     ) -> Result<Slot, AdmitError> {
         let wait = deadline.saturating_duration_since(Instant::now());
         let mut slot = deployment.admission.admit(&deployment.pods, wait).await?;
-        self.hold(&mut slot, deployment, self.me.clone());
+        self.hold(
+            &mut slot,
+            deployment,
+            self.me.clone(),
+            CancellationToken::new(),
+        );
         Ok(slot)
     }
 
-    fn hold(&self, slot: &mut Slot, deployment: &Deployment, grantor: Arc<str>) {
+    /// Records `slot` as held from `grantor`; `released` ends the streams that report it.
+    fn hold(
+        &self,
+        slot: &mut Slot,
+        deployment: &Deployment,
+        grantor: Arc<str>,
+        released: CancellationToken,
+    ) {
         let expires = Instant::now()
             + Duration::from_millis(deployment.settings.request_timeout_ms)
             + self.settings.lease_margin;
@@ -495,7 +507,7 @@ impl Cluster {
             key: format!("{}/{}", deployment.endpoint, deployment.name).into(),
             pod: slot.pod().address(),
             expires,
-            released: CancellationToken::new(),
+            released,
             grantor,
         });
         slot.attach(guard);
@@ -590,16 +602,7 @@ impl Cluster {
             .unwrap_or_else(|| Arc::new(Pod::new(address)));
         release_unless_granted.disarm();
         let (mut slot, _) = deployment.admission.force_acquire(&pod);
-        let expires = Instant::now()
-            + Duration::from_millis(deployment.settings.request_timeout_ms)
-            + self.settings.lease_margin;
-        slot.attach(self.held.insert(Held {
-            key: format!("{}/{}", deployment.endpoint, deployment.name).into(),
-            pod: address,
-            expires,
-            released,
-            grantor: peer.id.clone(),
-        }));
+        self.hold(&mut slot, deployment, peer.id.clone(), released);
         Ok(slot)
     }
 
@@ -621,10 +624,23 @@ impl Cluster {
                 let mut slot = deployment
                     .admission
                     .try_acquire_excluding(&deployment.pods, Some(failed))?;
-                self.hold(&mut slot, deployment, self.me.clone());
+                self.hold(
+                    &mut slot,
+                    deployment,
+                    self.me.clone(),
+                    CancellationToken::new(),
+                );
                 Some(slot)
             }
         }
+    }
+}
+
+/// A cluster dropped without [`Cluster::stop`] (a router whose start failed later) still
+/// stops reconnecting to its peers.
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
