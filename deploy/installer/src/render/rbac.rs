@@ -47,25 +47,25 @@ pub fn cluster_role(extension: &str) -> ClusterRole {
         rules: Some(
             WATCHED
                 .iter()
-                .map(|(group, resources)| PolicyRule {
-                    api_groups: Some(vec![(*group).to_owned()]),
-                    resources: Some(resources.iter().map(|r| (*r).to_owned()).collect()),
-                    verbs: VERBS.iter().map(|v| (*v).to_owned()).collect(),
-                    ..PolicyRule::default()
-                })
+                .map(|(group, resources)| rule(group, resources, VERBS))
                 .chain(
                     AUTOSCALER
                         .iter()
-                        .map(|(group, resources, verbs)| PolicyRule {
-                            api_groups: Some(vec![(*group).to_owned()]),
-                            resources: Some(resources.iter().map(|r| (*r).to_owned()).collect()),
-                            verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
-                            ..PolicyRule::default()
-                        }),
+                        .map(|(group, resources, verbs)| rule(group, resources, verbs)),
                 )
                 .collect(),
         ),
         ..ClusterRole::default()
+    }
+}
+
+/// One rule: `verbs` on `resources` of API `group`.
+fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
+    PolicyRule {
+        api_groups: Some(vec![group.to_owned()]),
+        resources: Some(resources.iter().map(|r| (*r).to_owned()).collect()),
+        verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
+        ..PolicyRule::default()
     }
 }
 
