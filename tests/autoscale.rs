@@ -36,7 +36,9 @@ const BUSY_MS: u64 = 2_000;
 const BURST: usize = 5;
 
 /// An OnlineDeployment `ep-blue` (deployment `blue` of `my-ep`) scaled by the router between 1 and
-/// 3 replicas of the apps/v1 Deployment `ep-blue`, one slot per pod, every second.
+/// 3 replicas of the apps/v1 Deployment `ep-blue`, one slot per pod, every second. At 30 % a
+/// single request already asks for ceil(100 / 30) = 4 replicas, so whichever moment of a burst a
+/// decision samples, it scales 1 → 3 in one step.
 fn autoscaled(port: u16) -> Value {
     json!({
         "apiVersion": "scoregate.io/v1", "kind": "OnlineDeployment",
@@ -45,7 +47,7 @@ fn autoscaled(port: u16) -> Value {
             "requestSettings": {"maxConcurrentRequestsPerInstance": 1, "maxQueueWaitMs": 6000,
                 "maxQueueLength": 20},
             "scaleSettings": {"type": "targetUtilization", "minInstances": 1, "maxInstances": 3,
-                "targetUtilizationPercentage": 70, "pollingInterval": 1,
+                "targetUtilizationPercentage": 30, "pollingInterval": 1,
                 "targetDeployment": "ep-blue"}},
     })
 }
@@ -192,7 +194,7 @@ async fn a_load_step_scales_up_at_once_and_down_after_the_hysteresis() {
     let addr = router.http_addr().unwrap();
     let history = pod_controller(fake.clone(), pods.clone());
 
-    // Load step: one pod busy, four requests queued (5 pods of load at 70 %: above max, so 3).
+    // Load step: one pod busy, four requests queued (5 pods of load at 30 %: above max, so 3).
     let started = SystemTime::now();
     let requests = burst(addr, BURST);
     eventually("the Deployment to be scaled up", || async {
@@ -360,9 +362,8 @@ async fn with_three_replicas_only_the_owner_writes_even_as_ownership_moves() {
     );
     assert!(scales.iter().all(|r| r.status == 200), "{scales:?}");
     for pair in scales.windows(2) {
-        let apart = pair[1].at.duration_since(pair[0].at).unwrap_or_default();
         assert!(
-            apart >= Duration::from_millis(500),
+            intervals_between(&fake, pair[0].at, pair[1].at) >= 2,
             "two scale writes within one interval: {pair:?}"
         );
     }
@@ -408,13 +409,13 @@ async fn with_three_replicas_only_the_owner_writes_even_as_ownership_moves() {
 async fn an_hpa_on_the_deployment_stops_the_autoscaler_with_a_clear_status() {
     let (fake, pods) = world().await;
     let (fake, pods) = (Arc::new(fake), Arc::new(pods));
-    fake.apply(json!({
+    let hpa = json!({
         "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
         "metadata": {"name": "blue-cpu", "namespace": NS},
         "spec": {"minReplicas": 1, "maxReplicas": 5,
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "ep-blue"}},
-    }))
-    .unwrap();
+    });
+    fake.apply(hpa.clone()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let router = router(&fake, &dir, enabled(3, "scoregate-autoscaler")).await;
     let addr = router.http_addr().unwrap();
@@ -437,18 +438,13 @@ async fn an_hpa_on_the_deployment_stops_the_autoscaler_with_a_clear_status() {
         Some(1.0),
         "{text}"
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(
-        scale_requests(&fake, "PUT").is_empty(),
-        "no scale write while the HPA exists"
-    );
-    assert!(scale_requests(&fake, "GET").is_empty(), "not even a read");
     assert_eq!(replicas(&fake), 1);
     for request in requests {
         let _ = request.await.unwrap();
     }
 
     // Without the HPA the autoscaler takes over again.
+    let deleted = SystemTime::now();
     fake.delete("autoscaling/v2", "HorizontalPodAutoscaler", NS, "blue-cpu")
         .unwrap();
     let requests = burst(addr, BURST);
@@ -456,6 +452,13 @@ async fn an_hpa_on_the_deployment_stops_the_autoscaler_with_a_clear_status() {
         replicas(&fake) == 3
     })
     .await;
+    assert!(
+        scale_requests(&fake, "PUT")
+            .iter()
+            .chain(&scale_requests(&fake, "GET"))
+            .all(|r| r.at > deleted),
+        "no scale write, not even a read, while the HPA existed"
+    );
     for request in requests {
         assert_eq!(request.await.unwrap(), StatusCode::OK);
     }
@@ -464,6 +467,22 @@ async fn an_hpa_on_the_deployment_stops_the_autoscaler_with_a_clear_status() {
         metric(&text, autoscale::names::REFUSED),
         Some(0.0),
         "{text}"
+    );
+
+    // A new HPA stops it again, and the status stops showing the last decision's counts.
+    eventually("the status of the scale-up", || async {
+        autoscale_status(&fake)["currentReplicas"] == 3
+    })
+    .await;
+    fake.apply(hpa).unwrap();
+    eventually("the HpaConflict status again", || async {
+        autoscale_status(&fake)["reason"] == "HpaConflict"
+    })
+    .await;
+    let status = autoscale_status(&fake);
+    assert!(
+        status["currentReplicas"].is_null() && status["desiredReplicas"].is_null(),
+        "{status}"
     );
     router.shutdown().await;
 }
@@ -540,6 +559,9 @@ async fn coordinated_replicas_scale_once_through_the_owner_with_load_on_every_re
         },
     )
     .await;
+    // Before the replicas reach each other, each owns everything in its own view and may write
+    // a first status: from here on, only the owner acts.
+    let converged = SystemTime::now();
     let ids: Vec<String> = addresses.iter().map(ToString::to_string).collect();
     let owner = scoregate::cluster::ring::owner(&ids, "my-ep", "blue").unwrap();
     let _history = pod_controller(fake.clone(), pods.clone());
@@ -568,11 +590,17 @@ async fn coordinated_replicas_scale_once_through_the_owner_with_load_on_every_re
     assert!(
         writes
             .iter()
+            .filter(|w| w.at > converged)
             .all(|w| w.field_manager.as_deref() == Some(owner_manager.as_str())),
         "only the owner ({owner_manager}) writes: {writes:?}"
     );
     let scales: Vec<&RecordedRequest> = writes.iter().filter(|w| w.path == SCALE_PATH).collect();
     assert_eq!(scales.len(), 1, "one decision, 1 → 3: {scales:?}");
+    assert_eq!(
+        scales[0].field_manager.as_deref(),
+        Some(owner_manager.as_str()),
+        "the owner scaled: {scales:?}"
+    );
     for pod in &pods.pods {
         assert!(
             pod.stats().peak_concurrency() <= 1,

@@ -107,7 +107,9 @@ impl Actor {
     fn new(target: Target, shared: Arc<Shared>) -> Actor {
         let settings = &target.settings;
         let policy = Policy {
-            min: settings.min_instances,
+            // Never to zero: a deployment without pods refuses requests (503 NoReadyPod) rather
+            // than queueing them, so no load would ever scale it back up.
+            min: settings.min_instances.max(1),
             max: settings.max_instances,
             target_percent: settings.target_utilization_percentage,
             max_concurrent: target.max_concurrent,
@@ -243,11 +245,9 @@ impl Actor {
         }
         if fields_changed {
             decision_log!(info);
+            self.publish(status).await;
         } else {
             decision_log!(debug);
-        }
-        if fields_changed {
-            self.publish(status).await;
         }
     }
 
@@ -261,9 +261,14 @@ impl Actor {
                 if owns { "this replica now acts for the deployment" } else { "another replica acts for the deployment now" }
             );
             self.owned = owns;
-            // A new owner starts its scale-down window afresh and rewrites the status.
+            // A new owner starts its scale-down window afresh and rewrites the status; a former
+            // owner's gauges stop claiming decisions it no longer makes.
             self.state = State::default();
             self.last_status = None;
+            self.refused_by = None;
+            if !owns {
+                self.metrics.zero();
+            }
         }
         owns
     }
@@ -271,20 +276,16 @@ impl Actor {
     /// The load of the deployment on this replica, if it routes it.
     fn sample(&self) -> Option<AdmissionStats> {
         let table = self.shared.table.load();
-        let endpoint = table.endpoint(&self.target.endpoint)?;
-        let deployment = endpoint
-            .deployments
-            .iter()
-            .find(|d| *d.name == *self.target.deployment)?;
+        let deployment = table
+            .endpoint(&self.target.endpoint)?
+            .deployment_named(self.target.deployment.as_bytes())?;
         Some(deployment.admission.stats())
     }
 
-    /// An HPA scales the target Deployment: stay away, and say so once.
+    /// An HPA scales the target Deployment: stay away, say so once, and keep trying to write
+    /// the status until it is written.
     async fn refuse(&mut self, hpa: String) {
         let t = &self.target;
-        if self.refused_by.as_ref() == Some(&hpa) {
-            return;
-        }
         let message = format!(
             "HorizontalPodAutoscaler {hpa} also scales Deployment {}; two autoscalers on one \
              Deployment fight, so scoregate leaves it alone (Azure ML: do not enable HPA on model \
@@ -292,14 +293,16 @@ impl Actor {
              default to leave scaling to the HPA.",
             t.target_deployment
         );
-        tracing::warn!(
-            namespace = %t.namespace, endpoint = %t.endpoint, deployment = %t.deployment,
-            hpa, reason = "HpaConflict", "autoscaler: {message}"
-        );
-        self.metrics.refused.set(1.0);
-        self.metrics.refusals.increment(1);
-        self.refused_by = Some(hpa);
-        self.state = State::default();
+        if self.refused_by.as_ref() != Some(&hpa) {
+            tracing::warn!(
+                namespace = %t.namespace, endpoint = %t.endpoint, deployment = %t.deployment,
+                hpa, reason = "HpaConflict", "autoscaler: {message}"
+            );
+            self.metrics.refused.set(1.0);
+            self.metrics.refusals.increment(1);
+            self.refused_by = Some(hpa);
+            self.state = State::default();
+        }
         self.publish(AutoscaleStatus {
             reason: "HpaConflict".into(),
             message,
@@ -323,6 +326,11 @@ impl Actor {
                 );
             }
             ScaleError::NotFound(_) => {
+                self.metrics.errors.increment(1);
+                let known = self.last_status.as_ref().map(|s| s.reason.as_str());
+                if known != Some("TargetNotFound") {
+                    tracing::warn!(endpoint = %t.endpoint, deployment = %t.deployment, "autoscaler: {error}");
+                }
                 self.publish(AutoscaleStatus {
                     reason: "TargetNotFound".into(),
                     message: format!(
@@ -366,7 +374,8 @@ impl Actor {
                 tracing::warn!(
                     namespace = %t.namespace, online_deployment = %t.object, %error,
                     "autoscaler: cannot write status.autoscale of the OnlineDeployment (the router \
-                     needs patch on onlinedeployments/status); retried next interval"
+                     needs patch on onlinedeployments/status, and the CRD its status subresource: \
+                     apply deploy/crds again); retried next interval"
                 );
             }
         }

@@ -88,7 +88,15 @@ impl Writer {
             field_manager: Some(self.field_manager.clone()),
             ..PatchParams::default()
         };
-        let patch = Patch::Merge(json!({"status": {"autoscale": status}}));
+        // A merge patch keeps fields it does not name: name the ones this status leaves out as
+        // null, so a refusal does not show the replica counts of an earlier decision.
+        let mut autoscale = json!(status);
+        if let Some(fields) = autoscale.as_object_mut() {
+            for field in ["currentReplicas", "desiredReplicas", "lastScaleTime"] {
+                fields.entry(field).or_insert(serde_json::Value::Null);
+            }
+        }
+        let patch = Patch::Merge(json!({"status": {"autoscale": autoscale}}));
         api.patch_status(object, &params, &patch).await.map(drop)
     }
 }
