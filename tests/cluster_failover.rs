@@ -194,7 +194,7 @@ async fn killing_the_owner_moves_ownership_and_no_other_request_fails() {
         .collect();
     let on_survivors = Load::start(&survivor_urls, 3);
     let on_owner = Load::start(&[replicas[owner].url("?sleep_ms=5")], 2);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_owner_admissions(&client, &replicas[owner], 20.0, "load through the owner").await;
     let before = replicas[next_owner]
         .metric(
             &client,
@@ -229,7 +229,13 @@ async fn killing_the_owner_moves_ownership_and_no_other_request_fails() {
     })
     .await;
     let took_over = killed.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_owner_admissions(
+        &client,
+        &replicas[next_owner],
+        50.0,
+        "the survivors' load through the next owner",
+    )
+    .await;
     let (ok, failed) = on_survivors.finish().await;
     let (_, failed_on_killed) = on_owner.finish().await;
 
@@ -260,6 +266,24 @@ async fn killing_the_owner_moves_ownership_and_no_other_request_fails() {
         "requests through the survivors failed: {failed:?}"
     );
     assert!(ok > 0);
+}
+
+/// Waits until `replica` has admitted `at_least` requests as the owner of the deployment.
+async fn wait_owner_admissions(client: &Client, replica: &Replica, at_least: f64, what: &str) {
+    guard(what, async {
+        while replica
+            .metric(
+                client,
+                "scoregate_cluster_admissions_total",
+                &[("via", "owner")],
+            )
+            .await
+            < at_least
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
 }
 
 /// Worker `w` of `workers` sending `rate` requests per second in all: each worker ticks every
