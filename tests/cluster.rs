@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use scoregate::cluster::ring;
 use scoregate::config::{ClusterConfig, FallbackMode, RouterConfig};
 use scoregate::sample_model::SampleModel;
 use support::load::Load;
@@ -105,29 +104,9 @@ async fn wait_for_members(routers: &[Harness], n: usize) {
     .await;
 }
 
-fn owner_of(addresses: &[SocketAddr], endpoint: &str, deployment: &str) -> usize {
-    let ids: Vec<String> = addresses.iter().map(ToString::to_string).collect();
-    let owner = ring::owner(&ids, endpoint, deployment).unwrap();
-    addresses
-        .iter()
-        .position(|a| a.to_string() == ids[owner])
-        .unwrap()
-}
-
-async fn pods(n: usize) -> Vec<SampleModel> {
-    let mut pods = Vec::new();
-    for i in 0..n {
-        pods.push(SampleModel::start_local(&format!("pod-{i}")).await.unwrap());
-    }
-    pods
-}
-
 fn addresses_of(pods: &[SampleModel]) -> Vec<SocketAddr> {
     pods.iter().map(|p| p.address()).collect()
 }
-
-const CAP_ONE: &str =
-    "max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 10000, max_queue_length: 1000";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_never_put_two_requests_on_a_pod_of_cap_one() {

@@ -13,7 +13,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use scoregate::cluster::ring;
 use scoregate::sample_model::SampleModel;
 use support::load::Load;
 use support::*;
@@ -139,14 +138,6 @@ async fn wait_members(client: &Client, replicas: &[&Replica], n: usize) {
     .await;
 }
 
-async fn pods(n: usize) -> Vec<SampleModel> {
-    let mut pods = Vec::new();
-    for i in 0..n {
-        pods.push(SampleModel::start_local(&format!("pod-{i}")).await.unwrap());
-    }
-    pods
-}
-
 fn write_routes(dir: &Path, pods: &[SampleModel], settings: &str) -> PathBuf {
     let addresses: Vec<SocketAddr> = pods.iter().map(|p| p.address()).collect();
     let path = dir.join("routes.yaml");
@@ -155,8 +146,7 @@ fn write_routes(dir: &Path, pods: &[SampleModel], settings: &str) -> PathBuf {
 }
 
 fn owner_index(addresses: &[SocketAddr]) -> usize {
-    let ids: Vec<String> = addresses.iter().map(ToString::to_string).collect();
-    ring::owner(&ids, "credit", "blue").unwrap()
+    owner_of(addresses, "credit", "blue")
 }
 
 fn three_replicas(dir: &Path, routes: &Path) -> Vec<Replica> {
@@ -168,9 +158,6 @@ fn three_replicas(dir: &Path, routes: &Path) -> Vec<Replica> {
         .map(|me| spawn_replica(dir, routes, Some((*me, &addresses, &secret))))
         .collect()
 }
-
-const CAP_ONE: &str =
-    "max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 10000, max_queue_length: 1000";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_owner_moves_ownership_and_no_other_request_fails() {

@@ -109,6 +109,31 @@ pub fn simple_routes(name: &str, pods: &[SocketAddr], settings: &str) -> String 
     )
 }
 
+/// Deployment settings of one slot per pod and a long, deep queue (the coordinated-admission
+/// tests).
+pub const CAP_ONE: &str =
+    "max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 10000, max_queue_length: 1000";
+
+/// `n` sample model servers on 127.0.0.1, named `pod-0`, `pod-1`, ….
+pub async fn pods(n: usize) -> Vec<scoregate::sample_model::SampleModel> {
+    let mut pods = Vec::new();
+    for i in 0..n {
+        let name = format!("pod-{i}");
+        pods.push(
+            scoregate::sample_model::SampleModel::start_local(&name)
+                .await
+                .unwrap(),
+        );
+    }
+    pods
+}
+
+/// The index in `addresses` of the replica that owns `endpoint/deployment` when they are all live.
+pub fn owner_of(addresses: &[SocketAddr], endpoint: &str, deployment: &str) -> usize {
+    let ids: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+    scoregate::cluster::ring::owner(&ids, endpoint, deployment).expect("at least one replica")
+}
+
 /// An address where nothing listens (bound, then closed), never one this test process was
 /// handed before: the kernel may give a just-released port again, and two "free" addresses that
 /// are the same one make a test fail for nothing.

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HostPathVolumeSource,
-    ObjectFieldSelector, PodSpec, PodTemplateSpec, ResourceRequirements, SecurityContext, Service,
-    ServicePort, ServiceSpec, Toleration, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EnvVar, HostPathVolumeSource, PodSpec, PodTemplateSpec,
+    ResourceRequirements, SecurityContext, Service, ServicePort, ServiceSpec, Toleration, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -148,17 +148,7 @@ pub fn dcgm_exporter(extension: &str, node_selector: &BTreeMap<String, String>) 
             env: Some(vec![
                 env("DCGM_EXPORTER_LISTEN", &format!(":{DCGM_PORT}")),
                 env("DCGM_EXPORTER_KUBERNETES", "true"),
-                EnvVar {
-                    name: "NODE_NAME".to_owned(),
-                    value_from: Some(EnvVarSource {
-                        field_ref: Some(ObjectFieldSelector {
-                            field_path: "spec.nodeName".to_owned(),
-                            ..ObjectFieldSelector::default()
-                        }),
-                        ..EnvVarSource::default()
-                    }),
-                    ..EnvVar::default()
-                },
+                super::downward_env("NODE_NAME", "spec.nodeName"),
             ]),
             ports: Some(vec![ContainerPort {
                 name: Some("metrics".to_owned()),

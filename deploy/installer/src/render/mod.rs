@@ -17,7 +17,7 @@ pub mod tls;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, Namespace, ObjectFieldSelector};
 use scoregate::config::RouterConfig;
 use serde::Serialize;
 
@@ -38,6 +38,21 @@ pub struct Manifest {
 
 fn value<T: Serialize>(object: &T) -> serde_yaml::Value {
     serde_yaml::to_value(object).expect("Kubernetes objects always serialize")
+}
+
+/// Environment variable `name` set from the pod's own `field_path` (the downward API).
+fn downward_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.to_owned(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
 }
 
 /// Renders `plan` for the extension described by `record`.
