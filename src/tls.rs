@@ -27,7 +27,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::telemetry::{names, Metrics};
-use crate::watch::{directory_of, DirWatcher};
+use crate::watch::FileWatcher;
 
 /// A certificate is warned about when it expires within this many days.
 pub const EXPIRY_WARNING_DAYS: i64 = 30;
@@ -407,14 +407,14 @@ pub fn files_origin(cert_file: &Path, key_file: &Path) -> String {
 /// volume's swap) finish within it.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
-/// Watches the certificate and key files (through their directories) and offers the pair to
+/// Watches the certificate and key files (see [`crate::watch`]) and offers the pair to
 /// `store` whenever either changes. Returns the watching task.
 pub fn watch_files(
     store: Arc<CertStore>,
     cert_file: PathBuf,
     key_file: PathBuf,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let mut watcher = DirWatcher::new(&[directory_of(&cert_file), directory_of(&key_file)])?;
+    let mut watcher = FileWatcher::new(&[cert_file.clone(), key_file.clone()])?;
     let mut last = read_pair(&cert_file, &key_file).ok();
     Ok(tokio::spawn(async move {
         while watcher.changed(DEBOUNCE).await {

@@ -1,16 +1,22 @@
 //! The routes file is reloaded live: rewriting it under load fails no request, a bad file is
 //! refused and counted while the last good table keeps serving, and per-pod live state
-//! (slots, requests in flight) survives every rebuild.
+//! (slots, requests in flight) survives every rebuild. Files in Kubernetes volumes (the routes
+//! file in a ConfigMap, the certificate pair in a Secret) are reloaded through any number of the
+//! kubelet's atomic swaps, not only the first.
 
 mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::Method;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use scoregate::config::TlsConfig;
 use scoregate::sample_model::SampleModel;
 use support::*;
 
@@ -335,4 +341,183 @@ async fn slots_and_requests_in_flight_survive_reloads() {
     let r = h.score("ep-one", "").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["pod"], one.address().to_string());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kubernetes volumes
+
+/// A ConfigMap or Secret volume, written the way the kubelet's atomic writer writes it: the
+/// payload goes into a new timestamped directory, a `..data_tmp` symlink to it is renamed over
+/// `..data`, each top-level name of the payload is a symlink into `..data`, and the previous
+/// timestamped directory is removed.
+struct KubeletVolume {
+    dir: tempfile::TempDir,
+    generation: u32,
+}
+
+impl KubeletVolume {
+    fn new(payload: &[(&str, &str)]) -> KubeletVolume {
+        let mut volume = KubeletVolume {
+            dir: tempfile::tempdir().unwrap(),
+            generation: 0,
+        };
+        volume.swap(payload);
+        volume
+    }
+
+    /// The path a container sees for `item` (e.g. `tls/cert.pem`).
+    fn path(&self, item: &str) -> PathBuf {
+        self.dir.path().join(item)
+    }
+
+    /// Replaces the whole payload, as an update of the ConfigMap or Secret does.
+    fn swap(&mut self, payload: &[(&str, &str)]) {
+        let mount = self.dir.path();
+        self.generation += 1;
+        let data = format!(
+            "..2026_12_05_10_00_{:02}.{}",
+            self.generation,
+            fastrand::u32(..)
+        );
+        for (item, content) in payload {
+            let file = mount.join(&data).join(item);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(file, content).unwrap();
+        }
+        let previous = std::fs::read_link(mount.join("..data")).ok();
+        std::os::unix::fs::symlink(&data, mount.join("..data_tmp")).unwrap();
+        std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).unwrap();
+        for (item, _) in payload {
+            let top = Path::new(item).components().next().unwrap().as_os_str();
+            if std::fs::symlink_metadata(mount.join(top)).is_err() {
+                std::os::unix::fs::symlink(Path::new("..data").join(top), mount.join(top)).unwrap();
+            }
+        }
+        if let Some(previous) = previous {
+            std::fs::remove_dir_all(mount.join(previous)).unwrap();
+        }
+    }
+}
+
+/// Where a volume puts its files: at the top of the mount (a Secret or ConfigMap volume), or
+/// below a directory, as the installer's projected volume puts the certificate (`tls/`).
+const LAYOUTS: [&str; 2] = ["", "nested/"];
+
+/// Swaps in a row, each checked before the next.
+const SWAPS: u32 = 5;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_routes_file_reloads_through_every_kubelet_swap() {
+    let pod = SampleModel::start_local("blue").await.unwrap();
+    let routes_for = |n: u32| simple_routes(&format!("ep-{n}"), &[pod.address()], "");
+    for layout in LAYOUTS {
+        let item = format!("{layout}routes.yaml");
+        let mut volume = KubeletVolume::new(&[(&item, &routes_for(0))]);
+        let routes_file = volume.path(&item);
+        let h = Harness::start_with(&routes_for(0), |c| {
+            c.discovery.routes_file = Some(routes_file);
+        })
+        .await;
+        assert_eq!(h.score("ep-0", "").await.status, 200);
+        for n in 1..=SWAPS {
+            let before = outcomes(&h).await;
+            volume.swap(&[(&item, &routes_for(n))]);
+            assert_eq!(
+                next_outcome(&h, before).await,
+                (before.0 + 1.0, before.1),
+                "layout `{layout}`: swap {n} was applied"
+            );
+            let r = h.score(&format!("ep-{n}"), "").await;
+            assert_eq!(r.status, 200, "layout `{layout}`, swap {n}: {}", r.text());
+            assert_router_error(
+                &h.score(&format!("ep-{}", n - 1), "").await,
+                404,
+                "EndpointNotFound",
+            );
+        }
+    }
+}
+
+/// A certificate authority the test trusts, and leaves it signs for `ml.example.com`.
+struct TestCa {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+    client: Arc<rustls::ClientConfig>,
+}
+
+impl TestCa {
+    fn new() -> TestCa {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(issuer.der().clone()).unwrap();
+        let client = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        TestCa {
+            issuer,
+            client: Arc::new(client),
+        }
+    }
+
+    /// A new leaf: (chain PEM, key PEM, SHA-256 fingerprint of the leaf).
+    fn leaf(&self) -> (String, String, String) {
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["ml.example.com".to_owned()])
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        (leaf.pem(), key.serialize_pem(), fingerprint(leaf.der()))
+    }
+
+    /// The fingerprint of the leaf a new TLS handshake with `address` gets.
+    async fn served(&self, address: SocketAddr) -> String {
+        let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+        let name = ServerName::try_from("ml.example.com").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(self.client.clone())
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        fingerprint(&tls.get_ref().1.peer_certificates().unwrap()[0])
+    }
+}
+
+fn fingerprint(der: &CertificateDer<'_>) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.as_ref());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_certificate_reloads_through_every_kubelet_swap() {
+    let ca = TestCa::new();
+    let pod = SampleModel::start_local("blue").await.unwrap();
+    for layout in LAYOUTS {
+        let (cert_item, key_item) = (format!("{layout}cert.pem"), format!("{layout}key.pem"));
+        let (cert, key, mut expected) = ca.leaf();
+        let mut volume = KubeletVolume::new(&[(&cert_item, &cert), (&key_item, &key)]);
+        let tls = TlsConfig::from_files(volume.path(&cert_item), volume.path(&key_item));
+        let h = Harness::start_with(&simple_routes("secure", &[pod.address()], ""), |c| {
+            c.tls = Some(tls);
+            c.listen.https = SocketAddr::from(([127, 0, 0, 1], 0));
+        })
+        .await;
+        let https = h.router.as_ref().unwrap().https_addr().unwrap();
+        assert_eq!(ca.served(https).await, expected);
+        for n in 1..=SWAPS {
+            let (cert, key, next) = ca.leaf();
+            volume.swap(&[(&cert_item, &cert), (&key_item, &key)]);
+            guard(
+                &format!("layout `{layout}`: the certificate of swap {n} served"),
+                async {
+                    while ca.served(https).await != next {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                },
+            )
+            .await;
+            assert_ne!(next, expected);
+            expected = next;
+        }
+    }
 }

@@ -18,8 +18,8 @@
 //!       max_queue_wait_ms: 500
 //! ```
 //!
-//! The file is watched through its directory, so editors' atomic renames and the symlink swap
-//! of Kubernetes ConfigMap volumes are both seen. A file that does not parse or validate is
+//! The file is watched as [`crate::watch`] describes, so editors' atomic renames and every symlink
+//! swap of a Kubernetes ConfigMap volume are seen. A file that does not parse or validate is
 //! refused, logged and counted; the last good table stays.
 
 use std::collections::BTreeMap;
@@ -36,7 +36,7 @@ use crate::model::{
     AuthMode, DeploymentSpec, EndpointKeys, EndpointSpec, PodSpec, RequestSettings, RouteSpec,
     DEFAULT_MODEL_PORT,
 };
-use crate::watch::{directory_of, DirWatcher};
+use crate::watch::FileWatcher;
 
 /// Why a routes file was not loaded.
 #[derive(Debug)]
@@ -285,7 +285,7 @@ pub fn watch(
     path: PathBuf,
     mut publisher: Publisher,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let mut watcher = DirWatcher::new(&[directory_of(&path)])?;
+    let mut watcher = FileWatcher::new(std::slice::from_ref(&path))?;
     let mut last = std::fs::read(&path).ok();
     Ok(tokio::spawn(async move {
         while watcher.changed(DEBOUNCE).await {
