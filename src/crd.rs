@@ -56,6 +56,14 @@ pub const SECONDARY_KEY: &str = "secondaryKey";
 pub const TLS_CERT_KEY: &str = "cert.pem";
 /// The data key of the private key in the TLS Secret.
 pub const TLS_KEY_KEY: &str = "key.pem";
+/// The data key of the certificate chain in a `kubernetes.io/tls` Secret (as cert-manager and
+/// `kubectl create secret tls` write it). When a Secret holds both pairs, this one is served.
+pub const K8S_TLS_CERT_KEY: &str = "tls.crt";
+/// The data key of the private key in a `kubernetes.io/tls` Secret.
+pub const K8S_TLS_KEY_KEY: &str = "tls.key";
+/// Every entry of a TLS Secret the router reads (the others are dropped on arrival).
+pub const TLS_SECRET_KEYS: [&str; 4] =
+    [K8S_TLS_CERT_KEY, K8S_TLS_KEY_KEY, TLS_CERT_KEY, TLS_KEY_KEY];
 /// Azure ML's limit of deployments per endpoint (§2 "Limits").
 pub const MAX_DEPLOYMENTS_PER_ENDPOINT: usize = 20;
 

@@ -16,6 +16,7 @@ pub mod config;
 pub mod crd;
 pub mod demo;
 pub mod discovery;
+pub mod k8s;
 pub mod model;
 pub mod proxy;
 pub mod router;

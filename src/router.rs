@@ -48,7 +48,7 @@ impl Router {
         let mut background = Tasks::default();
 
         let kube_client = match &config.discovery.kube {
-            Some(kube) => Some(kube_discovery::client(kube).await?),
+            Some(kube) => Some(crate::k8s::client(kube.kubeconfig.as_deref()).await?),
             None => None,
         };
         if kube_client.is_none() {

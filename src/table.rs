@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -156,6 +157,24 @@ struct EndpointEntry {
     spec: EndpointSpec,
     unrouted: Arc<StatusCounters>,
     built: Arc<Endpoint>,
+}
+
+/// Shared readiness: true once a first table has been published.
+#[derive(Clone, Debug, Default)]
+pub struct Readiness {
+    loaded: Arc<AtomicBool>,
+}
+
+impl Readiness {
+    /// Whether a table has been published.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    /// Marks the first table as published.
+    pub fn mark_loaded(&self) {
+        self.loaded.store(true, Ordering::Release);
+    }
 }
 
 /// Builds routing tables from [`RouteSpec`]s, keeping live state across builds, and publishes them.

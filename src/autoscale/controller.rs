@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::MissedTickBehavior;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::decide::{decide, Policy, Sample, State};
 use super::objects::{Target, TargetKey, Watches};
@@ -16,7 +17,6 @@ use super::writes::{replicas_of, ScaleError, Writer};
 use super::Ownership;
 use crate::balance::AdmissionStats;
 use crate::crd::AutoscaleStatus;
-use crate::discovery::kube::AbortOnDrop;
 use crate::table::TableHandle;
 use crate::telemetry::Metrics;
 
@@ -43,7 +43,7 @@ pub struct Shared {
 pub async fn supervise(shared: Arc<Shared>) {
     shared.watches.ready().await;
     tracing::info!("autoscaler: watching OnlineDeployments and HorizontalPodAutoscalers");
-    let mut actors: BTreeMap<TargetKey, (Target, AbortOnDrop)> = BTreeMap::new();
+    let mut actors: BTreeMap<TargetKey, (Target, AbortOnDropHandle<()>)> = BTreeMap::new();
     let mut warned: BTreeMap<TargetKey, String> = BTreeMap::new();
     let mut every = tokio::time::interval(SUPERVISE_EVERY);
     every.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -85,7 +85,10 @@ pub async fn supervise(shared: Arc<Shared>) {
                 "autoscaler: deployment is autoscaled"
             );
             let actor = Actor::new(target.clone(), shared.clone());
-            actors.insert(key, (target, AbortOnDrop(tokio::spawn(actor.run()))));
+            actors.insert(
+                key,
+                (target, AbortOnDropHandle::new(tokio::spawn(actor.run()))),
+            );
         }
     }
 }

@@ -1,23 +1,20 @@
 //! What the autoscaler reads from the API server: OnlineDeployments (which deployments to scale,
 //! and how) and HorizontalPodAutoscalers (which Deployments it must leave alone), each kept in a
-//! reflector store per watched namespace (or one cluster-wide).
+//! reflector store per watched namespace (or one cluster-wide) by a [`crate::k8s::watch`].
 //!
 //! OnlineDeployments are watched as dynamic objects and parsed one by one, so one malformed object
 //! is skipped (with a warning) instead of failing the whole list.
 
 use std::collections::BTreeMap;
-use std::pin::pin;
+use std::sync::Arc;
 
-use futures_util::StreamExt;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::api::{Api, DynamicObject};
-use kube::runtime::reflector::{self, store::Writer, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
 use kube::{Client, CustomResourceExt, ResourceExt};
 
 use crate::crd::{OnlineDeployment, OnlineDeploymentSpec, ScaleSettingsSpec, ScaleType};
-use crate::discovery::kube::resources::trim_custom;
-use crate::discovery::kube::AbortOnDrop;
+use crate::k8s::{self, Health, Spec, Watch};
 
 /// One deployment the autoscaler scales: a `targetUtilization` OnlineDeployment with a
 /// `targetDeployment`.
@@ -42,65 +39,67 @@ pub struct Target {
 /// The key of a target: `(namespace, OnlineDeployment name)`.
 pub type TargetKey = (String, String);
 
-/// Reflector stores of OnlineDeployments and HPAs, and the tasks that fill them.
+/// The watches of OnlineDeployments and HPAs (dropping them stops them).
 pub struct Watches {
-    deployments: Vec<Store<DynamicObject>>,
-    hpas: Vec<Store<HorizontalPodAutoscaler>>,
-    _tasks: Vec<AbortOnDrop>,
+    deployments: Vec<Watch<DynamicObject>>,
+    hpas: Vec<Watch<HorizontalPodAutoscaler>>,
 }
 
 impl Watches {
     /// Starts watching OnlineDeployments and HPAs in each scope (`None`: all namespaces).
     pub fn start(client: &Client, scopes: &[Option<String>]) -> Watches {
+        let health = Health::new("not scaling until it can", Arc::new(()));
         let mut watches = Watches {
             deployments: Vec::new(),
             hpas: Vec::new(),
-            _tasks: Vec::new(),
         };
         let resource = OnlineDeployment::api_resource();
         for scope in scopes {
-            let api: Api<DynamicObject> = match scope {
-                Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
-                None => Api::all_with(client.clone(), &resource),
+            let place = scope.as_deref().unwrap_or("all namespaces");
+            let (ns, dyntype) = (scope.clone(), resource.clone());
+            let api = move |client| match &ns {
+                Some(ns) => Api::namespaced_with(client, ns, &dyntype),
+                None => Api::all_with(client, &dyntype),
             };
-            let writer = Writer::new(resource.clone());
-            watches.deployments.push(writer.as_reader());
-            let stream = watcher::watcher(api, watcher::Config::default())
-                .default_backoff()
-                .modify(trim_custom)
-                .reflect(writer);
-            watches
-                ._tasks
-                .push(drive(stream, "onlinedeployments", scope));
+            let spec = Spec {
+                name: format!("onlinedeployments in {place} (autoscaler)"),
+                resource: "onlinedeployments",
+                config: watcher::Config::default(),
+                trim: k8s::trim::custom_resource,
+            };
+            watches.deployments.push(k8s::start_store(
+                client,
+                api,
+                resource.clone(),
+                spec,
+                &health,
+            ));
 
-            let api: Api<HorizontalPodAutoscaler> = match scope {
-                Some(ns) => Api::namespaced(client.clone(), ns),
-                None => Api::all(client.clone()),
+            let ns = scope.clone();
+            let api = move |client| match &ns {
+                Some(ns) => Api::namespaced(client, ns),
+                None => Api::all(client),
             };
-            let (reader, writer) = reflector::store();
-            watches.hpas.push(reader);
-            let stream = watcher::watcher(api, watcher::Config::default())
-                .default_backoff()
-                .modify(|hpa: &mut HorizontalPodAutoscaler| {
-                    hpa.metadata.managed_fields = None;
-                    hpa.metadata.annotations = None;
-                    hpa.status = None;
-                })
-                .reflect(writer);
+            let spec = Spec {
+                name: format!("horizontalpodautoscalers in {place} (autoscaler)"),
+                resource: "horizontalpodautoscalers",
+                config: watcher::Config::default(),
+                trim: trim_hpa,
+            };
             watches
-                ._tasks
-                .push(drive(stream, "horizontalpodautoscalers", scope));
+                .hpas
+                .push(k8s::start_store(client, api, (), spec, &health));
         }
         watches
     }
 
     /// Waits until every store has its first complete list.
     pub async fn ready(&self) {
-        for store in &self.deployments {
-            let _ = store.wait_until_ready().await;
+        for watch in &self.deployments {
+            let _ = watch.store().wait_until_ready().await;
         }
-        for store in &self.hpas {
-            let _ = store.wait_until_ready().await;
+        for watch in &self.hpas {
+            let _ = watch.store().wait_until_ready().await;
         }
     }
 
@@ -108,8 +107,8 @@ impl Watches {
     /// warning through `warn` (called once per object and problem; the caller rate-limits).
     pub fn targets(&self, mut warn: impl FnMut(&TargetKey, &str)) -> BTreeMap<TargetKey, Target> {
         let mut targets = BTreeMap::new();
-        for store in &self.deployments {
-            for object in store.state() {
+        for watch in &self.deployments {
+            for object in watch.store().state() {
                 let key = (object.namespace().unwrap_or_default(), object.name_any());
                 match target_of(&object) {
                     Ok(Some(target)) => {
@@ -126,8 +125,9 @@ impl Watches {
     /// The name of an HPA in `namespace` whose `scaleTargetRef` is the apps/v1 Deployment
     /// `deployment`, if there is one.
     pub fn hpa_for(&self, namespace: &str, deployment: &str) -> Option<String> {
-        self.hpas.iter().find_map(|store| {
-            store
+        self.hpas.iter().find_map(|watch| {
+            watch
+                .store()
                 .state()
                 .iter()
                 .find(|hpa| {
@@ -185,24 +185,10 @@ pub fn target_of(object: &DynamicObject) -> Result<Option<Target>, String> {
     }))
 }
 
-/// Drives one reflector stream, logging its errors (the watcher retries with its backoff).
-fn drive<S, T>(stream: S, kind: &'static str, scope: &Option<String>) -> AbortOnDrop
-where
-    S: futures_util::Stream<Item = Result<T, watcher::Error>> + Send + 'static,
-{
-    let scope = scope.clone().unwrap_or_else(|| "all namespaces".into());
-    AbortOnDrop(tokio::spawn(async move {
-        let mut stream = pin!(stream);
-        while let Some(item) = stream.next().await {
-            if let Err(error) = item {
-                tracing::warn!(
-                    %error, kind, scope,
-                    "autoscaler: cannot list or watch {kind} (the router's service account needs \
-                     get, list and watch on them); retrying, and not scaling until it can"
-                );
-            }
-        }
-    }))
+/// Keeps what the autoscaler reads of an HPA: its identity and `scaleTargetRef`.
+fn trim_hpa(hpa: &mut HorizontalPodAutoscaler) {
+    k8s::trim::metadata(&mut hpa.metadata);
+    hpa.status = None;
 }
 
 #[cfg(test)]

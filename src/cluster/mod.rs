@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::balance::{AdmitError, Pod, Slot};
 use crate::config::{ClusterConfig, FallbackMode};
-use crate::discovery::Readiness;
+use crate::table::Readiness;
 use crate::table::{Deployment, TableHandle};
 
 pub use lease::LeaseGuard;

@@ -7,31 +7,12 @@
 pub mod file;
 pub mod kube;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
 use metrics::{Counter, Gauge};
 
 use crate::model::{RouteSpec, SpecError};
+pub use crate::table::Readiness;
 use crate::table::{BuildReport, TableBuilder, TableHandle};
 use crate::telemetry::{names, Metrics};
-
-/// Shared readiness: true once a first table has been published.
-#[derive(Clone, Debug, Default)]
-pub struct Readiness {
-    loaded: Arc<AtomicBool>,
-}
-
-impl Readiness {
-    /// Whether a table has been published.
-    pub fn is_loaded(&self) -> bool {
-        self.loaded.load(Ordering::Acquire)
-    }
-
-    fn set_loaded(&self) {
-        self.loaded.store(true, Ordering::Release);
-    }
-}
 
 /// Validates and publishes specs from one source.
 pub struct Publisher {
@@ -76,7 +57,7 @@ impl Publisher {
         let report = self.builder.publish(spec);
         self.applied.increment(1);
         self.endpoints.set(report.endpoints as f64);
-        self.readiness.set_loaded();
+        self.readiness.mark_loaded();
         tracing::info!(
             source = self.source,
             generation = report.generation,
@@ -99,7 +80,7 @@ impl Publisher {
         let report = self.builder.publish_changed(spec, changed);
         self.applied.increment(1);
         self.endpoints.set(report.endpoints as f64);
-        self.readiness.set_loaded();
+        self.readiness.mark_loaded();
         tracing::debug!(
             source = self.source,
             generation = report.generation,

@@ -4,11 +4,11 @@
 //!
 //! | module | concern |
 //! |---|---|
-//! | [`resources`] | the watches: selection, `.modify()` trimming, retries, messages |
+//! | [`resources`] | the watches ([`crate::k8s::watch`]): selection, trimming, messages |
 //! | [`slices`] | which EndpointSlices: Services packed into bounded label-selector shards |
 //! | [`translate`] | objects → per-endpoint declarations, indexes that say what a change touches |
 //! | [`rebuild`] | the loop: coalescing (≤ 10 ms), per-endpoint validation, incremental publish |
-//! | [`health`] | outages: logs, `scoregate_discovery_up`, error counters |
+//! | [`health`] | what outages count: `scoregate_discovery_up`, error and relist counters |
 //! | [`secrets`] | the TLS certificate from `sslSecret` |
 //!
 //! Scope is one namespace, a list (one set of watches per namespace), or all namespaces (one set
@@ -34,8 +34,6 @@ pub mod secrets;
 pub mod slices;
 pub mod translate;
 
-use anyhow::Context as _;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
 use tokio::sync::mpsc;
 
@@ -67,44 +65,6 @@ pub mod names {
 /// The `resource` label of the TLS Secret's watch.
 pub const RESOURCE_TLS_SECRET: &str = "tls-secret";
 
-/// Aborts a task when dropped (a watch whose owner went away).
-pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// A Kubernetes client from `--kubeconfig`, else `KUBECONFIG` or `~/.kube/config`, else the
-/// in-cluster service account. Installs rustls's crypto provider first (kube's TLS needs one).
-pub async fn client(config: &KubeDiscoveryConfig) -> anyhow::Result<Client> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let kube_config = match &config.kubeconfig {
-        Some(path) => {
-            let kubeconfig = Kubeconfig::read_from(path).with_context(|| {
-                format!(
-                    "cannot read the kubeconfig {} (discovery.kube.kubeconfig / --kubeconfig)",
-                    path.display()
-                )
-            })?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("the kubeconfig {} is not usable", path.display()))?
-        }
-        None => kube::Config::infer().await.context(
-            "no Kubernetes configuration found: run in a cluster with a service account, set \
-             KUBECONFIG, or pass --kubeconfig",
-        )?,
-    };
-    // kube retries 429/503/504 inside each request (up to 15 times, 5 ms doubling to minutes),
-    // which would hide an outage from the watches' own backoff and from the logs and metrics,
-    // and could delay the resumption by the last, longest wait. The watches retry themselves.
-    let mut kube_config = kube_config;
-    kube_config.default_retry = false;
-    Client::try_from(kube_config).context("cannot build a Kubernetes client")
-}
-
 /// The scopes to watch: each listed namespace once, or `None` (all namespaces).
 fn scopes(config: &KubeDiscoveryConfig) -> Vec<resources::Scope> {
     if config.namespaces.is_empty() {
@@ -124,7 +84,7 @@ pub fn start(
     publisher: Publisher,
     metrics: &Metrics,
 ) -> tokio::task::JoinHandle<()> {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(resources::CHANNEL_CAPACITY);
     let scopes = scopes(config);
     tracing::info!(
         namespaces = ?scopes.iter().map(|s| s.as_deref().unwrap_or("*")).collect::<Vec<_>>(),

@@ -23,17 +23,20 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use kube::Client;
 use metrics::{Counter, Gauge, Histogram};
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::Receiver;
 use tokio::time::Instant;
 
-use super::health::Health;
+use super::health::WatchMetrics;
+use super::names;
 use super::resources::{spawn_plain, Body, Kind, Message, ObjKey, Scope, Sender, WatchId};
 use super::slices::SliceShards;
 use super::translate::{scope_of, Cluster, Declaration, Resolution};
-use super::{names, AbortOnDrop};
 use crate::discovery::Publisher;
+use crate::k8s::{Health, WatchTask};
 use crate::model::RouteSpec;
 use crate::telemetry::Metrics;
 
@@ -52,7 +55,7 @@ pub struct Discovery {
     started: Instant,
     cluster: Cluster,
     shards: SliceShards,
-    watches: Vec<(WatchId, AbortOnDrop)>,
+    watches: Vec<(WatchId, WatchTask)>,
     synced: HashSet<WatchId>,
     ready: bool,
     published_once: bool,
@@ -80,12 +83,19 @@ impl Discovery {
         metrics: &Metrics,
     ) -> Self {
         let all_namespaces = scopes.iter().any(Option::is_none);
+        let health = Health::new(
+            "serving the last routing table",
+            Arc::new(WatchMetrics::new(
+                metrics,
+                Some(metrics.gauge(names::UP, &[])),
+            )),
+        );
         let mut watches = Vec::new();
         for scope in &scopes {
             for kind in [Kind::Endpoints, Kind::Deployments, Kind::Secrets] {
                 let id = WatchId::of(kind, scope);
-                let task = spawn_plain(client.clone(), id.clone(), tx.clone());
-                watches.push((id, AbortOnDrop(task)));
+                let task = spawn_plain(&client, id.clone(), tx.clone(), &health);
+                watches.push((id, task));
             }
         }
         Discovery {
@@ -105,7 +115,7 @@ impl Discovery {
             shadowed: HashMap::new(),
             rejected: HashMap::new(),
             pending: Vec::new(),
-            health: Health::new(metrics, Some(metrics.gauge(names::UP, &[]))),
+            health,
             metrics: metrics.clone(),
             event_to_routable: metrics.histogram(names::EVENT_TO_ROUTABLE, &[]),
             rebuild: metrics.histogram(names::REBUILD, &[]),
@@ -120,14 +130,7 @@ impl Discovery {
         if watch.kind == Kind::Slices && !self.shards.is_current(&watch) {
             return;
         }
-        if matches!(
-            message.body,
-            Body::Apply(_) | Body::Delete(_) | Body::Synced(_)
-        ) {
-            // Events prove the watch works (a restarted shard's new watch never says Recovered).
-            self.health.recovered(&watch, false);
-            self.pending.push(message.received);
-        }
+        self.pending.push(message.received);
         match message.body {
             Body::Apply(object) => self.cluster.apply(object, &watch),
             Body::Delete(key) => self.cluster.delete(watch.kind, &key),
@@ -137,8 +140,6 @@ impl Discovery {
                     self.synced.insert(watch);
                 }
             }
-            Body::Failed { error, expired } => self.health.failed(&watch, &error, expired, false),
-            Body::Recovered => self.health.recovered(&watch, false),
         }
     }
 
@@ -156,14 +157,12 @@ impl Discovery {
             self.shards.add(&scope, ns, service);
         }
         if !added.is_empty() || !removed.is_empty() {
-            let (started, stopped) = self.shards.apply(&self.client, &self.tx);
-            for id in &stopped {
-                self.health.forget(id);
-            }
+            let (started, stopped) = self.shards.apply(&self.client, &self.tx, &self.health);
             tracing::debug!(
                 added = added.len(),
                 removed = removed.len(),
                 restarted = started.len(),
+                stopped = stopped.len(),
                 shards = self.shards.watch_count(),
                 "EndpointSlice selection changed"
             );
@@ -192,7 +191,7 @@ impl Discovery {
         }
         let dirty = self.cluster.take_dirty();
         if dirty.is_empty() && self.pending.is_empty() {
-            return; // only health news in this batch
+            return;
         }
         self.publish(dirty);
     }
@@ -375,7 +374,7 @@ fn replace(route: &mut RouteSpec, name: &str, piece: Option<RouteSpec>) {
 }
 
 /// Runs the loop until the task is aborted.
-pub async fn run(mut discovery: Discovery, mut rx: UnboundedReceiver<Message>) {
+pub async fn run(mut discovery: Discovery, mut rx: Receiver<Message>) {
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     sweep.tick().await;
     loop {

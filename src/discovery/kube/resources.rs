@@ -1,44 +1,30 @@
-//! The watches: one `kube::runtime::watcher` per (kind, scope[, shard]), each feeding a reflector
-//! store and sending what changed to the discovery loop as [`Message`]s.
+//! The watches: one [`crate::k8s::watch`] per (kind, scope[, shard]), each sending what changed
+//! to the discovery loop as [`Message`]s on one bounded channel.
 //!
-//! Objects are trimmed with `.modify()` before they are stored: managed fields, annotations
-//! (`kubectl.kubernetes.io/last-applied-configuration` can be larger than the object), owner
-//! references and every field scoregate does not read are dropped, so memory grows with what
-//! routing needs. Each watch retries on its own with a capped exponential backoff; a 410 Expired
-//! relists at once (kube's watcher does that) and the reflector store swaps in the new list only
-//! when it is complete, so routes that still exist are never dropped in between.
+//! Objects are trimmed before they are stored: managed fields, annotations, owner references and
+//! every field scoregate does not read are dropped, so memory grows with what routing needs.
+//! Retries, backoff, pacing and outage reports are the primitive's (see [`crate::k8s`]).
 
 use std::fmt;
-use std::pin::pin;
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DynamicObject};
 use kube::core::ApiResource;
-use kube::runtime::reflector::{self, store::Writer};
-use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher;
 use kube::{Client, CustomResourceExt, Resource, ResourceExt};
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::crd::{
-    OnlineDeployment, OnlineEndpoint, PRIMARY_KEY, SECONDARY_KEY, TLS_CERT_KEY, TLS_KEY_KEY,
-};
+use crate::crd::{OnlineDeployment, OnlineEndpoint, PRIMARY_KEY, SECONDARY_KEY, TLS_SECRET_KEYS};
+use crate::k8s::{self, Health, Sink, Spec, Update, WatchTask};
 
 /// The label the EndpointSlice controller puts on every slice: the name of its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// Backoff after a failed list or watch: starts here...
-const BACKOFF_MIN: Duration = Duration::from_millis(250);
-/// ...doubles up to here (so a watch resumes at most this long after the API server is back).
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// A retry that has not failed within this long has connected: the watch is healthy again.
-/// (kube's watcher yields nothing when a re-watch succeeds and nothing changed.)
-const RECOVERY_GRACE: Duration = Duration::from_millis(1_500);
+/// How many messages the watches may have sent that the discovery loop has not taken yet.
+pub const CHANNEL_CAPACITY: usize = 1_024;
 
 /// What a watch watches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -149,16 +135,6 @@ pub enum Body {
     Delete(ObjKey),
     /// A complete list: exactly these objects exist (in this watch's scope and selection).
     Synced(Vec<Object>),
-    /// A list or watch failed; the watch retries after a backoff. `expired` is a 410 (it relists
-    /// at once and is not an outage).
-    Failed {
-        /// The error, for the log.
-        error: String,
-        /// Whether it was a 410 Expired.
-        expired: bool,
-    },
-    /// A watch that had failed is connected again.
-    Recovered,
 }
 
 /// One report from one watch.
@@ -173,7 +149,7 @@ pub struct Message {
 }
 
 /// Sends to the discovery loop.
-pub type Sender = UnboundedSender<Message>;
+pub type Sender = mpsc::Sender<Message>;
 
 /// The `ApiResource` of a custom resource.
 fn api_resource(kind: Kind) -> ApiResource {
@@ -183,44 +159,60 @@ fn api_resource(kind: Kind) -> ApiResource {
     }
 }
 
+/// A sink that sends the updates of watch `id` as messages, each object wrapped by `wrap`.
+fn sink<K>(tx: Sender, id: WatchId, wrap: fn(Arc<K>) -> Object) -> Sink<K, Message>
+where
+    K: Resource + Send + Sync + 'static,
+{
+    Sink::new(tx, move |update: Update<K>| Message {
+        watch: id.clone(),
+        received: Instant::now(),
+        body: match update {
+            Update::Applied(object) => Body::Apply(wrap(object)),
+            Update::Deleted(object) => Body::Delete(key_of(&*object)),
+            Update::Listed(objects) => Body::Synced(objects.into_iter().map(wrap).collect()),
+        },
+    })
+}
+
 /// Starts the watch `id` (endpoints, deployments or key Secrets) and returns its task.
-pub fn spawn_plain(client: Client, id: WatchId, tx: Sender) -> tokio::task::JoinHandle<()> {
+pub fn spawn_plain(client: &Client, id: WatchId, tx: Sender, health: &Health) -> WatchTask {
+    let name = id.to_string();
     match id.kind {
         Kind::Endpoints | Kind::Deployments => {
             let resource = api_resource(id.kind);
-            let api: Api<DynamicObject> = match &id.scope {
-                Some(ns) => Api::namespaced_with(client, ns, &resource),
-                None => Api::all_with(client, &resource),
+            let (scope, dyntype) = (id.scope.clone(), resource.clone());
+            let api = move |client| match &scope {
+                Some(ns) => Api::namespaced_with(client, ns, &dyntype),
+                None => Api::all_with(client, &dyntype),
             };
             let wrap = if id.kind == Kind::Endpoints {
                 Object::Endpoint
             } else {
                 Object::Deployment
             };
-            tokio::spawn(run(
-                api,
-                watcher::Config::default(),
-                Writer::new(resource),
-                id,
-                tx,
-                trim_custom,
-                wrap,
-            ))
+            let spec = Spec {
+                name,
+                resource: id.kind.as_str(),
+                config: watcher::Config::default(),
+                trim: k8s::trim::custom_resource,
+            };
+            let sink = sink(tx, id, wrap);
+            k8s::start(client, api, resource, spec, health, Some(sink)).into_task()
         }
         Kind::Secrets => {
-            let api: Api<Secret> = scoped(client, &id.scope);
+            let scope = id.scope.clone();
             // Only Opaque Secrets can hold endpoint keys; this keeps service-account tokens,
             // Helm releases and TLS Secrets out of the router's memory.
-            let config = watcher::Config::default().fields("type=Opaque");
-            tokio::spawn(run(
-                api,
-                config,
-                Writer::default(),
-                id,
-                tx,
-                trim_key_secret,
-                Object::Secret,
-            ))
+            let spec = Spec {
+                name,
+                resource: id.kind.as_str(),
+                config: watcher::Config::default().fields("type=Opaque"),
+                trim: trim_key_secret,
+            };
+            let sink = sink(tx, id, Object::Secret);
+            let api = move |client| scoped(client, &scope);
+            k8s::start(client, api, (), spec, health, Some(sink)).into_task()
         }
         Kind::Slices => unreachable!("EndpointSlice watches are started through spawn_slices"),
     }
@@ -229,44 +221,44 @@ pub fn spawn_plain(client: Client, id: WatchId, tx: Sender) -> tokio::task::Join
 /// Starts the EndpointSlice watch `id` for the Services `services` (a label selector
 /// `kubernetes.io/service-name in (…)`).
 pub fn spawn_slices<'a>(
-    client: Client,
+    client: &Client,
     id: WatchId,
     services: impl IntoIterator<Item = &'a str>,
     tx: Sender,
-) -> tokio::task::JoinHandle<()> {
-    let api: Api<EndpointSlice> = scoped(client, &id.scope);
-    let config = watcher::Config::default().labels(&slice_selector(services));
-    tokio::spawn(run(
-        api,
-        config,
-        Writer::default(),
-        id,
-        tx,
-        trim_slice,
-        Object::Slice,
-    ))
+    health: &Health,
+) -> WatchTask {
+    let scope = id.scope.clone();
+    let spec = Spec {
+        name: id.to_string(),
+        resource: id.kind.as_str(),
+        config: watcher::Config::default().labels(&slice_selector(services)),
+        trim: trim_slice,
+    };
+    let sink = sink(tx, id, Object::Slice);
+    let api = move |client| scoped(client, &scope);
+    k8s::start(client, api, (), spec, health, Some(sink)).into_task()
 }
 
-/// Starts a watch of the one Secret `ns/name` (the TLS `sslSecret`), keeping only `cert.pem`
-/// and `key.pem`; its messages carry `id`.
+/// Starts a watch of the one Secret `ns/name` (the TLS `sslSecret`), keeping only the
+/// certificate entries; its messages carry `id`.
 pub fn spawn_tls_secret(
-    client: Client,
+    client: &Client,
     ns: &str,
     name: &str,
     id: WatchId,
     tx: Sender,
-) -> tokio::task::JoinHandle<()> {
-    let api: Api<Secret> = Api::namespaced(client, ns);
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    tokio::spawn(run(
-        api,
-        config,
-        Writer::default(),
-        id,
-        tx,
-        trim_tls_secret,
-        Object::Secret,
-    ))
+    health: &Health,
+) -> WatchTask {
+    let spec = Spec {
+        name: format!("the TLS Secret {ns}/{name}"),
+        resource: super::RESOURCE_TLS_SECRET,
+        config: watcher::Config::default().fields(&format!("metadata.name={name}")),
+        trim: trim_tls_secret,
+    };
+    let sink = sink(tx, id, Object::Secret);
+    let ns = ns.to_string();
+    let api = move |client| Api::namespaced(client, &ns);
+    k8s::start(client, api, (), spec, health, Some(sink)).into_task()
 }
 
 /// `kubernetes.io/service-name in (a,b,c)`.
@@ -286,134 +278,10 @@ where
     }
 }
 
-/// Drives one watcher and its reflector store until the receiver goes away or the task is
-/// aborted (a shard restart).
-async fn run<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    writer: Writer<K>,
-    id: WatchId,
-    tx: Sender,
-    trim: fn(&mut K),
-    wrap: fn(Arc<K>) -> Object,
-) where
-    K: Resource + Clone + serde::de::DeserializeOwned + fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Clone + Eq + std::hash::Hash + Send + Sync + 'static,
-{
-    let reader = writer.as_reader();
-    let mut stream = pin!(reflector::reflector(
-        writer,
-        watcher::watcher(api, config).modify(trim)
-    ));
-    let mut backoff = BACKOFF_MIN;
-    let mut failing = false;
-    loop {
-        let item = if failing {
-            match tokio::time::timeout(RECOVERY_GRACE, stream.next()).await {
-                Ok(item) => item,
-                Err(_) => {
-                    failing = false;
-                    backoff = BACKOFF_MIN;
-                    let message = Message {
-                        watch: id.clone(),
-                        received: Instant::now(),
-                        body: Body::Recovered,
-                    };
-                    if tx.send(message).is_err() {
-                        return;
-                    }
-                    continue;
-                }
-            }
-        } else {
-            stream.next().await
-        };
-        let Some(item) = item else { return };
-        let received = Instant::now();
-        let mut pause = None;
-        let body = match item {
-            Ok(event) => {
-                if failing {
-                    failing = false;
-                    backoff = BACKOFF_MIN;
-                    let recovered = Message {
-                        watch: id.clone(),
-                        received,
-                        body: Body::Recovered,
-                    };
-                    if tx.send(recovered).is_err() {
-                        return;
-                    }
-                }
-                match event {
-                    Event::Apply(object) => Body::Apply(wrap(Arc::new(object))),
-                    Event::Delete(object) => Body::Delete(key_of(&object)),
-                    Event::InitDone => Body::Synced(reader.state().into_iter().map(wrap).collect()),
-                    Event::Init | Event::InitApply(_) => continue,
-                }
-            }
-            Err(error) => {
-                let expired = is_expired(&error);
-                if !expired {
-                    failing = true;
-                    pause = Some(jitter(backoff));
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                }
-                Body::Failed {
-                    error: error.to_string(),
-                    expired,
-                }
-            }
-        };
-        let message = Message {
-            watch: id.clone(),
-            received,
-            body,
-        };
-        if tx.send(message).is_err() {
-            return;
-        }
-        if let Some(pause) = pause {
-            tokio::time::sleep(pause).await;
-        }
-    }
-}
-
-/// A 410 Expired, in-stream (a compacted resourceVersion) or on a list (an expired `continue`).
-fn is_expired(error: &watcher::Error) -> bool {
-    match error {
-        watcher::Error::WatchError(status) => status.code == 410,
-        watcher::Error::InitialListFailed(kube::Error::Api(status))
-        | watcher::Error::WatchStartFailed(kube::Error::Api(status)) => status.code == 410,
-        _ => false,
-    }
-}
-
-/// ±20 % so that many routers do not retry in lockstep.
-fn jitter(d: Duration) -> Duration {
-    d.mul_f64(0.8 + fastrand::f64() * 0.4)
-}
-
-/// Keeps what the translation reads of a custom resource: metadata identity and `spec`.
-pub fn trim_custom(object: &mut DynamicObject) {
-    let meta = &mut object.metadata;
-    meta.managed_fields = None;
-    meta.annotations = None;
-    meta.labels = None;
-    meta.owner_references = None;
-    meta.finalizers = None;
-    if let Some(map) = object.data.as_object_mut() {
-        map.retain(|k, _| k == "spec");
-    }
-}
-
 /// Keeps only the Service label and each endpoint's addresses and conditions.
 pub fn trim_slice(slice: &mut EndpointSlice) {
     let meta = &mut slice.metadata;
-    meta.managed_fields = None;
-    meta.annotations = None;
-    meta.owner_references = None;
-    meta.finalizers = None;
+    k8s::trim::metadata(meta);
     if let Some(labels) = meta.labels.as_mut() {
         labels.retain(|k, _| k == SERVICE_NAME_LABEL);
     }
@@ -433,19 +301,15 @@ pub fn trim_key_secret(secret: &mut Secret) {
     trim_secret(secret, &[PRIMARY_KEY, SECONDARY_KEY]);
 }
 
-/// Keeps only the certificate and key of the TLS Secret.
+/// Keeps only the certificate and key entries of the TLS Secret (both naming conventions).
 pub fn trim_tls_secret(secret: &mut Secret) {
-    trim_secret(secret, &[TLS_CERT_KEY, TLS_KEY_KEY]);
+    trim_secret(secret, &TLS_SECRET_KEYS);
 }
 
 /// Drops a Secret's metadata the router does not use and every data entry but `keep`.
 fn trim_secret(secret: &mut Secret, keep: &[&str]) {
-    let meta = &mut secret.metadata;
-    meta.managed_fields = None;
-    meta.annotations = None;
-    meta.labels = None;
-    meta.owner_references = None;
-    meta.finalizers = None;
+    k8s::trim::metadata(&mut secret.metadata);
+    secret.metadata.labels = None;
     secret.string_data = None;
     if let Some(data) = secret.data.as_mut() {
         data.retain(|k, _| keep.contains(&k.as_str()));
@@ -488,17 +352,6 @@ mod tests {
         .unwrap();
         trim_key_secret(&mut secret);
         assert_eq!(secret.data.unwrap().len(), 1);
-
-        let mut endpoint: DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "scoregate.io/v1", "kind": "OnlineEndpoint",
-            "metadata": {"name": "e", "namespace": "ns", "annotations": {"x": "y"}},
-            "spec": {"keysSecretName": "k"}, "status": {"big": true},
-        }))
-        .unwrap();
-        trim_custom(&mut endpoint);
-        assert!(endpoint.data.get("status").is_none());
-        assert!(endpoint.data.get("spec").is_some());
-        assert!(endpoint.metadata.annotations.is_none());
     }
 
     #[test]

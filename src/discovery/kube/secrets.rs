@@ -1,5 +1,9 @@
-//! The TLS certificate from a Secret (Azure ML's `sslSecret`: keys `cert.pem` and `key.pem`,
-//! `shared/reference/azureml-fe-behaviour.md` §8.3), feeding [`CertStore`].
+//! The TLS certificate from a Secret, feeding [`CertStore`]. Two layouts are read: a
+//! `kubernetes.io/tls` Secret's `tls.crt` and `tls.key` (as cert-manager and `kubectl create
+//! secret tls` write them) and Azure ML's `sslSecret` keys `cert.pem` and `key.pem`. When both
+//! pairs are complete, `tls.crt`/`tls.key` is served: that is the pair a certificate manager
+//! renews, and Azure ML's pair next to it is most likely the one it replaced. Entries of the two
+//! pairs are never mixed.
 //!
 //! The first pair is read at startup and the router refuses to start without a good one, saying
 //! which Secret to fix and how. After that a watch of that one Secret (field selector
@@ -15,11 +19,11 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 use tokio::sync::mpsc;
 
-use super::health::Health;
+use super::health::WatchMetrics;
 use super::resources::{spawn_tls_secret, Body, Kind, Object, WatchId};
-use super::AbortOnDrop;
 use crate::config::SecretRef;
-use crate::crd::{TLS_CERT_KEY, TLS_KEY_KEY};
+use crate::crd::{K8S_TLS_CERT_KEY, K8S_TLS_KEY_KEY, TLS_CERT_KEY, TLS_KEY_KEY};
+use crate::k8s::Health;
 use crate::telemetry::Metrics;
 use crate::tls::CertStore;
 
@@ -32,16 +36,18 @@ fn origin(secret: &SecretRef) -> String {
 
 fn how_to_create(secret: &SecretRef) -> String {
     format!(
-        "create it with `kubectl -n {ns} create secret generic {name} --from-file={TLS_CERT_KEY}=<chain.pem> \
-         --from-file={TLS_KEY_KEY}=<key.pem>` (certificate chain server first, unencrypted key)",
+        "create it with `kubectl -n {ns} create secret tls {name} --cert=<chain.pem> --key=<key.pem>` \
+         (keys {K8S_TLS_CERT_KEY} and {K8S_TLS_KEY_KEY}; Azure ML's {TLS_CERT_KEY} and {TLS_KEY_KEY} \
+         work too), certificate chain server first, unencrypted key",
         ns = secret.namespace,
         name = secret.name
     )
 }
 
-/// The PEM pair in a TLS Secret; a missing entry is empty (and refused by the store with a
-/// message naming what is missing).
-fn pair(secret: &Secret) -> PemPair {
+/// The PEM pair in a TLS Secret and the keys it came from: `tls.crt`/`tls.key` when both are
+/// there, else `cert.pem`/`key.pem` when either is, else whichever of `tls.*` is there. A missing
+/// entry is empty (and refused by the store with a message naming what is missing).
+fn pair(secret: &Secret) -> (PemPair, [&'static str; 2]) {
     let get = |key: &str| {
         secret
             .data
@@ -50,7 +56,22 @@ fn pair(secret: &Secret) -> PemPair {
             .map(|b| b.0.clone())
             .unwrap_or_default()
     };
-    (get(TLS_CERT_KEY), get(TLS_KEY_KEY))
+    let has = |key: &str| !get(key).is_empty();
+    let kubernetes = [K8S_TLS_CERT_KEY, K8S_TLS_KEY_KEY];
+    let azureml = [TLS_CERT_KEY, TLS_KEY_KEY];
+    let keys = if kubernetes.iter().all(|k| has(k)) {
+        kubernetes
+    } else if azureml.iter().any(|k| has(k)) || !kubernetes.iter().any(|k| has(k)) {
+        azureml
+    } else {
+        kubernetes
+    };
+    ((get(keys[0]), get(keys[1])), keys)
+}
+
+/// Where a pair came from, for messages: the Secret and its keys.
+fn pair_origin(secret: &SecretRef, keys: [&str; 2]) -> String {
+    format!("{} (keys {} and {})", origin(secret), keys[0], keys[1])
 }
 
 /// The PEM pair a store serves: (certificate chain, key).
@@ -102,16 +123,15 @@ pub async fn load_certificate(
             }
         }
     };
-    let (cert, key) = pair(&object);
-    let store = CertStore::new(&cert, &key, &origin(secret), expected_name, metrics).with_context(
-        || {
-            format!(
-                "fix the data of {}: {}",
-                origin(secret),
-                how_to_create(secret)
-            )
-        },
-    )?;
+    let ((cert, key), keys) = pair(&object);
+    let from = pair_origin(secret, keys);
+    let store = CertStore::new(&cert, &key, &from, expected_name, metrics).with_context(|| {
+        format!(
+            "fix the data of {}: {}",
+            origin(secret),
+            how_to_create(secret)
+        )
+    })?;
     Ok((store, (cert, key)))
 }
 
@@ -126,25 +146,23 @@ pub fn watch_certificate(
 ) -> tokio::task::JoinHandle<()> {
     let metrics = metrics.clone();
     tokio::spawn(async move {
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = mpsc::channel(16);
         let id = WatchId::of(Kind::Secrets, &Some(secret.namespace.clone()));
-        let _watch = AbortOnDrop(spawn_tls_secret(
-            client,
-            &secret.namespace,
-            &secret.name,
-            id.clone(),
-            tx,
-        ));
-        let mut health = Health::new(&metrics, None);
+        let health = Health::new(
+            "keeping the current certificate",
+            Arc::new(WatchMetrics::new(&metrics, None)),
+        );
+        let _watch = spawn_tls_secret(&client, &secret.namespace, &secret.name, id, tx, &health);
         let mut offered = served;
         let origin = origin(&secret);
         let mut offer = |object: &Secret| {
-            let current = pair(object);
+            let (current, keys) = pair(object);
             if offered == current {
                 return;
             }
-            if store.offer(&current.0, &current.1, &origin).is_ok() {
-                tracing::info!("TLS certificate from {origin} is now served");
+            let from = pair_origin(&secret, keys);
+            if store.offer(&current.0, &current.1, &from).is_ok() {
+                tracing::info!("TLS certificate from {from} is now served");
             }
             offered = current;
         };
@@ -162,8 +180,6 @@ pub fn watch_certificate(
                     "TLS {origin} was deleted; keeping the current certificate: {}",
                     how_to_create(&secret)
                 ),
-                Body::Failed { error, expired } => health.failed(&id, &error, expired, true),
-                Body::Recovered => health.recovered(&id, true),
                 Body::Apply(_) => {}
             }
         }

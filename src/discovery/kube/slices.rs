@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use kube::Client;
 
 use super::resources::{spawn_slices, Kind, Scope, Sender, WatchId};
+use crate::k8s::{Health, WatchTask};
 
 /// Most bytes of Service names (plus separators) in one shard's selector.
 pub const MAX_SELECTOR_BYTES: usize = 4_000;
@@ -35,7 +36,7 @@ struct Shard {
     services: BTreeMap<String, BTreeSet<String>>,
     bytes: usize,
     generation: u64,
-    task: Option<tokio::task::JoinHandle<()>>,
+    task: Option<WatchTask>,
     /// The Services changed since the watch started: restart it.
     dirty: bool,
 }
@@ -43,14 +44,6 @@ struct Shard {
 impl Shard {
     fn has_room_for(&self, name: &str) -> bool {
         self.services.len() < MAX_SERVICES_PER_SHARD && self.bytes + name.len() < MAX_SELECTOR_BYTES
-    }
-}
-
-impl Drop for Shard {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
     }
 }
 
@@ -114,7 +107,12 @@ impl SliceShards {
 
     /// Restarts the watch of every shard whose Services changed (a new generation) and stops
     /// those left empty. Returns the watches started and the shards whose watch stopped.
-    pub fn apply(&mut self, client: &Client, tx: &Sender) -> (Vec<WatchId>, Vec<WatchId>) {
+    pub fn apply(
+        &mut self,
+        client: &Client,
+        tx: &Sender,
+        health: &Health,
+    ) -> (Vec<WatchId>, Vec<WatchId>) {
         let mut started = Vec::new();
         let mut stopped = Vec::new();
         for (scope, shards) in &mut self.scopes {
@@ -123,9 +121,7 @@ impl SliceShards {
                     continue;
                 }
                 shard.dirty = false;
-                if let Some(task) = shard.task.take() {
-                    task.abort();
-                }
+                shard.task = None; // stops the watch
                 shard.generation += 1;
                 let id = WatchId {
                     kind: Kind::Slices,
@@ -138,10 +134,11 @@ impl SliceShards {
                     continue;
                 }
                 shard.task = Some(spawn_slices(
-                    client.clone(),
+                    client,
                     id.clone(),
                     shard.services.keys().map(String::as_str),
                     tx.clone(),
+                    health,
                 ));
                 started.push(id);
             }
