@@ -21,6 +21,22 @@ pub fn default_image() -> String {
     format!("ghcr.io/scoregate/scoregate:{}", env!("CARGO_PKG_VERSION"))
 }
 
+/// The image `request` asks for, and without `--image` a notice saying what the default is.
+fn image_for(request: &Request) -> (String, Vec<Notice>) {
+    match &request.image {
+        Some(image) => (image.clone(), Vec::new()),
+        None => (
+            default_image(),
+            vec![Notice::general(format!(
+                "no --image given: the router runs {}, the name release images are published under, \
+                 which this repository does not push; if your nodes cannot pull it, build the image \
+                 (deploy/image/build.sh), push it to a registry they can reach and pass --image",
+                default_image()
+            ))],
+        ),
+    }
+}
+
 /// The longest extension name: the record ConfigMap `scoregate-ext-<name>` must stay a valid
 /// label value (63 characters).
 pub const MAX_NAME: usize = 63 - "scoregate-ext-".len();
@@ -88,14 +104,14 @@ pub fn render_with_facts(
 /// and the notices say so.
 pub fn render_offline(request: &Request) -> anyhow::Result<Manifest> {
     let raw = RawSettings::parse(&request.config, &request.protected)?;
-    let image = request.image.clone().unwrap_or_else(default_image);
+    let (image, notices) = image_for(request);
     Ok(render_with_facts(
         &request.name,
         &raw,
         image,
         &ClusterFacts::default(),
         request.now,
-        Vec::new(),
+        notices,
     )?)
 }
 
@@ -130,8 +146,8 @@ pub struct CreateOutcome {
 pub async fn render_for_create(client: &Client, request: &Request) -> anyhow::Result<Manifest> {
     check_name(&request.name)?;
     let raw = RawSettings::parse(&request.config, &request.protected)?;
-    let image = request.image.clone().unwrap_or_else(default_image);
-    render_against(client, &request.name, &raw, image, request.now, Vec::new()).await
+    let (image, notices) = image_for(request);
+    render_against(client, &request.name, &raw, image, request.now, notices).await
 }
 
 /// Installs a new extension and waits for its router (unless `wait` is `None`).

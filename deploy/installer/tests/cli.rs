@@ -41,6 +41,12 @@ async fn dry_run_prints_yaml_with_notices_as_comments() {
     assert!(out.contains("# NOTE installPromOp"), "{out}");
     assert!(out.contains("kind: Deployment"), "{out}");
     assert!(err.is_empty(), "{err}");
+    // Without --image: the default, and how to bring one's own.
+    assert!(
+        out.contains("# NOTE no --image given: the router runs ghcr.io/scoregate/scoregate:")
+            && out.contains("deploy/image/build.sh"),
+        "{out}"
+    );
 }
 
 #[tokio::test]
@@ -62,6 +68,7 @@ async fn dry_run_prints_a_json_list_and_notices_on_stderr() {
         "registry.example/scoregate:dev"
     );
     assert!(err.contains("note: installPromOp"), "{err}");
+    assert!(!err.contains("--image"), "an image was given: {err}");
 }
 
 #[tokio::test]
