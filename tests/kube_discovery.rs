@@ -10,29 +10,6 @@ use http::StatusCode;
 use kube_common::*;
 use scoregate::config::{SecretRef, TlsConfig};
 
-/// One endpoint `my-endpoint` with deployment `blue` (Service `blue-svc`) on `pods`.
-async fn one_endpoint(fake: &scoregate_fake_kube::FakeApiServer, pods: &Pods) {
-    fake.apply(key_secret(NS, "my-endpoint-keys", KEY, Some(KEY2)))
-        .unwrap();
-    fake.apply(endpoint(
-        NS,
-        "my-endpoint",
-        "my-endpoint-keys",
-        &[("blue", 100)],
-    ))
-    .unwrap();
-    fake.apply(deployment(NS, "my-endpoint", "blue", "blue-svc", pods.port))
-        .unwrap();
-    fake.apply(slice(
-        NS,
-        "blue-svc-x1",
-        "blue-svc",
-        pods.port,
-        &pods.all_ready(),
-    ))
-    .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weights_and_deployments_follow_the_cluster() {
     let fake = fake().await;

@@ -137,6 +137,29 @@ pub fn deployment(ns: &str, endpoint: &str, name: &str, service: &str, port: u16
     })
 }
 
+/// One endpoint `my-endpoint` with deployment `blue` (Service `blue-svc`) on `pods`.
+pub async fn one_endpoint(fake: &FakeApiServer, pods: &Pods) {
+    fake.apply(key_secret(NS, "my-endpoint-keys", KEY, Some(KEY2)))
+        .unwrap();
+    fake.apply(endpoint(
+        NS,
+        "my-endpoint",
+        "my-endpoint-keys",
+        &[("blue", 100)],
+    ))
+    .unwrap();
+    fake.apply(deployment(NS, "my-endpoint", "blue", "blue-svc", pods.port))
+        .unwrap();
+    fake.apply(slice(
+        NS,
+        "blue-svc-x1",
+        "blue-svc",
+        pods.port,
+        &pods.all_ready(),
+    ))
+    .unwrap();
+}
+
 /// A pod entry of an EndpointSlice.
 #[derive(Clone, Copy, Debug)]
 pub struct PodState {
@@ -448,4 +471,70 @@ impl Load {
         }
         (self.ok.load(Ordering::Relaxed), failures)
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Logs
+
+/// The router's log lines, captured for one test: a subscriber set as the default of the test's
+/// thread, so the test must run on a current-thread runtime (`#[tokio::test]`), where every task
+/// the router spawns runs on that thread.
+#[derive(Clone, Default)]
+pub struct Logs {
+    text: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.text.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    /// Starts capturing info-level lines and above; capture ends when the guard is dropped.
+    pub fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        crypto();
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// The lines that contain every one of `needles`.
+    pub fn lines(&self, needles: &[&str]) -> Vec<String> {
+        let text = self.text.lock().unwrap();
+        String::from_utf8_lossy(&text)
+            .lines()
+            .filter(|line| needles.iter().all(|n| line.contains(n)))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// The requests `fake` received under `prefix` that match `what`, in `[from, to)`.
+pub fn requests_between(
+    fake: &FakeApiServer,
+    prefix: &str,
+    what: impl Fn(&scoregate_fake_kube::RecordedRequest) -> bool,
+    from: std::time::SystemTime,
+    to: std::time::SystemTime,
+) -> usize {
+    fake.requests_with_prefix(prefix)
+        .iter()
+        .filter(|r| what(r) && r.at >= from && r.at < to)
+        .count()
+}
+
+/// Whether a recorded request is a LIST (a GET that is not a watch).
+pub fn is_list(request: &scoregate_fake_kube::RecordedRequest) -> bool {
+    request.method == "GET" && !request.is_watch()
 }

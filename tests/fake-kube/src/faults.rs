@@ -17,14 +17,45 @@ pub(crate) struct StreamFaults {
     pub(crate) stall_until: Option<Instant>,
 }
 
-/// A rule failing the next `remaining` requests whose path starts with `path_prefix` (only
-/// writes when `writes_only`).
+/// Which requests a failure rule applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verbs {
+    /// Every request.
+    All,
+    /// Writes only (any method but GET and HEAD).
+    Writes,
+    /// LISTs only (a GET of a collection that is not a watch).
+    Lists,
+}
+
+/// What a request is, as far as failure rules care.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RequestKind {
+    /// Not a GET or HEAD.
+    pub(crate) write: bool,
+    /// A GET of a collection without `watch=true`.
+    pub(crate) list: bool,
+}
+
+/// A rule failing requests whose path starts with `path_prefix`: the next `remaining` of them, or
+/// every one until it is cleared (`remaining` is `None`).
 #[derive(Clone, Debug)]
 struct FailRule {
     path_prefix: String,
     code: u16,
-    remaining: usize,
-    writes_only: bool,
+    remaining: Option<usize>,
+    verbs: Verbs,
+}
+
+impl FailRule {
+    fn matches(&self, kind: RequestKind, path: &str) -> bool {
+        let verb = match self.verbs {
+            Verbs::All => true,
+            Verbs::Writes => kind.write,
+            Verbs::Lists => kind.list,
+        };
+        verb && self.remaining != Some(0) && path.starts_with(&self.path_prefix)
+    }
 }
 
 /// All fault switches.
@@ -77,25 +108,30 @@ impl Faults {
             .is_some_and(|until| Instant::now() < until)
     }
 
-    pub(crate) fn fail_next(&self, path_prefix: &str, code: u16, count: usize, writes_only: bool) {
+    /// Fails matching requests with `code`: the next `count`, or all until cleared (`None`).
+    pub(crate) fn fail(&self, path_prefix: &str, code: u16, count: Option<usize>, verbs: Verbs) {
         self.failures.lock().push(FailRule {
             path_prefix: path_prefix.to_string(),
             code,
             remaining: count,
-            writes_only,
+            verbs,
         });
     }
 
+    /// Removes every rule without a count (those that fail until cleared).
+    pub(crate) fn clear_standing_failures(&self) {
+        self.failures.lock().retain(|r| r.remaining.is_some());
+    }
+
     /// The status code to fail this request with, if a rule matches (consuming one use).
-    pub(crate) fn injected_failure(&self, method: &http::Method, path: &str) -> Option<u16> {
-        let write = !matches!(*method, http::Method::GET | http::Method::HEAD);
+    pub(crate) fn injected_failure(&self, kind: RequestKind, path: &str) -> Option<u16> {
         let mut rules = self.failures.lock();
-        let rule = rules.iter_mut().find(|r| {
-            r.remaining > 0 && path.starts_with(&r.path_prefix) && (write || !r.writes_only)
-        })?;
-        rule.remaining -= 1;
+        let rule = rules.iter_mut().find(|r| r.matches(kind, path))?;
+        if let Some(remaining) = rule.remaining.as_mut() {
+            *remaining -= 1;
+        }
         let code = rule.code;
-        rules.retain(|r| r.remaining > 0);
+        rules.retain(|r| r.remaining != Some(0));
         Some(code)
     }
 }

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::faults::Faults;
+use crate::faults::{Faults, Verbs};
 use crate::requests_log::{RecordedRequest, RequestLog};
 use crate::service;
 use crate::store::Store;
@@ -185,13 +185,36 @@ impl FakeApiServer {
     pub fn fail_next_requests(&self, path_prefix: &str, code: u16, count: usize) {
         self.shared
             .faults
-            .fail_next(path_prefix, code, count, false);
+            .fail(path_prefix, code, Some(count), Verbs::All);
     }
 
     /// Fails the next `count` writes (any method but GET and HEAD) whose path starts with
     /// `path_prefix` with HTTP `code`: a 409 here is a write that lost a race.
     pub fn fail_next_writes(&self, path_prefix: &str, code: u16, count: usize) {
-        self.shared.faults.fail_next(path_prefix, code, count, true);
+        self.shared
+            .faults
+            .fail(path_prefix, code, Some(count), Verbs::Writes);
+    }
+
+    /// Fails every LIST (a GET of a collection that is not a watch) whose path starts with
+    /// `path_prefix` with HTTP `code` until [`FakeApiServer::clear_list_failures`]; watches and
+    /// GETs of one object are served. E.g. 503 for an API server that cannot serve lists, 403 for
+    /// missing RBAC.
+    pub fn fail_lists(&self, path_prefix: &str, code: u16) {
+        self.shared
+            .faults
+            .fail(path_prefix, code, None, Verbs::Lists);
+    }
+
+    /// Ends every [`FakeApiServer::fail_lists`].
+    pub fn clear_list_failures(&self) {
+        self.shared.faults.clear_standing_failures();
+    }
+
+    /// While `on`, every new watch is accepted (HTTP 200), sends the events it would replay, and
+    /// ends at once (a clean end: no bookmark, no error), as a misbehaving proxy might do.
+    pub fn end_watches_at_once(&self, on: bool) {
+        self.shared.settings.lock().end_at_once = on;
     }
 
     /// How often watches with `allowWatchBookmarks=true` get a BOOKMARK (default 1 s).

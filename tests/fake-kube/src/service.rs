@@ -13,6 +13,8 @@ use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use serde_json::Value;
 
+use crate::faults::RequestKind;
+use crate::paths::{parse_path, Target};
 use crate::requests_log::RecordedRequest;
 use crate::routes;
 use crate::selectors::Filter;
@@ -143,6 +145,16 @@ fn reason_for(code: u16) -> &'static str {
     }
 }
 
+/// What failure rules need to know about a request.
+fn request_kind(req: &Request) -> RequestKind {
+    let write = !matches!(*req.method(), Method::GET | Method::HEAD);
+    let collection = matches!(parse_path(req.path()), Some(Target::Object(p)) if p.name.is_none());
+    RequestKind {
+        write,
+        list: *req.method() == Method::GET && collection && !req.flag("watch"),
+    }
+}
+
 /// Serves one request and records it in the request log.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
@@ -161,7 +173,10 @@ pub(crate) async fn serve(
             "ServiceUnavailable",
             "the server is currently unable to handle the request",
         ))
-    } else if let Some(code) = shared.faults.injected_failure(req.method(), req.path()) {
+    } else if let Some(code) = shared
+        .faults
+        .injected_failure(request_kind(&req), req.path())
+    {
         error_response(&ApiError::new(
             code,
             reason_for(code),

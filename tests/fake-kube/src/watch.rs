@@ -28,6 +28,8 @@ pub(crate) struct WatchSettings {
     pub(crate) bookmark_interval: Duration,
     /// Caps `timeoutSeconds` (like an API server's request timeout), if set.
     pub(crate) max_timeout: Option<Duration>,
+    /// Every new watch ends right after its replayed events (a fault).
+    pub(crate) end_at_once: bool,
 }
 
 impl Default for WatchSettings {
@@ -35,6 +37,7 @@ impl Default for WatchSettings {
         Self {
             bookmark_interval: Duration::from_secs(1),
             max_timeout: None,
+            end_at_once: false,
         }
     }
 }
@@ -128,7 +131,7 @@ pub(crate) fn start(shared: Arc<Shared>, mut spec: WatchSpec) -> impl Stream<Ite
         expire_generation: current.expire_generation,
         faults,
         last_rv,
-        closing,
+        closing: closing || settings.end_at_once,
         done: false,
     };
     futures_util::stream::unfold(stream, |mut s| async move {

@@ -4,8 +4,10 @@
 use std::fmt::Debug;
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::WatchParams;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
 };
@@ -358,5 +360,46 @@ async fn refused_failed_and_delayed_requests() {
     assert_eq!(
         (statuses.first(), statuses.last()),
         (Some(&503), Some(&200))
+    );
+}
+
+#[tokio::test]
+async fn list_only_failures_and_watches_that_end_at_once() {
+    let (server, _) = setup().await;
+    let mut config = server.config(NS).await.unwrap();
+    config.default_retry = false;
+    let api: Api<ConfigMap> = Api::namespaced(kube::Client::try_from(config).unwrap(), NS);
+    api.create(&PostParams::default(), &cm("a", "x"))
+        .await
+        .unwrap();
+    server.fail_lists(&format!("/api/v1/namespaces/{NS}/configmaps"), 403);
+    for _ in 0..2 {
+        assert_eq!(
+            api_error(api.list(&ListParams::default()).await),
+            err(403, "Forbidden")
+        );
+    }
+    assert!(api.get("a").await.is_ok(), "a GET of one object is served");
+    let watch = api.watch(&WatchParams::default(), "0").await;
+    assert!(watch.is_ok(), "watches are served");
+    server.clear_list_failures();
+    assert!(api.list(&ListParams::default()).await.is_ok());
+
+    server.end_watches_at_once(true);
+    let rv = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    let events: Vec<_> = api
+        .watch(&WatchParams::default(), &rv.unwrap())
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert!(
+        events.is_empty(),
+        "accepted, then ended with nothing: {events:?}"
     );
 }
