@@ -9,6 +9,7 @@
 //! | [`translate`] | objects → per-endpoint declarations, indexes that say what a change touches |
 //! | [`rebuild`] | the loop: coalescing (≤ 10 ms), per-endpoint validation, incremental publish |
 //! | [`health`] | what outages count: `scoregate_discovery_up`, error and relist counters |
+//! | [`problems`] | why something is not served as declared; each problem reported once |
 //! | [`secrets`] | the TLS certificate from `sslSecret` |
 //!
 //! Scope is one namespace, a list (one set of watches per namespace), or all namespaces (one set
@@ -28,6 +29,7 @@
 //! Secret's namespace when `tls.secret` is set).
 
 pub mod health;
+pub mod problems;
 pub mod rebuild;
 pub mod resources;
 pub mod secrets;
@@ -56,7 +58,8 @@ pub mod names {
     pub const WATCH_ERRORS: &str = "scoregate_discovery_watch_errors_total";
     /// Relists after a 410 Expired, by resource.
     pub const RELISTS: &str = "scoregate_discovery_relists_total";
-    /// Endpoints (or OnlineEndpoint objects) refused, by reason (`invalid`, `keys`, `conflict`).
+    /// Problems found with endpoints and objects, each counted once, by `reason` (the closed set
+    /// of [`super::problems::Reason`]).
     pub const REJECTIONS: &str = "scoregate_discovery_rejections_total";
     /// Endpoints and objects not served as declared now.
     pub const REJECTED: &str = "scoregate_discovery_rejected";

@@ -26,18 +26,19 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use kube::Client;
-use metrics::{Counter, Gauge, Histogram};
+use metrics::Histogram;
 use tokio::sync::mpsc::Receiver;
 use tokio::time::Instant;
 
 use super::health::WatchMetrics;
 use super::names;
+use super::problems::{Problem, Reason, Reports};
 use super::resources::{spawn_plain, Body, Kind, Message, ObjKey, Scope, Sender, WatchId};
 use super::slices::SliceShards;
-use super::translate::{scope_of, Cluster, Declaration, Resolution};
+use super::translate::{deployment_subject, scope_of, Cluster, Declaration, Resolution};
 use crate::discovery::Publisher;
 use crate::k8s::{Health, WatchTask};
-use crate::model::RouteSpec;
+use crate::model::{EndpointKeys, RouteSpec};
 use crate::telemetry::Metrics;
 
 /// A batch ends when no message arrived for this long...
@@ -46,6 +47,9 @@ pub const QUIET: Duration = Duration::from_millis(1);
 pub const MAX_COALESCE: Duration = Duration::from_millis(10);
 /// How often pod state nobody needs any more is swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// How long an OnlineDeployment's Service may have no EndpointSlices after its shard has listed
+/// before that is reported (the EndpointSlice controller makes them shortly after the Service).
+pub const SERVICE_GRACE: Duration = Duration::from_secs(5);
 
 /// The loop's state.
 pub struct Discovery {
@@ -62,15 +66,13 @@ pub struct Discovery {
     publisher: Publisher,
     route: RouteSpec,
     last_good: HashMap<String, Declaration>,
-    shadowed: HashMap<String, Vec<ObjKey>>,
-    rejected: HashMap<String, String>,
+    reports: Reports,
+    /// Endpoints to resolve again at a time (a Service whose slices may still come).
+    recheck: HashMap<String, Instant>,
     pending: Vec<Instant>,
     health: Health,
-    metrics: Metrics,
     event_to_routable: Histogram,
     rebuild: Histogram,
-    rejected_gauge: Gauge,
-    rejections: HashMap<&'static str, Counter>,
 }
 
 impl Discovery {
@@ -112,15 +114,12 @@ impl Discovery {
             publisher,
             route: RouteSpec::default(),
             last_good: HashMap::new(),
-            shadowed: HashMap::new(),
-            rejected: HashMap::new(),
+            reports: Reports::new(metrics),
+            recheck: HashMap::new(),
             pending: Vec::new(),
             health,
-            metrics: metrics.clone(),
             event_to_routable: metrics.histogram(names::EVENT_TO_ROUTABLE, &[]),
             rebuild: metrics.histogram(names::REBUILD, &[]),
-            rejected_gauge: metrics.gauge(names::REJECTED, &[]),
-            rejections: HashMap::new(),
         }
     }
 
@@ -135,6 +134,9 @@ impl Discovery {
             Body::Apply(object) => self.cluster.apply(object, &watch),
             Body::Delete(key) => self.cluster.delete(watch.kind, &key),
             Body::Synced(objects) => {
+                if watch.kind == Kind::Slices {
+                    self.shards.listed(&watch);
+                }
                 self.cluster.replace(&watch, objects);
                 if !self.ready {
                     self.synced.insert(watch);
@@ -166,6 +168,12 @@ impl Discovery {
                 shards = self.shards.watch_count(),
                 "EndpointSlice selection changed"
             );
+        }
+        for (subject, problem) in self.cluster.take_reports() {
+            match problem {
+                Some(problem) => self.reports.report(&subject, problem),
+                None => self.reports.clear(&subject),
+            }
         }
         if !self.ready {
             if !self.all_synced() {
@@ -228,37 +236,51 @@ impl Discovery {
             self.event_to_routable
                 .record(now.duration_since(received).as_secs_f64());
         }
-        self.rejected_gauge.set(self.rejected.len() as f64);
     }
 }
 
 impl Discovery {
-    /// The routing spec of endpoint `name` now, or `None` when it is not served; notes (logs
-    /// and counts, once per distinct problem) why an endpoint is not served as declared.
+    /// The routing spec of endpoint `name` now, or `None` when it is not served; reports (once
+    /// per distinct problem) why the endpoint or one of its objects is not served as declared.
     fn resolve(&mut self, name: &str) -> Option<RouteSpec> {
-        let (keys, declaration, shadowed) = match self.cluster.resolve(name) {
+        let mut objects = self.cluster.orphans(name);
+        let subject = format!("endpoint `{name}`");
+        let served = match self.cluster.resolve(name) {
             Resolution::Absent => {
                 self.last_good.remove(name);
-                self.clear(&format!("endpoint `{name}`"));
-                self.note_shadowed(name, Vec::new());
-                return None;
+                self.reports.clear(&subject);
+                None
             }
             Resolution::Found {
                 keys,
                 declaration,
                 shadowed,
-            } => (keys, declaration, shadowed),
+            } => {
+                objects.extend(shadowed.into_iter().map(|key| shadowed_problem(name, key)));
+                let served = self.serve(name, &subject, keys, declaration);
+                objects.extend(self.missing_services(name));
+                served
+            }
         };
-        self.note_shadowed(name, shadowed);
-        let subject = format!("endpoint `{name}`");
+        self.reports.note_objects(name, objects);
+        served
+    }
+
+    /// The spec served for endpoint `name` from its keys and declaration: the declaration if it
+    /// is valid, else its last valid one (reported), else none.
+    fn serve(
+        &mut self,
+        name: &str,
+        subject: &str,
+        keys: Result<EndpointKeys, Problem>,
+        declaration: Result<Declaration, Vec<Problem>>,
+    ) -> Option<RouteSpec> {
         let keys = match keys {
             Ok(keys) => keys,
-            Err(reason) => {
-                self.reject(
-                    &subject,
-                    "keys",
-                    format!("endpoint `{name}` is not served: {reason}"),
-                );
+            Err(problem) => {
+                let message = format!("endpoint `{name}` is not served: {}", problem.message);
+                self.reports
+                    .report(subject, Problem::new(problem.reason, message));
                 return None;
             }
         };
@@ -268,10 +290,13 @@ impl Discovery {
                 match spec.validate() {
                     Ok(()) => {
                         self.last_good.insert(name.to_string(), declaration);
-                        self.clear(&subject);
+                        self.reports.clear(subject);
                         return Some(spec);
                     }
-                    Err(errors) => errors.iter().map(ToString::to_string).collect(),
+                    Err(errors) => errors
+                        .iter()
+                        .map(|e| Problem::new(Reason::Invalid, e.to_string()))
+                        .collect(),
                 }
             }
             Err(problems) => problems,
@@ -285,60 +310,92 @@ impl Discovery {
         } else {
             "it is not served until this is fixed"
         };
-        self.reject(
-            &subject,
-            "invalid",
-            format!(
-                "endpoint `{name}` is invalid ({consequence}): {}",
-                problems.join("; ")
-            ),
+        let reason = problems.first().map_or(Reason::Invalid, |p| p.reason);
+        let text: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
+        let message = format!(
+            "endpoint `{name}` is invalid ({consequence}): {}",
+            text.join("; ")
         );
+        self.reports.report(subject, Problem::new(reason, message));
         fallback
     }
 
-    /// Reports OnlineEndpoints hidden by a same-named one in another namespace.
-    fn note_shadowed(&mut self, name: &str, shadowed: Vec<ObjKey>) {
-        let before = if shadowed.is_empty() {
-            self.shadowed.remove(name).unwrap_or_default()
-        } else {
-            self.shadowed
-                .insert(name.to_string(), shadowed.clone())
-                .unwrap_or_default()
+    /// The deployments of endpoint `name` (as served) whose Service has had no EndpointSlices
+    /// for [`SERVICE_GRACE`] since its shard listed; a Service still within its grace is looked
+    /// at again when it ends.
+    fn missing_services(&mut self, name: &str) -> Vec<(String, Problem)> {
+        let Some(declaration) = self.last_good.get(name) else {
+            return Vec::new();
         };
-        for (ns, object) in &before {
-            if !shadowed.contains(&(ns.clone(), object.clone())) {
-                self.clear(&format!("OnlineEndpoint {ns}/{object}"));
+        let ns = &declaration.namespace;
+        let scope = scope_of(self.all_namespaces, ns);
+        let (mut missing, mut later) = (Vec::new(), None);
+        for d in &declaration.deployments {
+            if self.cluster.has_slices(&(ns.clone(), d.service.clone())) {
+                continue;
+            }
+            let since = self.shards.listed_at(&scope, &d.service);
+            match since.map(|at| at + SERVICE_GRACE) {
+                Some(due) if due <= Instant::now() => missing.push((
+                    deployment_subject(&(ns.clone(), d.object.clone())),
+                    Problem::new(
+                        Reason::ServiceMissing,
+                        format!(
+                            "OnlineDeployment {ns}/{object} (deployment `{deployment}` of endpoint \
+                             `{name}`): field `spec.serviceName`: Service {ns}/{service} has no \
+                             EndpointSlices, so the deployment has no pods and its requests get 503 \
+                             NoReadyPod: create the Service (with a selector for the model pods) or \
+                             fix spec.serviceName",
+                            object = d.object,
+                            deployment = d.spec.name,
+                            service = d.service,
+                        ),
+                    ),
+                )),
+                due => {
+                    let due = due.unwrap_or_else(|| Instant::now() + SERVICE_GRACE);
+                    later = Some(later.map_or(due, |l: Instant| l.min(due)));
+                }
             }
         }
-        for (ns, object) in shadowed {
-            self.reject(
-                &format!("OnlineEndpoint {ns}/{object}"),
-                "conflict",
-                format!(
-                    "OnlineEndpoint {ns}/{object} is not served: an older OnlineEndpoint named `{name}` in                      another watched namespace serves that name (scoring URIs carry no namespace): rename one"
-                ),
-            );
+        if let Some(due) = later {
+            let at = self.recheck.entry(name.to_string()).or_insert(due);
+            *at = (*at).min(due);
+        }
+        missing
+    }
+
+    /// Resolves again the endpoints whose time to be looked at again has come.
+    fn recheck(&mut self) {
+        let now = Instant::now();
+        let due: BTreeSet<String> = self
+            .recheck
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(name, _)| name.clone())
+            .collect();
+        self.recheck.retain(|_, at| *at > now);
+        if self.ready && !due.is_empty() {
+            self.publish(due);
         }
     }
 
-    fn reject(&mut self, subject: &str, reason: &'static str, message: String) {
-        if self.rejected.get(subject) == Some(&message) {
-            return;
-        }
-        tracing::warn!("{message}");
-        let metrics = &self.metrics;
-        self.rejections
-            .entry(reason)
-            .or_insert_with(|| metrics.counter(names::REJECTIONS, &[("reason", reason)]))
-            .increment(1);
-        self.rejected.insert(subject.to_string(), message);
+    /// The earliest time an endpoint is to be looked at again, if any.
+    fn next_recheck(&self) -> Option<Instant> {
+        self.recheck.values().min().copied()
     }
+}
 
-    fn clear(&mut self, subject: &str) {
-        if self.rejected.remove(subject).is_some() {
-            tracing::info!("{subject} is served as declared again");
-        }
-    }
+/// The problem of an OnlineEndpoint hidden by an older one of the same name.
+fn shadowed_problem(name: &str, (ns, object): ObjKey) -> (String, Problem) {
+    let message = format!(
+        "OnlineEndpoint {ns}/{object} is not served: an older OnlineEndpoint named `{name}` in \
+         another watched namespace serves that name (scoring URIs carry no namespace): rename one"
+    );
+    (
+        format!("OnlineEndpoint {ns}/{object}"),
+        Problem::new(Reason::Conflict, message),
+    )
 }
 
 /// Whether `route` already holds exactly `piece` for endpoint `name`.
@@ -387,6 +444,10 @@ pub async fn run(mut discovery: Discovery, mut rx: Receiver<Message>) {
                 discovery.publisher.sweep();
                 continue;
             }
+            _ = until(discovery.next_recheck()) => {
+                discovery.recheck();
+                continue;
+            }
         };
         let deadline = Instant::now() + MAX_COALESCE;
         discovery.handle(first);
@@ -405,5 +466,13 @@ pub async fn run(mut discovery: Discovery, mut rx: Receiver<Message>) {
             }
         }
         discovery.flush();
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use kube::Client;
+use tokio::time::Instant;
 
 use super::resources::{spawn_slices, Kind, Scope, Sender, WatchId};
 use crate::k8s::{Health, WatchTask};
@@ -37,6 +38,8 @@ struct Shard {
     bytes: usize,
     generation: u64,
     task: Option<WatchTask>,
+    /// When the current watch completed its first list.
+    listed_at: Option<Instant>,
     /// The Services changed since the watch started: restart it.
     dirty: bool,
 }
@@ -122,6 +125,7 @@ impl SliceShards {
                 }
                 shard.dirty = false;
                 shard.task = None; // stops the watch
+                shard.listed_at = None;
                 shard.generation += 1;
                 let id = WatchId {
                     kind: Kind::Slices,
@@ -144,6 +148,26 @@ impl SliceShards {
             }
         }
         (started, stopped)
+    }
+
+    /// The current watch `id` of a shard has completed a list (the first one counts).
+    pub fn listed(&mut self, id: &WatchId) {
+        if !self.is_current(id) {
+            return;
+        }
+        if let Some(shard) = self
+            .scopes
+            .get_mut(&id.scope)
+            .and_then(|s| s.get_mut(id.shard))
+        {
+            shard.listed_at.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// When the watch selecting the slices of Service `name` completed its first list, if it has.
+    pub fn listed_at(&self, scope: &Scope, name: &str) -> Option<Instant> {
+        let index = self.placement.get(&(scope.clone(), name.to_string()))?;
+        self.shard(scope, *index).and_then(|s| s.listed_at)
     }
 
     /// Whether `id` is the current watch of its shard (messages from replaced ones are ignored).

@@ -19,6 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::DynamicObject;
 use serde::de::DeserializeOwned;
 
+use super::problems::{Problem, Reason};
 use super::resources::{key_of, service_of, Kind, ObjKey, Object, Scope, WatchId};
 use crate::crd::{OnlineDeploymentSpec, OnlineEndpointSpec, PRIMARY_KEY, SECONDARY_KEY};
 use crate::model::{DeploymentSpec, EndpointKeys, EndpointSpec, PodSpec, RouteSpec};
@@ -48,6 +49,9 @@ struct SliceRecord {
     pods: Vec<(IpAddr, bool, bool)>,
 }
 
+/// One pod address of a slice: (address, ready, terminating).
+type SlicePod = (IpAddr, bool, bool);
+
 struct SecretRecord {
     version: String,
     keys: Result<EndpointKeys, String>,
@@ -58,6 +62,8 @@ struct SecretRecord {
 pub struct DeclaredDeployment {
     /// The declaration (its `pods` are empty).
     pub spec: DeploymentSpec,
+    /// The OnlineDeployment's `metadata.name`.
+    pub object: String,
     /// The Service whose slices list its pods.
     pub service: String,
     /// The pods' port.
@@ -84,9 +90,9 @@ pub enum Resolution {
     /// The endpoint exists.
     Found {
         /// Its current keys, or why they cannot be used.
-        keys: Result<EndpointKeys, String>,
+        keys: Result<EndpointKeys, Problem>,
         /// Its declaration, or every problem with it.
-        declaration: Result<Declaration, Vec<String>>,
+        declaration: Result<Declaration, Vec<Problem>>,
         /// OnlineEndpoints of the same name in other namespaces, which are not served.
         shadowed: Vec<ObjKey>,
     },
@@ -103,6 +109,8 @@ pub struct Cluster {
     endpoints_named: HashMap<String, BTreeSet<String>>,
     /// (namespace, endpoint name) → OnlineDeployment object names.
     deployments_of: HashMap<Ref, BTreeSet<String>>,
+    /// Endpoint name → namespaces with OnlineDeployments naming it.
+    deployment_namespaces: HashMap<String, BTreeSet<String>>,
     /// (namespace, Service) → OnlineDeployment object names.
     deployments_using: HashMap<Ref, BTreeSet<String>>,
     /// (namespace, Service) → EndpointSlice names.
@@ -112,6 +120,11 @@ pub struct Cluster {
     dirty: BTreeSet<String>,
     services_added: BTreeSet<Ref>,
     services_removed: BTreeSet<Ref>,
+    /// Problems of objects that belong to no endpoint (an OnlineDeployment whose endpoint cannot
+    /// be read, an EndpointSlice with addresses that are not IPs), by subject.
+    reports: BTreeMap<String, Problem>,
+    /// Subjects whose entry in `reports` changed since the last [`Cluster::take_reports`].
+    reports_changed: BTreeSet<String>,
 }
 
 fn index_add(index: &mut HashMap<Ref, BTreeSet<String>>, key: Ref, name: &str) -> bool {
@@ -133,17 +146,59 @@ fn index_remove(index: &mut HashMap<Ref, BTreeSet<String>>, key: &Ref, name: &st
     false
 }
 
-/// Parses a custom resource's `spec`, naming the field that is wrong.
-fn parse_spec<T: DeserializeOwned>(kind: &str, object: &DynamicObject) -> Result<T, String> {
+/// Parses a custom resource's `spec`, naming the field that is wrong; `required` names the
+/// fields a `spec` needs at least (for the message when there is none).
+fn parse_spec<T: DeserializeOwned>(
+    kind: &str,
+    object: &DynamicObject,
+    required: &str,
+) -> Result<T, String> {
     let (ns, name) = key_of(object);
-    let spec = object.data.get("spec").cloned().unwrap_or_default();
+    let Some(spec) = object.data.get("spec").cloned() else {
+        return Err(format!(
+            "{kind} {ns}/{name} has no `spec`: it needs at least {required}"
+        ));
+    };
     serde_path_to_error::deserialize(spec).map_err(|e| {
-        let path = e.path().to_string();
-        format!(
-            "{kind} {ns}/{name}: field `spec.{path}`: {}",
-            e.into_inner()
-        )
+        let path = match e.path().to_string() {
+            root if root == "." => "spec".to_string(),
+            path => format!("spec.{path}"),
+        };
+        format!("{kind} {ns}/{name}: field `{path}`: {}", e.into_inner())
     })
+}
+
+/// Whether `name` can be a Service's name (an RFC 1035 label), and so a label selector value.
+fn is_service_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && bytes[0].is_ascii_lowercase()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+/// The Service an OnlineDeployment names, if it can be one; an unusable name is a problem of
+/// its spec (and never reaches a label selector, where it would break the list of every
+/// Service in the same shard).
+fn checked_service(
+    key: &ObjKey,
+    spec: Result<OnlineDeploymentSpec, String>,
+    raw: Option<String>,
+) -> (Result<OnlineDeploymentSpec, String>, Option<String>) {
+    let service = spec.as_ref().map(|s| s.service_name.clone()).ok().or(raw);
+    match service {
+        Some(service) if !is_service_name(&service) => {
+            let problem = format!(
+                "OnlineDeployment {}/{}: field `spec.serviceName`: `{service}` is not a Service \
+                 name (lower-case letters, digits and '-', starting with a letter, at most 63)",
+                key.0, key.1
+            );
+            (spec.and(Err(problem)), None)
+        }
+        service => (spec, service),
+    }
 }
 
 fn raw_string(object: &DynamicObject, field: &str) -> Option<String> {
@@ -186,21 +241,23 @@ pub fn keys_from(secret: &Secret) -> Result<EndpointKeys, String> {
     })
 }
 
-/// Pods of one slice: (address, ready, terminating). An unknown `ready` counts as ready and an
-/// unknown `terminating` as not terminating, as the EndpointSlice API documents.
-fn pods_of(slice: &EndpointSlice) -> Vec<(IpAddr, bool, bool)> {
-    let mut pods = Vec::new();
+/// Pods of one slice: (address, ready, terminating), and the addresses that are not IPs. An
+/// unknown `ready` counts as ready and an unknown `terminating` as not terminating, as the
+/// EndpointSlice API documents.
+fn pods_of(slice: &EndpointSlice) -> (Vec<SlicePod>, Vec<String>) {
+    let (mut pods, mut unusable) = (Vec::new(), Vec::new());
     for endpoint in &slice.endpoints {
         let conditions = endpoint.conditions.as_ref();
         let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
         let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
         for address in &endpoint.addresses {
-            if let Ok(ip) = address.parse::<IpAddr>() {
-                pods.push((ip, ready, terminating));
+            match address.parse::<IpAddr>() {
+                Ok(ip) => pods.push((ip, ready, terminating)),
+                Err(_) => unusable.push(address.clone()),
             }
         }
     }
-    pods
+    (pods, unusable)
 }
 
 impl Cluster {
@@ -327,7 +384,7 @@ impl Cluster {
             return;
         }
         self.delete_endpoint(&key);
-        let spec = parse_spec::<OnlineEndpointSpec>("OnlineEndpoint", object);
+        let spec = parse_spec::<OnlineEndpointSpec>("OnlineEndpoint", object, "keysSecretName");
         let keys_secret = match &spec {
             Ok(s) => Some(s.keys_secret_name.clone()),
             Err(_) => raw_string(object, "keysSecretName"),
@@ -386,21 +443,32 @@ impl Cluster {
             return;
         }
         self.delete_deployment(&key);
-        let spec = parse_spec::<OnlineDeploymentSpec>("OnlineDeployment", object);
-        let (endpoint, service) = match &spec {
-            Ok(s) => (Some(s.endpoint_name.clone()), Some(s.service_name.clone())),
-            Err(_) => (
-                raw_string(object, "endpointName"),
-                raw_string(object, "serviceName"),
-            ),
+        let spec = parse_spec::<OnlineDeploymentSpec>(
+            "OnlineDeployment",
+            object,
+            "endpointName and serviceName",
+        );
+        let endpoint = match &spec {
+            Ok(s) => Some(s.endpoint_name.clone()),
+            Err(_) => raw_string(object, "endpointName"),
         };
-        if let Some(endpoint) = &endpoint {
-            index_add(
-                &mut self.deployments_of,
-                (key.0.clone(), endpoint.clone()),
-                &key.1,
-            );
-            self.dirty.insert(endpoint.clone());
+        let (spec, service) = checked_service(&key, spec, raw_string(object, "serviceName"));
+        let subject = deployment_subject(&key);
+        match (&endpoint, &spec) {
+            (Some(endpoint), _) => {
+                if index_add(
+                    &mut self.deployments_of,
+                    (key.0.clone(), endpoint.clone()),
+                    &key.1,
+                ) {
+                    let namespaces = self.deployment_namespaces.entry(endpoint.clone());
+                    namespaces.or_default().insert(key.0.clone());
+                }
+                self.dirty.insert(endpoint.clone());
+            }
+            // No endpoint to report it with: the object is reported on its own.
+            (None, Err(e)) => self.set_report(subject, Some(Problem::new(Reason::InvalidSpec, e))),
+            (None, Ok(_)) => {}
         }
         if let Some(service) = &service {
             let service = (key.0.clone(), service.clone());
@@ -424,12 +492,17 @@ impl Cluster {
         let Some(old) = self.deployments.remove(key) else {
             return;
         };
+        self.set_report(deployment_subject(key), None);
         if let Some(endpoint) = &old.endpoint {
-            index_remove(
-                &mut self.deployments_of,
-                &(key.0.clone(), endpoint.clone()),
-                &key.1,
-            );
+            let pair = (key.0.clone(), endpoint.clone());
+            if index_remove(&mut self.deployments_of, &pair, &key.1) {
+                if let Some(namespaces) = self.deployment_namespaces.get_mut(endpoint) {
+                    namespaces.remove(&key.0);
+                    if namespaces.is_empty() {
+                        self.deployment_namespaces.remove(endpoint);
+                    }
+                }
+            }
             self.dirty.insert(endpoint.clone());
         }
         if let Some(service) = &old.service {
@@ -458,13 +531,29 @@ impl Cluster {
         let service_ref = (key.0.clone(), service.clone());
         index_add(&mut self.slices_of, service_ref.clone(), &key.1);
         self.mark_service_users(&service_ref);
+        let (pods, unusable) = pods_of(slice);
+        if !unusable.is_empty() {
+            let problem =
+                Problem::new(
+                    Reason::SliceAddress,
+                    format!(
+                    "EndpointSlice {}/{} of Service {service}: {} not an IP address and ignored \
+                     (only IPv4 and IPv6 slices are read): {}",
+                    key.0,
+                    key.1,
+                    if unusable.len() == 1 { "this address is" } else { "these addresses are" },
+                    unusable.join(", ")
+                ),
+                );
+            self.set_report(slice_subject(&key), Some(problem));
+        }
         self.slices.insert(
             key,
             SliceRecord {
                 version,
                 service,
                 shard,
-                pods: pods_of(slice),
+                pods,
             },
         );
     }
@@ -473,6 +562,7 @@ impl Cluster {
         let Some(old) = self.slices.remove(key) else {
             return;
         };
+        self.set_report(slice_subject(key), None);
         let service = (key.0.clone(), old.service);
         index_remove(&mut self.slices_of, &service, &key.1);
         self.mark_service_users(&service);
@@ -550,15 +640,22 @@ impl Cluster {
             .map(|(_, other)| ((*other).clone(), name.to_string()))
             .collect();
         let record = &self.endpoints[&(ns.clone(), name.to_string())];
-        let keys = match &record.keys_secret {
-            None => Err(format!(
-                "OnlineEndpoint {ns}/{name} names no keys Secret: set `spec.keysSecretName`"
+        let keys = match (&record.keys_secret, &record.spec) {
+            // The spec cannot be read, keysSecretName included: that is the problem to report.
+            (None, Err(e)) => Err(Problem::new(Reason::InvalidSpec, e)),
+            (None, Ok(_)) => Err(Problem::new(
+                Reason::Keys,
+                format!("OnlineEndpoint {ns}/{name} names no keys Secret: set `spec.keysSecretName`"),
             )),
-            Some(secret) => match self.secrets.get(&(ns.clone(), secret.clone())) {
-                Some(r) => r.keys.clone(),
-                None => Err(format!(
-                    "the keys Secret {ns}/{secret} of OnlineEndpoint {ns}/{name} does not exist (or is \
-                     not of type Opaque): create it with `{PRIMARY_KEY}` and `{SECONDARY_KEY}`"
+            (Some(secret), _) => match self.secrets.get(&(ns.clone(), secret.clone())) {
+                Some(r) => r.keys.clone().map_err(|e| Problem::new(Reason::Keys, e)),
+                None => Err(Problem::new(
+                    Reason::Keys,
+                    format!(
+                        "the keys Secret {ns}/{secret} of OnlineEndpoint {ns}/{name} does not exist \
+                         (or is not of type Opaque): create it with `{PRIMARY_KEY}` and \
+                         `{SECONDARY_KEY}`"
+                    ),
                 )),
             },
         };
@@ -574,12 +671,12 @@ impl Cluster {
         ns: &str,
         name: &str,
         record: &EndpointRecord,
-    ) -> Result<Declaration, Vec<String>> {
+    ) -> Result<Declaration, Vec<Problem>> {
         let mut problems = Vec::new();
         let endpoint = match &record.spec {
             Ok(spec) => Some(spec),
             Err(e) => {
-                problems.push(e.clone());
+                problems.push(Problem::new(Reason::InvalidSpec, e));
                 None
             }
         };
@@ -593,12 +690,13 @@ impl Cluster {
             let spec = match &r.spec {
                 Ok(spec) => spec,
                 Err(e) => {
-                    problems.push(e.clone());
+                    problems.push(Problem::new(Reason::InvalidSpec, e));
                     continue;
                 }
             };
             let deployment_name = spec.deployment_name_or(object).to_string();
             let declared = DeclaredDeployment {
+                object: object.clone(),
                 spec: DeploymentSpec {
                     name: deployment_name.clone(),
                     endpoint: name.to_string(),
@@ -609,9 +707,12 @@ impl Cluster {
                 port: spec.port,
             };
             if let Some((_, other, _)) = deployments.get(&deployment_name) {
-                problems.push(format!(
-                    "OnlineDeployments {ns}/{other} and {ns}/{object} both declare deployment \
-                     `{deployment_name}` of endpoint `{name}`: rename one (spec.deploymentName)"
+                problems.push(Problem::new(
+                    Reason::Conflict,
+                    format!(
+                        "OnlineDeployments {ns}/{other} and {ns}/{object} both declare deployment \
+                         `{deployment_name}` of endpoint `{name}`: rename one (spec.deploymentName)"
+                    ),
                 ));
                 continue;
             }
@@ -637,6 +738,55 @@ impl Cluster {
             },
             deployments: deployments.into_values().map(|(_, _, d)| d).collect(),
         })
+    }
+
+    /// OnlineDeployments that name endpoint `name` in a namespace without an OnlineEndpoint of
+    /// that name, with their problem.
+    pub fn orphans(&self, name: &str) -> Vec<(String, Problem)> {
+        let mut orphans = Vec::new();
+        let namespaces = self.deployment_namespaces.get(name).into_iter().flatten();
+        for ns in namespaces {
+            let pair = (ns.clone(), name.to_string());
+            if self.endpoints.contains_key(&pair) {
+                continue;
+            }
+            for object in self.deployments_of.get(&pair).into_iter().flatten() {
+                let message = format!(
+                    "OnlineDeployment {ns}/{object} names endpoint `{name}`, but namespace {ns} has \
+                     no OnlineEndpoint `{name}`: create it, or fix `spec.endpointName`"
+                );
+                let subject = deployment_subject(&(ns.clone(), object.clone()));
+                orphans.push((subject, Problem::new(Reason::EndpointMissing, message)));
+            }
+        }
+        orphans
+    }
+
+    /// Whether any EndpointSlice of `service` is known.
+    pub fn has_slices(&self, service: &Ref) -> bool {
+        self.slices_of.contains_key(service)
+    }
+
+    /// Problems of objects that belong to no endpoint, changed since the last call: each subject
+    /// with its problem now, or `None` when it has none any more.
+    pub fn take_reports(&mut self) -> Vec<(String, Option<Problem>)> {
+        std::mem::take(&mut self.reports_changed)
+            .into_iter()
+            .map(|subject| {
+                let problem = self.reports.get(&subject).cloned();
+                (subject, problem)
+            })
+            .collect()
+    }
+
+    fn set_report(&mut self, subject: String, problem: Option<Problem>) {
+        let changed = match problem {
+            Some(problem) => self.reports.insert(subject.clone(), problem.clone()) != Some(problem),
+            None => self.reports.remove(&subject).is_some(),
+        };
+        if changed {
+            self.reports_changed.insert(subject);
+        }
     }
 
     /// A declaration with `keys` and the current pods of its deployments' Services.
@@ -686,6 +836,15 @@ impl Cluster {
             })
             .collect()
     }
+}
+
+/// How an OnlineDeployment is named in reports.
+pub fn deployment_subject(key: &ObjKey) -> String {
+    format!("OnlineDeployment {}/{}", key.0, key.1)
+}
+
+fn slice_subject(key: &ObjKey) -> String {
+    format!("EndpointSlice {}/{}", key.0, key.1)
 }
 
 /// The scope a namespace is watched through.
@@ -906,17 +1065,123 @@ mod tests {
                 ..
             } => {
                 assert!(
-                    problems[0].contains("OnlineDeployment ns/green: field `spec.port`"),
+                    problems[0]
+                        .message
+                        .contains("OnlineDeployment ns/green: field `spec.port`"),
                     "{problems:?}"
                 );
+                assert_eq!(problems[0].reason, Reason::InvalidSpec);
             }
             _ => panic!("expected a problem"),
         }
         c.delete(Kind::Secrets, &("ns".into(), "keys".into()));
         match c.resolve("my-endpoint") {
-            Resolution::Found { keys: Err(e), .. } => assert!(e.contains("does not exist"), "{e}"),
+            Resolution::Found { keys: Err(e), .. } => {
+                assert!(e.message.contains("does not exist"), "{e:?}");
+                assert_eq!(e.reason, Reason::Keys);
+            }
             _ => panic!("expected missing keys"),
         }
+    }
+
+    fn raw(kind: &str, ns: &str, name: &str, spec: Option<serde_json::Value>) -> DynamicObject {
+        let mut object = json!({
+            "apiVersion": "scoregate.io/v1", "kind": kind,
+            "metadata": {"name": name, "namespace": ns, "resourceVersion": "20"},
+        });
+        if let Some(spec) = spec {
+            object["spec"] = spec;
+        }
+        serde_json::from_value(object).unwrap()
+    }
+
+    #[test]
+    fn every_kind_of_bad_object_is_reported_with_its_field() {
+        let mut c = populated();
+        c.take_reports();
+        // No spec at all: nothing to attach it to, so it is reported on its own.
+        let bare = raw("OnlineDeployment", "ns", "bare", None);
+        c.apply(Object::Deployment(Arc::new(bare)), &id(Kind::Deployments));
+        let reports = c.take_reports();
+        let problem = reports[0].1.as_ref().unwrap();
+        assert_eq!(reports[0].0, "OnlineDeployment ns/bare");
+        assert_eq!(problem.reason, Reason::InvalidSpec);
+        assert!(problem.message.contains("has no `spec`"), "{problem:?}");
+        c.delete(Kind::Deployments, &("ns".into(), "bare".into()));
+        assert_eq!(
+            c.take_reports(),
+            [("OnlineDeployment ns/bare".to_string(), None)]
+        );
+
+        // A spec that is a string: the spec is the problem, not the keys.
+        let string = raw("OnlineEndpoint", "ns", "strung", Some(json!("oops")));
+        c.apply(Object::Endpoint(Arc::new(string)), &id(Kind::Endpoints));
+        match c.resolve("strung") {
+            Resolution::Found { keys: Err(e), .. } => {
+                assert_eq!(e.reason, Reason::InvalidSpec);
+                assert!(
+                    e.message.contains("field `spec`: invalid type: string"),
+                    "{e:?}"
+                );
+            }
+            _ => panic!("expected the spec's problem"),
+        }
+
+        // A deployment naming an endpoint that its namespace does not have.
+        c.apply(
+            deployment(
+                "ns",
+                "lost",
+                json!({"endpointName": "nowhere", "serviceName": "s"}),
+                "21",
+            ),
+            &id(Kind::Deployments),
+        );
+        let orphans = c.orphans("nowhere");
+        assert_eq!(orphans.len(), 1);
+        assert_eq!(orphans[0].1.reason, Reason::EndpointMissing);
+        assert!(c.orphans("my-endpoint").is_empty());
+
+        // A Service name that could not be a label value never reaches a selector.
+        c.take_service_changes();
+        c.apply(
+            deployment(
+                "ns",
+                "shouty",
+                json!({"endpointName": "my-endpoint", "serviceName": "Bad_Name"}),
+                "22",
+            ),
+            &id(Kind::Deployments),
+        );
+        assert!(c.take_service_changes().0.is_empty());
+        match c.resolve("my-endpoint") {
+            Resolution::Found {
+                declaration: Err(problems),
+                ..
+            } => assert!(
+                problems[0]
+                    .message
+                    .contains("field `spec.serviceName`: `Bad_Name`"),
+                "{problems:?}"
+            ),
+            _ => panic!("expected a problem"),
+        }
+
+        // An address that is not an IP.
+        c.apply(
+            slice(
+                "ns",
+                "blue-svc-2",
+                "blue-svc",
+                &[("pod.example", true, false)],
+                "23",
+            ),
+            &id(Kind::Slices),
+        );
+        let reports = c.take_reports();
+        assert_eq!(reports[0].0, "EndpointSlice ns/blue-svc-2");
+        assert_eq!(reports[0].1.as_ref().unwrap().reason, Reason::SliceAddress);
+        assert!(is_service_name("blue-svc") && !is_service_name("-x") && !is_service_name("a_b"));
     }
 
     #[test]
