@@ -112,8 +112,9 @@ struct ServeArgs {
     /// in-cluster service account).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
-    /// TLS certificate from a Kubernetes Secret with keys cert.pem and key.pem (Azure ML's
-    /// sslSecret): `name` (namespace azureml) or `namespace/name`; needs --discovery kube.
+    /// TLS certificate from a Kubernetes Secret with keys tls.crt and tls.key (kubernetes.io/tls,
+    /// as cert-manager writes) or cert.pem and key.pem (Azure ML's sslSecret; tls.* wins when
+    /// both are there): `name` (namespace azureml) or `namespace/name`; needs --discovery kube.
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
     ssl_secret: Option<String>,
     /// Lowest TLS version offered: 1.2 or 1.3.

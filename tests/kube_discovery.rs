@@ -543,14 +543,9 @@ async fn tls_certificate_from_a_secret_rotates_live() {
     let port = free_port();
     let blue = pods(1, 1, "blue", port).await;
     one_endpoint(&fake, &blue).await;
-    let first = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let second = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let pem = |c: &rcgen::CertifiedKey<rcgen::KeyPair>| {
-        (
-            c.cert.pem().into_bytes(),
-            c.signing_key.serialize_pem().into_bytes(),
-        )
-    };
+    let (first, first_cert, first_key) = localhost_certificate();
+    let (second, second_cert, second_key) = localhost_certificate();
+    let roots = [first.clone(), second.clone()];
     let dir = tempfile::tempdir().unwrap();
 
     // Missing at startup: the router refuses to start and says how to fix it.
@@ -569,43 +564,21 @@ async fn tls_certificate_from_a_secret_rotates_live() {
         "{error}"
     );
 
-    let (cert, key) = pem(&first);
-    fake.apply(tls_secret(NS, "scoring-tls", &cert, &key))
+    fake.apply(tls_secret(NS, "scoring-tls", &first_cert, &first_key))
         .unwrap();
     let router = ready_router(config).await;
     let https = router.https_addr().unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(first.cert.der().clone()).unwrap();
-    roots.add(second.cert.der().clone()).unwrap();
-    let tls = std::sync::Arc::new(
-        rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    );
-    let served = || {
-        let tls = tls.clone();
-        async move {
-            let tcp = tokio::net::TcpStream::connect(https).await.unwrap();
-            let stream = tokio_rustls::TlsConnector::from(tls)
-                .connect("localhost".try_into().unwrap(), tcp)
-                .await
-                .expect("TLS handshake");
-            stream.get_ref().1.peer_certificates().unwrap()[0].clone()
-        }
-    };
-    assert_eq!(served().await, *first.cert.der());
+    assert_eq!(served_certificate(https, &roots).await, first);
 
-    let (cert, key) = pem(&second);
-    fake.apply(tls_secret(NS, "scoring-tls", &cert, &key))
+    fake.apply(tls_secret(NS, "scoring-tls", &second_cert, &second_key))
         .unwrap();
     eventually("the second certificate to be served", || async {
-        served().await == *second.cert.der()
+        served_certificate(https, &roots).await == second
     })
     .await;
 
     // A broken update (the first certificate with the second key) is refused; the second stays.
-    let (cert, _) = pem(&first);
-    fake.apply(tls_secret(NS, "scoring-tls", &cert, &key))
+    fake.apply(tls_secret(NS, "scoring-tls", &first_cert, &second_key))
         .unwrap();
     let client = client();
     eventually("the broken pair to be refused", || async {
@@ -614,7 +587,60 @@ async fn tls_certificate_from_a_secret_rotates_live() {
             .contains("scoregate_tls_certificate_reloads_total{result=\"refused\"} 1")
     })
     .await;
-    assert_eq!(served().await, *second.cert.der());
+    assert_eq!(served_certificate(https, &roots).await, second);
+    router.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubernetes_tls_secret_serves_and_wins_over_azureml_keys() {
+    let fake = fake().await;
+    let blue = pods(1, 1, "blue", free_port()).await;
+    one_endpoint(&fake, &blue).await;
+    let (k8s, k8s_cert, k8s_key) = localhost_certificate();
+    let (azureml, azureml_cert, azureml_key) = localhost_certificate();
+    let roots = [k8s.clone(), azureml.clone()];
+    let tls_pair: [(&str, &[u8]); 2] = [("tls.crt", &k8s_cert), ("tls.key", &k8s_key)];
+    let azureml_pair: [(&str, &[u8]); 2] = [("cert.pem", &azureml_cert), ("key.pem", &azureml_key)];
+    let tls_type = "kubernetes.io/tls";
+    fake.apply(secret_of_type(NS, "cert-manager-tls", tls_type, &tls_pair))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = router_config(&fake, &[NS], &dir);
+    config.tls = Some(TlsConfig::from_secret(
+        SecretRef::parse(&format!("{NS}/cert-manager-tls")).unwrap(),
+    ));
+    let router = ready_router(config).await;
+    let https = router.https_addr().unwrap();
+    assert_eq!(
+        served_certificate(https, &roots).await,
+        k8s,
+        "tls.crt and tls.key"
+    );
+
+    // Both pairs: tls.crt/tls.key is served (a renewal by cert-manager is picked up).
+    let (renewed, renewed_cert, renewed_key) = localhost_certificate();
+    let roots = [k8s, azureml.clone(), renewed.clone()];
+    let renewed_pair: [(&str, &[u8]); 2] = [("tls.crt", &renewed_cert), ("tls.key", &renewed_key)];
+    let both = [renewed_pair, azureml_pair].concat();
+    fake.apply(secret_of_type(NS, "cert-manager-tls", "Opaque", &both))
+        .unwrap();
+    eventually("the renewed tls.crt to be served", || async {
+        served_certificate(https, &roots).await == renewed
+    })
+    .await;
+
+    // Only Azure ML's pair left: it is served.
+    fake.apply(secret_of_type(
+        NS,
+        "cert-manager-tls",
+        "Opaque",
+        &azureml_pair,
+    ))
+    .unwrap();
+    eventually("cert.pem to be served", || async {
+        served_certificate(https, &roots).await == azureml
+    })
+    .await;
     router.shutdown().await;
 }
 

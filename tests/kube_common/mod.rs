@@ -219,9 +219,53 @@ pub fn key_secret(ns: &str, name: &str, primary: &str, secondary: Option<&str>) 
 
 /// An Opaque Secret with `cert.pem` and `key.pem` (Azure ML's `sslSecret`).
 pub fn tls_secret(ns: &str, name: &str, cert_pem: &[u8], key_pem: &[u8]) -> Value {
-    json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-        "metadata": {"name": name, "namespace": ns},
-        "data": {"cert.pem": b64(cert_pem), "key.pem": b64(key_pem)}})
+    secret_of_type(
+        ns,
+        name,
+        "Opaque",
+        &[("cert.pem", cert_pem), ("key.pem", key_pem)],
+    )
+}
+
+/// A Secret of `type_` with `entries` (key, value) as its data.
+pub fn secret_of_type(ns: &str, name: &str, type_: &str, entries: &[(&str, &[u8])]) -> Value {
+    let data: serde_json::Map<String, Value> = entries
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(b64(v))))
+        .collect();
+    json!({"apiVersion": "v1", "kind": "Secret", "type": type_,
+        "metadata": {"name": name, "namespace": ns}, "data": data})
+}
+
+/// A self-signed certificate for `localhost`, as (certificate DER, certificate PEM, key PEM).
+pub fn localhost_certificate() -> (rustls::pki_types::CertificateDer<'static>, Vec<u8>, Vec<u8>) {
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let pem = c.cert.pem().into_bytes();
+    (
+        c.cert.der().clone(),
+        pem,
+        c.signing_key.serialize_pem().into_bytes(),
+    )
+}
+
+/// The certificate the TLS listener at `https` serves to a client trusting `roots`.
+pub async fn served_certificate(
+    https: SocketAddr,
+    roots: &[rustls::pki_types::CertificateDer<'static>],
+) -> rustls::pki_types::CertificateDer<'static> {
+    let mut store = rustls::RootCertStore::empty();
+    for root in roots {
+        store.add(root.clone()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(https).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    stream.get_ref().1.peer_certificates().unwrap()[0].clone()
 }
 
 // ---------------------------------------------------------------------------------------------
