@@ -20,7 +20,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue};
 
-use scoregate::balance::{DeploymentAdmission, Pod};
+use scoregate::admission::{DeploymentAdmission, Pod};
 use scoregate::model::{
     AuthMode, DeploymentSpec, EndpointKeys, EndpointSpec, PodSpec, RequestSettings, RouteSpec,
 };

@@ -7,10 +7,9 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod autoscale;
-pub mod balance;
-pub mod body;
 pub mod cluster;
 pub mod config;
 pub mod crd;

@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::admin::{self, AdminState};
-use crate::cluster::{self, Admitter, Cluster};
+use crate::admission::Admitter;
+use crate::cluster::{self, Cluster};
 use crate::config::RouterConfig;
 use crate::config::TlsConfig;
 use crate::discovery::{file, kube as kube_discovery, Publisher, Readiness};
@@ -122,7 +123,7 @@ impl Router {
         let proxy = Arc::new(Proxy::new(
             table.clone(),
             admitter,
-            upstream,
+            upstream.clone(),
             ProxySettings {
                 max_request_body_bytes: config.limits.max_request_body_bytes,
                 mirror_max_body_bytes: config.mirror.max_body_bytes,
@@ -209,7 +210,12 @@ impl Router {
                 match &cluster {
                     // The owner of a deployment admits for every replica: its counts are the
                     // cluster's, and it alone acts.
-                    Some(cluster) => cluster.clone() as Arc<dyn crate::autoscale::Ownership>,
+                    Some(cluster) => {
+                        let cluster = cluster.clone();
+                        Arc::new(move |endpoint: &str, deployment: &str| {
+                            cluster.owns(endpoint, deployment)
+                        }) as Arc<dyn crate::autoscale::Ownership>
+                    }
                     None => Arc::new(crate::autoscale::SingleReplica),
                 },
                 &metrics,
@@ -230,6 +236,7 @@ impl Router {
             loop {
                 every.tick().await;
                 upkeep_metrics.run_upkeep();
+                upstream.sweep();
             }
         }));
         tracing::info!(http = ?http_addr, https = ?https_addr, admin = %admin_addr, "scoregate is serving");

@@ -14,12 +14,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 
+use crate::admission::{DeploymentAdmission, Pod, Target};
 use crate::auth::Authenticator;
-use crate::balance::{DeploymentAdmission, Pod};
 use crate::model::{DeploymentSpec, EndpointSpec, RequestSettings, RouteSpec};
 use crate::telemetry::{DeploymentMetrics, Metrics, StatusCounters};
 
@@ -39,6 +40,19 @@ pub struct Deployment {
     pub admission: Arc<DeploymentAdmission>,
     /// Metric handles.
     pub metrics: Arc<DeploymentMetrics>,
+}
+
+impl Deployment {
+    /// The deployment as an admitter sees it.
+    pub fn target(&self) -> Target<'_> {
+        Target {
+            endpoint: &self.endpoint,
+            deployment: &self.name,
+            pods: &self.pods,
+            accounting: &self.admission,
+            request_timeout: Duration::from_millis(self.settings.request_timeout_ms),
+        }
+    }
 }
 
 /// One endpoint as the proxy sees it.

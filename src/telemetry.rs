@@ -18,6 +18,8 @@ use metrics_exporter_prometheus::{
 };
 use parking_lot::Mutex;
 
+use crate::admission::AdmissionStats;
+
 /// Metric names, in one place.
 pub mod names {
     /// Requests answered, by endpoint, deployment and status code.
@@ -54,6 +56,9 @@ pub mod names {
     pub const TLS_SNI_MISMATCHES: &str = "scoregate_tls_sni_mismatches_total";
     /// TLS handshakes that failed or timed out.
     pub const TLS_HANDSHAKE_ERRORS: &str = "scoregate_tls_handshake_errors_total";
+    /// Time from asking the deployment's owner replica for a slot to having it (queue wait at
+    /// the owner included); the cluster's other metrics are named in `cluster::metrics`.
+    pub const CLUSTER_GRANT_DURATION: &str = "scoregate_cluster_grant_duration_seconds";
 }
 
 /// Histogram buckets for durations, in seconds: 100 µs to 300 s.
@@ -92,7 +97,7 @@ impl Metrics {
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), DURATION_BUCKETS)
             .expect("the bucket list is not empty")
             .set_buckets_for_metric(
-                Matcher::Full(crate::cluster::metrics::names::GRANT_DURATION.into()),
+                Matcher::Full(names::CLUSTER_GRANT_DURATION.into()),
                 GRANT_BUCKETS,
             )
             .expect("the bucket list is not empty")
@@ -319,7 +324,7 @@ impl DeploymentMetrics {
     }
 
     /// Sets the gauges from live admission counts (done at scrape time, not per request).
-    pub fn set_admission(&self, stats: crate::balance::AdmissionStats) {
+    pub fn set_admission(&self, stats: AdmissionStats) {
         self.in_flight.set(f64::from(stats.in_flight));
         self.queue_depth.set(f64::from(stats.queued));
         self.routable_pods.set(f64::from(stats.pods));
@@ -332,7 +337,7 @@ impl Drop for DeploymentMetrics {
     /// read 0 (the exporter keeps a series until restart). Every scrape sets the gauges of the
     /// deployments in the table before rendering, so one that comes back reports again.
     fn drop(&mut self) {
-        self.set_admission(crate::balance::AdmissionStats::default());
+        self.set_admission(AdmissionStats::default());
     }
 }
 
@@ -525,7 +530,7 @@ mod tests {
     fn a_dropped_deployment_reports_zero_pods() {
         let m = Metrics::new();
         let d = DeploymentMetrics::new(&m, "ep-one", "blue");
-        d.set_admission(crate::balance::AdmissionStats {
+        d.set_admission(AdmissionStats {
             pods: 3,
             busy_pods: 1,
             in_flight: 2,

@@ -15,7 +15,7 @@ use super::objects::{Target, TargetKey, Watches};
 use super::report::{self, TargetMetrics};
 use super::writes::{replicas_of, ScaleError, Writer};
 use super::Ownership;
-use crate::balance::AdmissionStats;
+use crate::admission::AdmissionStats;
 use crate::crd::AutoscaleStatus;
 use crate::table::TableHandle;
 use crate::telemetry::Metrics;

@@ -14,7 +14,7 @@
 //! | [`controller`] | the supervisor and the per-deployment loop |
 //!
 //! Inputs: requests in flight and queued from the deployment's
-//! [`crate::balance::DeploymentAdmission::stats`] on this replica (on the coordination owner of a
+//! [`crate::admission::DeploymentAdmission::stats`] on this replica (on the coordination owner of a
 //! deployment these are cluster-wide), and the Deployment's `spec.replicas`.
 //!
 //! One replica acts per deployment: [`Ownership::owns`] is asked every interval and again right

@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::balance::Slot;
+use crate::admission::Slot;
 
 /// The body of a grant or adopt request: it stays open while the requester holds the slot and
 /// ends (END_STREAM) when the lease is released. Empty and already ended when made with `None`.

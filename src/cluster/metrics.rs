@@ -10,7 +10,7 @@ pub mod names {
     /// `remote` (granted by the owner), `fallback` (owner unreachable, admitted locally).
     pub const ADMISSIONS: &str = "scoregate_cluster_admissions_total";
     /// Time from asking the owner for a slot to having it (queue wait at the owner included).
-    pub const GRANT_DURATION: &str = "scoregate_cluster_grant_duration_seconds";
+    pub const GRANT_DURATION: &str = crate::telemetry::names::CLUSTER_GRANT_DURATION;
     /// Grants this replica gave other replicas, as the owner.
     pub const GRANTS_SERVED: &str = "scoregate_cluster_grants_served_total";
     /// Deployments this replica took over when the live replicas changed.

@@ -10,8 +10,8 @@
 //! live replicas change, each replica reports the slots it holds to their new owners, and a new
 //! owner holds its grants until those reports are in ([`gate`]).
 //!
-//! [`Admitter`] is step 5 of the request path: with one replica it is exactly the local
-//! admission, nothing more.
+//! [`Cluster`] is the [`Coordinator`] behind [`crate::admission::Admitter::Coordinated`]: the
+//! request path admits through it when a `cluster` section is configured.
 
 pub mod credential;
 pub mod gate;
@@ -34,10 +34,9 @@ use http::{HeaderValue, Method, Request, StatusCode};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::balance::{AdmitError, Pod, Slot};
+use crate::admission::{AdmitError, Coordinator, Pending, Pod, ReleaseGuard, Slot, Target};
 use crate::config::{ClusterConfig, FallbackMode};
-use crate::table::Readiness;
-use crate::table::{Deployment, TableHandle};
+use crate::table::{Readiness, TableHandle};
 
 pub use lease::LeaseGuard;
 
@@ -54,40 +53,6 @@ const RECOMPUTE_EVERY: Duration = Duration::from_millis(250);
 /// treated as unreachable.
 const GRANT_GRACE: Duration = Duration::from_secs(1);
 
-/// Step 5 of the request path: admission onto a pod.
-#[derive(Clone)]
-pub enum Admitter {
-    /// This replica admits on its own (one replica, or no cluster configured).
-    Local,
-    /// The owner of each deployment admits, cluster-wide.
-    Coordinated(Arc<Cluster>),
-}
-
-impl Admitter {
-    /// A slot on one of the deployment's pods, waiting at most `max_wait` in the queue.
-    #[inline]
-    pub async fn admit(
-        &self,
-        deployment: &Arc<Deployment>,
-        max_wait: Duration,
-    ) -> Result<Slot, AdmitError> {
-        match self {
-            Admitter::Local => deployment.admission.admit(&deployment.pods, max_wait).await,
-            Admitter::Coordinated(cluster) => Box::pin(cluster.admit(deployment, max_wait)).await,
-        }
-    }
-
-    /// A slot free now on another pod than `failed` (a retry after connecting failed).
-    pub async fn retry(&self, deployment: &Arc<Deployment>, failed: &Arc<Pod>) -> Option<Slot> {
-        match self {
-            Admitter::Local => deployment
-                .admission
-                .try_acquire_excluding(&deployment.pods, Some(failed)),
-            Admitter::Coordinated(cluster) => Box::pin(cluster.retry(deployment, failed)).await,
-        }
-    }
-}
-
 /// Settings of coordinated admission.
 #[derive(Clone, Debug)]
 struct Settings {
@@ -98,6 +63,8 @@ struct Settings {
 
 /// This replica's part of the cluster.
 pub struct Cluster {
+    /// This cluster itself, for the tasks it starts.
+    this: Weak<Cluster>,
     me: Arc<str>,
     me_header: HeaderValue,
     credential: Arc<Credential>,
@@ -143,8 +110,8 @@ impl Cluster {
         let me: Arc<str> = me.to_string().into();
         let me_header = HeaderValue::from_str(&me).expect("an address is a header value");
         let metrics = ClusterMetrics::new(metrics);
-        let cluster = Arc::new_cyclic(|weak: &Weak<Cluster>| {
-            let weak = weak.clone();
+        let cluster = Arc::new_cyclic(|this: &Weak<Cluster>| {
+            let weak = this.clone();
             let peer_context = Arc::new(PeerContext {
                 me: me_header.clone(),
                 credential: credential.clone(),
@@ -156,6 +123,7 @@ impl Cluster {
                 refused: metrics.refused.clone(),
             });
             Cluster {
+                this: this.clone(),
                 view: ArcSwap::from_pointee(View::new(me.clone(), false, Vec::new())),
                 me,
                 me_header,
@@ -265,7 +233,7 @@ impl Cluster {
     }
 
     /// Recomputes the view; when its members changed, hands deployments over.
-    pub fn recompute(self: &Arc<Self>) {
+    pub fn recompute(&self) {
         let _one_at_a_time = self.recompute_lock.lock();
         let live: Vec<Arc<Peer>> = self
             .peers
@@ -288,7 +256,14 @@ impl Cluster {
 
     /// After a view change: holds grants of deployments this replica took over until the
     /// peers report, and reports the slots this replica holds to their new owners.
-    fn hand_over(self: &Arc<Self>, old: &View, new: &Arc<View>) {
+    fn hand_over(&self, old: &View, new: &Arc<View>) {
+        let gained = self.taken_over(old, new);
+        self.gate_grants(gained, new);
+        self.report_held(new);
+    }
+
+    /// The deployments (`endpoint/deployment`) this replica owns in `new` but not in `old`.
+    fn taken_over(&self, old: &View, new: &View) -> HashSet<String> {
         let mut gained = HashSet::new();
         for endpoint in self.table.load().endpoints() {
             for deployment in endpoint.deployments.iter() {
@@ -296,7 +271,7 @@ impl Cluster {
                 let now_mine = new.owner_id(e, d) == Some(&self.me);
                 let was_mine = old.owner_id(e, d) == Some(&self.me);
                 if now_mine && !was_mine {
-                    gained.insert(format!("{e}/{d}"));
+                    gained.insert(protocol::key(e, d));
                 }
             }
         }
@@ -307,30 +282,38 @@ impl Cluster {
                 "this replica took over deployments"
             );
         }
-        {
-            // Under the lock `peer_synced` takes, so no report of completion falls between
-            // reading who has reported and installing the gate.
-            let synced = self.synced_from.lock();
-            let pending: HashSet<Arc<str>> = new
-                .peers()
-                .map(|p| p.id.clone())
-                .filter(|id| synced.get(id) != Some(&new.hash()))
-                .collect();
-            let gate = (!gained.is_empty() && !pending.is_empty())
-                .then(|| Gate::new(gained, new.hash(), pending));
-            if let Some(gate) = &gate {
-                let gate = gate.clone();
-                let settle = self.settings.handover_settle;
-                tokio::spawn(async move {
-                    tokio::time::sleep(settle).await;
-                    gate.open();
-                });
-            }
-            if let Some(previous) = self.gate.swap(gate) {
-                previous.open();
-            }
-        }
+        gained
+    }
 
+    /// Holds the grants of `gained` until every peer of `new` has reported its slots, or the
+    /// handover settle time has passed.
+    fn gate_grants(&self, gained: HashSet<String>, new: &View) {
+        // Under the lock `peer_synced` takes, so no report of completion falls between
+        // reading who has reported and installing the gate.
+        let synced = self.synced_from.lock();
+        let pending: HashSet<Arc<str>> = new
+            .peers()
+            .map(|p| p.id.clone())
+            .filter(|id| synced.get(id) != Some(&new.hash()))
+            .collect();
+        let gate = (!gained.is_empty() && !pending.is_empty())
+            .then(|| Gate::new(gained, new.hash(), pending));
+        if let Some(gate) = &gate {
+            let gate = gate.clone();
+            let settle = self.settings.handover_settle;
+            tokio::spawn(async move {
+                tokio::time::sleep(settle).await;
+                gate.open();
+            });
+        }
+        if let Some(previous) = self.gate.swap(gate) {
+            previous.open();
+        }
+    }
+
+    /// Reports the slots this replica holds to their owners in `new`, then tells every peer
+    /// that it is done.
+    fn report_held(&self, new: &Arc<View>) {
         let mut reports = Vec::new();
         self.held.for_each_mut(|held| {
             let Some((e, d)) = protocol::split_key(&held.key) else {
@@ -350,7 +333,9 @@ impl Cluster {
             }
         });
         self.metrics.reported.increment(reports.len() as u64);
-        let cluster = self.clone();
+        let Some(cluster) = self.this.upgrade() else {
+            return;
+        };
         let view = new.clone();
         tokio::spawn(async move {
             let reported = reports
@@ -418,12 +403,18 @@ impl Cluster {
         drop(synced);
     }
 
-    /// Waits, at most until `deadline`, while a handover holds this deployment's grants.
-    pub(crate) async fn wait_for_handover(&self, deployment: &Deployment, deadline: Instant) {
+    /// Waits, at most until `deadline`, while a handover holds the grants of deployment
+    /// `deployment` of `endpoint`.
+    pub(crate) async fn wait_for_handover(
+        &self,
+        endpoint: &str,
+        deployment: &str,
+        deadline: Instant,
+    ) {
         let Some(gate) = self.gate.load_full() else {
             return;
         };
-        if gate.is_open() || !gate.covers(&deployment.endpoint, &deployment.name) {
+        if gate.is_open() || !gate.covers(endpoint, deployment) {
             return;
         }
         gate.wait(deadline).await;
@@ -436,27 +427,30 @@ impl Cluster {
             .header(&protocol::PEER, self.me_header.clone())
     }
 
+    /// Whether this replica owns deployment `deployment` of `endpoint` in the current view (it
+    /// admits for every replica, and the autoscaler acts for it here).
+    pub fn owns(&self, endpoint: &str, deployment: &str) -> bool {
+        matches!(self.view.load().owner(endpoint, deployment), Owner::Me)
+    }
+
     /// Coordinated admission: as owner, the local queue; otherwise a grant from the owner; when
     /// the owner cannot be reached, the next owner, then the fallback.
-    async fn admit(
-        self: &Arc<Self>,
-        deployment: &Arc<Deployment>,
-        max_wait: Duration,
-    ) -> Result<Slot, AdmitError> {
+    async fn admit(&self, target: Target<'_>, max_wait: Duration) -> Result<Slot, AdmitError> {
         let deadline = Instant::now() + max_wait;
         for _ in 0..3 {
             let view = self.view.load_full();
-            let peer = match view.owner(&deployment.endpoint, &deployment.name) {
+            let peer = match view.owner(target.endpoint, target.deployment) {
                 Owner::Me => {
-                    self.wait_for_handover(deployment, deadline).await;
-                    let slot = self.admit_here(deployment, deadline).await?;
+                    self.wait_for_handover(target.endpoint, target.deployment, deadline)
+                        .await;
+                    let slot = self.admit_here(target, deadline).await?;
                     self.metrics.owner.increment(1);
                     return Ok(slot);
                 }
                 Owner::Nobody => break,
                 Owner::Peer(peer) => peer.clone(),
             };
-            match self.grant_from(&peer, deployment, deadline, None).await {
+            match self.grant_from(&peer, target, deadline, None).await {
                 Ok(slot) => return Ok(slot),
                 Err(GrantError::Refused(e)) => return Err(e),
                 Err(GrantError::Unavailable) => break,
@@ -470,25 +464,16 @@ impl Cluster {
         }
         self.metrics.fallback.increment(1);
         match self.settings.fallback {
-            FallbackMode::Local => self.admit_here(deployment, deadline).await,
+            FallbackMode::Local => self.admit_here(target, deadline).await,
             FallbackMode::Reject => Err(AdmitError::OwnerUnreachable),
         }
     }
 
     /// Admits against this replica's own accounting and records the slot as held.
-    async fn admit_here(
-        &self,
-        deployment: &Arc<Deployment>,
-        deadline: Instant,
-    ) -> Result<Slot, AdmitError> {
+    async fn admit_here(&self, target: Target<'_>, deadline: Instant) -> Result<Slot, AdmitError> {
         let wait = deadline.saturating_duration_since(Instant::now());
-        let mut slot = deployment.admission.admit(&deployment.pods, wait).await?;
-        self.hold(
-            &mut slot,
-            deployment,
-            self.me.clone(),
-            CancellationToken::new(),
-        );
+        let mut slot = target.accounting.admit(target.pods, wait).await?;
+        self.hold(&mut slot, target, self.me.clone(), CancellationToken::new());
         Ok(slot)
     }
 
@@ -496,28 +481,26 @@ impl Cluster {
     fn hold(
         &self,
         slot: &mut Slot,
-        deployment: &Deployment,
+        target: Target<'_>,
         grantor: Arc<str>,
         released: CancellationToken,
     ) {
-        let expires = Instant::now()
-            + Duration::from_millis(deployment.settings.request_timeout_ms)
-            + self.settings.lease_margin;
+        let expires = Instant::now() + target.request_timeout + self.settings.lease_margin;
         let guard = self.held.insert(Held {
-            key: format!("{}/{}", deployment.endpoint, deployment.name).into(),
+            key: protocol::key(target.endpoint, target.deployment).into(),
             pod: slot.pod().address(),
             expires,
             released,
             grantor,
         });
-        slot.attach(guard);
+        slot.attach(ReleaseGuard::new(guard));
     }
 
     /// Asks `peer` for a slot.
     async fn grant_from(
         &self,
         peer: &Arc<Peer>,
-        deployment: &Arc<Deployment>,
+        target: Target<'_>,
         deadline: Instant,
         exclude: Option<SocketAddr>,
     ) -> Result<Slot, GrantError> {
@@ -534,7 +517,7 @@ impl Cluster {
             .request(protocol::GRANT)
             .header(
                 &protocol::DEPLOYMENT,
-                format!("{}/{}", deployment.endpoint, deployment.name),
+                protocol::key(target.endpoint, target.deployment),
             )
             .header(&protocol::WAIT_MS, wait.as_millis().to_string());
         if let Some(pod) = exclude {
@@ -556,84 +539,82 @@ impl Cluster {
             }
             Err(_) => return Err(GrantError::PeerDown),
         };
-        let reason = response
-            .headers()
-            .get(&protocol::REASON)
-            .map(|v| v.as_bytes());
-        match response.status() {
-            StatusCode::OK => {}
-            StatusCode::TOO_MANY_REQUESTS => {
-                return Err(GrantError::Refused(AdmitError::QueueFull))
-            }
-            StatusCode::SERVICE_UNAVAILABLE
-                if reason == Some(protocol::REASON_NO_READY_POD.as_bytes()) =>
-            {
-                return Err(GrantError::Refused(AdmitError::NoReadyPod))
-            }
-            StatusCode::SERVICE_UNAVAILABLE
-                if reason == Some(protocol::REASON_QUEUE_TIMEOUT.as_bytes()) =>
-            {
-                return Err(GrantError::Refused(AdmitError::QueueTimeout))
-            }
-            status => {
-                tracing::debug!(peer = %peer.id, %status, "the owner cannot grant slots of this deployment now");
-                return Err(GrantError::Unavailable);
-            }
-        }
-        let Some(address) = response
-            .headers()
-            .get(&protocol::POD)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<SocketAddr>().ok())
-        else {
-            return Err(GrantError::Unavailable);
-        };
+        let address = granted_pod(&peer.id, &response)?;
         self.metrics
             .grant_duration
             .record(asked.elapsed().as_secs_f64());
         self.metrics.remote.increment(1);
         // The owner's pod list may be ahead of this replica's: a pod not known here yet is
-        // still the owner's choice, reached without pooled connections.
-        let pod = deployment
+        // still the owner's choice.
+        let pod = target
             .pods
             .iter()
             .find(|p| p.address() == address)
             .cloned()
             .unwrap_or_else(|| Arc::new(Pod::new(address)));
         release_unless_granted.disarm();
-        let (mut slot, _) = deployment.admission.force_acquire(&pod);
-        self.hold(&mut slot, deployment, peer.id.clone(), released);
+        let (mut slot, _) = target.accounting.force_acquire(&pod);
+        self.hold(&mut slot, target, peer.id.clone(), released);
         Ok(slot)
     }
 
     /// A slot free now on another pod than `failed`.
-    async fn retry(
-        self: &Arc<Self>,
-        deployment: &Arc<Deployment>,
-        failed: &Arc<Pod>,
-    ) -> Option<Slot> {
+    async fn retry(&self, target: Target<'_>, failed: &Arc<Pod>) -> Option<Slot> {
         let view = self.view.load_full();
-        match view.owner(&deployment.endpoint, &deployment.name) {
+        match view.owner(target.endpoint, target.deployment) {
             Owner::Peer(peer) => {
                 let peer = peer.clone();
-                self.grant_from(&peer, deployment, Instant::now(), Some(failed.address()))
+                self.grant_from(&peer, target, Instant::now(), Some(failed.address()))
                     .await
                     .ok()
             }
             Owner::Me | Owner::Nobody => {
-                let mut slot = deployment
-                    .admission
-                    .try_acquire_excluding(&deployment.pods, Some(failed))?;
-                self.hold(
-                    &mut slot,
-                    deployment,
-                    self.me.clone(),
-                    CancellationToken::new(),
-                );
+                let mut slot = target
+                    .accounting
+                    .try_acquire_excluding(target.pods, Some(failed))?;
+                self.hold(&mut slot, target, self.me.clone(), CancellationToken::new());
                 Some(slot)
             }
         }
     }
+}
+
+impl Coordinator for Cluster {
+    fn admit<'a>(
+        &'a self,
+        target: Target<'a>,
+        max_wait: Duration,
+    ) -> Pending<'a, Result<Slot, AdmitError>> {
+        Box::pin(Cluster::admit(self, target, max_wait))
+    }
+
+    fn retry<'a>(&'a self, target: Target<'a>, failed: &'a Arc<Pod>) -> Pending<'a, Option<Slot>> {
+        Box::pin(Cluster::retry(self, target, failed))
+    }
+}
+
+/// The pod of an owner's answer to a grant request, or why there is none.
+fn granted_pod(
+    peer: &str,
+    response: &http::Response<hyper::body::Incoming>,
+) -> Result<SocketAddr, GrantError> {
+    let reason = response
+        .headers()
+        .get(&protocol::REASON)
+        .map(|v| v.as_bytes());
+    if response.status() != StatusCode::OK {
+        if let Some(refusal) = protocol::refusal_of(response.status(), reason) {
+            return Err(GrantError::Refused(refusal));
+        }
+        tracing::debug!(%peer, status = %response.status(), "the owner cannot grant slots of this deployment now");
+        return Err(GrantError::Unavailable);
+    }
+    response
+        .headers()
+        .get(&protocol::POD)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<SocketAddr>().ok())
+        .ok_or(GrantError::Unavailable)
 }
 
 /// A cluster dropped without [`Cluster::stop`] (a router whose start failed later) still
@@ -641,13 +622,6 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// The autoscaler acts for the deployments this replica owns in the current view.
-impl crate::autoscale::Ownership for Cluster {
-    fn owns(&self, endpoint: &str, deployment: &str) -> bool {
-        matches!(self.view.load().owner(endpoint, deployment), Owner::Me)
     }
 }
 

@@ -15,7 +15,9 @@
 //! A lease ends when the requester ends its request body, resets the stream or loses the
 //! connection, or when it expires.
 
-use http::HeaderName;
+use http::{HeaderName, StatusCode};
+
+use crate::admission::AdmitError;
 
 /// Readiness and credential check.
 pub const HELLO: &str = "/v1/hello";
@@ -58,8 +60,82 @@ pub const REASON_NOT_READY: &str = "not-ready";
 /// The owner does not know the deployment.
 pub const REASON_UNKNOWN_DEPLOYMENT: &str = "unknown-deployment";
 
+/// How a grant refusal travels: the owner's [`AdmitError`], its status and its reason. One table,
+/// read both ways; a refusal means to the asking replica what it means to a client.
+const REFUSALS: [(AdmitError, StatusCode, &str); 3] = [
+    (
+        AdmitError::QueueFull,
+        StatusCode::TOO_MANY_REQUESTS,
+        REASON_QUEUE_FULL,
+    ),
+    (
+        AdmitError::QueueTimeout,
+        StatusCode::SERVICE_UNAVAILABLE,
+        REASON_QUEUE_TIMEOUT,
+    ),
+    (
+        AdmitError::NoReadyPod,
+        StatusCode::SERVICE_UNAVAILABLE,
+        REASON_NO_READY_POD,
+    ),
+];
+
+/// The status and reason an owner answers a refused grant with. An owner never refuses for an
+/// unreachable owner (it is the owner): that reads as no ready pod.
+pub fn refusal(error: AdmitError) -> (StatusCode, &'static str) {
+    let error = match error {
+        AdmitError::OwnerUnreachable => AdmitError::NoReadyPod,
+        other => other,
+    };
+    REFUSALS
+        .iter()
+        .find(|(e, _, _)| *e == error)
+        .map(|(_, status, reason)| (*status, *reason))
+        .expect("every refusal is in the table")
+}
+
+/// The refusal an owner's answer carries, if it is one: a 429 is always a full queue.
+pub fn refusal_of(status: StatusCode, reason: Option<&[u8]>) -> Option<AdmitError> {
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        return Some(AdmitError::QueueFull);
+    }
+    REFUSALS
+        .iter()
+        .find(|(_, s, r)| *s == status && reason == Some(r.as_bytes()))
+        .map(|(error, _, _)| *error)
+}
+
+/// The `endpoint/deployment` key of a deployment.
+pub fn key(endpoint: &str, deployment: &str) -> String {
+    format!("{endpoint}/{deployment}")
+}
+
 /// `endpoint/deployment` split into its two names.
 pub fn split_key(key: &str) -> Option<(&str, &str)> {
     let (endpoint, deployment) = key.split_once('/')?;
     (!endpoint.is_empty() && !deployment.is_empty()).then_some((endpoint, deployment))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_read_back_as_sent() {
+        for error in [
+            AdmitError::QueueFull,
+            AdmitError::QueueTimeout,
+            AdmitError::NoReadyPod,
+        ] {
+            let (status, reason) = refusal(error);
+            assert_eq!(refusal_of(status, Some(reason.as_bytes())), Some(error));
+        }
+        assert_eq!(
+            refusal_of(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(REASON_NOT_READY.as_bytes())
+            ),
+            None
+        );
+    }
 }

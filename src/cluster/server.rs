@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use super::credential::{Credential, NONCE, PROOF};
 use super::lease::LeaseBody;
 use super::{protocol, Cluster};
-use crate::balance::AdmitError;
+use crate::admission::AdmitError;
 use crate::table::Deployment;
 
 /// A response of the internal port.
@@ -196,7 +196,9 @@ async fn grant(cluster: &Arc<Cluster>, request: Request<Incoming>) -> Answer {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
     let deadline = Instant::now() + wait;
-    cluster.wait_for_handover(&deployment, deadline).await;
+    cluster
+        .wait_for_handover(&deployment.endpoint, &deployment.name, deadline)
+        .await;
     let admitted = match exclude {
         Some(address) => {
             let excluded = deployment.pods.iter().find(|p| p.address() == address);
@@ -212,23 +214,9 @@ async fn grant(cluster: &Arc<Cluster>, request: Request<Incoming>) -> Answer {
     };
     let slot = match admitted {
         Ok(slot) => slot,
-        Err(AdmitError::QueueFull) => {
-            return status(
-                StatusCode::TOO_MANY_REQUESTS,
-                Some(protocol::REASON_QUEUE_FULL),
-            )
-        }
-        Err(AdmitError::QueueTimeout) => {
-            return status(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some(protocol::REASON_QUEUE_TIMEOUT),
-            )
-        }
-        Err(AdmitError::NoReadyPod | AdmitError::OwnerUnreachable) => {
-            return status(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some(protocol::REASON_NO_READY_POD),
-            )
+        Err(error) => {
+            let (code, reason) = protocol::refusal(error);
+            return status(code, Some(reason));
         }
     };
     cluster.metrics.served.increment(1);

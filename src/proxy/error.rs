@@ -9,8 +9,8 @@ use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 use serde::Serialize;
 
+use super::body::ResponseBody;
 use crate::auth::AuthError;
-use crate::body::ResponseBody;
 
 /// Everything the router itself answers with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

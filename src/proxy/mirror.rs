@@ -11,11 +11,10 @@ use http::{HeaderMap, Method, Request, Uri};
 use http_body_util::BodyExt;
 use tokio::sync::oneshot;
 
-use crate::body::RequestBody;
-use crate::cluster::Admitter;
+use crate::admission::Admitter;
 use crate::table::Deployment;
 use crate::telemetry::MirrorResult;
-use crate::upstream::Upstream;
+use crate::upstream::{Ending, PodBody, RequestBody, Upstream};
 
 /// The parts of the live request the mirror copy reuses.
 pub struct MirrorHead {
@@ -43,7 +42,7 @@ pub fn spawn(
             return;
         };
         let wait = Duration::from_millis(deployment.settings.max_queue_wait_ms);
-        let Ok(slot) = admitter.admit(&deployment, wait).await else {
+        let Ok(slot) = admitter.admit(deployment.target(), wait).await else {
             metrics.mirror(MirrorResult::Dropped);
             return;
         };
@@ -52,19 +51,31 @@ pub fn spawn(
         *request.uri_mut() = head.uri;
         *request.headers_mut() = head.headers;
         let timeout = Duration::from_millis(deployment.settings.request_timeout_ms);
-        let exchange = async {
-            let (response, sender) = upstream.send(slot.pod(), request).await.ok()?;
-            let mut body = response.into_body();
-            while let Some(frame) = body.frame().await {
-                frame.ok()?;
+        let mut exchange = upstream.exchange(slot);
+        // Past the timeout the copy is dropped, and with it the exchange (abandoned).
+        let copy = async move {
+            match exchange.send(request).await {
+                // The body ends the exchange: read to its end, the connection is reused.
+                Ok(head) => drained(exchange.respond(head).into_body()).await,
+                Err(_) => {
+                    exchange.end(Ending::Discarded);
+                    false
+                }
             }
-            slot.pod().idle.put(sender);
-            Some(())
         };
-        match tokio::time::timeout(timeout, exchange).await {
-            Ok(Some(())) => metrics.mirror(MirrorResult::Sent),
+        match tokio::time::timeout(timeout, copy).await {
+            Ok(true) => metrics.mirror(MirrorResult::Sent),
             _ => metrics.mirror(MirrorResult::Failed),
         }
-        drop(slot);
     });
+}
+
+/// Reads the mirror pod's body to its end; false when it broke.
+async fn drained(mut body: PodBody) -> bool {
+    while let Some(frame) = body.frame().await {
+        if frame.is_err() {
+            return false;
+        }
+    }
+    true
 }

@@ -4,6 +4,7 @@
 //! Every early exit is a [`RouterError`] answered by [`Proxy::reject`]; every routed response
 //! carries `azureml-model-deployment`, `x-request-id` and, when sent, `x-ms-client-request-id`.
 
+pub mod body;
 pub mod error;
 pub mod headers;
 pub mod mirror;
@@ -21,13 +22,14 @@ use http::{HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
-use crate::balance::{AdmitError, Slot};
-use crate::body::{MirrorTee, RequestBody, RequestBodyError, ResponseBody};
-use crate::cluster::Admitter;
+use crate::admission::{AdmitError, Admitter};
 use crate::table::{Deployment, TableHandle};
 use crate::telemetry::{AccessLog, Metrics, RequestRecord, StatusCounters};
-use crate::upstream::{PooledSender, SendError, Upstream};
+use crate::upstream::{
+    Ending, Exchange, MirrorTee, RequestBody, RequestBodyError, SendError, Upstream,
+};
 
+pub use body::ResponseBody;
 pub use error::RouterError;
 use headers::{RequestIds, MODEL_DEPLOYMENT};
 
@@ -96,10 +98,9 @@ pub struct Proxy {
 }
 
 /// What step 6 hands to step 7.
-struct Exchange {
+struct Forwarded {
     response: Response<Incoming>,
-    sender: PooledSender,
-    slot: Slot,
+    exchange: Exchange,
 }
 
 enum ForwardError {
@@ -202,7 +203,7 @@ impl Proxy {
         let max_wait = Duration::from_millis(deployment.settings.max_queue_wait_ms);
         let slot = self
             .admitter
-            .admit(&deployment, max_wait)
+            .admit(deployment.target(), max_wait)
             .await
             .map_err(|e| {
                 reject(match e {
@@ -233,7 +234,9 @@ impl Proxy {
             None => (None, None),
         };
         let body = RequestBody::streaming(body, self.settings.max_request_body_bytes, tee);
-        let upstream_request = self.upstream_request(parts, body, forward_path, ids, &conn, &slot);
+        let exchange = self.upstream.exchange(slot);
+        let upstream_request =
+            self.upstream_request(parts, body, forward_path, ids, &conn, exchange.authority());
         if let (Some(mirror), Some(mirror_body)) = (mirror_to, mirror_body) {
             let head = mirror::MirrorHead {
                 method: upstream_request.method().clone(),
@@ -250,26 +253,25 @@ impl Proxy {
         }
         let sent_at = Instant::now();
         let timeout = Duration::from_millis(deployment.settings.request_timeout_ms);
-        let exchange =
-            match tokio::time::timeout(timeout, self.forward(&deployment, slot, upstream_request))
-                .await
-            {
-                Err(_) => return Err(reject(RouterError::UpstreamTimeout)),
-                Ok(Err(ForwardError::ConnectFailed)) => {
-                    return Err(reject(RouterError::UpstreamConnectFailed))
-                }
-                Ok(Err(ForwardError::Failed(e))) => return Err(reject(classify_failure(&e))),
-                Ok(Ok(exchange)) => exchange,
-            };
+        let exchange = match tokio::time::timeout(
+            timeout,
+            self.forward(&deployment, exchange, upstream_request),
+        )
+        .await
+        {
+            Err(_) => return Err(reject(RouterError::UpstreamTimeout)),
+            Ok(Err(ForwardError::ConnectFailed)) => {
+                return Err(reject(RouterError::UpstreamConnectFailed))
+            }
+            Ok(Err(ForwardError::Failed(e))) => return Err(reject(classify_failure(&e))),
+            Ok(Ok(exchange)) => exchange,
+        };
         let upstream_time = sent_at.elapsed();
 
         // 7 respond
-        let Exchange {
-            response,
-            sender,
-            slot,
-        } = exchange;
-        let (mut head, body) = response.into_parts();
+        let Forwarded { response, exchange } = exchange;
+        let pod = exchange.pod().address();
+        let (mut head, body) = exchange.respond(response).into_parts();
         headers::strip_hop_by_hop(&mut head.headers);
         head.headers
             .insert(MODEL_DEPLOYMENT.clone(), deployment.name_header.clone());
@@ -291,7 +293,7 @@ impl Proxy {
                 path: client_path,
                 endpoint: deployment.endpoint.clone(),
                 deployment: deployment.name.clone(),
-                pod: slot.pod().address(),
+                pod,
                 status,
                 queue_wait,
                 upstream: upstream_time,
@@ -300,7 +302,7 @@ impl Proxy {
         });
         Ok(Response::from_parts(
             head,
-            ResponseBody::streaming(body, slot, sender, record),
+            ResponseBody::streaming(body, record),
         ))
     }
 
@@ -336,7 +338,7 @@ impl Proxy {
         path: PathAndQuery,
         ids: &RequestIds,
         conn: &ClientConn,
-        slot: &Slot,
+        pod_authority: &HeaderValue,
     ) -> Request<RequestBody> {
         let mut present = headers::Present::scan(&parts.headers);
         let original_host = parts
@@ -361,7 +363,7 @@ impl Proxy {
                 HOST,
                 original_host
                     .clone()
-                    .unwrap_or_else(|| slot.pod().authority().clone()),
+                    .unwrap_or_else(|| pod_authority.clone()),
             );
         }
         headers::add_present_forwarded(headers, &present, &conn.client_ip, conn.tls, original_host);
@@ -376,40 +378,37 @@ impl Proxy {
     async fn forward(
         &self,
         deployment: &Arc<Deployment>,
-        slot: Slot,
+        mut exchange: Exchange,
         request: Request<RequestBody>,
-    ) -> Result<Exchange, ForwardError> {
-        let (request, failed_pod) = match self.upstream.send(slot.pod(), request).await {
-            Ok((response, sender)) => {
-                return Ok(Exchange {
-                    response,
-                    sender,
-                    slot,
-                })
+    ) -> Result<Forwarded, ForwardError> {
+        let (request, error) = match exchange.send(request).await {
+            Ok(response) => return Ok(Forwarded { response, exchange }),
+            Err(SendError::Failed(e)) => {
+                exchange.end(Ending::Discarded);
+                return Err(ForwardError::Failed(e));
             }
-            Err(SendError::Failed(e)) => return Err(ForwardError::Failed(e)),
-            Err(SendError::NotSent { request, error }) => {
-                deployment.metrics.connect_errors().increment(1);
-                tracing::debug!(pod = %slot.pod().address(), %error, "connecting to the pod failed; retrying elsewhere");
-                (request, slot.pod().clone())
-            }
+            Err(SendError::NotSent { request, error }) => (request, error),
         };
-        drop(slot);
+        deployment.metrics.connect_errors().increment(1);
+        let failed_pod = exchange.pod().clone();
+        tracing::debug!(pod = %failed_pod.address(), %error, "connecting to the pod failed; retrying elsewhere");
+        exchange.end(Ending::Discarded);
         let retry = self
             .admitter
-            .retry(deployment, &failed_pod)
+            .retry(deployment.target(), &failed_pod)
             .await
             .ok_or(ForwardError::ConnectFailed)?;
-        match self.upstream.send(retry.pod(), *request).await {
-            Ok((response, sender)) => Ok(Exchange {
-                response,
-                sender,
-                slot: retry,
-            }),
-            Err(SendError::Failed(e)) => Err(ForwardError::Failed(e)),
+        let mut exchange = self.upstream.exchange(retry);
+        match exchange.send(*request).await {
+            Ok(response) => Ok(Forwarded { response, exchange }),
+            Err(SendError::Failed(e)) => {
+                exchange.end(Ending::Discarded);
+                Err(ForwardError::Failed(e))
+            }
             Err(SendError::NotSent { error, .. }) => {
                 deployment.metrics.connect_errors().increment(1);
-                tracing::debug!(pod = %retry.pod().address(), %error, "connecting to the retry pod failed");
+                tracing::debug!(pod = %exchange.pod().address(), %error, "connecting to the retry pod failed");
+                exchange.end(Ending::Discarded);
                 Err(ForwardError::ConnectFailed)
             }
         }

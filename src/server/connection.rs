@@ -23,9 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::framing::HeadLimits;
 use super::guard::{Activity, ActivityGuard, GuardSettings, GuardedIo};
-use crate::body::ResponseBody;
 use crate::config::LimitsConfig;
-use crate::proxy::{ClientConn, Proxy};
+use crate::proxy::{ClientConn, Proxy, ResponseBody};
 
 /// The HTTP/2 connection preface.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

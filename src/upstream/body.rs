@@ -1,10 +1,6 @@
-//! Body types of the proxy: both directions stream frame by frame and never buffer.
-//!
-//! [`RequestBody`] carries the client's body to the pod, enforcing the body limit while it
-//! streams and, for mirrored requests, keeping a capped copy. [`ResponseBody`] carries the pod's
-//! body to the client and holds the admission [`Slot`] and the pooled connection until the body
-//! ends (slot freed, connection back to the pool) or the client goes away (slot freed, connection
-//! dropped).
+//! The body sent to a pod: the client's body streamed frame by frame (never buffered), with
+//! the body limit enforced as it streams and, for mirrored requests, a capped copy kept; or a
+//! body already in memory (mirror copies).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -13,10 +9,6 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
-
-use crate::balance::Slot;
-use crate::telemetry::RequestRecord;
-use crate::upstream::PooledSender;
 
 /// Errors while streaming a request body.
 #[derive(Debug, thiserror::Error)]
@@ -205,154 +197,6 @@ impl Body for RequestBody {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
             RequestKind::Streaming { inner, .. } => inner.size_hint(),
-        }
-    }
-}
-
-/// What a streaming response holds until its body ends.
-struct Streaming {
-    inner: Incoming,
-    slot: Option<Slot>,
-    sender: Option<PooledSender>,
-    record: Option<Box<RequestRecord>>,
-    bytes: u64,
-    done: bool,
-}
-
-impl Streaming {
-    /// The body ended cleanly: the connection can be reused and the slot freed.
-    fn finish(&mut self) {
-        self.done = true;
-        if let (Some(sender), Some(slot)) = (self.sender.take(), self.slot.as_ref()) {
-            slot.pod().idle.put(sender);
-        }
-        self.slot = None;
-        if let Some(record) = self.record.take() {
-            record.finish(self.bytes, true);
-        }
-    }
-
-    /// The pod's body failed: nothing is reused.
-    fn fail(&mut self) {
-        self.done = true;
-        self.sender = None;
-        self.slot = None;
-        if let Some(record) = self.record.take() {
-            record.finish(self.bytes, false);
-        }
-    }
-}
-
-impl Drop for Streaming {
-    fn drop(&mut self) {
-        // The client went away before the end: never reuse the connection.
-        if !self.done {
-            self.fail();
-        }
-    }
-}
-
-enum ResponseKind {
-    Streaming(Streaming),
-    Full(Option<Bytes>),
-}
-
-/// The body sent to the client.
-pub struct ResponseBody {
-    kind: ResponseKind,
-}
-
-impl ResponseBody {
-    /// The pod's body, streamed; `slot` and `sender` are released when it ends or is dropped.
-    pub fn streaming(
-        inner: Incoming,
-        slot: Slot,
-        sender: PooledSender,
-        record: Option<Box<RequestRecord>>,
-    ) -> Self {
-        let mut streaming = Streaming {
-            inner,
-            slot: Some(slot),
-            sender: Some(sender),
-            record,
-            bytes: 0,
-            done: false,
-        };
-        if streaming.inner.is_end_stream() {
-            streaming.finish();
-        }
-        ResponseBody {
-            kind: ResponseKind::Streaming(streaming),
-        }
-    }
-
-    /// A body the router wrote itself.
-    pub fn full(bytes: impl Into<Bytes>) -> Self {
-        let bytes = bytes.into();
-        ResponseBody {
-            kind: ResponseKind::Full((!bytes.is_empty()).then_some(bytes)),
-        }
-    }
-
-    /// No body.
-    pub fn empty() -> Self {
-        ResponseBody {
-            kind: ResponseKind::Full(None),
-        }
-    }
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match &mut self.get_mut().kind {
-            ResponseKind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ResponseKind::Streaming(s) => {
-                if s.done {
-                    return Poll::Ready(None);
-                }
-                match Pin::new(&mut s.inner).poll_frame(cx) {
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(None) => {
-                        s.finish();
-                        Poll::Ready(None)
-                    }
-                    Poll::Ready(Some(Ok(frame))) => {
-                        if let Some(data) = frame.data_ref() {
-                            s.bytes += data.len() as u64;
-                        }
-                        if s.inner.is_end_stream() {
-                            s.finish();
-                        }
-                        Poll::Ready(Some(Ok(frame)))
-                    }
-                    Poll::Ready(Some(Err(e))) => {
-                        s.fail();
-                        Poll::Ready(Some(Err(e)))
-                    }
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            ResponseKind::Full(bytes) => bytes.is_none(),
-            ResponseKind::Streaming(s) => s.done || s.inner.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            ResponseKind::Full(bytes) => {
-                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
-            }
-            ResponseKind::Streaming(s) => s.inner.size_hint(),
         }
     }
 }
