@@ -15,6 +15,7 @@ pub mod config;
 pub mod crd;
 pub mod demo;
 pub mod discovery;
+pub mod http1;
 pub mod k8s;
 pub mod model;
 pub mod proxy;

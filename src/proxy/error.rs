@@ -1,16 +1,30 @@
-//! Responses the router writes itself: a status from DESIGN.md's table and a small JSON body
-//! with a stable machine-readable code, a message for people, and the request id.
+//! Everything the router answers by itself, in one type, rendered in one place: a status from
+//! the table in `docs/ARCHITECTURE.md` and a small JSON body with a stable machine-readable
+//! code, a message for people, and the request id.
 //!
 //! ```json
 //! {"error":{"code":"QueueTimeout","message":"…","requestId":"3f2504e0-…"}}
 //! ```
+//!
+//! Every exit renders here: rejections of the request path ([`error_response`]) and the
+//! refusals the HTTP/1 framing guard writes before a request reaches the proxy
+//! ([`http1_refusal`]). Both carry the same response headers
+//! ([`super::headers::set_response_headers`]).
 
-use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
-use http::{HeaderValue, Response, StatusCode};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use serde::Serialize;
 
 use super::body::ResponseBody;
+use super::headers::{self, RequestIds};
+use crate::admission::AdmitError;
 use crate::auth::AuthError;
+use crate::http1::framing::Violation;
+use crate::table::{Deployment, Endpoint};
+use crate::telemetry::StatusCounters;
 
 /// Everything the router itself answers with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +59,22 @@ pub enum RouterError {
     BadRequestBody,
     /// An HTTP/2 request whose `Host` names another authority than `:authority` (RFC 9113 §8.3.1).
     HostMismatch,
+    /// An HTTP/1 request head the framing guard refused before the proxy saw it.
+    Framing(Violation),
+    /// An HTTP/1 request head that did not arrive within the header timeout.
+    HeadTimeout,
+}
+
+impl From<AdmitError> for RouterError {
+    /// The one place an admission refusal becomes what the client is told.
+    fn from(error: AdmitError) -> Self {
+        match error {
+            AdmitError::NoReadyPod => RouterError::NoReadyPod,
+            AdmitError::QueueFull => RouterError::QueueFull,
+            AdmitError::QueueTimeout => RouterError::QueueTimeout,
+            AdmitError::OwnerUnreachable => RouterError::OwnerUnreachable,
+        }
+    }
 }
 
 impl RouterError {
@@ -66,6 +96,8 @@ impl RouterError {
             }
             RouterError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RouterError::BadRequestBody | RouterError::HostMismatch => StatusCode::BAD_REQUEST,
+            RouterError::Framing(violation) => violation.status(),
+            RouterError::HeadTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -90,6 +122,8 @@ impl RouterError {
             RouterError::PayloadTooLarge => "PayloadTooLarge",
             RouterError::BadRequestBody => "BadRequestBody",
             RouterError::HostMismatch => "HostMismatch",
+            RouterError::Framing(violation) => violation.code(),
+            RouterError::HeadTimeout => "RequestTimeout",
         }
     }
 
@@ -126,6 +160,62 @@ impl RouterError {
             RouterError::PayloadTooLarge => "the request body is larger than the router accepts",
             RouterError::BadRequestBody => "the request body could not be read",
             RouterError::HostMismatch => "the Host header and :authority name different hosts: send one, or make them equal",
+            RouterError::Framing(violation) => violation.message(),
+            RouterError::HeadTimeout => {
+                "the request head was not received in time: send the whole head promptly"
+            }
+        }
+    }
+}
+
+/// A request the router answers itself, with what to count it against.
+pub struct Rejection {
+    /// The answer.
+    pub error: RouterError,
+    /// How far routing got.
+    pub scope: Scope,
+}
+
+/// How far routing got before a rejection: it is counted there.
+pub enum Scope {
+    /// No endpoint is known (404 for the path, 400 for the host).
+    Unknown,
+    /// The endpoint is known, no deployment yet (401, 404).
+    Endpoint(Arc<StatusCounters>),
+    /// The deployment is chosen.
+    Deployment(Arc<Deployment>),
+}
+
+impl Rejection {
+    /// A rejection before any endpoint was known.
+    pub fn unknown(error: RouterError) -> Self {
+        Rejection {
+            error,
+            scope: Scope::Unknown,
+        }
+    }
+
+    /// A rejection of a request for `endpoint` before a deployment was chosen.
+    pub fn at_endpoint(error: RouterError, endpoint: &Endpoint) -> Self {
+        Rejection {
+            error,
+            scope: Scope::Endpoint(endpoint.unrouted.clone()),
+        }
+    }
+
+    /// A rejection of a request for `deployment`.
+    pub fn at_deployment(error: RouterError, deployment: &Arc<Deployment>) -> Self {
+        Rejection {
+            error,
+            scope: Scope::Deployment(deployment.clone()),
+        }
+    }
+
+    /// The name of the deployment, when one was chosen (the response names it).
+    pub fn deployment_name(&self) -> Option<&HeaderValue> {
+        match &self.scope {
+            Scope::Deployment(deployment) => Some(&deployment.name_header),
+            Scope::Unknown | Scope::Endpoint(_) => None,
         }
     }
 }
@@ -144,7 +234,7 @@ struct ErrorDetail<'a> {
 }
 
 /// The JSON body of a router error.
-pub fn error_json(code: &str, message: &str, request_id: &str) -> Vec<u8> {
+fn error_json(code: &str, message: &str, request_id: &str) -> Vec<u8> {
     serde_json::to_vec(&ErrorBody {
         error: ErrorDetail {
             code,
@@ -155,16 +245,15 @@ pub fn error_json(code: &str, message: &str, request_id: &str) -> Vec<u8> {
     .unwrap_or_default()
 }
 
-/// The full response for `error`: status, JSON body, and `WWW-Authenticate` or `Retry-After`
-/// where they apply.
-pub fn error_response(error: RouterError, request_id: &str) -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::full(error_json(
-        error.code(),
-        error.message(),
-        request_id,
-    )));
-    *response.status_mut() = error.status();
-    let headers = response.headers_mut();
+/// The status, headers and body of `error`: `WWW-Authenticate` or `Retry-After` where they
+/// apply, and the response headers every exit carries.
+fn render(
+    error: RouterError,
+    ids: &RequestIds,
+    deployment: Option<&HeaderValue>,
+) -> (StatusCode, HeaderMap, Vec<u8>) {
+    let body = error_json(error.code(), error.message(), ids.request_id_str());
+    let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     match error {
         RouterError::Unauthorized(AuthError::Missing) => {
@@ -184,7 +273,29 @@ pub fn error_response(error: RouterError, request_id: &str) -> Response<Response
         }
         _ => {}
     }
+    headers::set_response_headers(&mut headers, ids, deployment);
+    (error.status(), headers, body)
+}
+
+/// The response for `error` to a request with `ids`, naming `deployment` when one was chosen.
+pub fn error_response(
+    error: RouterError,
+    ids: &RequestIds,
+    deployment: Option<&HeaderValue>,
+) -> Response<ResponseBody> {
+    let (status, headers, body) = render(error, ids, deployment);
+    let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
     response
+}
+
+/// The HTTP/1.1 bytes of a refusal written before any request was parsed (a framing violation,
+/// a head that timed out): a new request id, and the connection closes after it.
+pub fn http1_refusal(error: RouterError) -> Vec<u8> {
+    let (status, mut headers, body) = render(error, &RequestIds::fresh(), None);
+    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    crate::http1::encode::response(status, &headers, &body)
 }
 
 #[cfg(test)]
@@ -202,10 +313,11 @@ mod tests {
 
     #[test]
     fn unauthorized_carries_www_authenticate() {
-        let r = error_response(RouterError::Unauthorized(AuthError::Missing), "id");
+        let ids = RequestIds::fresh();
+        let r = error_response(RouterError::Unauthorized(AuthError::Missing), &ids, None);
         assert_eq!(r.status(), 401);
         assert_eq!(r.headers()[WWW_AUTHENTICATE], "Bearer");
-        let r = error_response(RouterError::Unauthorized(AuthError::InvalidKey), "id");
+        let r = error_response(RouterError::Unauthorized(AuthError::InvalidKey), &ids, None);
         assert!(r.headers()[WWW_AUTHENTICATE]
             .to_str()
             .unwrap()

@@ -1,8 +1,8 @@
 //! Header rules: request ids, hop-by-hop removal, and the forwarding headers.
 //!
 //! `x-request-id` is kept when it is a GUID and replaced otherwise; `x-ms-client-request-id`
-//! keeps only `[A-Za-z0-9_-]`, cut to 40 characters (`shared/reference/azureml-fe-behaviour.md`
-//! §3.2). Both go to the pod and back to the client.
+//! keeps only `[A-Za-z0-9_-]`, cut to 40 characters (the client contract in
+//! `docs/ARCHITECTURE.md`). Both go to the pod and back to the client.
 
 use std::net::IpAddr;
 
@@ -60,6 +60,16 @@ impl RequestIds {
         }
     }
 
+    /// The ids of a request whose head was never read (refused by the framing guard): a new
+    /// request id, no client id.
+    pub fn fresh() -> Self {
+        RequestIds {
+            request_id: new_request_id(),
+            client_request_id: None,
+            request_unchanged: false,
+        }
+    }
+
     /// Sets both ids on the request to the pod, touching the headers only when they change.
     pub fn apply_to_request(&self, headers: &mut HeaderMap) {
         if !self.request_unchanged {
@@ -84,6 +94,20 @@ impl RequestIds {
             }
         }
     }
+}
+
+/// The headers every response to a client carries, whatever the exit (a routed response, a
+/// router error, a framing refusal): the deployment that served when one was chosen, and the
+/// request ids.
+pub fn set_response_headers(
+    headers: &mut HeaderMap,
+    ids: &RequestIds,
+    deployment: Option<&HeaderValue>,
+) {
+    if let Some(name) = deployment {
+        headers.insert(MODEL_DEPLOYMENT.clone(), name.clone());
+    }
+    ids.apply(headers);
 }
 
 /// A new random (v4) GUID as a header value.

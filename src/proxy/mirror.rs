@@ -26,6 +26,17 @@ pub struct MirrorHead {
     pub headers: HeaderMap,
 }
 
+impl MirrorHead {
+    /// The head of `request` as the live pod gets it.
+    pub fn of<B>(request: &Request<B>) -> Self {
+        MirrorHead {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            headers: request.headers().clone(),
+        }
+    }
+}
+
 /// Sends the copy once `body` arrives, admitted like any request (cluster-wide with several
 /// replicas); counts the outcome in the mirror deployment's metrics.
 pub fn spawn(

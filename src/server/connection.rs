@@ -21,9 +21,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::framing::HeadLimits;
 use super::guard::{Activity, ActivityGuard, GuardSettings, GuardedIo};
 use crate::config::LimitsConfig;
+use crate::http1::framing::HeadLimits;
 use crate::proxy::{ClientConn, Proxy, ResponseBody};
 
 /// The HTTP/2 connection preface.

@@ -24,8 +24,8 @@ use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use super::framing::{Framing, HeadLimits, Scan, Violation};
-use crate::proxy::error::error_json;
+use crate::http1::framing::{Framing, HeadLimits, Scan, Violation};
+use crate::proxy::error::{http1_refusal, RouterError};
 
 /// Requests in progress on one connection, and when the last one finished.
 #[derive(Debug)]
@@ -168,27 +168,13 @@ impl<T> GuardedIo<T> {
     }
 
     /// Starts writing a refusal (only called while no response is being written).
-    fn refuse(&mut self, status: u16, code: &str, message: &str) {
-        let request_id = crate::proxy::headers::new_request_id();
-        let request_id = request_id.to_str().unwrap_or_default();
-        let body = error_json(code, message, request_id);
-        let reason = match status {
-            408 => "Request Timeout",
-            431 => "Request Header Fields Too Large",
-            _ => "Bad Request",
-        };
-        let mut response = format!(
-            "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {request_id}\r\nconnection: close\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        response.extend_from_slice(&body);
-        self.refusal = response;
+    fn refuse(&mut self, error: RouterError) {
+        self.refusal = http1_refusal(error);
         self.refusal_written = 0;
         self.phase = Phase::Refusing;
         tracing::debug!(
-            status,
-            code,
+            status = error.status().as_u16(),
+            code = error.code(),
             "refusing a request before it reached the proxy"
         );
     }
@@ -218,6 +204,85 @@ impl<T> GuardedIo<T> {
     }
 }
 
+/// What the framing rules made of bytes just read.
+enum Inspected {
+    /// Hand them to hyper.
+    Pass,
+    /// Nothing to hand over (a refused head is held back): read on.
+    Withheld,
+    /// A body already being forwarded broke its chunked framing.
+    BrokenBody(Violation),
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> GuardedIo<T> {
+    /// Writes the refusal, then reads as end-of-file.
+    fn poll_refusal(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.refusal_written < self.refusal.len() {
+            let n = ready!(
+                Pin::new(&mut self.inner).poll_write(cx, &self.refusal[self.refusal_written..])
+            )?;
+            if n == 0 {
+                break;
+            }
+            self.refusal_written += n;
+        }
+        let _ = ready!(Pin::new(&mut self.inner).poll_flush(cx));
+        self.phase = Phase::Closed;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Whether the timer that applies now has fired; it then starts a 408 or closes quietly.
+    fn timer_fired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some((deadline, is_header)) = self.deadline() else {
+            return false;
+        };
+        if self.timer.deadline() != deadline {
+            self.timer.as_mut().reset(deadline);
+        }
+        if self.timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        if is_header {
+            self.refuse(RouterError::HeadTimeout);
+        } else {
+            self.phase = Phase::Closed;
+        }
+        true
+    }
+
+    /// Feeds the bytes read from `before` on to the framing rules, holding back a refused head.
+    fn inspect(&mut self, buf: &mut ReadBuf<'_>, before: usize) -> Inspected {
+        let was_boundary = self.framing.at_boundary();
+        if let Scan::Refused {
+            valid,
+            violation,
+            in_head,
+        } = self.framing.feed(&buf.filled()[before..])
+        {
+            buf.set_filled(before + valid);
+            if !in_head {
+                // A broken chunk in a body already being forwarded: fail the body; the proxy
+                // answers 400 and hyper closes the connection.
+                return Inspected::BrokenBody(violation);
+            }
+            self.pending = Some(violation);
+            if valid == 0 {
+                return Inspected::Withheld;
+            }
+        }
+        self.first_request = false;
+        self.activity
+            .at_boundary
+            .store(self.framing.at_boundary(), Ordering::SeqCst);
+        if self.framing.at_boundary() {
+            self.first_head_byte = None;
+        } else if was_boundary && self.framing.in_head() {
+            self.first_head_byte = Some(Instant::now());
+        }
+        Inspected::Pass
+    }
+}
+
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -233,19 +298,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
             }
             match this.phase {
                 Phase::Closed => return Poll::Ready(Ok(())),
-                Phase::Refusing => {
-                    while this.refusal_written < this.refusal.len() {
-                        let n = ready!(Pin::new(&mut this.inner)
-                            .poll_write(cx, &this.refusal[this.refusal_written..]))?;
-                        if n == 0 {
-                            break;
-                        }
-                        this.refusal_written += n;
-                    }
-                    let _ = ready!(Pin::new(&mut this.inner).poll_flush(cx));
-                    this.phase = Phase::Closed;
-                    return Poll::Ready(Ok(()));
-                }
+                Phase::Refusing => return this.poll_refusal(cx),
                 Phase::Open => {}
             }
             if let Some(violation) = this.pending {
@@ -256,66 +309,27 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
                     return Poll::Pending;
                 }
                 this.pending = None;
-                this.refuse(violation.status(), violation.code(), violation.message());
+                this.refuse(RouterError::Framing(violation));
                 continue;
             }
-            if let Some((deadline, is_header)) = this.deadline() {
-                if this.timer.deadline() != deadline {
-                    this.timer.as_mut().reset(deadline);
-                }
-                if this.timer.as_mut().poll(cx).is_ready() {
-                    if is_header {
-                        this.refuse(
-                            408,
-                            "RequestTimeout",
-                            "the request head was not received in time: send the whole head promptly",
-                        );
-                    } else {
-                        this.phase = Phase::Closed;
-                    }
-                    continue;
-                }
+            if this.timer_fired(cx) {
+                continue;
             }
             let before = buf.filled().len();
             ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-            let new = &buf.filled()[before..];
-            if new.is_empty() {
+            if buf.filled().len() == before {
                 return Poll::Ready(Ok(()));
             }
-            let was_boundary = this.framing.at_boundary();
-            match this.framing.feed(new) {
-                Scan::Ok => {}
-                Scan::Refused {
-                    valid,
-                    violation,
-                    in_head,
-                } => {
-                    buf.set_filled(before + valid);
-                    if in_head {
-                        this.pending = Some(violation);
-                    } else {
-                        // A broken chunk in a body already being forwarded: fail the body; the
-                        // proxy answers 400 and hyper closes the connection.
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            violation.message(),
-                        )));
-                    }
-                    if valid == 0 {
-                        continue;
-                    }
+            match this.inspect(buf, before) {
+                Inspected::Pass => return Poll::Ready(Ok(())),
+                Inspected::Withheld => continue,
+                Inspected::BrokenBody(violation) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        violation.message(),
+                    )))
                 }
             }
-            this.first_request = false;
-            this.activity
-                .at_boundary
-                .store(this.framing.at_boundary(), Ordering::SeqCst);
-            if this.framing.at_boundary() {
-                this.first_head_byte = None;
-            } else if was_boundary && this.framing.in_head() {
-                this.first_head_byte = Some(Instant::now());
-            }
-            return Poll::Ready(Ok(()));
         }
     }
 }

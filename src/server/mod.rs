@@ -1,6 +1,6 @@
 //! Client-facing listeners: accept, serve HTTP/1.1 and HTTP/2 on each connection with hyper,
-//! and drain gracefully on shutdown. [`framing`] and [`guard`] protect HTTP/1 connections;
-//! [`connection`] serves one connection.
+//! and drain gracefully on shutdown. [`guard`] protects HTTP/1 connections with the framing
+//! rules of [`crate::http1::framing`]; [`connection`] serves one connection.
 //!
 //! Shutdown is two steps driven by [`Lifecycle`]: `stop_accepting` closes the listeners, then
 //! `drain` asks every connection to finish what it has (HTTP/2 gets GOAWAY, HTTP/1.1 answers
@@ -8,7 +8,6 @@
 //! for at most the grace period.
 
 pub mod connection;
-pub mod framing;
 pub mod guard;
 
 use std::io;

@@ -63,10 +63,12 @@ pub enum Violation {
 
 impl Violation {
     /// The status the client gets.
-    pub fn status(self) -> u16 {
+    pub fn status(self) -> http::StatusCode {
         match self {
-            Violation::HeadTooLarge | Violation::TooManyHeaders => 431,
-            _ => 400,
+            Violation::HeadTooLarge | Violation::TooManyHeaders => {
+                http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
+            _ => http::StatusCode::BAD_REQUEST,
         }
     }
 
