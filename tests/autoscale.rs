@@ -9,23 +9,21 @@
 //! that many ready pods. Timings are counted in decision intervals (GETs of the scale
 //! subresource) from the fake's request log, never asserted in wall time.
 
-mod kube_common;
+mod support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use kube_common::*;
+use http::StatusCode;
 use parking_lot::Mutex;
 use scoregate::autoscale::{self, Ownership};
 use scoregate::config::AutoscaleConfig;
 use scoregate::router::Router;
 use scoregate_fake_kube::{FakeApiServer, RecordedRequest};
 use serde_json::{json, Value};
+use support::kube::*;
 
 const SCALE_PATH: &str = "/apis/apps/v1/namespaces/models/deployments/ep-blue/scale";
 const STATUS_PATH: &str =
@@ -115,20 +113,8 @@ fn pod_controller(fake: Arc<FakeApiServer>, pods: Arc<Pods>) -> Arc<Mutex<Vec<u3
 
 /// A scoring request that keeps its pod busy for `busy_ms`.
 async fn slow_score(addr: SocketAddr, busy_ms: u64) -> StatusCode {
-    let request = Request::post(format!(
-        "http://{addr}/api/v1/endpoint/my-ep/score?sleep_ms={busy_ms}"
-    ))
-    .header("authorization", format!("Bearer {KEY}"))
-    .header("content-type", "application/json")
-    .body(Full::new(Bytes::from_static(b"{\"data\": [[1, 2, 3, 4]]}")))
-    .unwrap();
-    let response = tokio::time::timeout(HANG, client().request(request))
-        .await
-        .expect("a scoring request hung")
-        .expect("the router answers");
-    let status = response.status();
-    let _ = response.into_body().collect().await;
-    status
+    let url = format!("http://{addr}/api/v1/endpoint/my-ep/score?sleep_ms={busy_ms}");
+    post_score(&client(), &url, KEY, &[]).await.status
 }
 
 /// `n` concurrent slow requests through `addr`.

@@ -1,13 +1,13 @@
 //! Replicas find each other through the EndpointSlices of the router's own headless Service,
 //! served by the fake API server to the real `kube::Client`.
 
-mod kube_common;
+mod support;
 
 use std::net::SocketAddr;
 
-use kube_common::*;
 use scoregate::config::{ClusterConfig, PeerServiceConfig};
 use serde_json::json;
+use support::kube::*;
 
 const SECRET: &str = "cluster-secret-for-kube-tests-0123";
 

@@ -2,11 +2,11 @@
 //! counted under its reason, while everything else is served from the last good table. A rebuild
 //! that finds the same problem again says nothing; a fix says so once.
 
-mod kube_common;
+mod support;
 
 use http::StatusCode;
-use kube_common::*;
 use serde_json::json;
+use support::kube::*;
 
 /// The log line, and the `reason` label, of each bad object below.
 const EXPECTED: [(&[&str], &str); 5] = [

@@ -2,13 +2,13 @@
 //! over HTTP; tests create, change and delete OnlineEndpoints, OnlineDeployments, EndpointSlices
 //! and Secrets in the fake and score through the router after each change.
 
-mod kube_common;
+mod support;
 
 use std::time::Instant;
 
 use http::StatusCode;
-use kube_common::*;
 use scoregate::config::{SecretRef, TlsConfig};
+use support::kube::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weights_and_deployments_follow_the_cluster() {
@@ -24,7 +24,7 @@ async fn weights_and_deployments_follow_the_cluster() {
 
     let first = score(&client, addr, "my-endpoint", KEY, None).await;
     assert_eq!(first.status, StatusCode::OK);
-    assert_eq!(first.deployment.as_deref(), Some("blue"));
+    assert_eq!(first.deployment(), Some("blue"));
     assert_eq!(
         score(&client, addr, "my-endpoint", KEY2, None).await.status,
         StatusCode::OK,
@@ -60,13 +60,13 @@ async fn weights_and_deployments_follow_the_cluster() {
         for _ in 0..20 {
             let s = score(&client, addr, "my-endpoint", KEY, None).await;
             assert_eq!(s.status, StatusCode::OK);
-            seen.extend(s.deployment);
+            seen.extend(s.deployment().map(str::to_string));
         }
         seen.len() == 2
     })
     .await;
     let named = score(&client, addr, "my-endpoint", KEY, Some("green")).await;
-    assert_eq!(named.deployment.as_deref(), Some("green"));
+    assert_eq!(named.deployment(), Some("green"));
 
     // All traffic to green: blue keeps answering only when named.
     fake.apply(endpoint(
@@ -84,11 +84,11 @@ async fn weights_and_deployments_follow_the_cluster() {
     .await;
     for _ in 0..10 {
         let s = score(&client, addr, "my-endpoint", KEY, None).await;
-        assert_eq!(s.deployment.as_deref(), Some("green"));
+        assert_eq!(s.deployment(), Some("green"));
     }
     let blue_named = score(&client, addr, "my-endpoint", KEY, Some("blue")).await;
     assert_eq!(blue_named.status, StatusCode::OK);
-    assert_eq!(blue_named.deployment.as_deref(), Some("blue"));
+    assert_eq!(blue_named.deployment(), Some("blue"));
 
     // Blue leaves the traffic map and goes away: naming it is a 404. (Deleting it while the
     // traffic map still names it would be refused: the endpoint would keep its last valid
@@ -671,7 +671,7 @@ async fn the_serve_command_runs_with_a_kubeconfig() {
         let request =
             http::Request::post(format!("http://{addr}/api/v1/endpoint/my-endpoint/score"))
                 .header("authorization", format!("Bearer {KEY}"))
-                .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+                .body(full("{}"))
                 .unwrap();
         matches!(client.request(request).await, Ok(r) if r.status() == StatusCode::OK)
     })
@@ -705,7 +705,7 @@ async fn pods_coming_and_going_keep_the_others_in_flight_accounting() {
             "http://{addr}/api/v1/endpoint/my-endpoint/score?sleep_ms=1500"
         ))
         .header("authorization", format!("Bearer {KEY}"))
-        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+        .body(full("{}"))
         .unwrap();
         client().request(request).await.unwrap().status()
     });

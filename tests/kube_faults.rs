@@ -3,14 +3,14 @@
 //! the router during each fault, and none may fail; afterwards the table converges to what the
 //! cluster holds.
 
-mod kube_common;
+mod support;
 
 use std::time::Duration;
 
 use http::StatusCode;
-use kube_common::*;
 use scoregate::router::Router;
 use scoregate_fake_kube::FakeApiServer;
+use support::kube::*;
 
 struct Setup {
     fake: FakeApiServer,
@@ -66,7 +66,11 @@ impl Setup {
     }
 
     async fn load(&self) -> Load {
-        let load = Load::start(self.router.http_addr().unwrap(), "my-endpoint", KEY, 2);
+        let url = format!(
+            "http://{}/api/v1/endpoint/my-endpoint/score",
+            self.router.http_addr().unwrap()
+        );
+        let load = Load::start(&[url], 2);
         eventually("the load to flow", || async { load.ok() >= 20 }).await;
         load
     }

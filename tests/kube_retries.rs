@@ -6,14 +6,14 @@
 //! The counts are compared with generous bounds derived from the schedule (250 ms doubling to
 //! 5 s, each delay at least 80 % of nominal); no test asserts how long anything took.
 
-mod kube_common;
+mod support;
 
 use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
-use kube_common::*;
 use scoregate::router::Router;
 use scoregate_fake_kube::{FakeApiServer, RecordedRequest};
+use support::kube::*;
 
 const ENDPOINTS: &str = "/apis/scoregate.io/v1/namespaces/models/onlineendpoints";
 const SECRETS: &str = "/api/v1/namespaces/models/secrets";

@@ -13,15 +13,15 @@
 //! change, the time from writing an object to the API server to the published table showing it.
 //! Nothing is asserted about time: the figures are reported.
 
-mod kube_common;
+mod support;
 
 use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kube_common::*;
 use scoregate_fake_kube::FakeApiServer;
 use serde_json::json;
+use support::kube::*;
 
 const ENDPOINTS: usize = 1_000;
 const DEPLOYMENTS: [&str; 3] = ["blue", "green", "red"];
@@ -197,9 +197,7 @@ async fn a_thousand_endpoints_of_three_deployments_of_ten_pods() {
         async move {
             let ready_uri = format!("http://127.0.0.1:{admin}/readyz");
             eventually("the router process to be ready", || async {
-                let request = http::Request::get(&ready_uri)
-                    .body(http_body_util::Full::new(bytes::Bytes::new()))
-                    .unwrap();
+                let request = http::Request::get(&ready_uri).body(empty()).unwrap();
                 matches!(client.request(request).await, Ok(r) if r.status() == 200)
             })
             .await;
@@ -239,19 +237,7 @@ async fn a_thousand_endpoints_of_three_deployments_of_ten_pods() {
     }
     let churn_took = churn.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let metrics_uri = format!("http://127.0.0.1:{admin}/metrics");
-    let request = http::Request::get(&metrics_uri)
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    let response = client.request(request).await.unwrap();
-    let text = String::from_utf8(
-        http_body_util::BodyExt::collect(response.into_body())
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap();
+    let text = scrape(&client, ([127, 0, 0, 1], admin).into()).await;
     let (rss_after, hwm) = rss_kib(pid);
     let name = "scoregate_discovery_event_to_routable_seconds";
     let p50 = bucket_quantile(&text, name, 0.5);

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod kube;
 pub mod load;
 pub mod peer;
 
@@ -44,6 +45,22 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 /// A hyper client over plain TCP.
 pub type Client = hyper_util::client::legacy::Client<HttpConnector, Body>;
+
+/// Polls `condition` every 5 ms until it holds; panics after [`HANG`].
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + HANG;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
 
 /// Awaits `future`, panicking with `what` if it takes longer than [`HANG`].
 pub async fn guard<T>(what: &str, future: impl Future<Output = T>) -> T {
@@ -138,15 +155,21 @@ pub fn owner_of(addresses: &[SocketAddr], endpoint: &str, deployment: &str) -> u
 /// handed before: the kernel may give a just-released port again, and two "free" addresses that
 /// are the same one make a test fail for nothing.
 pub fn dead_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], fresh_port(|_| true)))
+}
+
+/// A port the kernel just released on 127.0.0.1 that passes `usable` and that this test process
+/// never handed out before (by this or any other fixture: the kernel may give a port again).
+pub fn fresh_port(usable: impl Fn(u16) -> bool) -> u16 {
     static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap();
+        let port = listener.local_addr().unwrap().port();
         drop(listener);
         let mut handed_out = HANDED_OUT.lock().unwrap();
-        if !handed_out.contains(&address.port()) {
-            handed_out.push(address.port());
-            return address;
+        if !handed_out.contains(&port) && usable(port) {
+            handed_out.push(port);
+            return port;
         }
     }
 }
@@ -349,6 +372,26 @@ pub async fn send(
     .await
 }
 
+/// POSTs a small JSON scoring body to `url` with `key` as the bearer token and `headers`.
+pub async fn post_score(client: &Client, url: &str, key: &str, headers: &[(&str, &str)]) -> Resp {
+    let auth = format!("Bearer {key}");
+    let mut all = vec![
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    all.extend_from_slice(headers);
+    let body = full(r#"{"data": [[1, 2, 3, 4]]}"#);
+    send(client, Method::POST, url, &all, body).await
+}
+
+/// The Prometheus text of the admin listener at `admin`.
+pub async fn scrape(client: &Client, admin: SocketAddr) -> String {
+    let url = format!("http://{admin}/metrics");
+    let resp = send(client, Method::GET, &url, &[], empty()).await;
+    assert_eq!(resp.status, 200);
+    resp.text()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Routers
 
@@ -424,34 +467,13 @@ impl Harness {
 
     /// Like [`Self::score`] with extra headers.
     pub async fn score_with(&self, endpoint: &str, query: &str, headers: &[(&str, &str)]) -> Resp {
-        let auth = format!("Bearer {KEY}");
-        let mut all = vec![
-            ("authorization", auth.as_str()),
-            ("content-type", "application/json"),
-        ];
-        all.extend_from_slice(headers);
-        send(
-            &self.client,
-            Method::POST,
-            &self.url(endpoint, &format!("/score{query}")),
-            &all,
-            full(r#"{"data": [[1, 2, 3, 4]]}"#),
-        )
-        .await
+        let url = self.url(endpoint, &format!("/score{query}"));
+        post_score(&self.client, &url, KEY, headers).await
     }
 
     /// The Prometheus text of `/metrics`.
     pub async fn metrics_text(&self) -> String {
-        let resp = send(
-            &self.client,
-            Method::GET,
-            &format!("http://{}/metrics", self.admin),
-            &[],
-            empty(),
-        )
-        .await;
-        assert_eq!(resp.status, 200);
-        resp.text()
+        scrape(&self.client, self.admin).await
     }
 
     /// The value of the series `name{labels}` (exactly these labels, any order), if present.
@@ -579,20 +601,36 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    for line in text.lines() {
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ')?;
-        let (series_name, series_labels) = match series.split_once('{') {
-            Some((n, rest)) => (n, parse_labels(rest.trim_end_matches('}'))),
-            None => (series, BTreeMap::new()),
-        };
-        if series_name == name && series_labels == wanted {
-            return value.parse().ok();
-        }
-    }
-    None
+    samples(text, name).find_map(|(labels, value)| (labels == wanted).then_some(value))
+}
+
+/// The value of the first sample of `name`, whatever its labels.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    samples(text, name).map(|(_, value)| value).next()
+}
+
+/// The sum of every sample of `name` (all label sets), if there is one.
+pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    samples(text, name)
+        .map(|(_, value)| value)
+        .reduce(|a, b| a + b)
+}
+
+/// Every sample of `name` in Prometheus text: its labels and value.
+fn samples<'a>(
+    text: &'a str,
+    name: &'a str,
+) -> impl Iterator<Item = (BTreeMap<String, String>, f64)> + 'a {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .filter_map(move |line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, parse_labels(rest.trim_end_matches('}'))),
+                None => (series, BTreeMap::new()),
+            };
+            (series_name == name).then(|| Some((labels, value.parse().ok()?)))?
+        })
 }
 
 fn parse_labels(text: &str) -> BTreeMap<String, String> {

@@ -1,24 +1,14 @@
-//! Fixtures of the Kubernetes discovery tests: a fake API server with scoregate's CRDs, objects
-//! as the cluster would hold them, sample model pods on loopback addresses, a router pointed at
-//! the fake by kubeconfig, a hyper client, and polling helpers.
-//!
-//! Every wait polls with a deadline that only guards against hangs; no test asserts how long
-//! something took.
+//! Fixtures of the Kubernetes tests: a fake API server with scoregate's CRDs, objects as the
+//! cluster would hold them, sample model pods on loopback addresses, a router pointed at the fake
+//! by kubeconfig, captured logs, and the request counts the fake saw. The generic fixtures they
+//! use (keys, the client, scoring, polling, metrics, load) are re-exported from the parent
+//! module, so a Kubernetes test needs only `use support::kube::*;`.
 
-#![allow(dead_code)]
-
-use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine as _;
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use scoregate::config::{KubeDiscoveryConfig, RouterConfig};
@@ -26,17 +16,17 @@ use scoregate::router::Router;
 use scoregate::sample_model::SampleModel;
 use scoregate_fake_kube::FakeApiServer;
 
+// Not every test binary uses every re-export.
+#[allow(unused_imports)]
+pub use super::load::Load;
+#[allow(unused_imports)]
+pub use super::{
+    client, empty, eventually, full, metric, metric_sum, post_score, scrape, send, Client, Resp,
+    HANG, KEY, KEY2,
+};
+
 /// The namespace the tests use.
 pub const NS: &str = "models";
-/// The primary key of test endpoints.
-pub const KEY: &str = "primary-key-0123456789";
-/// The secondary key of test endpoints.
-pub const KEY2: &str = "secondary-key-0123456789";
-/// How long any wait may take before the test is declared hung.
-pub const HANG: Duration = Duration::from_secs(60);
-
-/// A hyper client over plain TCP.
-pub type Client = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
 
 /// Installs the crypto provider kube's client needs (once per process), and logs to the test
 /// output at the level `TEST_LOG` names (e.g. `TEST_LOG=scoregate=debug`; errors only without).
@@ -93,22 +83,6 @@ pub async fn ready_router(config: RouterConfig) -> Router {
     let router = Router::start(config).await.expect("router starts");
     eventually("the router to become ready", || async { router.is_ready() }).await;
     router
-}
-
-/// Polls `condition` every 5 ms until it holds; panics after [`HANG`].
-pub async fn eventually<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + HANG;
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -298,26 +272,15 @@ pub async fn pods(net: u8, count: u8, model: &str, port: u16) -> Pods {
 }
 
 /// A port free on every loopback address the tests use (probed, then released), never one this
-/// test process was handed before (the kernel may give a released port again).
+/// test process was handed before.
 pub fn free_port() -> u16 {
-    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = probe.local_addr().unwrap().port();
-        drop(probe);
-        if HANDED_OUT.lock().unwrap().contains(&port) {
-            continue;
-        }
-        let free_everywhere = (1..=8u8).all(|net| {
+    super::fresh_port(|port| {
+        (1..=8u8).all(|net| {
             (1..=6u8).all(|i| {
                 std::net::TcpListener::bind(SocketAddr::from(([127, net, 0, i], port))).is_ok()
             })
-        });
-        if free_everywhere {
-            HANDED_OUT.lock().unwrap().push(port);
-            return port;
-        }
-    }
+        })
+    })
 }
 
 impl Pods {
@@ -345,20 +308,6 @@ pub fn ip(net: u8, i: u8) -> IpAddr {
 // ---------------------------------------------------------------------------------------------
 // Scoring
 
-/// A hyper client.
-pub fn client() -> Client {
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
-}
-
-/// What one scoring request got back.
-#[derive(Debug)]
-pub struct Scored {
-    /// The status.
-    pub status: StatusCode,
-    /// `azureml-model-deployment` of the response.
-    pub deployment: Option<String>,
-}
-
 /// POSTs a scoring request to `endpoint` through the router at `addr` with `key`, optionally
 /// naming a deployment.
 pub async fn score(
@@ -367,70 +316,21 @@ pub async fn score(
     endpoint: &str,
     key: &str,
     deployment: Option<&str>,
-) -> Scored {
-    let mut request = Request::post(format!("http://{addr}/api/v1/endpoint/{endpoint}/score"))
-        .header("authorization", format!("Bearer {key}"))
-        .header("content-type", "application/json");
-    if let Some(d) = deployment {
-        request = request.header("azureml-model-deployment", d);
-    }
-    let request = request
-        .body(Full::new(Bytes::from_static(b"{\"data\": [[1, 2, 3, 4]]}")))
-        .unwrap();
-    let response = tokio::time::timeout(HANG, client.request(request))
-        .await
-        .expect("a scoring request hung")
-        .expect("the router answers");
-    let status = response.status();
-    let deployment = response
-        .headers()
-        .get("azureml-model-deployment")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let _ = response.into_body().collect().await;
-    Scored { status, deployment }
+) -> Resp {
+    let url = format!("http://{addr}/api/v1/endpoint/{endpoint}/score");
+    let named = deployment.map(|d| ("azureml-model-deployment", d));
+    post_score(client, &url, key, named.as_slice()).await
 }
 
 /// The router's Prometheus text.
 pub async fn metrics_text(client: &Client, router: &Router) -> String {
-    let request = Request::get(format!("http://{}/metrics", router.admin_addr()))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let response = client.request(request).await.expect("admin answers");
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    String::from_utf8_lossy(&body).into_owned()
-}
-
-/// The value of an unlabelled (or the first matching) sample of `name` in Prometheus text.
-pub fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-/// The sum of every sample of `name` (all label sets), if there is one.
-pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
-    let values: Vec<f64> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
+    scrape(client, router.admin_addr()).await
 }
 
 /// `/readyz` status.
 pub async fn readyz(client: &Client, router: &Router) -> StatusCode {
-    let request = Request::get(format!("http://{}/readyz", router.admin_addr()))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    client
-        .request(request)
-        .await
-        .expect("admin answers")
-        .status()
+    let url = format!("http://{}/readyz", router.admin_addr());
+    send(client, Method::GET, &url, &[], empty()).await.status
 }
 
 /// The routable pod addresses of each deployment of `endpoint` in the published table, sorted.
@@ -454,67 +354,6 @@ pub fn addrs(ips: &[IpAddr], port: u16) -> Vec<SocketAddr> {
     let mut v: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
     v.sort();
     v
-}
-
-// ---------------------------------------------------------------------------------------------
-// Load
-
-/// Requests sent in a loop while a fault happens, counting answers by status.
-pub struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
-}
-
-impl Load {
-    /// `workers` loops scoring `endpoint` with `key` through `addr`.
-    pub fn start(addr: SocketAddr, endpoint: &str, key: &str, workers: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let tasks = (0..workers)
-            .map(|_| {
-                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-                let (endpoint, key) = (endpoint.to_string(), key.to_string());
-                tokio::spawn(async move {
-                    let client = client();
-                    let mut failures = Vec::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        let scored = score(&client, addr, &endpoint, &key, None).await;
-                        if scored.status == StatusCode::OK {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            failures.push(format!("{scored:?}"));
-                        }
-                    }
-                    failures
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            failed,
-            tasks,
-        }
-    }
-
-    /// Successful requests so far.
-    pub fn ok(&self) -> u64 {
-        self.ok.load(Ordering::Relaxed)
-    }
-
-    /// Stops and returns (successes, failures as text).
-    pub async fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut failures = Vec::new();
-        for task in self.tasks {
-            failures.extend(task.await.expect("load worker"));
-        }
-        (self.ok.load(Ordering::Relaxed), failures)
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
