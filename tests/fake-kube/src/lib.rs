@@ -1,7 +1,7 @@
 //! A fake Kubernetes API server for scoregate's tests.
 //!
 //! It serves plain HTTP/1.1 on `127.0.0.1` and speaks the list/watch protocol exactly as kube 5
-//! expects it (see `shared/reference/kube-watch-protocol.md`), so tests run the real
+//! expects it (its README lists what is faithful and what is simplified), so tests run the real
 //! `kube::Client`, `watcher` and `reflector` against it. Tests also drive it directly: a
 //! programmatic object API (whose writes emit the same watch events), a request log, and fault
 //! hooks (dropped or stalled watches, in-stream 410s, compaction, 503s, delays, restarts).

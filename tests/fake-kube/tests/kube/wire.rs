@@ -1,5 +1,5 @@
-//! The exact requests kube 5 makes. A kube upgrade that changes any of them fails here first;
-//! see `shared/reference/kube-watch-protocol.md` for where each comes from.
+//! The exact requests kube 5 makes. A kube upgrade that changes any of them fails here first
+//! (kube-runtime's `watcher` and kube-client's `Api` build them; read their sources for why).
 
 use std::time::Duration;
 
