@@ -1096,7 +1096,7 @@ mod tests {
     }
 
     #[test]
-    fn every_kind_of_bad_object_is_reported_with_its_field() {
+    fn bad_custom_resources_are_reported_with_their_field() {
         let mut c = populated();
         c.take_reports();
         // No spec at all: nothing to attach it to, so it is reported on its own.
@@ -1141,7 +1141,12 @@ mod tests {
         assert_eq!(orphans.len(), 1);
         assert_eq!(orphans[0].1.reason, Reason::EndpointMissing);
         assert!(c.orphans("my-endpoint").is_empty());
+    }
 
+    #[test]
+    fn bad_service_names_and_slice_addresses_are_reported() {
+        let mut c = populated();
+        c.take_reports();
         // A Service name that could not be a label value never reaches a selector.
         c.take_service_changes();
         c.apply(
