@@ -47,6 +47,13 @@ enum Command {
         #[arg(long)]
         write: Option<PathBuf>,
     },
+    /// Wait, then exit: a container's `preStop` hook on Kubernetes older than 1.30, which has no
+    /// `sleep` action (the image has no shell and no `sleep` binary).
+    Sleep {
+        /// How long, e.g. `5s`, `500ms`.
+        #[arg(value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
     /// Mint a token for an endpoint in `aml_token` mode, as `az ml online-endpoint get-credentials` shows it.
     Token {
         /// The routes file that declares the endpoint.
@@ -382,6 +389,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
             }
+            Ok(())
+        }
+        Command::Sleep { duration } => {
+            std::thread::sleep(duration);
             Ok(())
         }
         Command::Demo(args) => {

@@ -38,11 +38,24 @@ pub struct RemoveOutcome {
 }
 
 fn api(client: &Client, kind: &ManagedKind) -> Api<DynamicObject> {
+    api_in(client, kind, meta::NAMESPACE)
+}
+
+/// The API of `kind` in `namespace` (ignored for cluster-scoped kinds).
+fn api_in(client: &Client, kind: &ManagedKind, namespace: &str) -> Api<DynamicObject> {
     if kind.namespaced {
-        Api::namespaced_with(client.clone(), meta::NAMESPACE, &kind.resource)
+        Api::namespaced_with(client.clone(), namespace, &kind.resource)
     } else {
         Api::all_with(client.clone(), &kind.resource)
     }
+}
+
+/// The namespace of a rendered object (`azureml` unless it says otherwise: the Roles of
+/// namespace-scoped mode live in the endpoints' namespaces).
+fn namespace_of(object: &serde_yaml::Value) -> &str {
+    object["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or(meta::NAMESPACE)
 }
 
 /// Whether the API server serves `resource` (optional APIs such as the Prometheus Operator's).
@@ -120,13 +133,111 @@ pub async fn apply(
             .as_str()
             .with_context(|| format!("{reference}: no metadata.name (a bug)"))?
             .to_owned();
-        api(client, &kind)
+        api_in(client, &kind, namespace_of(&object))
             .patch(&name, &params, &Patch::Apply(&object))
             .await
             .map_err(|e| explain(e, "apply", &reference))?;
         outcome.applied.push(reference);
     }
     Ok(outcome)
+}
+
+/// An object the manifest would change that something else manages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Foreign {
+    /// `Kind/name` (with its namespace outside `azureml`).
+    pub reference: String,
+    /// Who manages it, as far as the object says.
+    pub manager: String,
+}
+
+/// The objects of `manifest` (and the cluster credential it needs) that already exist and are
+/// not extension `extension`'s: Azure ML's own `azureml-fe` objects, say. Namespace `azureml`
+/// is shared by design and never counted.
+pub async fn foreign_objects_of(
+    client: &Client,
+    manifest: &Manifest,
+    extension: &str,
+) -> anyhow::Result<Vec<Foreign>> {
+    let mut wanted: Vec<(ManagedKind, String, String)> = Vec::new();
+    for object in &manifest.objects {
+        let Some(kind) = kinds::of(object) else {
+            continue;
+        };
+        if kind.resource.kind == "Namespace" {
+            continue;
+        }
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        wanted.push((kind, namespace_of(object).to_owned(), name));
+    }
+    if needs_cluster_secret(manifest) {
+        if let Some(kind) = kinds::managed()
+            .into_iter()
+            .find(|k| k.resource.kind == "Secret")
+        {
+            wanted.push((
+                kind,
+                meta::NAMESPACE.to_owned(),
+                meta::CLUSTER_SECRET.to_owned(),
+            ));
+        }
+    }
+    let mut foreign = Vec::new();
+    for (kind, namespace, name) in wanted {
+        let reference = reference_in(&kind.resource.kind, &namespace, &name);
+        let existing = match api_in(client, &kind, &namespace).get_opt(&name).await {
+            Ok(existing) => existing,
+            Err(e) if kind.optional && is_status(&e, 404) => None,
+            Err(e) => return Err(explain(e, "read", &reference)),
+        };
+        if let Some(manager) = existing.and_then(|o| other_manager(&o, extension)) {
+            foreign.push(Foreign { reference, manager });
+        }
+    }
+    Ok(foreign)
+}
+
+/// Who manages `object` when it is not extension `extension`.
+fn other_manager(object: &DynamicObject, extension: &str) -> Option<String> {
+    let labels = object.metadata.labels.clone().unwrap_or_default();
+    let managed_by = labels
+        .get("app.kubernetes.io/managed-by")
+        .map(String::as_str);
+    let owner = labels.get(meta::EXTENSION_LABEL).map(String::as_str);
+    if managed_by == Some(meta::MANAGED_BY) && owner == Some(extension) {
+        return None;
+    }
+    let annotations = object.metadata.annotations.clone().unwrap_or_default();
+    Some(
+        match (
+            managed_by,
+            owner,
+            annotations.get("meta.helm.sh/release-name"),
+        ) {
+            (Some(meta::MANAGED_BY), Some(other), _) => {
+                format!("scoregate-ext extension `{other}`")
+            }
+            (Some(by), _, Some(release)) => format!("{by} (release {release})"),
+            (Some(by), _, None) => by.to_owned(),
+            (None, _, _) => {
+                let managers: Vec<String> = object
+                    .metadata
+                    .managed_fields
+                    .iter()
+                    .flatten()
+                    .filter_map(|m| m.manager.clone())
+                    .collect();
+                if managers.is_empty() {
+                    "unknown (no app.kubernetes.io/managed-by label)".to_owned()
+                } else {
+                    format!("field managers {}", managers.join(", "))
+                }
+            }
+        },
+    )
 }
 
 /// Whether the rendered router coordinates admission with its replicas.
@@ -142,34 +253,31 @@ fn needs_cluster_secret(manifest: &Manifest) -> bool {
 /// Says whether it was created.
 async fn ensure_cluster_secret(client: &Client, extension: &str) -> anyhow::Result<bool> {
     use k8s_openapi::api::core::v1::Secret;
-    use k8s_openapi::ByteString;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), meta::NAMESPACE);
     let reference = format!("Secret/{}", meta::CLUSTER_SECRET);
-    if secrets
-        .get_opt(meta::CLUSTER_SECRET)
-        .await
-        .map_err(|e| explain(e, "read", &reference))?
-        .is_some()
-    {
+    if cluster_secret_exists(client).await? {
         return Ok(false);
     }
     let credential =
         scoregate::cluster::credential::Credential::generate().map_err(anyhow::Error::msg)?;
-    let secret = Secret {
-        metadata: meta::namespaced(meta::CLUSTER_SECRET, extension, "router"),
-        type_: Some("Opaque".to_owned()),
-        data: Some(std::collections::BTreeMap::from([(
-            crate::render::config::CLUSTER_SECRET_KEY.to_owned(),
-            ByteString(credential.into_bytes()),
-        )])),
-        ..Secret::default()
-    };
+    let secret = crate::render::config::cluster_secret(extension, &credential);
     match secrets.create(&Default::default(), &secret).await {
         Ok(_) => Ok(true),
         // Another installer made it meanwhile: keep theirs.
         Err(e) if is_status(&e, 409) => Ok(false),
         Err(e) => Err(explain(e, "create", &reference)),
     }
+}
+
+/// Whether Secret `azureml-fe-cluster` (the replicas' credential) exists.
+pub async fn cluster_secret_exists(client: &Client) -> anyhow::Result<bool> {
+    use k8s_openapi::api::core::v1::Secret;
+    let reference = format!("Secret/{}", meta::CLUSTER_SECRET);
+    Ok(Api::<Secret>::namespaced(client.clone(), meta::NAMESPACE)
+        .get_opt(meta::CLUSTER_SECRET)
+        .await
+        .map_err(|e| explain(e, "read", &reference))?
+        .is_some())
 }
 
 /// Turns an API error into a message naming the object and the operation.
@@ -198,7 +306,11 @@ async fn labelled(
     let params = ListParams::default().labels(&meta::selector(extension));
     let mut found = Vec::new();
     for kind in kinds::managed() {
-        match api(client, &kind).list(&params).await {
+        // Every namespace: namespace-scoped mode puts Roles outside `azureml`.
+        match Api::<DynamicObject>::all_with(client.clone(), &kind.resource)
+            .list(&params)
+            .await
+        {
             Ok(list) => found.push((kind, list.items)),
             Err(e) if kind.optional && is_status(&e, 404) => {}
             Err(e) => {
@@ -218,9 +330,25 @@ pub async fn prune(
     extension: &str,
     manifest: &Manifest,
 ) -> anyhow::Result<RemoveOutcome> {
-    let mut keep: Vec<String> = manifest.objects.iter().map(object_ref).collect();
+    // Kind, namespace (empty for cluster-scoped objects) and name of what stays.
+    let mut keep: Vec<(String, String, String)> = manifest
+        .objects
+        .iter()
+        .map(|o| {
+            let text = |v: &serde_yaml::Value| v.as_str().unwrap_or_default().to_owned();
+            let namespace = match kinds::of(o) {
+                Some(kind) if kind.namespaced => namespace_of(o).to_owned(),
+                _ => String::new(),
+            };
+            (text(&o["kind"]), namespace, text(&o["metadata"]["name"]))
+        })
+        .collect();
     if needs_cluster_secret(manifest) {
-        keep.push(format!("Secret/{}", meta::CLUSTER_SECRET));
+        keep.push((
+            "Secret".to_owned(),
+            meta::NAMESPACE.to_owned(),
+            meta::CLUSTER_SECRET.to_owned(),
+        ));
     }
     let mut outcome = RemoveOutcome::default();
     let mut found = labelled(client, extension).await?;
@@ -231,14 +359,25 @@ pub async fn prune(
         }
         for object in objects {
             let name = object.metadata.name.clone().unwrap_or_default();
-            let reference = format!("{}/{name}", kind.resource.kind);
-            if keep.contains(&reference) {
+            let namespace = object.metadata.namespace.clone().unwrap_or_default();
+            let key = (kind.resource.kind.clone(), namespace.clone(), name.clone());
+            if keep.contains(&key) {
                 continue;
             }
+            let reference = reference_in(&kind.resource.kind, &namespace, &name);
             remove(client, &kind, &object, &reference, &mut outcome).await?;
         }
     }
     Ok(outcome)
+}
+
+/// `Kind/name`, with the namespace when it is not `azureml` (`Role/scoregate-router in team-a`).
+fn reference_in(kind: &str, namespace: &str, name: &str) -> String {
+    if namespace.is_empty() || namespace == meta::NAMESPACE {
+        format!("{kind}/{name}")
+    } else {
+        format!("{kind}/{name} in {namespace}")
+    }
 }
 
 /// Deletes everything `extension` made, in reverse apply order; namespace `azureml` only when
@@ -254,7 +393,8 @@ pub async fn delete_all(
     for (kind, objects) in found {
         for object in objects {
             let name = object.metadata.name.clone().unwrap_or_default();
-            let reference = format!("{}/{name}", kind.resource.kind);
+            let namespace = object.metadata.namespace.clone().unwrap_or_default();
+            let reference = reference_in(&kind.resource.kind, &namespace, &name);
             if kind.resource.kind == "Namespace" {
                 remove_namespace(client, &kind, created_namespace, &reference, &mut outcome)
                     .await?;
@@ -284,7 +424,12 @@ async fn remove(
         }
     }
     let name = object.metadata.name.clone().unwrap_or_default();
-    match api(client, kind)
+    let namespace = object
+        .metadata
+        .namespace
+        .as_deref()
+        .unwrap_or(meta::NAMESPACE);
+    match api_in(client, kind, namespace)
         .delete(&name, &DeleteParams::background())
         .await
     {

@@ -12,11 +12,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use kube::Client;
 use serde::Serialize;
 
-use crate::cluster;
+use crate::dryrun::{self, ClusterSecret};
 use crate::ops::{self, Request};
 use crate::problem::Notice;
 use crate::render::Manifest;
 use crate::status::{ComponentState, ExtensionStatus, WaitOptions};
+use crate::validate::KubernetesVersion;
+use crate::{apply, cluster};
 
 /// scoregate-ext: install scoregate from Azure ML extension settings
 /// (`az k8s-extension create --config …` keys).
@@ -123,6 +125,31 @@ pub struct CreateArgs {
     /// Extension scope: only `cluster` (as in az, §9.3 item 1).
     #[arg(long, default_value = "cluster")]
     pub scope: String,
+    /// Safety and dry-run output.
+    #[command(flatten)]
+    pub safety: SafetyArgs,
+}
+
+/// Taking over foreign objects, and what a dry run prints.
+#[derive(Clone, Debug, Default, Args)]
+pub struct SafetyArgs {
+    /// Replace objects that exist and are managed by something else (Azure ML's own router);
+    /// without it the installer refuses and names them.
+    #[arg(long)]
+    pub take_over: bool,
+    /// With --dry-run: print private keys and credentials instead of redacting them (needed to
+    /// apply the output as it stands).
+    #[arg(long)]
+    pub show_secrets: bool,
+    /// With --dry-run and no cluster: the Kubernetes version to render for (e.g. 1.29); with a
+    /// cluster, its own version is used.
+    #[arg(long, value_parser = parse_kubernetes_version)]
+    pub kubernetes_version: Option<KubernetesVersion>,
+}
+
+fn parse_kubernetes_version(text: &str) -> Result<KubernetesVersion, String> {
+    KubernetesVersion::parse(text)
+        .ok_or_else(|| format!("`{text}` is not a Kubernetes version: write e.g. 1.29"))
 }
 
 /// `update`.
@@ -152,6 +179,9 @@ pub struct UpdateArgs {
     /// Proceed with changes that impact live endpoints.
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// Safety and dry-run output.
+    #[command(flatten)]
+    pub safety: SafetyArgs,
 }
 
 /// `show`.
@@ -212,14 +242,29 @@ pub async fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::
     }
 }
 
-fn request(name: &str, settings: &SettingsArgs, image: &Option<String>) -> Request {
+fn request(
+    name: &str,
+    settings: &SettingsArgs,
+    image: &Option<String>,
+    safety: &SafetyArgs,
+) -> Request {
     Request {
         name: name.to_owned(),
         config: settings.config.clone(),
         protected: settings.protected.clone(),
         image: image.clone(),
         now: SystemTime::now(),
+        take_over: safety.take_over,
+        kubernetes_version: safety.kubernetes_version,
     }
+}
+
+/// The credential a dry run's manifest needs: there already, or to be made.
+async fn cluster_secret_state(client: Option<&Client>) -> anyhow::Result<ClusterSecret> {
+    Ok(match client {
+        Some(client) if apply::cluster_secret_exists(client).await? => ClusterSecret::Present,
+        _ => ClusterSecret::Missing,
+    })
 }
 
 async fn create(args: CreateArgs, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Result<()> {
@@ -229,15 +274,19 @@ async fn create(args: CreateArgs, out: &mut dyn Write, err: &mut dyn Write) -> a
             args.scope
         );
     }
-    let request = request(&args.name, &args.settings, &args.image);
+    let request = request(&args.name, &args.settings, &args.image, &args.safety);
     if args.dry_run {
-        let manifest = match &args.cluster.kubeconfig {
+        let (mut manifest, client) = match &args.cluster.kubeconfig {
             Some(path) => {
                 let client = cluster::connect(Some(path)).await?;
-                ops::render_for_create(&client, &request).await?
+                let mut manifest = ops::render_for_create(&client, &request).await?;
+                ops::foreign_notices(&client, &mut manifest, &args.name).await?;
+                (manifest, Some(client))
             }
-            None => ops::render_offline(&request)?,
+            None => (ops::render_offline(&request)?, None),
         };
+        let secret = cluster_secret_state(client.as_ref()).await?;
+        dryrun::finish(&mut manifest, &args.name, secret, args.safety.show_secrets)?;
         return print_manifest(out, err, &manifest, args.output);
     }
     let client = connect(&args.cluster).await?;
@@ -253,7 +302,7 @@ async fn create(args: CreateArgs, out: &mut dyn Write, err: &mut dyn Write) -> a
 }
 
 async fn update(args: UpdateArgs, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Result<()> {
-    let request = request(&args.name, &args.settings, &args.image);
+    let request = request(&args.name, &args.settings, &args.image, &args.safety);
     let client = connect(&args.cluster).await?;
     let plan = ops::plan_update(&client, &request).await?;
     if args.dry_run {
@@ -263,6 +312,9 @@ async fn update(args: UpdateArgs, out: &mut dyn Write, err: &mut dyn Write) -> a
                 "{i}: will IMPACT your active online endpoints and deployments"
             ))
         }));
+        ops::foreign_notices(&client, &mut manifest, &args.name).await?;
+        let secret = cluster_secret_state(Some(&client)).await?;
+        dryrun::finish(&mut manifest, &args.name, secret, args.safety.show_secrets)?;
         return print_manifest(out, err, &manifest, args.output);
     }
     let outcome = ops::update(&client, &plan, args.yes, args.wait.options()).await?;

@@ -13,7 +13,7 @@ use kube::Client;
 use crate::problem::Notice;
 use crate::render::meta;
 use crate::settings::Settings;
-use crate::validate::{ClusterFacts, NodeFact, SecretFact};
+use crate::validate::{ClusterFacts, KubernetesVersion, NodeFact, SecretFact};
 
 /// A client from `kubeconfig`, or from `KUBECONFIG` / `~/.kube/config` / the in-cluster service
 /// account when none is given.
@@ -47,8 +47,14 @@ pub async fn gather(
     settings: &Settings,
 ) -> anyhow::Result<(ClusterFacts, Vec<Notice>)> {
     let mut notices = Vec::new();
-    let mut facts = ClusterFacts::default();
-    if settings.enable_inference.value {
+    let mut facts = ClusterFacts {
+        kubernetes_version: Some(server_version(client).await?),
+        ..ClusterFacts::default()
+    };
+    if settings.enable_inference.value
+        || settings.install_nvidia_device_plugin.value
+        || settings.install_dcgm_exporter.value
+    {
         match Api::<Node>::all(client.clone())
             .list(&ListParams::default())
             .await
@@ -69,12 +75,13 @@ pub async fn gather(
             match secrets.get_opt(name).await {
                 Ok(None) => facts.ssl_secret = Some(SecretFact::Missing),
                 Ok(Some(secret)) => {
-                    let data = secret.data.unwrap_or_default();
-                    let take = |k: &str| data.get(k).map(|b| b.0.clone());
-                    facts.ssl_secret = Some(SecretFact::Found {
-                        cert_pem: take("cert.pem"),
-                        key_pem: take("key.pem"),
-                    });
+                    let data = secret
+                        .data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0))
+                        .collect();
+                    facts.ssl_secret = Some(SecretFact::Found { data });
                 }
                 Err(e) if is_status(&e, 403) => notices.push(Notice::about(
                     "sslSecret",
@@ -85,6 +92,20 @@ pub async fn gather(
         }
     }
     Ok((facts, notices))
+}
+
+/// The API server's version (`GET /version`).
+pub async fn server_version(client: &Client) -> anyhow::Result<KubernetesVersion> {
+    let info = client
+        .apiserver_version()
+        .await
+        .context("cannot ask the API server for its version (GET /version)")?;
+    KubernetesVersion::parse(&format!("{}.{}", info.major, info.minor)).with_context(|| {
+        format!(
+            "the API server reports version {:?}.{:?}, which is not a Kubernetes version",
+            info.major, info.minor
+        )
+    })
 }
 
 fn node_fact(node: &Node) -> NodeFact {

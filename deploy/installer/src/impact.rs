@@ -86,3 +86,12 @@ pub fn impacts(old: &Settings, new: &Settings) -> Vec<String> {
     }
     out
 }
+
+/// HTTPS on before and off after: Service port 443 and the TLS Secret go, and `https://` clients
+/// fail. (Protected settings are not stored, so an update that does not give the PEM files
+/// again drops HTTPS too.)
+pub fn https_removed(old: bool, new: bool) -> Option<String> {
+    (old && !new).then(|| {
+        "HTTPS: on → off (Service port 443 and the TLS Secret are removed; give --config-protected sslCertPemFile=… sslKeyPemFile=… again, or sslSecret, to keep it)".to_owned()
+    })
+}

@@ -3,8 +3,9 @@
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::core::{ApiResource, GroupVersionKind};
 
@@ -37,10 +38,13 @@ pub fn managed() -> Vec<ManagedKind> {
         kind::<ServiceAccount>(true),
         kind::<ClusterRole>(false),
         kind::<ClusterRoleBinding>(false),
+        kind::<Role>(true),
+        kind::<RoleBinding>(true),
         kind::<Secret>(true),
         kind::<Deployment>(true),
         kind::<PodDisruptionBudget>(true),
         kind::<Service>(true),
+        kind::<NetworkPolicy>(true),
         kind::<DaemonSet>(true),
         ManagedKind {
             resource: ApiResource::from_gvk_with_plural(

@@ -11,6 +11,7 @@
 pub mod apply;
 pub mod cli;
 pub mod cluster;
+pub mod dryrun;
 pub mod impact;
 pub mod kinds;
 pub mod ops;
@@ -21,3 +22,4 @@ pub mod settings;
 pub mod status;
 pub mod suggest;
 pub mod validate;
+pub mod values;

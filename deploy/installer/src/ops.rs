@@ -14,7 +14,9 @@ use crate::render::record::{ExtensionRecord, EXTENSION_TYPE};
 use crate::render::{self, Manifest};
 use crate::settings::{check_dns_name, RawSettings, Settings};
 use crate::status::{self, Component, ExtensionStatus, StoredExtension, WaitOptions};
-use crate::validate::{self, ClusterFacts};
+use crate::validate::{
+    self, ClusterFacts, KubernetesVersion, MIN_KUBERNETES_MINOR, SLEEP_ACTION_MINOR,
+};
 
 /// The router image when `--image` is not given.
 pub fn default_image() -> String {
@@ -54,6 +56,10 @@ pub struct Request {
     pub image: Option<String>,
     /// The time certificates are checked against.
     pub now: SystemTime,
+    /// `--take-over`: replace objects something else manages (Azure ML's own `azureml-fe`).
+    pub take_over: bool,
+    /// `--kubernetes-version`: the server version to render for when no cluster is contacted.
+    pub kubernetes_version: Option<KubernetesVersion>,
 }
 
 /// Checks an extension name.
@@ -104,12 +110,22 @@ pub fn render_with_facts(
 /// and the notices say so.
 pub fn render_offline(request: &Request) -> anyhow::Result<Manifest> {
     let raw = RawSettings::parse(&request.config, &request.protected)?;
-    let (image, notices) = image_for(request);
+    let (image, mut notices) = image_for(request);
+    if request.kubernetes_version.is_none() {
+        notices.push(Notice::general(format!(
+            "rendered for Kubernetes 1.{SLEEP_ACTION_MINOR} or later (no cluster contacted): for 1.{MIN_KUBERNETES_MINOR} or 1.{} pass --kubernetes-version, or --kubeconfig to check against the cluster",
+            SLEEP_ACTION_MINOR - 1
+        )));
+    }
+    let facts = ClusterFacts {
+        kubernetes_version: request.kubernetes_version,
+        ..ClusterFacts::default()
+    };
     Ok(render_with_facts(
         &request.name,
         &raw,
         image,
-        &ClusterFacts::default(),
+        &facts,
         request.now,
         notices,
     )?)
@@ -173,10 +189,57 @@ pub async fn create(
             other.record.name
         );
     }
-    let manifest = render_for_create(client, request).await?;
+    let mut manifest = render_for_create(client, request).await?;
+    take_over_check(client, &mut manifest, &request.name, request.take_over).await?;
     let created_namespace = !apply::namespace_exists(client).await?;
     let applied = apply::apply(client, &manifest, created_namespace).await?;
     finish(client, &request.name, manifest, applied, wait).await
+}
+
+/// Refuses to change objects something else manages unless `take_over`; with it, says what is
+/// replaced. Done before anything is written.
+async fn take_over_check(
+    client: &Client,
+    manifest: &mut Manifest,
+    extension: &str,
+    take_over: bool,
+) -> anyhow::Result<()> {
+    let foreign = apply::foreign_objects_of(client, manifest, extension).await?;
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    let list = foreign
+        .iter()
+        .map(|f| format!("{} (managed by {})", f.reference, f.manager))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if !take_over {
+        anyhow::bail!(
+            "these objects exist and are not managed by scoregate-ext extension `{extension}`: {list}. \
+             They may be Azure ML's own router (the extension Microsoft.AzureML.Kubernetes uses the same names): \
+             remove that extension first (`az k8s-extension delete`), or run again with --take-over to replace \
+             them (they then belong to `{extension}`, and `scoregate-ext delete` removes them). Nothing was changed"
+        );
+    }
+    manifest.notices.push(Notice::general(format!(
+        "--take-over: replacing {list}; they now belong to extension `{extension}`, and `scoregate-ext delete` removes them"
+    )));
+    Ok(())
+}
+
+/// For a dry run against a cluster: what a real run would refuse, as notices.
+pub async fn foreign_notices(
+    client: &Client,
+    manifest: &mut Manifest,
+    extension: &str,
+) -> anyhow::Result<()> {
+    for f in apply::foreign_objects_of(client, manifest, extension).await? {
+        manifest.notices.push(Notice::general(format!(
+            "{} exists, managed by {}: create and update refuse to replace it without --take-over",
+            f.reference, f.manager
+        )));
+    }
+    Ok(())
 }
 
 async fn finish(
@@ -226,6 +289,8 @@ pub struct UpdatePlan {
     pub notices: Vec<Notice>,
     /// The image to use.
     pub image: String,
+    /// `--take-over`.
+    pub take_over: bool,
 }
 
 async fn stored_extension(client: &Client, name: &str) -> anyhow::Result<StoredExtension> {
@@ -265,7 +330,19 @@ pub async fn plan_update(client: &Client, request: &Request) -> anyhow::Result<U
         protected: BTreeMap::new(),
     })?;
     let new = Settings::from_raw(&raw)?;
-    let impacts = impact::impacts(&old, &new);
+    let mut impacts = impact::impacts(&old, &new);
+    let had_files = ["sslCertPemFile", "sslKeyPemFile"].iter().all(|k| {
+        stored
+            .record
+            .configuration_protected_setting_keys
+            .iter()
+            .any(|s| s == k)
+    });
+    let old_https = old.enable_inference.value && (had_files || old.ssl_secret.is_some());
+    let new_https = new.enable_inference.value
+        && ((new.ssl_cert_pem_file.is_some() && new.ssl_key_pem_file.is_some())
+            || new.ssl_secret.is_some());
+    impacts.extend(impact::https_removed(old_https, new_https));
     let image = request
         .image
         .clone()
@@ -276,6 +353,7 @@ pub async fn plan_update(client: &Client, request: &Request) -> anyhow::Result<U
         impacts,
         notices,
         image,
+        take_over: request.take_over,
     })
 }
 
@@ -313,13 +391,21 @@ pub async fn update(
     confirmed: bool,
     wait: Option<WaitOptions>,
 ) -> anyhow::Result<UpdateOutcome> {
+    // Settings that cannot be installed are reported before asking for confirmation.
+    let mut manifest = render_for_update(client, plan).await?;
     if !plan.impacts.is_empty() && !confirmed {
         anyhow::bail!(
             "these changes will IMPACT your active online endpoints and deployments:\n  - {}\nrun again with --yes to proceed",
             plan.impacts.join("\n  - ")
         );
     }
-    let manifest = render_for_update(client, plan).await?;
+    take_over_check(
+        client,
+        &mut manifest,
+        &plan.stored.record.name,
+        plan.take_over,
+    )
+    .await?;
     let applied = apply::apply(client, &manifest, plan.stored.created_namespace).await?;
     let pruned = apply::prune(client, &plan.stored.record.name, &manifest).await?;
     let result = finish(client, &plan.stored.record.name, manifest, applied, wait).await?;

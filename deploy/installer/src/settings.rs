@@ -11,11 +11,39 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
+use std::net::IpAddr;
+
 use crate::problem::Problems;
 use crate::suggest;
+use crate::values::{self, Quantity, TolerationSpec};
 
 /// Settings whose keys start with this restrict where the extension runs (`nodeSelector.<label>`).
 pub const NODE_SELECTOR_PREFIX: &str = "nodeSelector.";
+/// Settings whose keys start with this label the ServiceMonitors (`serviceMonitorLabels.<label>`).
+pub const SERVICE_MONITOR_LABELS_PREFIX: &str = "serviceMonitorLabels.";
+/// Settings whose keys start with this annotate Service `azureml-fe`
+/// (`inferenceRouterServiceAnnotations.<annotation>`).
+pub const SERVICE_ANNOTATIONS_PREFIX: &str = "inferenceRouterServiceAnnotations.";
+
+/// What the part of a prefixed key after its prefix is, and what its values are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PrefixKind {
+    /// A label key, with label values.
+    Label,
+    /// An annotation key, with any value.
+    Annotation,
+}
+
+/// The prefixed keys: a map setting each.
+const PREFIXES: &[(&str, PrefixKind)] = &[
+    (NODE_SELECTOR_PREFIX, PrefixKind::Label),
+    (SERVICE_MONITOR_LABELS_PREFIX, PrefixKind::Label),
+    (SERVICE_ANNOTATIONS_PREFIX, PrefixKind::Annotation),
+];
+
+/// The default of `gpuTolerations`: NVIDIA's own taint and the one AKS GPU node pools commonly
+/// carry (`sku=gpu:NoSchedule`, as Microsoft's GPU documentation taints them).
+pub const DEFAULT_GPU_TOLERATIONS: &str = "nvidia.com/gpu:NoSchedule,sku=gpu:NoSchedule";
 
 /// What values a key takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +60,20 @@ pub enum KeyKind {
     DnsName,
     /// A local file path (read by the installer, never stored).
     FilePath,
+    /// Tolerations in taint syntax: `key[=value][:Effect]`, comma-separated.
+    Tolerations,
+    /// A resource quantity (`900m`, `2`, `1200Mi`).
+    Quantity,
+    /// Object names, comma-separated.
+    NameList,
+    /// Namespace names, comma-separated.
+    Namespaces,
+    /// An IP address.
+    IpAddress,
+    /// `Cluster` or `Local`, any case.
+    TrafficPolicy,
+    /// An object name (DNS subdomain).
+    ObjectName,
 }
 
 /// One documented key.
@@ -97,6 +139,65 @@ pub const KEYS: &[KeySpec] = &[
     key("installDcgmExporter", KeyKind::Bool, Some("False"), false),
     key("sslCertPemFile", KeyKind::FilePath, None, true),
     key("sslKeyPemFile", KeyKind::FilePath, None, true),
+    // Beyond az's keys (deploy/README.md, "Settings beyond az").
+    key(
+        "inferenceRouterTolerations",
+        KeyKind::Tolerations,
+        None,
+        false,
+    ),
+    key(
+        "gpuTolerations",
+        KeyKind::Tolerations,
+        Some(DEFAULT_GPU_TOLERATIONS),
+        false,
+    ),
+    key(
+        "inferenceRouterResources.requests.cpu",
+        KeyKind::Quantity,
+        Some("900m"),
+        false,
+    ),
+    key(
+        "inferenceRouterResources.requests.memory",
+        KeyKind::Quantity,
+        Some("800Mi"),
+        false,
+    ),
+    key(
+        "inferenceRouterResources.limits.cpu",
+        KeyKind::Quantity,
+        Some("2"),
+        false,
+    ),
+    key(
+        "inferenceRouterResources.limits.memory",
+        KeyKind::Quantity,
+        Some("1200Mi"),
+        false,
+    ),
+    key("imagePullSecrets", KeyKind::NameList, None, false),
+    key(
+        "inferenceRouterLoadBalancerIP",
+        KeyKind::IpAddress,
+        None,
+        false,
+    ),
+    key(
+        "inferenceRouterExternalTrafficPolicy",
+        KeyKind::TrafficPolicy,
+        None,
+        false,
+    ),
+    key(
+        "inferenceRouterNamespaces",
+        KeyKind::Namespaces,
+        None,
+        false,
+    ),
+    key("openshift", KeyKind::Bool, Some("False"), false),
+    key("networkPolicy", KeyKind::Bool, Some("True"), false),
+    key("gpuPriorityClassName", KeyKind::ObjectName, None, false),
 ];
 
 /// Keys seen in public material (§9.2, §9.1) that are not settings here, and what to use instead.
@@ -211,7 +312,10 @@ fn parse_pairs(
 
 /// Whether `key` is a known key in the right list; adds a problem (with a suggestion) if not.
 fn check_key(key: &str, flag: &str, protected: bool, problems: &mut Problems) -> bool {
-    if let Some(label) = key.strip_prefix(NODE_SELECTOR_PREFIX) {
+    if let Some((prefix, rest)) = PREFIXES
+        .iter()
+        .find_map(|(prefix, _)| key.strip_prefix(prefix).map(|rest| (*prefix, rest)))
+    {
         if protected {
             problems.push(
                 key,
@@ -219,8 +323,16 @@ fn check_key(key: &str, flag: &str, protected: bool, problems: &mut Problems) ->
             );
             return false;
         }
-        if let Err(e) = check_label_key(label) {
-            problems.push(key, e);
+        if let Err(e) = check_label_key(rest) {
+            let example = match prefix {
+                NODE_SELECTOR_PREFIX => "nodeSelector.agentpool=gpu",
+                SERVICE_MONITOR_LABELS_PREFIX => "serviceMonitorLabels.release=kube-prometheus-stack",
+                _ => "inferenceRouterServiceAnnotations.service.beta.kubernetes.io/azure-dns-label-name=ml",
+            };
+            problems.push(
+                key,
+                format!("{e} (write {prefix}<key>=<value>, e.g. {example})"),
+            );
             return false;
         }
         return true;
@@ -261,15 +373,23 @@ fn unknown_key_message(key: &str) -> String {
             "is not a setting (keys are case-sensitive): did you mean `{NODE_SELECTOR_PREFIX}{rest}`?"
         );
     }
-    let candidates = KEYS.iter().map(|k| k.name);
+    let candidates = KEYS
+        .iter()
+        .map(|k| k.name)
+        .chain(PREFIXES.iter().map(|(p, _)| p.trim_end_matches('.')));
     match suggest::nearest(key, candidates) {
         Some(near) if near.eq_ignore_ascii_case(key) => format!(
             "is not a setting (keys are case-sensitive, and az would silently ignore it): did you mean `{near}`?"
         ),
         Some(near) => format!("is not a setting: did you mean `{near}`?"),
         None => format!(
-            "is not a setting: known keys are {}, and {NODE_SELECTOR_PREFIX}<label>",
-            KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+            "is not a setting: known keys are {}, and {}",
+            KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", "),
+            PREFIXES
+                .iter()
+                .map(|(p, _)| format!("{p}<key>"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
@@ -312,7 +432,7 @@ impl fmt::Display for ServiceType {
 }
 
 /// The settings, read and typed; defaults filled in.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
     /// `enableTraining`.
     pub enable_training: Flag,
@@ -344,6 +464,43 @@ pub struct Settings {
     pub ssl_cert_pem_file: Option<PathBuf>,
     /// `sslKeyPemFile` (protected).
     pub ssl_key_pem_file: Option<PathBuf>,
+    /// `inferenceRouterTolerations`.
+    pub inference_router_tolerations: Vec<TolerationSpec>,
+    /// `gpuTolerations` (default [`DEFAULT_GPU_TOLERATIONS`]).
+    pub gpu_tolerations: Vec<TolerationSpec>,
+    /// `gpuPriorityClassName`.
+    pub gpu_priority_class_name: Option<String>,
+    /// `inferenceRouterResources.{requests,limits}.{cpu,memory}`.
+    pub inference_router_resources: RouterResources,
+    /// `imagePullSecrets`.
+    pub image_pull_secrets: Vec<String>,
+    /// `inferenceRouterServiceAnnotations.<key>=<value>`.
+    pub service_annotations: BTreeMap<String, String>,
+    /// `inferenceRouterLoadBalancerIP`.
+    pub load_balancer_ip: Option<IpAddr>,
+    /// `inferenceRouterExternalTrafficPolicy`: `Cluster` or `Local`.
+    pub external_traffic_policy: Option<String>,
+    /// `serviceMonitorLabels.<key>=<value>`.
+    pub service_monitor_labels: BTreeMap<String, String>,
+    /// `inferenceRouterNamespaces`: the namespaces online endpoints live in (none: all).
+    pub inference_router_namespaces: Vec<String>,
+    /// `openshift`.
+    pub openshift: Flag,
+    /// `networkPolicy`.
+    pub network_policy: Flag,
+}
+
+/// The router container's resources.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouterResources {
+    /// `inferenceRouterResources.requests.cpu`.
+    pub requests_cpu: Quantity,
+    /// `inferenceRouterResources.requests.memory`.
+    pub requests_memory: Quantity,
+    /// `inferenceRouterResources.limits.cpu`.
+    pub limits_cpu: Quantity,
+    /// `inferenceRouterResources.limits.memory`.
+    pub limits_memory: Quantity,
 }
 
 impl Settings {
@@ -363,13 +520,29 @@ impl Settings {
             ssl_secret: reader.name("sslSecret", KeyKind::SecretName),
             ssl_cname: reader.name("sslCname", KeyKind::DnsName),
             inference_router_ha: reader.flag("inferenceRouterHA"),
-            node_selector: reader.node_selector(),
+            node_selector: reader.prefixed(NODE_SELECTOR_PREFIX),
             install_nvidia_device_plugin: reader.flag("installNvidiaDevicePlugin"),
             install_prom_op: reader.flag("installPromOp"),
             install_volcano: reader.flag("installVolcano"),
             install_dcgm_exporter: reader.flag("installDcgmExporter"),
             ssl_cert_pem_file: reader.path("sslCertPemFile"),
             ssl_key_pem_file: reader.path("sslKeyPemFile"),
+            inference_router_tolerations: reader.tolerations("inferenceRouterTolerations"),
+            gpu_tolerations: reader.tolerations("gpuTolerations"),
+            gpu_priority_class_name: reader.name("gpuPriorityClassName", KeyKind::ObjectName),
+            inference_router_resources: reader.resources(),
+            image_pull_secrets: reader
+                .parsed("imagePullSecrets", values::parse_names)
+                .unwrap_or_default(),
+            service_annotations: reader.prefixed(SERVICE_ANNOTATIONS_PREFIX),
+            load_balancer_ip: reader.parsed("inferenceRouterLoadBalancerIP", values::parse_ip),
+            external_traffic_policy: reader.traffic_policy(),
+            service_monitor_labels: reader.prefixed(SERVICE_MONITOR_LABELS_PREFIX),
+            inference_router_namespaces: reader
+                .parsed("inferenceRouterNamespaces", values::parse_namespaces)
+                .unwrap_or_default(),
+            openshift: reader.flag("openshift"),
+            network_policy: reader.flag("networkPolicy"),
         };
         problems.into_result(settings)
     }
@@ -455,6 +628,9 @@ impl Reader<'_> {
             KeyKind::SecretName => check_dns_subdomain(v).map_err(|e| {
                 format!("`{v}` is not a Secret name ({e}): use the name of a Secret in namespace azureml, e.g. `azureml-fe-tls`")
             }),
+            KeyKind::ObjectName => check_dns_subdomain(v).map_err(|e| {
+                format!("`{v}` is not an object name ({e}): use lowercase letters, digits, `-` and `.`")
+            }),
             _ => check_dns_name(v).map_err(|e| {
                 format!("`{v}` is not a DNS name ({e}): use the host name clients use, e.g. `ml.contoso.com`")
             }),
@@ -478,23 +654,71 @@ impl Reader<'_> {
         Some(PathBuf::from(v))
     }
 
-    fn node_selector(&mut self) -> BTreeMap<String, String> {
-        let mut selector = BTreeMap::new();
+    /// The map set by the keys starting with `prefix` (`nodeSelector.agentpool=gpu` → `agentpool:
+    /// gpu`); label values are checked, annotation values taken as they are.
+    fn prefixed(&mut self, prefix: &str) -> BTreeMap<String, String> {
+        let kind = PREFIXES
+            .iter()
+            .find(|(p, _)| *p == prefix)
+            .map_or(PrefixKind::Label, |(_, kind)| *kind);
+        let mut map = BTreeMap::new();
         for (key, value) in &self.raw.config {
-            let Some(label) = key.strip_prefix(NODE_SELECTOR_PREFIX) else {
+            let Some(name) = key.strip_prefix(prefix) else {
                 continue;
             };
-            match check_label_value(value) {
-                Ok(()) => {
-                    selector.insert(label.to_owned(), value.clone());
-                }
-                Err(e) => self.problems.push(
+            match (kind, check_label_value(value)) {
+                (PrefixKind::Label, Err(e)) => self.problems.push(
                     key.clone(),
-                    format!("`{value}` is not a label value ({e}): use the value of the node label, e.g. `{key}=gpu`"),
+                    format!("`{value}` is not a label value ({e}): use letters, digits, `-`, `_` and `.`, e.g. `{key}=gpu`"),
                 ),
+                _ => {
+                    map.insert(name.to_owned(), value.clone());
+                }
             }
         }
-        selector
+        map
+    }
+
+    /// The value of `key`, or its documented default.
+    fn given_or_default(&self, key: &str) -> Option<&str> {
+        self.given(key)
+            .or_else(|| spec(key).and_then(|s| s.default))
+    }
+
+    /// Parses `key`'s value (or default) with `parse`; a problem names the key.
+    fn parsed<T>(&mut self, key: &str, parse: impl Fn(&str) -> Result<T, String>) -> Option<T> {
+        let v = self.given_or_default(key)?.to_owned();
+        parse(&v).map_err(|e| self.problems.push(key, e)).ok()
+    }
+
+    fn tolerations(&mut self, key: &str) -> Vec<TolerationSpec> {
+        self.parsed(key, values::parse_tolerations)
+            .unwrap_or_default()
+    }
+
+    fn resources(&mut self) -> RouterResources {
+        let mut quantity = |key: &str| {
+            self.parsed(key, values::parse_quantity).unwrap_or_else(|| {
+                values::parse_quantity(spec(key).and_then(|s| s.default).unwrap_or("1"))
+                    .expect("defaults are quantities")
+            })
+        };
+        RouterResources {
+            requests_cpu: quantity("inferenceRouterResources.requests.cpu"),
+            requests_memory: quantity("inferenceRouterResources.requests.memory"),
+            limits_cpu: quantity("inferenceRouterResources.limits.cpu"),
+            limits_memory: quantity("inferenceRouterResources.limits.memory"),
+        }
+    }
+
+    fn traffic_policy(&mut self) -> Option<String> {
+        self.parsed("inferenceRouterExternalTrafficPolicy", |v| {
+            ["Cluster", "Local"]
+                .iter()
+                .find(|p| p.eq_ignore_ascii_case(v))
+                .map(|p| (*p).to_owned())
+                .ok_or_else(|| format!("`{v}` is not a traffic policy: use Cluster (any node forwards; the client address is lost) or Local (only nodes running a router answer; the client address is kept)"))
+        })
     }
 }
 
@@ -543,27 +767,21 @@ pub fn check_dns_subdomain(name: &str) -> Result<(), String> {
     check_dns_name(name)
 }
 
-/// A Kubernetes label key: `[prefix/]name`, the prefix a DNS subdomain, the name at most 63
-/// characters of letters, digits, `-`, `_` and `.`, starting and ending alphanumeric.
+/// A Kubernetes label (or annotation) key: `[prefix/]name`, the prefix a DNS subdomain, the name
+/// at most 63 characters of letters, digits, `-`, `_` and `.`, starting and ending alphanumeric.
 pub fn check_label_key(key: &str) -> Result<(), String> {
     let (prefix, name) = match key.rsplit_once('/') {
         Some((prefix, name)) => (Some(prefix), name),
         None => (None, key),
     };
     if let Some(prefix) = prefix {
-        check_dns_subdomain(prefix).map_err(|e| {
-            format!("the label prefix `{prefix}` is not a DNS subdomain ({e}): write nodeSelector.<prefix>/<name>, e.g. nodeSelector.kubernetes.io/os")
-        })?;
+        check_dns_subdomain(prefix)
+            .map_err(|e| format!("the key prefix `{prefix}` is not a DNS subdomain ({e})"))?;
     }
     if name.is_empty() {
-        return Err(
-            "has no label name: write nodeSelector.<label>=<value>, e.g. nodeSelector.agentpool=gpu"
-                .into(),
-        );
+        return Err("has no key name after its prefix".into());
     }
-    check_label_value(name).map_err(|e| {
-        format!("`{name}` is not a label name ({e}): write nodeSelector.<label>=<value>, e.g. nodeSelector.agentpool=gpu")
-    })
+    check_label_value(name).map_err(|e| format!("`{name}` is not a label name ({e})"))
 }
 
 /// A Kubernetes label value: empty, or at most 63 characters of letters, digits, `-`, `_` and `.`,

@@ -1,5 +1,6 @@
-//! Golden tests: the seed's four scenarios render exactly the YAML checked in under
-//! `tests/golden/`, and every rendered object is a valid object of its kind.
+//! Golden tests: the seed's four scenarios (and one with every optional setting on) render
+//! exactly the YAML checked in under `tests/golden/`, and every rendered object is a valid object
+//! of its kind.
 //!
 //! A rendering change fails with a line diff; regenerate with
 //! `UPDATE_GOLDEN=1 cargo test -p scoregate-ext --test golden` and review the diff in git.
@@ -10,8 +11,9 @@ use std::path::PathBuf;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use scoregate::config::RouterConfig;
 use scoregate_ext::render::monitoring::ServiceMonitor;
@@ -53,7 +55,7 @@ fn line_diff(expected: &str, actual: &str) -> String {
 fn the_four_scenarios_render_their_golden_files() {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     let mut failures = Vec::new();
-    for scenario in support::scenarios() {
+    for scenario in support::all_scenarios() {
         let actual = support::render(&scenario).to_yaml();
         let path = golden_path(scenario.name);
         if update {
@@ -141,6 +143,9 @@ fn check_typed(object: &serde_yaml::Value) -> Result<(), String> {
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
             round_trip::<ClusterRoleBinding>(object)
         }
+        ("rbac.authorization.k8s.io/v1", "Role") => round_trip::<Role>(object),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding") => round_trip::<RoleBinding>(object),
+        ("networking.k8s.io/v1", "NetworkPolicy") => round_trip::<NetworkPolicy>(object),
         ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
             round_trip::<CustomResourceDefinition>(object)
         }
@@ -152,7 +157,7 @@ fn check_typed(object: &serde_yaml::Value) -> Result<(), String> {
 #[test]
 fn every_rendered_object_is_a_valid_object_of_its_kind() {
     let mut failures = Vec::new();
-    for scenario in support::scenarios() {
+    for scenario in support::all_scenarios() {
         for object in &support::render(&scenario).objects {
             if let Err(e) = check_typed(object) {
                 failures.push(format!("{}: {}: {e}", scenario.name, object_ref(object)));
@@ -175,7 +180,7 @@ fn the_round_trip_check_catches_an_unknown_field() {
 
 #[test]
 fn the_rendered_router_configuration_is_what_the_router_reads() {
-    for scenario in support::scenarios() {
+    for scenario in support::all_scenarios() {
         let manifest = support::render(&scenario);
         let Some(expected) = &manifest.router_config else {
             assert!(manifest.find("Deployment", "azureml-fe-v2").is_none());

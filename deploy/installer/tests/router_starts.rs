@@ -379,3 +379,48 @@ fn the_https_scenario_config_serves_the_rendered_certificate() {
     assert_eq!(over_tls(None), 401, "no key, no answer");
     terminate(router);
 }
+
+#[test]
+fn the_pre_stop_command_rendered_for_kubernetes_1_29_runs_in_the_router_binary() {
+    let s = support::scenarios()
+        .into_iter()
+        .find(|s| s.name == "aks-proof-of-concept")
+        .unwrap();
+    let facts = scoregate_ext::validate::ClusterFacts {
+        kubernetes_version: scoregate_ext::validate::KubernetesVersion::parse("1.29"),
+        ..s.facts.clone()
+    };
+    let raw = scoregate_ext::settings::RawSettings::parse(&s.config, &s.protected).unwrap();
+    let manifest = scoregate_ext::ops::render_with_facts(
+        "scoregate",
+        &raw,
+        scoregate_ext::ops::default_image(),
+        &facts,
+        support::now(),
+        Vec::new(),
+    )
+    .unwrap();
+    let deployment = manifest.find("Deployment", "azureml-fe-v2").unwrap();
+    let command: Vec<String> = serde_yaml::from_value(
+        deployment["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]["exec"]
+            ["command"]
+            .clone(),
+    )
+    .unwrap();
+    assert_eq!(
+        command[0], "scoregate",
+        "the image's entrypoint, on its PATH"
+    );
+    let status = Command::new(router_binary())
+        .args(&command[1..])
+        .status()
+        .unwrap();
+    assert!(status.success(), "{command:?} exits 0 after its sleep");
+    // A malformed duration is refused, not slept on.
+    let status = Command::new(router_binary())
+        .args(["sleep", "five"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success());
+}

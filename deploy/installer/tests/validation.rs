@@ -8,7 +8,7 @@ use std::path::Path;
 
 use scoregate_ext::problem::Problems;
 use scoregate_ext::settings::RawSettings;
-use scoregate_ext::validate::{ClusterFacts, NodeFact, Plan, SecretFact};
+use scoregate_ext::validate::{ClusterFacts, KeySpelling, NodeFact, Plan, SecretFact, TlsSource};
 use support::{cluster_of, fixture, fixture_protected, nodes, plan};
 
 fn words(list: &[&str]) -> Vec<String> {
@@ -259,7 +259,7 @@ fn ha_counts_only_nodes_matching_the_node_selector() {
     all.extend(nodes(3, &[("pool", "gpu")]));
     let facts = ClusterFacts {
         nodes: Some(all),
-        ssl_secret: None,
+        ..ClusterFacts::default()
     };
     let m = message(&problems(&config, &[], &facts), "inferenceRouterHA");
     assert!(m.contains("matching nodeSelector pool=router"), "{m}");
@@ -276,7 +276,7 @@ fn a_node_selector_no_node_matches_is_an_error() {
             labels: [("pool".to_owned(), "router".to_owned())].into(),
             unschedulable: Some("tainted dedicated=gpu:NoSchedule".into()),
         }]),
-        ssl_secret: None,
+        ..ClusterFacts::default()
     };
     let m = message(&problems(&config, &[], &facts), "nodeSelector");
     assert!(m.contains("no schedulable node matches pool=router"), "{m}");
@@ -530,39 +530,73 @@ fn a_missing_ssl_secret_is_an_error() {
     let m = message(&problems(&secret_config(), &[], &facts), "sslSecret");
     assert!(m.contains("does not exist in namespace azureml"), "{m}");
     assert!(
-        m.contains("kubectl create secret generic contoso-tls -n azureml"),
+        m.contains("kubectl create secret tls contoso-tls -n azureml"),
         "{m}"
     );
 }
 
-#[test]
-fn the_ssl_secret_needs_cert_and_key() {
-    let facts = ClusterFacts {
+fn secret_with(keys: &[(&str, &str)]) -> ClusterFacts {
+    ClusterFacts {
         ssl_secret: Some(SecretFact::Found {
-            cert_pem: Some(read("cert.pem").into_bytes()),
-            key_pem: None,
+            data: keys
+                .iter()
+                .map(|(key, file)| ((*key).to_owned(), read(file).into_bytes()))
+                .collect(),
         }),
         ..cluster_of(3)
-    };
+    }
+}
+
+#[test]
+fn the_ssl_secret_needs_a_certificate_pair_in_either_spelling() {
+    let facts = secret_with(&[("cert.pem", "cert.pem"), ("tls.key", "key.pem")]);
     let m = message(&problems(&secret_config(), &[], &facts), "sslSecret");
-    assert!(m.contains("has no key.pem"), "{m}");
+    assert!(m.contains("has no certificate pair"), "{m}");
+    assert!(m.contains("tls.crt and tls.key"), "{m}");
+    assert!(m.contains("it has cert.pem, tls.key"), "{m}");
 }
 
 #[test]
 fn a_good_ssl_secret_is_used_and_files_win_over_it() {
-    let facts = ClusterFacts {
-        ssl_secret: Some(SecretFact::Found {
-            cert_pem: Some(read("cert.pem").into_bytes()),
-            key_pem: Some(read("key.pem").into_bytes()),
-        }),
-        ..cluster_of(3)
-    };
-    ok(&secret_config(), &[], &facts);
+    let facts = secret_with(&[("cert.pem", "cert.pem"), ("key.pem", "key.pem")]);
+    let plan = ok(&secret_config(), &[], &facts);
+    assert_eq!(
+        plan.inference.unwrap().tls.unwrap().source,
+        TlsSource::Secret {
+            name: "contoso-tls".into(),
+            spelling: Some(KeySpelling::AzureMl)
+        }
+    );
     // §9.3 item 9: files win over sslSecret.
     let plan = ok(&secret_config(), &fixture_protected(), &facts);
     assert!(notes(&plan).contains(
         "sslSecret: ignored: sslCertPemFile and sslKeyPemFile are given and take precedence"
     ));
+}
+
+#[test]
+fn a_kubernetes_tls_secret_as_cert_manager_writes_it_is_accepted_and_checked() {
+    let facts = secret_with(&[
+        ("tls.crt", "cert.pem"),
+        ("tls.key", "key.pem"),
+        ("ca.crt", "cert.pem"),
+    ]);
+    let plan = ok(&secret_config(), &[], &facts);
+    assert_eq!(
+        plan.inference.unwrap().tls.unwrap().source,
+        TlsSource::Secret {
+            name: "contoso-tls".into(),
+            spelling: Some(KeySpelling::KubernetesTls)
+        }
+    );
+    // Checked like the other spelling: a key of another certificate is refused.
+    let mut facts = secret_with(&[("tls.crt", "cert.pem")]);
+    if let Some(SecretFact::Found { data }) = facts.ssl_secret.as_mut() {
+        let other = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        data.insert("tls.key".to_owned(), other.into_bytes());
+    }
+    let m = message(&problems(&secret_config(), &[], &facts), "sslSecret");
+    assert!(m.contains("does not match"), "{m}");
 }
 
 #[test]

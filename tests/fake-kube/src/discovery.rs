@@ -38,10 +38,13 @@ pub(crate) fn wants_aggregated(accept: Option<&str>) -> bool {
     accept.is_some_and(|a| a.contains("as=APIGroupDiscoveryList"))
 }
 
-/// `/version`.
-pub(crate) fn version() -> Value {
+/// The minor version `/version` reports unless a test sets another.
+pub(crate) const DEFAULT_MINOR: u32 = 33;
+
+/// `/version` for Kubernetes `1.minor`.
+pub(crate) fn version(minor: u32) -> Value {
     json!({
-        "major": "1", "minor": "33", "gitVersion": "v1.33.0-fake", "gitCommit": "fake",
+        "major": "1", "minor": minor.to_string(), "gitVersion": format!("v1.{minor}.0-fake"), "gitCommit": "fake",
         "gitTreeState": "clean", "buildDate": "2025-01-01T00:00:00Z", "goVersion": "go1.24",
         "compiler": "gc", "platform": "linux/amd64",
     })

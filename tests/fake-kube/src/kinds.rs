@@ -88,6 +88,13 @@ const BUILTIN: &[(&str, &str, &str, &str, bool)] = &[
         true,
     ),
     (
+        "networking.k8s.io",
+        "v1",
+        "networkpolicies",
+        "NetworkPolicy",
+        true,
+    ),
+    (
         "policy",
         "v1",
         "poddisruptionbudgets",

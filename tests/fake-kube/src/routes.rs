@@ -45,7 +45,7 @@ fn discovery_doc(shared: &Shared, req: &Request, target: Target) -> Option<Value
     let store = shared.store.lock();
     let aggregated = discovery::wants_aggregated(req.header("accept"));
     match target {
-        Target::Version => Some(discovery::version()),
+        Target::Version => Some(discovery::version(*shared.minor.lock())),
         Target::Api if aggregated => Some(discovery::aggregated(&store.kinds, true)),
         Target::Api => Some(discovery::core_versions(&shared.addr.to_string())),
         Target::Apis if aggregated => Some(discovery::aggregated(&store.kinds, false)),

@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::discovery;
 use crate::faults::{Faults, Verbs};
 use crate::requests_log::{RecordedRequest, RequestLog};
 use crate::service;
@@ -25,6 +26,8 @@ pub(crate) struct Shared {
     pub(crate) log: RequestLog,
     pub(crate) settings: Mutex<WatchSettings>,
     pub(crate) addr: SocketAddr,
+    /// The minor version `/version` reports (Kubernetes 1.x).
+    pub(crate) minor: Mutex<u32>,
 }
 
 /// A fake Kubernetes API server on `127.0.0.1`, serving plain HTTP/1.1 from a tokio task.
@@ -45,6 +48,7 @@ impl FakeApiServer {
             log: RequestLog::default(),
             settings: Mutex::new(WatchSettings::default()),
             addr: listener.local_addr()?,
+            minor: Mutex::new(discovery::DEFAULT_MINOR),
         });
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
         Ok(Self {
@@ -56,6 +60,12 @@ impl FakeApiServer {
     /// The socket address the server listens on.
     pub fn addr(&self) -> SocketAddr {
         self.shared.addr
+    }
+
+    /// Makes `/version` report Kubernetes `1.minor` (1.33 by default), as an older or newer
+    /// server would.
+    pub fn set_server_version(&self, minor: u32) {
+        *self.shared.minor.lock() = minor;
     }
 
     /// `http://127.0.0.1:PORT`.

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::ByteString;
 use scoregate::config::{
     ClusterConfig, KubeDiscoveryConfig, PeerServiceConfig, RouterConfig, ShutdownConfig, TlsConfig,
 };
@@ -30,8 +31,11 @@ pub const CLUSTER_SECRET_PATH: &str = "/etc/scoregate/cluster/secret";
 pub const CLUSTER_SECRET_KEY: &str = "secret";
 /// The replicas' internal port for coordinated admission.
 pub const CLUSTER_PORT: u16 = 9190;
-/// Worker threads: the CPU limit (azureml-fe's 2 vCPU, §1), so the runtime never oversubscribes it.
-pub const WORKERS: usize = 2;
+/// Worker threads: the CPU limit rounded up (azureml-fe's 2 vCPU by default, §1), so the runtime
+/// never oversubscribes it.
+pub fn workers(plan: &InferencePlan) -> usize {
+    (plan.resources.limits_cpu.value.ceil() as usize).max(1)
+}
 
 /// How long a terminating pod keeps serving before it is sent SIGTERM, so kube-proxy and load
 /// balancers stop sending to it first (the router's default drain delay). It runs as the pod's
@@ -53,7 +57,7 @@ fn millis_to_seconds(ms: u64) -> i64 {
 /// The router's configuration for `plan`.
 pub fn router_config(plan: &InferencePlan) -> RouterConfig {
     let mut config = RouterConfig {
-        workers: WORKERS,
+        workers: workers(plan),
         allow_insecure_connections: plan.allow_insecure,
         ..RouterConfig::default()
     };
@@ -61,8 +65,11 @@ pub fn router_config(plan: &InferencePlan) -> RouterConfig {
         server_name: Some(tls.cname.clone()),
         ..TlsConfig::from_files(TLS_CERT_PATH.into(), TLS_KEY_PATH.into())
     });
-    // Online endpoints live in the users' namespaces: watch them all.
-    config.discovery.kube = Some(KubeDiscoveryConfig::default());
+    // Online endpoints live in the users' namespaces: watch them all, or those listed.
+    config.discovery.kube = Some(KubeDiscoveryConfig {
+        namespaces: plan.namespaces.clone(),
+        ..KubeDiscoveryConfig::default()
+    });
     config.shutdown = ShutdownConfig {
         drain_delay_ms: 0,
         grace_period_ms: ShutdownConfig::default().grace_period_ms,
@@ -89,6 +96,19 @@ pub fn router_config(plan: &InferencePlan) -> RouterConfig {
 /// The configuration as the file the router reads.
 pub fn to_yaml(config: &RouterConfig) -> String {
     serde_yaml::to_string(config).expect("RouterConfig always serializes")
+}
+
+/// Secret `azureml-fe-cluster` holding the replicas' shared `credential`.
+pub fn cluster_secret(extension: &str, credential: &str) -> Secret {
+    Secret {
+        metadata: meta::namespaced(meta::CLUSTER_SECRET, extension, "router"),
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([(
+            CLUSTER_SECRET_KEY.to_owned(),
+            ByteString(credential.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    }
 }
 
 /// ConfigMap `azureml-fe-config` holding `config_yaml`.

@@ -2,21 +2,28 @@
 //! and NVIDIA's DCGM exporter (`installDcgmExporter`), after NVIDIA's own static manifests
 //! (`NVIDIA/k8s-device-plugin` `deployments/static/nvidia-device-plugin.yml`,
 //! `NVIDIA/dcgm-exporter` `deployment/examples/dcgm-exporter.yaml`), moved to namespace
-//! `azureml`, labelled, restricted by `nodeSelector`, and tolerating the `nvidia.com/gpu` taint.
+//! `azureml`, labelled, restricted by `nodeSelector`, tolerating `gpuTolerations` (by default
+//! NVIDIA's `nvidia.com/gpu` taint and AKS GPU pools' `sku=gpu`), and kept to GPU nodes by node
+//! affinity (as NVIDIA's Helm chart does), so the exporter does not crash-loop on CPU nodes.
+//! NVIDIA's manifests ask for `system-node-critical`, which is meant for kube-system: here a
+//! priority class is set only when `gpuPriorityClassName` names one.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, HostPathVolumeSource, PodSpec, PodTemplateSpec,
-    ResourceRequirements, SecurityContext, Service, ServicePort, ServiceSpec, Toleration, Volume,
-    VolumeMount,
+    Affinity, Capabilities, Container, ContainerPort, EnvVar, HostPathVolumeSource, NodeAffinity,
+    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PodSpec, PodTemplateSpec,
+    ResourceRequirements, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::meta;
+use super::tolerations;
+use crate::validate::GPU_NODE_LABELS;
+use crate::values::TolerationSpec;
 
 /// The device plugin's DaemonSet name (NVIDIA's).
 pub const DEVICE_PLUGIN: &str = "nvidia-device-plugin-daemonset";
@@ -33,12 +40,36 @@ fn name_label(name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([("app.kubernetes.io/name".to_owned(), name.to_owned())])
 }
 
-fn gpu_toleration() -> Toleration {
-    Toleration {
-        key: Some("nvidia.com/gpu".to_owned()),
-        operator: Some("Exists".to_owned()),
-        effect: Some("NoSchedule".to_owned()),
-        ..Toleration::default()
+/// Where the GPU DaemonSets run, beyond `nodeSelector`.
+#[derive(Clone, Debug, Default)]
+pub struct GpuScheduling {
+    /// `gpuTolerations`.
+    pub tolerations: Vec<TolerationSpec>,
+    /// `gpuPriorityClassName`.
+    pub priority_class: Option<String>,
+}
+
+/// Nodes with any of [`GPU_NODE_LABELS`]: each label is its own term, so any one suffices.
+fn gpu_nodes() -> Affinity {
+    let terms = GPU_NODE_LABELS
+        .iter()
+        .map(|(key, value)| NodeSelectorTerm {
+            match_expressions: Some(vec![NodeSelectorRequirement {
+                key: (*key).to_owned(),
+                operator: "In".to_owned(),
+                values: Some(vec![(*value).to_owned()]),
+            }]),
+            ..NodeSelectorTerm::default()
+        })
+        .collect();
+    Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: terms,
+            }),
+            ..NodeAffinity::default()
+        }),
+        ..Affinity::default()
     }
 }
 
@@ -57,6 +88,7 @@ fn daemon_set(
     name: &str,
     extension: &str,
     node_selector: &BTreeMap<String, String>,
+    scheduling: &GpuScheduling,
     pod: PodSpec,
 ) -> DaemonSet {
     let mut pod_labels = name_label(name);
@@ -79,7 +111,9 @@ fn daemon_set(
                 }),
                 spec: Some(PodSpec {
                     node_selector: (!node_selector.is_empty()).then(|| node_selector.clone()),
-                    tolerations: Some(vec![gpu_toleration()]),
+                    affinity: Some(gpu_nodes()),
+                    tolerations: tolerations(&scheduling.tolerations),
+                    priority_class_name: scheduling.priority_class.clone(),
                     ..pod
                 }),
             },
@@ -90,9 +124,12 @@ fn daemon_set(
 }
 
 /// DaemonSet `nvidia-device-plugin-daemonset`.
-pub fn device_plugin(extension: &str, node_selector: &BTreeMap<String, String>) -> DaemonSet {
+pub fn device_plugin(
+    extension: &str,
+    node_selector: &BTreeMap<String, String>,
+    scheduling: &GpuScheduling,
+) -> DaemonSet {
     let pod = PodSpec {
-        priority_class_name: Some("system-node-critical".to_owned()),
         containers: vec![Container {
             name: "nvidia-device-plugin-ctr".to_owned(),
             image: Some(DEVICE_PLUGIN_IMAGE.to_owned()),
@@ -123,12 +160,16 @@ pub fn device_plugin(extension: &str, node_selector: &BTreeMap<String, String>) 
         )]),
         ..PodSpec::default()
     };
-    daemon_set(DEVICE_PLUGIN, extension, node_selector, pod)
+    daemon_set(DEVICE_PLUGIN, extension, node_selector, scheduling, pod)
 }
 
 /// DaemonSet `dcgm-exporter`: GPU metrics on port 9400, among them the `DCGM_FI_DEV_GPU_UTIL`,
 /// `DCGM_FI_DEV_FB_FREE` and `DCGM_FI_DEV_FB_USED` Azure ML reads.
-pub fn dcgm_exporter(extension: &str, node_selector: &BTreeMap<String, String>) -> DaemonSet {
+pub fn dcgm_exporter(
+    extension: &str,
+    node_selector: &BTreeMap<String, String>,
+    scheduling: &GpuScheduling,
+) -> DaemonSet {
     let quantities = |cpu: &str, memory: &str| {
         BTreeMap::from([
             ("cpu".to_owned(), Quantity(cpu.to_owned())),
@@ -187,7 +228,7 @@ pub fn dcgm_exporter(extension: &str, node_selector: &BTreeMap<String, String>) 
         )]),
         ..PodSpec::default()
     };
-    daemon_set(DCGM_EXPORTER, extension, node_selector, pod)
+    daemon_set(DCGM_EXPORTER, extension, node_selector, scheduling, pod)
 }
 
 /// Service `dcgm-exporter` (ClusterIP, port `metrics`), for Prometheus.

@@ -52,17 +52,24 @@ pub struct ScrapeEndpoint {
 }
 
 /// A ServiceMonitor `name` scraping `port` of the Services labelled `selector`.
+/// `labels` are added to the ServiceMonitor's own (Prometheus selects ServiceMonitors by them).
 pub fn service_monitor(
     name: &str,
     extension: &str,
     component: &str,
     selector: BTreeMap<String, String>,
     port: &str,
+    labels: &BTreeMap<String, String>,
 ) -> ServiceMonitor {
+    let mut metadata = meta::namespaced(name, extension, component);
+    let mut all = labels.clone();
+    // The installer's own labels win: delete and prune find objects by them.
+    all.extend(metadata.labels.take().unwrap_or_default());
+    metadata.labels = Some(all);
     ServiceMonitor {
         api_version: API_VERSION.to_owned(),
         kind: "ServiceMonitor".to_owned(),
-        metadata: meta::namespaced(name, extension, component),
+        metadata,
         spec: ServiceMonitorSpec {
             selector: LabelSelector {
                 match_labels: Some(selector),

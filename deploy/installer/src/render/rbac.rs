@@ -1,11 +1,22 @@
 //! The router's identity: ServiceAccount `azureml-fe-v2`, and a ClusterRole bound to it that
 //! grants exactly what the router watches (get, list, watch) and what its request-based
 //! autoscaler reads and writes (the scale of model Deployments, HPAs, OnlineDeployment status).
+//!
+//! With `inferenceRouterNamespaces` the same rules are granted by a Role and RoleBinding
+//! `scoregate-router` in each of those namespaces instead, so the router reads no Secret outside
+//! them; with HA, Role `scoregate-router-peers` in `azureml` lets the replicas find each other.
 
 use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::meta;
+
+/// The Role in `azureml` that lets the replicas watch their peer Service's EndpointSlices, in
+/// namespace-scoped mode.
+pub const PEERS_ROLE: &str = "scoregate-router-peers";
 
 /// What the router reads, as `(API group, resources)`: its custom resources, the EndpointSlices of
 /// the model deployments' Services, and Secrets (endpoint keys; the `sslSecret`). Online
@@ -40,23 +51,88 @@ pub fn service_account(extension: &str) -> ServiceAccount {
     }
 }
 
+/// Everything the router needs where online endpoints live.
+fn router_rules() -> Vec<PolicyRule> {
+    WATCHED
+        .iter()
+        .map(|(group, resources)| rule(group, resources, VERBS))
+        .chain(
+            AUTOSCALER
+                .iter()
+                .map(|(group, resources, verbs)| rule(group, resources, verbs)),
+        )
+        .collect()
+}
+
 /// ClusterRole `scoregate-router`.
 pub fn cluster_role(extension: &str) -> ClusterRole {
     ClusterRole {
         metadata: meta::cluster_scoped(meta::CLUSTER_ROLE, extension, "router"),
-        rules: Some(
-            WATCHED
-                .iter()
-                .map(|(group, resources)| rule(group, resources, VERBS))
-                .chain(
-                    AUTOSCALER
-                        .iter()
-                        .map(|(group, resources, verbs)| rule(group, resources, verbs)),
-                )
-                .collect(),
-        ),
+        rules: Some(router_rules()),
         ..ClusterRole::default()
     }
+}
+
+fn in_namespace(name: &str, namespace: &str, extension: &str) -> ObjectMeta {
+    ObjectMeta {
+        namespace: Some(namespace.to_owned()),
+        ..meta::namespaced(name, extension, "router")
+    }
+}
+
+fn subjects() -> Option<Vec<Subject>> {
+    Some(vec![Subject {
+        kind: "ServiceAccount".to_owned(),
+        name: meta::ROUTER.to_owned(),
+        namespace: Some(meta::NAMESPACE.to_owned()),
+        ..Subject::default()
+    }])
+}
+
+/// Role `name` in `namespace` with `rules`, and the RoleBinding granting it to the router.
+fn role_and_binding(
+    name: &str,
+    namespace: &str,
+    rules: Vec<PolicyRule>,
+    extension: &str,
+) -> (Role, RoleBinding) {
+    let role = Role {
+        metadata: in_namespace(name, namespace, extension),
+        rules: Some(rules),
+    };
+    let binding = RoleBinding {
+        metadata: in_namespace(name, namespace, extension),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "Role".to_owned(),
+            name: name.to_owned(),
+        },
+        subjects: subjects(),
+    };
+    (role, binding)
+}
+
+/// Namespace-scoped mode: Role and RoleBinding `scoregate-router` in each of `namespaces`, and
+/// with `ha` (unless `azureml` is one of them) Role `scoregate-router-peers` in `azureml`.
+pub fn namespaced_roles(
+    namespaces: &[String],
+    ha: bool,
+    extension: &str,
+) -> Vec<(Role, RoleBinding)> {
+    let mut out: Vec<(Role, RoleBinding)> = namespaces
+        .iter()
+        .map(|ns| role_and_binding(meta::CLUSTER_ROLE, ns, router_rules(), extension))
+        .collect();
+    if ha && !namespaces.iter().any(|ns| ns == meta::NAMESPACE) {
+        let peers = vec![rule("discovery.k8s.io", &["endpointslices"], VERBS)];
+        out.push(role_and_binding(
+            PEERS_ROLE,
+            meta::NAMESPACE,
+            peers,
+            extension,
+        ));
+    }
+    out
 }
 
 /// One rule: `verbs` on `resources` of API `group`.
@@ -78,11 +154,6 @@ pub fn cluster_role_binding(extension: &str) -> ClusterRoleBinding {
             kind: "ClusterRole".to_owned(),
             name: meta::CLUSTER_ROLE.to_owned(),
         },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".to_owned(),
-            name: meta::ROUTER.to_owned(),
-            namespace: Some(meta::NAMESPACE.to_owned()),
-            ..Subject::default()
-        }]),
+        subjects: subjects(),
     }
 }

@@ -12,10 +12,11 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, ConfigMapProjection, Container, ContainerPort, HTTPGetAction,
-    KeyToPath, Lifecycle, LifecycleHandler, PodAffinityTerm, PodAntiAffinity, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
-    SecretProjection, SecurityContext, SleepAction, Volume, VolumeMount, VolumeProjection,
+    Affinity, Capabilities, ConfigMapProjection, Container, ContainerPort, ExecAction,
+    HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, LocalObjectReference, PodAffinityTerm,
+    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SeccompProfile, SecretProjection, SecurityContext, SleepAction,
+    TopologySpreadConstraint, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -27,7 +28,8 @@ use super::config::{
     self, CLUSTER_SECRET_PATH, CONFIG_DIR, CONFIG_KEY, CONFIG_PATH, TLS_CERT_PATH, TLS_KEY_PATH,
 };
 use super::meta;
-use crate::validate::{InferencePlan, TlsSource, HA_REPLICAS};
+use crate::settings::RouterResources;
+use crate::validate::{InferencePlan, KeySpelling, PreStop, TlsSource, HA_REPLICAS};
 
 /// The user (and group) the router runs as: not root, with nothing to gain from privileges.
 pub const RUN_AS: i64 = 65532;
@@ -36,12 +38,14 @@ pub const EXIT_MARGIN_SECONDS: i64 = 5;
 /// The pod template annotation carrying the digest of the router configuration.
 pub const CONFIG_DIGEST_ANNOTATION: &str = "scoregate.io/config-digest";
 
-/// Named container ports.
-const HTTP: &str = "http";
-const HTTPS: &str = "https";
-const ADMIN: &str = "admin";
+/// The container port plain HTTP is served on.
+pub const HTTP: &str = "http";
+/// The container port HTTPS is served on.
+pub const HTTPS: &str = "https";
+/// The container port of `/healthz`, `/readyz` and `/metrics`.
+pub const ADMIN: &str = "admin";
 /// The replicas' internal port; the peer Service's EndpointSlices carry this name.
-const CLUSTER: &str = scoregate::cluster::kube_peers::PORT_NAME;
+pub const CLUSTER: &str = scoregate::cluster::kube_peers::PORT_NAME;
 const VOLUME: &str = "scoregate";
 
 fn selector_labels() -> BTreeMap<String, String> {
@@ -55,11 +59,21 @@ fn quantities(cpu: &str, memory: &str) -> BTreeMap<String, Quantity> {
     ])
 }
 
-/// The secret the router's certificate is projected from.
-pub fn tls_secret_name(plan: &InferencePlan) -> Option<&str> {
+/// The container's requests and limits.
+pub fn resources(r: &RouterResources) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(quantities(&r.requests_cpu.text, &r.requests_memory.text)),
+        limits: Some(quantities(&r.limits_cpu.text, &r.limits_memory.text)),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// The secret the router's certificate is projected from, and how it names its keys (`None`:
+/// not known, both spellings are projected).
+pub fn tls_secret(plan: &InferencePlan) -> Option<(&str, Option<KeySpelling>)> {
     plan.tls.as_ref().map(|tls| match &tls.source {
-        TlsSource::Files(_) => meta::TLS_SECRET,
-        TlsSource::Secret(name) => name.as_str(),
+        TlsSource::Files(_) => (meta::TLS_SECRET, Some(KeySpelling::AzureMl)),
+        TlsSource::Secret { name, spelling } => (name.as_str(), *spelling),
     })
 }
 
@@ -84,127 +98,6 @@ pub fn deployment(
     ]);
     let drain = config::drain_seconds();
     let grace = config::grace_seconds();
-    let mut ports = Vec::new();
-    if plan.allow_insecure {
-        ports.push(port(HTTP, router_config.listen.http.port()));
-    }
-    if plan.tls.is_some() {
-        ports.push(port(HTTPS, router_config.listen.https.port()));
-    }
-    ports.push(port(ADMIN, router_config.listen.admin.port()));
-    if let Some(cluster) = &router_config.cluster {
-        ports.push(port(CLUSTER, cluster.listen.port()));
-    }
-    // The replicas advertise their pod IP to each other.
-    let env = router_config
-        .cluster
-        .is_some()
-        .then(|| vec![super::downward_env("POD_IP", "status.podIP")]);
-
-    let container = Container {
-        name: "router".to_owned(),
-        image: Some(image.to_owned()),
-        image_pull_policy: Some("IfNotPresent".to_owned()),
-        command: Some(vec!["scoregate".to_owned()]),
-        args: Some(vec![
-            "serve".to_owned(),
-            "--config".to_owned(),
-            CONFIG_PATH.to_owned(),
-        ]),
-        ports: Some(ports),
-        env,
-        readiness_probe: Some(probe("/readyz", 5, 2)),
-        liveness_probe: Some(probe("/healthz", 10, 3)),
-        resources: Some(ResourceRequirements {
-            requests: Some(quantities("900m", "800Mi")),
-            limits: Some(quantities("2", "1200Mi")),
-            ..ResourceRequirements::default()
-        }),
-        lifecycle: Some(Lifecycle {
-            pre_stop: Some(LifecycleHandler {
-                sleep: Some(SleepAction { seconds: drain }),
-                ..LifecycleHandler::default()
-            }),
-            ..Lifecycle::default()
-        }),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_owned()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
-        }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: VOLUME.to_owned(),
-            mount_path: CONFIG_DIR.to_owned(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
-        ..Container::default()
-    };
-
-    // One projected volume: the configuration and (with TLS) the certificate, so the kubelet's
-    // atomic Secret updates reach the router's certificate watcher without a nested mount.
-    let mut sources = vec![VolumeProjection {
-        config_map: Some(ConfigMapProjection {
-            name: meta::CONFIG_MAP.to_owned(),
-            items: Some(vec![key_to_path(CONFIG_KEY, CONFIG_KEY)]),
-            ..ConfigMapProjection::default()
-        }),
-        ..VolumeProjection::default()
-    }];
-    if let Some(secret) = tls_secret_name(plan) {
-        let relative = |path: &str| {
-            path.trim_start_matches(CONFIG_DIR)
-                .trim_start_matches('/')
-                .to_owned()
-        };
-        sources.push(VolumeProjection {
-            secret: Some(SecretProjection {
-                name: secret.to_owned(),
-                items: Some(vec![
-                    key_to_path("cert.pem", &relative(TLS_CERT_PATH)),
-                    key_to_path("key.pem", &relative(TLS_KEY_PATH)),
-                ]),
-                ..SecretProjection::default()
-            }),
-            ..VolumeProjection::default()
-        });
-    }
-
-    if router_config.cluster.is_some() {
-        sources.push(VolumeProjection {
-            secret: Some(SecretProjection {
-                name: meta::CLUSTER_SECRET.to_owned(),
-                items: Some(vec![key_to_path(
-                    config::CLUSTER_SECRET_KEY,
-                    CLUSTER_SECRET_PATH
-                        .trim_start_matches(CONFIG_DIR)
-                        .trim_start_matches('/'),
-                )]),
-                ..SecretProjection::default()
-            }),
-            ..VolumeProjection::default()
-        });
-    }
-
-    let affinity = plan.ha.then(|| Affinity {
-        pod_anti_affinity: Some(PodAntiAffinity {
-            required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
-                label_selector: Some(LabelSelector {
-                    match_labels: Some(selector_labels()),
-                    ..LabelSelector::default()
-                }),
-                topology_key: "kubernetes.io/hostname".to_owned(),
-                ..PodAffinityTerm::default()
-            }]),
-            ..PodAntiAffinity::default()
-        }),
-        ..Affinity::default()
-    });
-
     // With one replica per node on exactly 3 nodes a surge pod could never schedule: replace in
     // place. With one replica, surge first so there is always a ready router.
     let rolling = if plan.ha {
@@ -212,6 +105,12 @@ pub fn deployment(
     } else {
         (IntOrString::Int(1), IntOrString::Int(0))
     };
+    let image_pull_secrets = (!plan.image_pull_secrets.is_empty()).then(|| {
+        plan.image_pull_secrets
+            .iter()
+            .map(|name| LocalObjectReference { name: name.clone() })
+            .collect()
+    });
 
     Deployment {
         metadata: meta::namespaced(meta::ROUTER, extension, "router"),
@@ -239,27 +138,20 @@ pub fn deployment(
                 }),
                 spec: Some(PodSpec {
                     service_account_name: Some(meta::ROUTER.to_owned()),
-                    affinity,
+                    affinity: anti_affinity(plan),
+                    topology_spread_constraints: zone_spread(plan),
                     node_selector: (!node_selector.is_empty()).then(|| node_selector.clone()),
+                    tolerations: super::tolerations(&plan.tolerations),
+                    image_pull_secrets,
                     termination_grace_period_seconds: Some(drain + grace + EXIT_MARGIN_SECONDS),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(RUN_AS),
-                        run_as_group: Some(RUN_AS),
-                        fs_group: Some(RUN_AS),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".to_owned(),
-                            ..SeccompProfile::default()
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
-                    containers: vec![container],
+                    security_context: Some(pod_security(plan)),
+                    containers: vec![container(plan, router_config, image, drain)],
                     volumes: Some(vec![Volume {
                         name: VOLUME.to_owned(),
                         projected: Some(ProjectedVolumeSource {
                             // Owner and group (fsGroup) read: the key is not world-readable.
                             default_mode: Some(0o440),
-                            sources: Some(sources),
+                            sources: Some(volume_sources(plan, router_config)),
                         }),
                         ..Volume::default()
                     }]),
@@ -270,6 +162,195 @@ pub fn deployment(
         }),
         ..Deployment::default()
     }
+}
+
+/// The router container: `scoregate serve --config …`, its ports, probes, resources, drain.
+fn container(
+    plan: &InferencePlan,
+    router_config: &RouterConfig,
+    image: &str,
+    drain: i64,
+) -> Container {
+    let mut ports = Vec::new();
+    if plan.allow_insecure {
+        ports.push(port(HTTP, router_config.listen.http.port()));
+    }
+    if plan.tls.is_some() {
+        ports.push(port(HTTPS, router_config.listen.https.port()));
+    }
+    ports.push(port(ADMIN, router_config.listen.admin.port()));
+    if let Some(cluster) = &router_config.cluster {
+        ports.push(port(CLUSTER, cluster.listen.port()));
+    }
+    // The replicas advertise their pod IP to each other.
+    let env = router_config
+        .cluster
+        .is_some()
+        .then(|| vec![super::downward_env("POD_IP", "status.podIP")]);
+    Container {
+        name: "router".to_owned(),
+        image: Some(image.to_owned()),
+        image_pull_policy: Some("IfNotPresent".to_owned()),
+        command: Some(vec!["scoregate".to_owned()]),
+        args: Some(vec![
+            "serve".to_owned(),
+            "--config".to_owned(),
+            CONFIG_PATH.to_owned(),
+        ]),
+        ports: Some(ports),
+        env,
+        readiness_probe: Some(probe("/readyz", 5, 2)),
+        liveness_probe: Some(probe("/healthz", 10, 3)),
+        resources: Some(resources(&plan.resources)),
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(pre_stop(plan.pre_stop, drain)),
+            ..Lifecycle::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: VOLUME.to_owned(),
+            mount_path: CONFIG_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    }
+}
+
+/// Waits `seconds` before SIGTERM: the kubelet's `sleep` action, or on servers without it
+/// `scoregate sleep` (the image has no shell).
+fn pre_stop(how: PreStop, seconds: i64) -> LifecycleHandler {
+    match how {
+        PreStop::Sleep => LifecycleHandler {
+            sleep: Some(SleepAction { seconds }),
+            ..LifecycleHandler::default()
+        },
+        PreStop::Exec => LifecycleHandler {
+            exec: Some(ExecAction {
+                command: Some(vec![
+                    "scoregate".to_owned(),
+                    "sleep".to_owned(),
+                    format!("{seconds}s"),
+                ]),
+            }),
+            ..LifecycleHandler::default()
+        },
+    }
+}
+
+/// Non-root, seccomp `RuntimeDefault`; the user, group and fsGroup 65532 except on OpenShift,
+/// whose restricted SCC assigns them from the namespace's range (and refuses fixed ones).
+fn pod_security(plan: &InferencePlan) -> PodSecurityContext {
+    let fixed = (!plan.openshift).then_some(RUN_AS);
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: fixed,
+        run_as_group: fixed,
+        fs_group: fixed,
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// One projected volume: the configuration, the certificate (with TLS) and the cluster
+/// credential (with HA), so the kubelet's atomic updates reach the router's watches without a
+/// nested mount.
+fn volume_sources(plan: &InferencePlan, router_config: &RouterConfig) -> Vec<VolumeProjection> {
+    let relative = |path: &str| {
+        path.trim_start_matches(CONFIG_DIR)
+            .trim_start_matches('/')
+            .to_owned()
+    };
+    let mut sources = vec![VolumeProjection {
+        config_map: Some(ConfigMapProjection {
+            name: meta::CONFIG_MAP.to_owned(),
+            items: Some(vec![key_to_path(CONFIG_KEY, CONFIG_KEY)]),
+            ..ConfigMapProjection::default()
+        }),
+        ..VolumeProjection::default()
+    }];
+    if let Some((secret, spelling)) = tls_secret(plan) {
+        // Known spelling: exactly its keys. Unknown (rendered without a cluster): both, each
+        // optional; Azure ML's last, so it wins where a Secret has both.
+        let spellings: Vec<KeySpelling> = match spelling {
+            Some(known) => vec![known],
+            None => KeySpelling::ALL.into_iter().rev().collect(),
+        };
+        for each in spellings {
+            let (cert, key) = each.keys();
+            sources.push(VolumeProjection {
+                secret: Some(SecretProjection {
+                    name: secret.to_owned(),
+                    items: Some(vec![
+                        key_to_path(cert, &relative(TLS_CERT_PATH)),
+                        key_to_path(key, &relative(TLS_KEY_PATH)),
+                    ]),
+                    optional: spelling.is_none().then_some(true),
+                }),
+                ..VolumeProjection::default()
+            });
+        }
+    }
+    if router_config.cluster.is_some() {
+        sources.push(VolumeProjection {
+            secret: Some(SecretProjection {
+                name: meta::CLUSTER_SECRET.to_owned(),
+                items: Some(vec![key_to_path(
+                    config::CLUSTER_SECRET_KEY,
+                    &relative(CLUSTER_SECRET_PATH),
+                )]),
+                ..SecretProjection::default()
+            }),
+            ..VolumeProjection::default()
+        });
+    }
+    sources
+}
+
+/// With HA: one replica per node (required).
+fn anti_affinity(plan: &InferencePlan) -> Option<Affinity> {
+    plan.ha.then(|| Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
+                label_selector: Some(LabelSelector {
+                    match_labels: Some(selector_labels()),
+                    ..LabelSelector::default()
+                }),
+                topology_key: "kubernetes.io/hostname".to_owned(),
+                ..PodAffinityTerm::default()
+            }]),
+            ..PodAntiAffinity::default()
+        }),
+        ..Affinity::default()
+    })
+}
+
+/// With HA: the replicas spread over zones where the cluster has several (preferred, so a
+/// single-zone cluster or nodes without zone labels still take all three).
+fn zone_spread(plan: &InferencePlan) -> Option<Vec<TopologySpreadConstraint>> {
+    plan.ha.then(|| {
+        vec![TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: "topology.kubernetes.io/zone".to_owned(),
+            when_unsatisfiable: "ScheduleAnyway".to_owned(),
+            label_selector: Some(LabelSelector {
+                match_labels: Some(selector_labels()),
+                ..LabelSelector::default()
+            }),
+            ..TopologySpreadConstraint::default()
+        }]
+    })
 }
 
 /// PodDisruptionBudget `azureml-fe-v2`: voluntary evictions take one router at a time (with one

@@ -32,12 +32,11 @@ fn port(name: &str, number: i32, target: &str) -> ServicePort {
 /// its HTTPS port when TLS is on.
 pub fn scoring(plan: &InferencePlan, extension: &str) -> Service {
     let mut metadata = meta::namespaced(meta::SERVICE, extension, "router");
+    let mut annotations = plan.service.annotations.clone();
     if plan.internal_load_balancer {
-        metadata.annotations = Some(BTreeMap::from([(
-            AZURE_INTERNAL_LB.to_owned(),
-            "true".to_owned(),
-        )]));
+        annotations.insert(AZURE_INTERNAL_LB.to_owned(), "true".to_owned());
     }
+    metadata.annotations = (!annotations.is_empty()).then_some(annotations);
     let mut ports = Vec::new();
     if plan.allow_insecure {
         ports.push(port("http", 80, "http"));
@@ -51,6 +50,8 @@ pub fn scoring(plan: &InferencePlan, extension: &str) -> Service {
             type_: Some(plan.service_type.as_k8s().to_owned()),
             selector: Some(app_selector()),
             ports: Some(ports),
+            load_balancer_ip: plan.service.load_balancer_ip.map(|ip| ip.to_string()),
+            external_traffic_policy: plan.service.external_traffic_policy.clone(),
             ..ServiceSpec::default()
         }),
         ..Service::default()

@@ -2,6 +2,8 @@
 //! facts, and the typed round-trip check.
 #![allow(dead_code)]
 
+pub mod kube;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -10,6 +12,20 @@ use scoregate_ext::problem::Problems;
 use scoregate_ext::render::Manifest;
 use scoregate_ext::settings::{RawSettings, Settings};
 use scoregate_ext::validate::{self, ClusterFacts, NodeFact, Plan};
+
+/// Runs `scoregate-ext` with `argv` (its name first) as the binary would: (result, stdout,
+/// stderr).
+pub async fn run_cli(argv: Vec<String>) -> (anyhow::Result<()>, String, String) {
+    use clap::Parser as _;
+    let cli = scoregate_ext::cli::Cli::try_parse_from(argv).expect("arguments parse");
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let result = scoregate_ext::cli::run(cli, &mut out, &mut err).await;
+    (
+        result,
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
+}
 
 /// A fixed "now" (2026-12-01), so certificate checks never depend on the clock.
 pub fn now() -> SystemTime {
@@ -49,7 +65,7 @@ pub fn nodes(count: usize, labels: &[(&str, &str)]) -> Vec<NodeFact> {
 pub fn cluster_of(count: usize) -> ClusterFacts {
     ClusterFacts {
         nodes: Some(nodes(count, &[])),
-        ssl_secret: None,
+        ..ClusterFacts::default()
     }
 }
 
@@ -116,6 +132,70 @@ pub fn scenarios() -> Vec<Scenario> {
             facts: cluster_of(4),
         },
     ]
+}
+
+/// A scenario beyond the seed's four with every optional setting on (the schema checks render
+/// it as well): HA with zone spread, TLS from a cert-manager Secret, namespace-scoped access,
+/// tolerations, resources, pull secrets, Service annotations, a load balancer IP, `Local`
+/// traffic, ServiceMonitor labels, the NetworkPolicy and both GPU DaemonSets.
+pub fn everything_on() -> Scenario {
+    let mut facts = ClusterFacts {
+        nodes: Some(nodes(4, &[("kubernetes.io/os", "linux")])),
+        ..ClusterFacts::default()
+    };
+    facts.ssl_secret = Some(validate::SecretFact::Found {
+        data: BTreeMap::from([
+            (
+                "tls.crt".to_owned(),
+                std::fs::read(fixture("cert.pem")).unwrap(),
+            ),
+            (
+                "tls.key".to_owned(),
+                std::fs::read(fixture("key.pem")).unwrap(),
+            ),
+        ]),
+    });
+    facts.nodes.as_mut().unwrap()[3]
+        .labels
+        .insert("accelerator".to_owned(), "nvidia".to_owned());
+    Scenario {
+        name: "every-setting",
+        config: words(&[
+            "enableInference=True",
+            "inferenceRouterServiceType=LoadBalancer",
+            "inferenceRouterHA=True",
+            "sslSecret=contoso-tls",
+            "sslCname=ml.contoso.com",
+            "allowInsecureConnections=True",
+            "internalLoadBalancerProvider=azure",
+            "nodeSelector.kubernetes.io/os=linux",
+            "inferenceRouterTolerations=dedicated=inference:NoSchedule,spot",
+            "inferenceRouterResources.requests.cpu=1500m",
+            "inferenceRouterResources.requests.memory=1Gi",
+            "inferenceRouterResources.limits.cpu=4",
+            "inferenceRouterResources.limits.memory=2Gi",
+            "imagePullSecrets=acr-pull,mirror-pull",
+            "inferenceRouterServiceAnnotations.service.beta.kubernetes.io/azure-dns-label-name=contoso-ml",
+            "inferenceRouterLoadBalancerIP=10.240.0.77",
+            "inferenceRouterExternalTrafficPolicy=Local",
+            "serviceMonitorLabels.release=kube-prometheus-stack",
+            "inferenceRouterNamespaces=team-a,team-b",
+            "networkPolicy=True",
+            "installNvidiaDevicePlugin=True",
+            "installDcgmExporter=True",
+            "gpuTolerations=nvidia.com/gpu:NoSchedule,sku=gpu:NoSchedule,kubernetes.azure.com/scalesetpriority=spot:NoSchedule",
+            "gpuPriorityClassName=gpu-node-critical",
+        ]),
+        protected: vec![],
+        facts,
+    }
+}
+
+/// The seed's four and [`everything_on`].
+pub fn all_scenarios() -> Vec<Scenario> {
+    let mut all = scenarios();
+    all.push(everything_on());
+    all
 }
 
 /// Parses and validates.
