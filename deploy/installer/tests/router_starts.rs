@@ -386,20 +386,7 @@ fn the_pre_stop_command_rendered_for_kubernetes_1_29_runs_in_the_router_binary()
         .into_iter()
         .find(|s| s.name == "aks-proof-of-concept")
         .unwrap();
-    let facts = scoregate_ext::validate::ClusterFacts {
-        kubernetes_version: scoregate_ext::validate::KubernetesVersion::parse("1.29"),
-        ..s.facts.clone()
-    };
-    let raw = scoregate_ext::settings::RawSettings::parse(&s.config, &s.protected).unwrap();
-    let manifest = scoregate_ext::ops::render_with_facts(
-        "scoregate",
-        &raw,
-        scoregate_ext::ops::default_image(),
-        &facts,
-        support::now(),
-        Vec::new(),
-    )
-    .unwrap();
+    let manifest = support::render_for(&s, 29);
     let deployment = manifest.find("Deployment", "azureml-fe-v2").unwrap();
     let command: Vec<String> = serde_yaml::from_value(
         deployment["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]["exec"]

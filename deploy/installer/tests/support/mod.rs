@@ -205,6 +205,24 @@ pub fn plan(config: &[&str], protected: &[String], facts: &ClusterFacts) -> Resu
     validate::validate(&settings, facts, now())
 }
 
+/// Renders a scenario as `create` renders it for a cluster of Kubernetes `1.minor`.
+pub fn render_for(scenario: &Scenario, minor: u32) -> Manifest {
+    let facts = ClusterFacts {
+        kubernetes_version: Some(validate::KubernetesVersion { major: 1, minor }),
+        ..scenario.facts.clone()
+    };
+    let raw = RawSettings::parse(&scenario.config, &scenario.protected).expect("scenario parses");
+    scoregate_ext::ops::render_with_facts(
+        "scoregate",
+        &raw,
+        scoregate_ext::ops::default_image(),
+        &facts,
+        now(),
+        Vec::new(),
+    )
+    .unwrap_or_else(|e| panic!("scenario {} renders for 1.{minor}: {e}", scenario.name))
+}
+
 /// Renders a scenario as `create --dry-run` would.
 pub fn render(scenario: &Scenario) -> Manifest {
     let raw = RawSettings::parse(&scenario.config, &scenario.protected).expect("scenario parses");
