@@ -82,6 +82,8 @@ pub struct Metrics {
 struct MetricsInner {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// Run before every render: gauges computed from live state.
+    at_scrape: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
 }
 
 impl Default for Metrics {
@@ -104,7 +106,11 @@ impl Metrics {
             .build_recorder();
         let handle = recorder.handle();
         Metrics {
-            inner: Arc::new(MetricsInner { recorder, handle }),
+            inner: Arc::new(MetricsInner {
+                recorder,
+                handle,
+                at_scrape: Mutex::new(Vec::new()),
+            }),
         }
     }
 
@@ -141,8 +147,17 @@ impl Metrics {
             .register_histogram(&Self::key(name, labels), &Self::metadata())
     }
 
-    /// The Prometheus text exposition.
+    /// Runs `refresh` before every render, for a gauge whose value is computed from live state
+    /// (it must not hold what owns this registry, or neither is ever freed).
+    pub fn refresh_at_scrape(&self, refresh: impl Fn() + Send + Sync + 'static) {
+        self.inner.at_scrape.lock().push(Box::new(refresh));
+    }
+
+    /// The Prometheus text exposition, gauges computed at scrape time refreshed first.
     pub fn render(&self) -> String {
+        for refresh in self.inner.at_scrape.lock().iter() {
+            refresh();
+        }
         self.inner.handle.render()
     }
 

@@ -267,6 +267,13 @@ impl CertStore {
         });
         store.applied.increment(1);
         store.note_new(&info);
+        // Days left change with the clock, not with reloads: computed at every scrape.
+        let weak = Arc::downgrade(&store);
+        metrics.refresh_at_scrape(move || {
+            if let Some(store) = weak.upgrade() {
+                store.refresh_expiry_gauge();
+            }
+        });
         Ok(store)
     }
 
@@ -322,8 +329,8 @@ impl CertStore {
         }
     }
 
-    /// Re-reads the days left (for a daily gauge refresh).
-    pub fn refresh_expiry_gauge(&self) {
+    /// Sets the days-left gauge from the served certificate and the clock.
+    fn refresh_expiry_gauge(&self) {
         self.days_left
             .set(self.info().days_left(SystemTime::now()) as f64);
     }
@@ -496,6 +503,44 @@ mod tests {
         assert!(name_matches(&names, "EXACT.example.com"));
         assert!(!name_matches(&names, "a.b.ml.example.com"));
         assert!(!name_matches(&names, "ml.example.com"));
+    }
+
+    /// The value of `scoregate_tls_certificate_expiry_days` in a scrape.
+    fn expiry_days(metrics: &Metrics) -> f64 {
+        let text = metrics.render();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(names::TLS_EXPIRY_DAYS))
+            .unwrap_or_else(|| panic!("no expiry gauge in {text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn the_expiry_gauge_follows_the_clock_without_a_reload() {
+        // One day and a few seconds left: the gauge reads 1, then 0 once the seconds have
+        // passed, with the same certificate served all along.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["a.example.com".to_string()]).unwrap();
+        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::seconds(86_400 + 4);
+        let cert = params.self_signed(&key).unwrap();
+        let metrics = Metrics::new();
+        let _store = CertStore::new(
+            cert.pem().as_bytes(),
+            key.serialize_pem().as_bytes(),
+            "soon",
+            None,
+            &metrics,
+        )
+        .unwrap();
+        assert_eq!(expiry_days(&metrics), 1.0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while expiry_days(&metrics) != 0.0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the expiry gauge went stale: it still reads 1 day after the day ended"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     #[test]
