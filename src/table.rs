@@ -33,7 +33,7 @@ pub struct Deployment {
     /// The endpoint it belongs to.
     pub endpoint: Arc<str>,
     /// Timeouts and limits.
-    pub settings: RequestSettings,
+    pub settings: DeploymentSettings,
     /// Pods that get new requests (ready, not terminating).
     pub pods: Box<[Arc<Pod>]>,
     /// Slots and queue; shared with every table that lists this deployment.
@@ -50,7 +50,32 @@ impl Deployment {
             deployment: &self.name,
             pods: &self.pods,
             accounting: &self.admission,
-            request_timeout: Duration::from_millis(self.settings.request_timeout_ms),
+            request_timeout: self.settings.request_timeout,
+        }
+    }
+}
+
+/// A deployment's request settings as the request path reads them (the declared
+/// [`RequestSettings`], typed once when the table is built).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeploymentSettings {
+    /// Time the pod has to send response headers (`request_timeout_ms`).
+    pub request_timeout: Duration,
+    /// Time a request may wait for a slot (`max_queue_wait_ms`).
+    pub max_queue_wait: Duration,
+    /// Requests one pod may serve at a time, from this router.
+    pub max_concurrent_requests_per_instance: u32,
+    /// Requests that may wait at once; `None`: one per slot.
+    pub max_queue_length: Option<u32>,
+}
+
+impl From<RequestSettings> for DeploymentSettings {
+    fn from(s: RequestSettings) -> Self {
+        DeploymentSettings {
+            request_timeout: Duration::from_millis(s.request_timeout_ms),
+            max_queue_wait: Duration::from_millis(s.max_queue_wait_ms),
+            max_concurrent_requests_per_instance: s.max_concurrent_requests_per_instance,
+            max_queue_length: s.max_queue_length,
         }
     }
 }
@@ -525,13 +550,6 @@ impl TableBuilder {
         self.deployments
             .retain(|_, entry| entry.built.is_some() || !entry.pods.is_empty());
     }
-
-    /// Per-deployment live state, for metrics at scrape time.
-    pub fn for_each_deployment(&self, mut f: impl FnMut(&DeploymentAdmission, &DeploymentMetrics)) {
-        for entry in self.deployments.values() {
-            f(&entry.admission, &entry.metrics);
-        }
-    }
 }
 
 /// Makes the routable form of a deployment, reusing (or creating) its pods.
@@ -563,7 +581,7 @@ fn build_deployment(entry: &mut DeploymentEntry) -> Deployment {
         name_header: HeaderValue::from_str(&spec.name)
             .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
         endpoint: spec.endpoint.as_str().into(),
-        settings: spec.settings,
+        settings: spec.settings.into(),
         pods: routable.into_boxed_slice(),
         admission: entry.admission.clone(),
         metrics: entry.metrics.clone(),

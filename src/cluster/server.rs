@@ -221,9 +221,8 @@ async fn grant(cluster: &Arc<Cluster>, request: Request<Incoming>) -> Answer {
     };
     cluster.metrics.served.increment(1);
     let pod = HeaderValue::from_str(&slot.pod().address().to_string()).expect("an address");
-    let expires = Instant::now()
-        + Duration::from_millis(deployment.settings.request_timeout_ms)
-        + cluster.settings.lease_margin;
+    let expires =
+        Instant::now() + deployment.settings.request_timeout + cluster.settings.lease_margin;
     let body = LeaseBody::new(
         slot,
         request.into_body(),

@@ -23,7 +23,7 @@ pub async fn admit(
     deployment: &Deployment,
     started: Instant,
 ) -> Result<Admitted, RouterError> {
-    let max_wait = Duration::from_millis(deployment.settings.max_queue_wait_ms);
+    let max_wait = deployment.settings.max_queue_wait;
     let slot = admitter.admit(deployment.target(), max_wait).await?;
     let queue_wait = started.elapsed();
     deployment

@@ -74,7 +74,7 @@ impl Forwarder {
             mirror::spawn(upstream, admitter, mirror, head, copy);
         }
         let sent_at = Instant::now();
-        let timeout = Duration::from_millis(deployment.settings.request_timeout_ms);
+        let timeout = deployment.settings.request_timeout;
         let (response, exchange) =
             tokio::time::timeout(timeout, self.send(deployment, exchange, request))
                 .await

@@ -4,7 +4,6 @@
 //! and discarded; nothing about it reaches the client.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Uri};
@@ -52,7 +51,7 @@ pub fn spawn(
             metrics.mirror(MirrorResult::Skipped);
             return;
         };
-        let wait = Duration::from_millis(deployment.settings.max_queue_wait_ms);
+        let wait = deployment.settings.max_queue_wait;
         let Ok(slot) = admitter.admit(deployment.target(), wait).await else {
             metrics.mirror(MirrorResult::Dropped);
             return;
@@ -61,7 +60,7 @@ pub fn spawn(
         *request.method_mut() = head.method;
         *request.uri_mut() = head.uri;
         *request.headers_mut() = head.headers;
-        let timeout = Duration::from_millis(deployment.settings.request_timeout_ms);
+        let timeout = deployment.settings.request_timeout;
         let mut exchange = upstream.exchange(slot);
         // Past the timeout the copy is dropped, and with it the exchange (abandoned).
         let copy = async move {
