@@ -2,11 +2,19 @@
 //!
 //! Settings come from defaults, then an optional YAML file (`--config`), then command-line
 //! flags, each overriding the one before. Unknown keys are errors that name the file and the key.
+//!
+//! Values that have a closed set of meanings are typed as they are read ([`TlsVersion`],
+//! [`FallbackMode`], the log modes); settings that depend on each other are checked by
+//! [`RouterConfig::validate`], section by section, each problem a [`ConfigError::field`] that
+//! names the key and the fix. The certificate's source is read as a [`TlsSource`] by
+//! [`TlsConfig::source`], the one place its three keys are checked.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::telemetry::{AccessLogMode, LogFormat};
 
@@ -80,8 +88,8 @@ pub struct TlsConfig {
     #[serde(default)]
     pub secret: Option<SecretRef>,
     /// Lowest TLS version offered: `"1.2"` (default) or `"1.3"`.
-    #[serde(default = "TlsConfig::default_min_version")]
-    pub min_version: String,
+    #[serde(default)]
+    pub min_version: TlsVersion,
     /// The expected server name (Azure ML's `sslCname`); other SNI values are logged, not refused.
     #[serde(default)]
     pub server_name: Option<String>,
@@ -92,10 +100,6 @@ pub struct TlsConfig {
 }
 
 impl TlsConfig {
-    fn default_min_version() -> String {
-        "1.2".into()
-    }
-
     fn default_session_resumption() -> bool {
         true
     }
@@ -107,7 +111,7 @@ impl TlsConfig {
             cert_file: None,
             key_file: None,
             secret: Some(secret),
-            min_version: Self::default_min_version(),
+            min_version: TlsVersion::default(),
             server_name: None,
             session_resumption: true,
         }
@@ -119,10 +123,116 @@ impl TlsConfig {
             cert_file: Some(cert_file),
             key_file: Some(key_file),
             secret: None,
-            min_version: Self::default_min_version(),
+            min_version: TlsVersion::default(),
             server_name: None,
             session_resumption: true,
         }
+    }
+
+    /// Where the certificate comes from: exactly the files or the Secret.
+    pub fn source(&self) -> Result<TlsSource, ConfigError> {
+        match (&self.cert_file, &self.key_file, &self.secret) {
+            (Some(cert_file), Some(key_file), None) => Ok(TlsSource::Files {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+            }),
+            (None, None, Some(secret)) => Ok(TlsSource::Secret(secret.clone())),
+            (Some(_), Some(_), Some(_)) => Err(ConfigError::field(
+                "tls",
+                "both certificate files and `tls.secret` are set: keep one (Azure ML lets the files \
+                 win; scoregate asks you to choose)",
+            )),
+            (None, None, None) => Err(ConfigError::field(
+                "tls",
+                "no certificate: set `tls.cert_file` and `tls.key_file`, or `tls.secret`",
+            )),
+            _ => Err(ConfigError::field(
+                "tls",
+                "`cert_file` and `key_file` go together: set both",
+            )),
+        }
+    }
+
+    /// Checks the section; `kube` says whether Kubernetes discovery is configured.
+    pub fn validate(&self, kube: bool) -> Result<(), ConfigError> {
+        match self.source()? {
+            TlsSource::Secret(secret) if !kube => Err(ConfigError::field(
+                "tls.secret",
+                format!(
+                    "the certificate Secret {}/{} is read through the Kubernetes API, which needs \
+                     Kubernetes discovery: set `discovery.kube` (or --discovery kube)",
+                    secret.namespace, secret.name
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Where the served certificate comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TlsSource {
+    /// PEM files, watched for changes (Azure ML's `sslCertPemFile` and `sslKeyPemFile`).
+    Files {
+        /// Certificate chain, leaf first.
+        cert_file: PathBuf,
+        /// Private key, unencrypted.
+        key_file: PathBuf,
+    },
+    /// A Secret watched through the Kubernetes API (Azure ML's `sslSecret`).
+    Secret(SecretRef),
+}
+
+/// The lowest TLS version the router offers (it always offers 1.3 too).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3 (Azure ML offers only 1.2).
+    #[default]
+    V1_2,
+    /// TLS 1.3 only.
+    V1_3,
+}
+
+impl TlsVersion {
+    /// `"1.2"` or `"1.3"`, as written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsVersion::V1_2 => "1.2",
+            TlsVersion::V1_3 => "1.3",
+        }
+    }
+}
+
+impl FromStr for TlsVersion {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Self, ConfigError> {
+        match text {
+            "1.2" => Ok(TlsVersion::V1_2),
+            "1.3" => Ok(TlsVersion::V1_3),
+            other => Err(ConfigError(format!(
+                "`{other}` is not a TLS version scoregate offers: use \"1.2\" or \"1.3\""
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for TlsVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for TlsVersion {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for TlsVersion {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -287,26 +397,29 @@ impl AutoscaleConfig {
     /// Checks the section; `kube` says whether Kubernetes discovery is configured.
     pub fn validate(&self, kube: bool) -> Result<(), ConfigError> {
         if self.enabled && !kube {
-            return Err(ConfigError(
-                "field `autoscale.enabled`: the autoscaler sets Deployment replicas through the \
+            return Err(ConfigError::field(
+                "autoscale.enabled",
+                "the autoscaler sets Deployment replicas through the \
                  Kubernetes API, which needs Kubernetes discovery: set `discovery.kube` (or \
-                 --discovery kube), or turn the autoscaler off"
-                    .into(),
+                 --discovery kube), or turn the autoscaler off",
             ));
         }
         if self.scale_down_intervals == 0 {
-            return Err(ConfigError(
-                "field `autoscale.scale_down_intervals`: must be at least 1 (Azure ML waits about 20 \
-                 intervals before removing a replica)"
-                    .into(),
+            return Err(ConfigError::field(
+                "autoscale.scale_down_intervals",
+                "must be at least 1 (Azure ML waits about 20 \
+                 intervals before removing a replica)",
             ));
         }
         let manager = &self.field_manager;
         if manager.is_empty() || manager.len() > 128 || manager.chars().any(char::is_control) {
-            return Err(ConfigError(format!(
-                "field `autoscale.field_manager`: `{manager}` is not a field manager name: use 1-128 \
+            return Err(ConfigError::field(
+                "autoscale.field_manager",
+                format!(
+                    "`{manager}` is not a field manager name: use 1-128 \
                  printable characters, e.g. `scoregate-autoscaler`"
-            )));
+                ),
+            ));
         }
         Ok(())
     }
@@ -432,6 +545,14 @@ pub enum FallbackMode {
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
+impl ConfigError {
+    /// A problem with the setting at `field` (a path such as `tls.min_version`): what is wrong
+    /// and how to fix it.
+    pub fn field(field: &str, message: impl fmt::Display) -> Self {
+        ConfigError(format!("field `{field}`: {message}"))
+    }
+}
+
 impl RouterConfig {
     /// Reads a YAML configuration file; missing keys take their defaults.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -476,53 +597,34 @@ impl RouterConfig {
         Ok(())
     }
 
-    /// Checks every setting but the choice of listeners (what `scoregate check` validates).
+    /// Checks every setting but the choice of listeners (what `scoregate check` validates),
+    /// section by section.
     pub fn validate_settings(&self) -> Result<(), ConfigError> {
+        let kube = self.discovery.kube.is_some();
         if let Some(tls) = &self.tls {
-            match (&tls.cert_file, &tls.key_file, &tls.secret) {
-                (Some(_), Some(_), None) => {}
-                (None, None, Some(_)) if self.discovery.kube.is_some() => {}
-                (None, None, Some(secret)) => {
-                    return Err(ConfigError(format!(
-                        "field `tls.secret`: the certificate Secret {}/{} is read through the Kubernetes \
-                         API, which needs Kubernetes discovery: set `discovery.kube` (or --discovery kube)",
-                        secret.namespace, secret.name
-                    )))
-                }
-                (Some(_), Some(_), Some(_)) => {
-                    return Err(ConfigError(
-                        "field `tls`: both certificate files and `tls.secret` are set: keep one (Azure ML \
-                         lets the files win; scoregate asks you to choose)"
-                            .into(),
-                    ))
-                }
-                (None, None, None) => {
-                    return Err(ConfigError(
-                        "field `tls`: no certificate: set `tls.cert_file` and `tls.key_file`, or `tls.secret`"
-                            .into(),
-                    ))
-                }
-                _ => {
-                    return Err(ConfigError(
-                        "field `tls`: `cert_file` and `key_file` go together: set both".into(),
-                    ))
-                }
-            }
+            tls.validate(kube)?;
         }
-        if let Some(tls) = &self.tls {
-            if tls.min_version != "1.2" && tls.min_version != "1.3" {
-                return Err(ConfigError(format!(
-                    "field `tls.min_version`: `{}` is not a TLS version scoregate offers: use \"1.2\" or \"1.3\"",
-                    tls.min_version
-                )));
-            }
+        self.discovery.validate()?;
+        if let Some(cluster) = &self.cluster {
+            cluster.validate(kube)?;
         }
-        match (&self.discovery.routes_file, &self.discovery.kube) {
-            (None, None) => return Err(ConfigError(
-                "no route source: pass --routes routes.yaml (or set `discovery.routes_file`), or \
-                     --discovery kube (or set `discovery.kube`)"
-                    .into(),
-            )),
+        self.limits.validate()?;
+        self.routing.validate()?;
+        self.autoscale.validate(kube)
+    }
+}
+
+impl DiscoveryConfig {
+    /// Checks that there is exactly one route source, and the namespaces' names.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match (&self.routes_file, &self.kube) {
+            (None, None) => {
+                return Err(ConfigError(
+                    "no route source: pass --routes routes.yaml (or set `discovery.routes_file`), \
+                     or --discovery kube (or set `discovery.kube`)"
+                        .into(),
+                ))
+            }
             (Some(file), Some(_)) => {
                 return Err(ConfigError(format!(
                     "two route sources: the routes file {} and Kubernetes discovery: keep one",
@@ -531,37 +633,56 @@ impl RouterConfig {
             }
             _ => {}
         }
-        if let Some(kube) = &self.discovery.kube {
-            if let Some(bad) = kube.namespaces.iter().find(|ns| !valid_namespace(ns)) {
-                return Err(ConfigError(format!(
-                    "field `discovery.kube.namespaces`: `{bad}` is not a namespace name (lowercase letters, \
-                     digits and dashes, at most 63)"
-                )));
-            }
-        }
-        if let Some(cluster) = &self.cluster {
-            cluster.validate(self.discovery.kube.is_some())?;
-        }
-        if self.limits.max_header_bytes < 8192 {
-            return Err(ConfigError(format!(
-                "field `limits.max_header_bytes`: {} is below the 8192-byte minimum HTTP/1 parsing needs",
-                self.limits.max_header_bytes
-            )));
-        }
-        if self.limits.max_connections == 0 {
-            return Err(ConfigError(
-                "field `limits.max_connections`: must be at least 1".into(),
+        let namespaces = self.kube.iter().flat_map(|kube| &kube.namespaces);
+        if let Some(bad) = namespaces.into_iter().find(|ns| !valid_namespace(ns)) {
+            return Err(ConfigError::field(
+                "discovery.kube.namespaces",
+                format!(
+                    "`{bad}` is not a namespace name (lowercase letters, digits and dashes, at \
+                     most 63)"
+                ),
             ));
         }
-        if let Some(domain) = &self.routing.host_domain {
-            if domain.is_empty() || domain.starts_with('.') || domain.contains(':') {
-                return Err(ConfigError(format!(
-                    "field `routing.host_domain`: `{domain}` should be a bare domain such as `ml.example.com`"
-                )));
-            }
-        }
-        self.autoscale.validate(self.discovery.kube.is_some())?;
         Ok(())
+    }
+}
+
+impl LimitsConfig {
+    /// Checks the limits that have a floor.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_header_bytes < 8192 {
+            return Err(ConfigError::field(
+                "limits.max_header_bytes",
+                format!(
+                    "{} is below the 8192-byte minimum HTTP/1 parsing needs",
+                    self.max_header_bytes
+                ),
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::field(
+                "limits.max_connections",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl RoutingConfig {
+    /// Checks the host domain.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match &self.host_domain {
+            Some(domain)
+                if domain.is_empty() || domain.starts_with('.') || domain.contains(':') =>
+            {
+                Err(ConfigError::field(
+                    "routing.host_domain",
+                    format!("`{domain}` should be a bare domain such as `ml.example.com`"),
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -581,42 +702,42 @@ impl ClusterConfig {
     pub fn validate(&self, kube: bool) -> Result<(), ConfigError> {
         match (&self.peer_service, self.peers.is_empty()) {
             (Some(_), false) => {
-                return Err(ConfigError(
-                    "field `cluster`: both `peers` and `peer_service` are set: keep `peers` for a \
-                     static list, or `peer_service` to find the replicas through Kubernetes"
-                        .into(),
+                return Err(ConfigError::field(
+                    "cluster",
+                    "both `peers` and `peer_service` are set: keep `peers` for a \
+                     static list, or `peer_service` to find the replicas through Kubernetes",
                 ))
             }
             (Some(_), true) if !kube => {
-                return Err(ConfigError(
-                    "field `cluster.peer_service`: finding replicas through their Service needs \
-                     Kubernetes discovery: set `discovery.kube`, or list the replicas in `cluster.peers`"
-                        .into(),
+                return Err(ConfigError::field(
+                    "cluster.peer_service",
+                    "finding replicas through their Service needs \
+                     Kubernetes discovery: set `discovery.kube`, or list the replicas in `cluster.peers`",
                 ))
             }
             (None, true) => {
-                return Err(ConfigError(
-                    "field `cluster`: no way to find the other replicas: list every replica's address \
+                return Err(ConfigError::field(
+                    "cluster",
+                    "no way to find the other replicas: list every replica's address \
                      in `cluster.peers` (this one's included), or name the router's headless Service \
-                     in `cluster.peer_service`"
-                        .into(),
+                     in `cluster.peer_service`",
                 ))
             }
             _ => {}
         }
         if let Some(service) = &self.peer_service {
             if !valid_namespace(&service.namespace) {
-                return Err(ConfigError(format!(
-                    "field `cluster.peer_service.namespace`: `{}` is not a namespace name",
-                    service.namespace
-                )));
+                return Err(ConfigError::field(
+                    "cluster.peer_service.namespace",
+                    format!("`{}` is not a namespace name", service.namespace),
+                ));
             }
         }
         if self.lease_margin_ms == 0 {
-            return Err(ConfigError(
-                "field `cluster.lease_margin_ms`: 0 would expire leases while their response still \
-                 streams: use at least 1 (default 1000)"
-                    .into(),
+            return Err(ConfigError::field(
+                "cluster.lease_margin_ms",
+                "0 would expire leases while their response still \
+                 streams: use at least 1 (default 1000)",
             ));
         }
         Ok(())

@@ -2,14 +2,14 @@
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
-use scoregate::config::{KubeDiscoveryConfig, RouterConfig, SecretRef, TlsConfig};
+use scoregate::config::{ConfigError, KubeDiscoveryConfig, RouterConfig, SecretRef, TlsConfig};
 use scoregate::demo::{Demo, DemoOptions};
 use scoregate::discovery::file::load_routes;
 use scoregate::router::Router;
@@ -166,6 +166,33 @@ impl ServeArgs {
         if let Some(a) = self.admin_listen {
             c.listen.admin = a;
         }
+        self.merge_certificate(&mut c)?;
+        if self.allow_insecure_connections {
+            c.allow_insecure_connections = true;
+        }
+        if let Some(w) = self.workers {
+            c.workers = w;
+        }
+        if let Some(f) = self.log_format {
+            c.log.format = f;
+        }
+        if let Some(m) = self.access_log {
+            c.log.access_log = m;
+        }
+        if let Some(n) = self.access_log_sample {
+            c.log.access_log_sample = n;
+        }
+        if let Some(d) = &self.host_domain {
+            c.routing.host_domain = Some(d.clone());
+        }
+        self.merge_discovery(&mut c);
+        self.merge_tls_options(&mut c)?;
+        Ok(c)
+    }
+
+    /// `--tls-cert` and `--tls-key`, or `--ssl-secret`: the certificate's source, replacing the
+    /// file's.
+    fn merge_certificate(&self, c: &mut RouterConfig) -> anyhow::Result<()> {
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
             let mut tls = c
                 .tls
@@ -187,24 +214,11 @@ impl ServeArgs {
             tls.secret = Some(secret);
             c.tls = Some(tls);
         }
-        if self.allow_insecure_connections {
-            c.allow_insecure_connections = true;
-        }
-        if let Some(w) = self.workers {
-            c.workers = w;
-        }
-        if let Some(f) = self.log_format {
-            c.log.format = f;
-        }
-        if let Some(m) = self.access_log {
-            c.log.access_log = m;
-        }
-        if let Some(n) = self.access_log_sample {
-            c.log.access_log_sample = n;
-        }
-        if let Some(d) = &self.host_domain {
-            c.routing.host_domain = Some(d.clone());
-        }
+        Ok(())
+    }
+
+    /// `--discovery`, `--namespace`, `--kubeconfig`.
+    fn merge_discovery(&self, c: &mut RouterConfig) {
         if self.discovery == Some(DiscoverySource::Kube)
             || !self.namespaces.is_empty()
             || self.kubeconfig.is_some()
@@ -226,23 +240,31 @@ impl ServeArgs {
         if self.discovery == Some(DiscoverySource::File) {
             c.discovery.kube = None;
         }
-        if let Some(tls) = c.tls.as_mut() {
-            if let Some(v) = &self.tls_min_version {
-                tls.min_version = v.clone();
+    }
+
+    /// `--tls-min-version`, `--ssl-cname`, `--tls-session-resumption`: only with TLS.
+    fn merge_tls_options(&self, c: &mut RouterConfig) -> anyhow::Result<()> {
+        let Some(tls) = c.tls.as_mut() else {
+            if self.tls_min_version.is_some()
+                || self.ssl_cname.is_some()
+                || self.tls_session_resumption.is_some()
+            {
+                anyhow::bail!("--tls-min-version, --ssl-cname and --tls-session-resumption need TLS: add --tls-cert and --tls-key, or --ssl-secret");
             }
-            if let Some(name) = &self.ssl_cname {
-                tls.server_name = Some(name.clone());
-            }
-            if let Some(on) = self.tls_session_resumption {
-                tls.session_resumption = on;
-            }
-        } else if self.tls_min_version.is_some()
-            || self.ssl_cname.is_some()
-            || self.tls_session_resumption.is_some()
-        {
-            anyhow::bail!("--tls-min-version, --ssl-cname and --tls-session-resumption need TLS: add --tls-cert and --tls-key, or --ssl-secret");
+            return Ok(());
+        };
+        if let Some(v) = &self.tls_min_version {
+            tls.min_version = v
+                .parse()
+                .map_err(|e| ConfigError::field("tls.min_version", e))?;
         }
-        Ok(c)
+        if let Some(name) = &self.ssl_cname {
+            tls.server_name = Some(name.clone());
+        }
+        if let Some(on) = self.tls_session_resumption {
+            tls.session_resumption = on;
+        }
+        Ok(())
     }
 }
 
@@ -288,124 +310,141 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // rustls needs one process-wide crypto provider; kube's client and ours share it.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match cli.command {
-        Command::Serve(args) => {
-            let config = args.config()?;
-            let _logs = init_logging(config.log.format);
-            runtime(config.workers)?.block_on(async {
-                let router = Router::start(config).await?;
-                router.run_until_signal().await
-            })
-        }
-        Command::Check(args) => {
-            // Which listeners to open is for `serve`; everything else is checked.
-            let config = args.merged()?;
-            config.validate_settings()?;
-            if let Some(kube) = &config.discovery.kube {
-                let scope = if kube.namespaces.is_empty() {
-                    "all namespaces".to_string()
-                } else {
-                    kube.namespaces.join(", ")
-                };
-                println!("configuration ok (routes from Kubernetes: {scope})");
-                return Ok(());
-            }
-            let path = config
-                .discovery
-                .routes_file
-                .as_ref()
-                .context("no routes file")?;
-            let spec = load_routes(path)?;
-            println!(
-                "{}: ok ({} endpoints, {} deployments)",
-                path.display(),
-                spec.endpoints.len(),
-                spec.deployments.len()
-            );
-            Ok(())
-        }
-        Command::Routes { routes } => {
-            let spec = load_routes(&routes)?;
-            for endpoint in spec.endpoints.values() {
-                println!(
-                    "endpoint {} (auth {}) traffic {:?} mirror {:?}",
-                    endpoint.name,
-                    endpoint.auth_mode.as_str(),
-                    endpoint.traffic,
-                    endpoint.mirror_traffic
-                );
-                for d in spec.deployments_of(&endpoint.name) {
-                    let s = d.settings;
-                    println!(
-                        "  deployment {}: timeout {} ms, {} per pod, queue wait {} ms",
-                        d.name,
-                        s.request_timeout_ms,
-                        s.max_concurrent_requests_per_instance,
-                        s.max_queue_wait_ms
-                    );
-                    for pod in &d.pods {
-                        let state = match (pod.ready, pod.terminating) {
-                            (_, true) => "terminating",
-                            (true, false) => "ready",
-                            (false, false) => "not ready",
-                        };
-                        println!("    pod {} {state}", pod.address);
-                    }
-                }
-            }
-            Ok(())
-        }
+        Command::Serve(args) => serve(&args),
+        Command::Check(args) => check(&args),
+        Command::Routes { routes } => print_routes(&routes),
         Command::Token {
             routes,
             endpoint,
             ttl,
-        } => {
-            let spec = load_routes(&routes)?;
-            let e = spec.endpoints.get(&endpoint).with_context(|| {
-                format!(
-                    "{}: no endpoint `{endpoint}` (it declares: {:?})",
-                    routes.display(),
-                    spec.endpoints.keys().collect::<Vec<_>>()
-                )
-            })?;
-            if e.auth_mode != scoregate::model::AuthMode::AmlToken {
-                anyhow::bail!(
-                    "endpoint `{endpoint}` uses auth_mode `{}`: tokens work only with `auth_mode: aml_token`; clients of a key endpoint send its key",
-                    e.auth_mode.as_str()
-                );
-            }
-            let token = scoregate::auth::issue_token(&endpoint, &e.keys, ttl, SystemTime::now())?;
-            println!("{}", serde_json::to_string_pretty(&token)?);
-            Ok(())
-        }
-        Command::Crds { write } => {
-            match write {
-                None => print!("{}", scoregate::crd::crd_yaml()),
-                Some(dir) => {
-                    for (name, yaml) in scoregate::crd::crd_files() {
-                        let path = dir.join(name);
-                        std::fs::write(&path, yaml)
-                            .with_context(|| format!("cannot write {}", path.display()))?;
-                        println!("wrote {}", path.display());
-                    }
-                }
-            }
-            Ok(())
-        }
+        } => print_token(&routes, &endpoint, ttl),
+        Command::Crds { write } => crds(write),
         Command::Sleep { duration } => {
             std::thread::sleep(duration);
             Ok(())
         }
-        Command::Demo(args) => {
-            let _logs = init_logging(LogFormat::Text);
-            runtime(0)?.block_on(async {
-                let demo = Demo::start(&DemoOptions {
-                    port: args.port,
-                    admin_port: args.admin_port,
-                })
-                .await?;
-                println!("{}", demo.instructions());
-                demo.router.run_until_signal().await
-            })
+        Command::Demo(args) => demo(&args),
+    }
+}
+
+/// `scoregate serve`.
+fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    let _logs = init_logging(config.log.format);
+    runtime(config.workers)?.block_on(async {
+        let router = Router::start(config).await?;
+        router.run_until_signal().await
+    })
+}
+
+/// `scoregate check`: which listeners to open is for `serve`; everything else is checked.
+fn check(args: &ServeArgs) -> anyhow::Result<()> {
+    let config = args.merged()?;
+    config.validate_settings()?;
+    if let Some(kube) = &config.discovery.kube {
+        let scope = if kube.namespaces.is_empty() {
+            "all namespaces".to_string()
+        } else {
+            kube.namespaces.join(", ")
+        };
+        println!("configuration ok (routes from Kubernetes: {scope})");
+        return Ok(());
+    }
+    let path = config
+        .discovery
+        .routes_file
+        .as_ref()
+        .context("no routes file")?;
+    let spec = load_routes(path)?;
+    println!(
+        "{}: ok ({} endpoints, {} deployments)",
+        path.display(),
+        spec.endpoints.len(),
+        spec.deployments.len()
+    );
+    Ok(())
+}
+
+/// `scoregate routes`.
+fn print_routes(routes: &Path) -> anyhow::Result<()> {
+    let spec = load_routes(routes)?;
+    for endpoint in spec.endpoints.values() {
+        println!(
+            "endpoint {} (auth {}) traffic {:?} mirror {:?}",
+            endpoint.name,
+            endpoint.auth_mode.as_str(),
+            endpoint.traffic,
+            endpoint.mirror_traffic
+        );
+        for d in spec.deployments_of(&endpoint.name) {
+            let s = d.settings;
+            println!(
+                "  deployment {}: timeout {} ms, {} per pod, queue wait {} ms",
+                d.name,
+                s.request_timeout_ms,
+                s.max_concurrent_requests_per_instance,
+                s.max_queue_wait_ms
+            );
+            for pod in &d.pods {
+                let state = match (pod.ready, pod.terminating) {
+                    (_, true) => "terminating",
+                    (true, false) => "ready",
+                    (false, false) => "not ready",
+                };
+                println!("    pod {} {state}", pod.address);
+            }
         }
     }
+    Ok(())
+}
+
+/// `scoregate token`.
+fn print_token(routes: &Path, endpoint: &str, ttl: Duration) -> anyhow::Result<()> {
+    let spec = load_routes(routes)?;
+    let e = spec.endpoints.get(endpoint).with_context(|| {
+        format!(
+            "{}: no endpoint `{endpoint}` (it declares: {:?})",
+            routes.display(),
+            spec.endpoints.keys().collect::<Vec<_>>()
+        )
+    })?;
+    if e.auth_mode != scoregate::model::AuthMode::AmlToken {
+        anyhow::bail!(
+            "endpoint `{endpoint}` uses auth_mode `{}`: tokens work only with `auth_mode: aml_token`; clients of a key endpoint send its key",
+            e.auth_mode.as_str()
+        );
+    }
+    let token = scoregate::auth::issue_token(endpoint, &e.keys, ttl, SystemTime::now())?;
+    println!("{}", serde_json::to_string_pretty(&token)?);
+    Ok(())
+}
+
+/// `scoregate crds`.
+fn crds(write: Option<PathBuf>) -> anyhow::Result<()> {
+    match write {
+        None => print!("{}", scoregate::crd::crd_yaml()),
+        Some(dir) => {
+            for (name, yaml) in scoregate::crd::crd_files() {
+                let path = dir.join(name);
+                std::fs::write(&path, yaml)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                println!("wrote {}", path.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `scoregate demo`.
+fn demo(args: &DemoArgs) -> anyhow::Result<()> {
+    let _logs = init_logging(LogFormat::Text);
+    runtime(0)?.block_on(async {
+        let demo = Demo::start(&DemoOptions {
+            port: args.port,
+            admin_port: args.admin_port,
+        })
+        .await?;
+        println!("{}", demo.instructions());
+        demo.router.run_until_signal().await
+    })
 }

@@ -7,16 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use tokio::net::TcpListener;
 
 use crate::admin::{self, AdminState};
 use crate::admission::Admitter;
+use crate::autoscale::{Ownership, SingleReplica};
 use crate::cluster::{self, Cluster};
-use crate::config::RouterConfig;
-use crate::config::TlsConfig;
-use crate::discovery::{file, kube as kube_discovery, Publisher, Readiness};
+use crate::config::{RouterConfig, TlsConfig, TlsSource};
+use crate::discovery::{file, kube as kube_discovery, Publisher};
 use crate::proxy::{Proxy, ProxySettings};
 use crate::server::{self, ConnectionSettings, Lifecycle, Transport};
-use crate::table::TableHandle;
+use crate::table::{Readiness, TableHandle};
 use crate::telemetry::{names, AccessLog, Metrics};
 use crate::tls::CertStore;
 use crate::upstream::Upstream;
@@ -41,205 +42,31 @@ impl Router {
     /// Fails, saying what to fix, when a listener cannot be bound or the first table is invalid.
     pub async fn start(config: RouterConfig) -> anyhow::Result<Router> {
         config.validate()?;
-        let metrics = Metrics::new();
-        let table = TableHandle::default();
-        let readiness = Readiness::default();
-        let lifecycle = Lifecycle::default();
-        // Tasks started so far are aborted if a later step fails.
-        let mut background = Tasks::default();
-
-        let kube_client = match &config.discovery.kube {
-            Some(kube) => Some(crate::k8s::client(kube.kubeconfig.as_deref()).await?),
-            None => None,
-        };
-        if kube_client.is_none() {
-            let routes_path = config
-                .discovery
-                .routes_file
-                .clone()
-                .context("no route source configured")?;
-            let mut publisher = Publisher::new("file", table.clone(), &metrics, readiness.clone());
-            let spec = file::load_routes(&routes_path)?;
-            if let Err(errors) = publisher.apply(&spec) {
-                let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                anyhow::bail!("{}: {}", routes_path.display(), text.join("; "));
-            }
-            background.push(
-                file::watch(routes_path.clone(), publisher).with_context(|| {
-                    format!("cannot watch {} for changes", routes_path.display())
-                })?,
-            );
-        }
-
-        let cluster = match &config.cluster {
-            None => None,
-            Some(settings) => {
-                let listener = server::bind(settings.listen).with_context(|| {
-                    format!(
-                        "cannot listen on {} (cluster.listen): is another process using it? pick another port",
-                        settings.listen
-                    )
-                })?;
-                let bound = listener.local_addr()?;
-                let cluster = Cluster::new(
-                    settings,
-                    bound,
-                    table.clone(),
-                    readiness.clone(),
-                    lifecycle.shutting_down.clone(),
-                    &metrics,
-                )?;
-                background.push(tokio::spawn(cluster::server::serve(
-                    listener,
-                    cluster.clone(),
-                )));
-                background.push(cluster.start());
-                match &settings.peer_service {
-                    Some(service) => {
-                        let client = kube_client.as_ref().context(
-                            "cluster.peer_service needs Kubernetes discovery: set discovery.kube",
-                        )?;
-                        background.push(cluster::kube_peers::watch(
-                            client.clone(),
-                            service,
-                            cluster.port(),
-                            cluster.clone(),
-                        ));
-                    }
-                    None => cluster.set_peers(&settings.peers),
-                }
-                tracing::info!(me = %cluster.me(), "coordinated admission is on");
-                Some(cluster)
-            }
-        };
-        let admitter = match &cluster {
-            Some(cluster) => Admitter::Coordinated(cluster.clone()),
-            None => Admitter::Local,
-        };
+        let mut startup = Startup::new(&config).await?;
+        startup.load_routes_file()?;
+        let cluster = startup.start_cluster()?;
         let upstream = Upstream::new(
             Duration::from_millis(config.upstream.connect_timeout_ms),
             Duration::from_millis(config.upstream.idle_timeout_ms),
         );
-        let proxy = Arc::new(Proxy::new(
-            table.clone(),
-            admitter,
-            upstream.clone(),
-            ProxySettings {
-                max_request_body_bytes: config.limits.max_request_body_bytes,
-                mirror_max_body_bytes: config.mirror.max_body_bytes,
-                host_domain: config
-                    .routing
-                    .host_domain
-                    .as_ref()
-                    .map(|d| d.to_ascii_lowercase()),
-            },
-            AccessLog::new(config.log.access_log, config.log.access_log_sample),
-            &metrics,
-        ));
-        let settings = Arc::new(ConnectionSettings::new(&config.limits));
-
-        let admin_listener = server::bind(config.listen.admin)
-            .with_context(|| format!("cannot listen on {} (listen.admin)", config.listen.admin))?;
+        let proxy = startup.proxy(cluster.as_ref(), upstream.clone());
+        let admin_listener = bind(config.listen.admin, "listen.admin", None)?;
         let admin_addr = admin_listener.local_addr()?;
-        let mut http_addr = None;
-        if config.allow_insecure_connections {
-            let listener = server::bind(config.listen.http).with_context(|| {
-                format!(
-                    "cannot listen on {} (listen.http): is another process using it? pick another with --listen",
-                    config.listen.http
-                )
-            })?;
-            http_addr = Some(listener.local_addr()?);
-            background.push(tokio::spawn(server::serve(
-                listener,
-                Transport::Plain,
-                proxy.clone(),
-                settings.clone(),
-                lifecycle.clone(),
-                metrics.gauge(names::OPEN_CONNECTIONS, &[("listener", "http")]),
-            )));
-        }
-        let mut https_addr = None;
-        let mut cert_store = None;
-        if let Some(tls) = &config.tls {
-            let (store, watcher) = start_certificates(tls, &metrics, kube_client.as_ref()).await?;
-            background.extend(watcher);
-            let server_config =
-                crate::tls::server_config(store.clone(), &tls.min_version, tls.session_resumption)?;
-            let listener = server::bind(config.listen.https).with_context(|| {
-                format!(
-                    "cannot listen on {} (listen.https): is another process using it? pick another with --tls-listen",
-                    config.listen.https
-                )
-            })?;
-            https_addr = Some(listener.local_addr()?);
-            cert_store = Some(store);
-            background.push(tokio::spawn(server::serve(
-                listener,
-                Transport::Tls {
-                    acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server_config)),
-                    handshake_timeout: Duration::from_millis(config.limits.header_read_timeout_ms),
-                    errors: metrics.counter(names::TLS_HANDSHAKE_ERRORS, &[]),
-                },
-                proxy.clone(),
-                settings.clone(),
-                lifecycle.clone(),
-                metrics.gauge(names::OPEN_CONNECTIONS, &[("listener", "https")]),
-            )));
-        }
-        if let (Some(client), Some(kube)) = (&kube_client, &config.discovery.kube) {
-            // Readiness comes with the first complete list (see discovery::kube::rebuild).
-            let publisher = Publisher::new("kube", table.clone(), &metrics, readiness.clone());
-            background.push(kube_discovery::start(
-                client.clone(),
-                kube,
-                publisher,
-                &metrics,
-            ));
-        }
-        if let (Some(client), Some(kube), true) = (
-            &kube_client,
-            &config.discovery.kube,
-            config.autoscale.enabled,
-        ) {
-            background.push(crate::autoscale::spawn(
-                client.clone(),
-                &kube.namespaces,
-                &config.autoscale,
-                table.clone(),
-                match &cluster {
-                    // The owner of a deployment admits for every replica: its counts are the
-                    // cluster's, and it alone acts.
-                    Some(cluster) => {
-                        let cluster = cluster.clone();
-                        Arc::new(move |endpoint: &str, deployment: &str| {
-                            cluster.owns(endpoint, deployment)
-                        }) as Arc<dyn crate::autoscale::Ownership>
-                    }
-                    None => Arc::new(crate::autoscale::SingleReplica),
-                },
-                &metrics,
-            ));
-        }
-        background.push(tokio::spawn(admin::serve(
-            admin_listener,
-            AdminState {
-                readiness: readiness.clone(),
-                lifecycle: lifecycle.clone(),
-                table: table.clone(),
-                metrics: metrics.clone(),
-            },
-        )));
-        let upkeep_metrics = metrics.clone();
-        background.push(tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                every.tick().await;
-                upkeep_metrics.run_upkeep();
-                upstream.sweep();
-            }
-        }));
+        let http_addr = startup.serve_http(&proxy)?;
+        let (https_addr, cert_store) = startup.serve_https(&proxy).await?.unzip();
+        startup.watch_kube_routes();
+        startup.start_autoscaler(cluster.as_ref());
+        startup.serve_admin(admin_listener);
+        startup.keep_up(upstream);
         tracing::info!(http = ?http_addr, https = ?https_addr, admin = %admin_addr, "scoregate is serving");
+        let Startup {
+            metrics,
+            table,
+            readiness,
+            lifecycle,
+            tasks,
+            ..
+        } = startup;
         Ok(Router {
             http_addr,
             https_addr,
@@ -251,7 +78,7 @@ impl Router {
             metrics,
             readiness,
             cluster,
-            background: background.disarm(),
+            background: tasks.disarm(),
         })
     }
 
@@ -341,10 +168,6 @@ impl Tasks {
         self.0.push(task);
     }
 
-    fn extend(&mut self, tasks: impl IntoIterator<Item = tokio::task::JoinHandle<()>>) {
-        self.0.extend(tasks);
-    }
-
     fn disarm(mut self) -> Vec<tokio::task::JoinHandle<()>> {
         std::mem::take(&mut self.0)
     }
@@ -358,38 +181,305 @@ impl Drop for Tasks {
     }
 }
 
+/// A router being started, step by step (the composition root: every layer meets here).
+struct Startup<'c> {
+    config: &'c RouterConfig,
+    metrics: Metrics,
+    table: TableHandle,
+    readiness: Readiness,
+    lifecycle: Lifecycle,
+    kube_client: Option<kube::Client>,
+    settings: Arc<ConnectionSettings>,
+    tasks: Tasks,
+}
+
+impl<'c> Startup<'c> {
+    async fn new(config: &'c RouterConfig) -> anyhow::Result<Startup<'c>> {
+        let kube_client = match &config.discovery.kube {
+            Some(kube) => Some(crate::k8s::client(kube.kubeconfig.as_deref()).await?),
+            None => None,
+        };
+        Ok(Startup {
+            config,
+            metrics: Metrics::new(),
+            table: TableHandle::default(),
+            readiness: Readiness::default(),
+            lifecycle: Lifecycle::default(),
+            kube_client,
+            settings: Arc::new(ConnectionSettings::new(&config.limits)),
+            tasks: Tasks::default(),
+        })
+    }
+
+    fn publisher(&self, source: &'static str) -> Publisher {
+        Publisher::new(
+            source,
+            self.table.clone(),
+            &self.metrics,
+            self.readiness.clone(),
+        )
+    }
+
+    /// Without Kubernetes discovery: the first table from the routes file (refusing to start on
+    /// a bad one), then the file's watch.
+    fn load_routes_file(&mut self) -> anyhow::Result<()> {
+        if self.kube_client.is_some() {
+            return Ok(());
+        }
+        let routes_path = self
+            .config
+            .discovery
+            .routes_file
+            .clone()
+            .context("no route source configured")?;
+        let mut publisher = self.publisher("file");
+        let spec = file::load_routes(&routes_path)?;
+        if let Err(errors) = publisher.apply(&spec) {
+            let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            anyhow::bail!("{}: {}", routes_path.display(), text.join("; "));
+        }
+        let watch = file::watch(routes_path.clone(), publisher)
+            .with_context(|| format!("cannot watch {} for changes", routes_path.display()))?;
+        self.tasks.push(watch);
+        Ok(())
+    }
+
+    /// With a `cluster` section: the internal port, the view, and the peers (a static list, or
+    /// the router's Service in Kubernetes).
+    fn start_cluster(&mut self) -> anyhow::Result<Option<Arc<Cluster>>> {
+        let Some(settings) = &self.config.cluster else {
+            return Ok(None);
+        };
+        let listener = server::bind(settings.listen).with_context(|| {
+            format!(
+                "cannot listen on {} (cluster.listen): is another process using it? pick another port",
+                settings.listen
+            )
+        })?;
+        let cluster = Cluster::new(
+            settings,
+            listener.local_addr()?,
+            self.table.clone(),
+            self.readiness.clone(),
+            self.lifecycle.shutting_down.clone(),
+            &self.metrics,
+        )?;
+        self.tasks.push(tokio::spawn(cluster::server::serve(
+            listener,
+            cluster.clone(),
+        )));
+        self.tasks.push(cluster.start());
+        match &settings.peer_service {
+            Some(service) => {
+                let client = self.kube_client.as_ref().context(
+                    "cluster.peer_service needs Kubernetes discovery: set discovery.kube",
+                )?;
+                self.tasks.push(cluster::kube_peers::watch(
+                    client.clone(),
+                    service,
+                    cluster.port(),
+                    cluster.clone(),
+                ));
+            }
+            None => cluster.set_peers(&settings.peers),
+        }
+        tracing::info!(me = %cluster.me(), "coordinated admission is on");
+        Ok(Some(cluster))
+    }
+
+    /// The request handler: admitting through the cluster when there is one.
+    fn proxy(&self, cluster: Option<&Arc<Cluster>>, upstream: Upstream) -> Arc<Proxy> {
+        let config = self.config;
+        let admitter = match cluster {
+            Some(cluster) => Admitter::Coordinated(cluster.clone()),
+            None => Admitter::Local,
+        };
+        let settings = ProxySettings {
+            max_request_body_bytes: config.limits.max_request_body_bytes,
+            mirror_max_body_bytes: config.mirror.max_body_bytes,
+            host_domain: config
+                .routing
+                .host_domain
+                .as_ref()
+                .map(|d| d.to_ascii_lowercase()),
+        };
+        let access_log = AccessLog::new(config.log.access_log, config.log.access_log_sample);
+        Arc::new(Proxy::new(
+            self.table.clone(),
+            admitter,
+            upstream,
+            settings,
+            access_log,
+            &self.metrics,
+        ))
+    }
+
+    fn serve(&mut self, listener: TcpListener, transport: Transport, proxy: &Arc<Proxy>) {
+        let name = match transport {
+            Transport::Plain => "http",
+            Transport::Tls { .. } => "https",
+        };
+        self.tasks.push(tokio::spawn(server::serve(
+            listener,
+            transport,
+            proxy.clone(),
+            self.settings.clone(),
+            self.lifecycle.clone(),
+            self.metrics
+                .gauge(names::OPEN_CONNECTIONS, &[("listener", name)]),
+        )));
+    }
+
+    /// Plain HTTP, when allowed.
+    fn serve_http(&mut self, proxy: &Arc<Proxy>) -> anyhow::Result<Option<SocketAddr>> {
+        if !self.config.allow_insecure_connections {
+            return Ok(None);
+        }
+        let listener = bind(self.config.listen.http, "listen.http", Some("--listen"))?;
+        let address = listener.local_addr()?;
+        self.serve(listener, Transport::Plain, proxy);
+        Ok(Some(address))
+    }
+
+    /// HTTPS, when TLS is configured: the first certificate (refusing to start on a bad one)
+    /// and its watch, then the listener.
+    async fn serve_https(
+        &mut self,
+        proxy: &Arc<Proxy>,
+    ) -> anyhow::Result<Option<(SocketAddr, Arc<CertStore>)>> {
+        let Some(tls) = &self.config.tls else {
+            return Ok(None);
+        };
+        let (store, watcher) =
+            start_certificates(tls, &self.metrics, self.kube_client.as_ref()).await?;
+        self.tasks.push(watcher);
+        let server_config =
+            crate::tls::server_config(store.clone(), tls.min_version, tls.session_resumption)?;
+        let listener = bind(
+            self.config.listen.https,
+            "listen.https",
+            Some("--tls-listen"),
+        )?;
+        let address = listener.local_addr()?;
+        let transport = Transport::Tls {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server_config)),
+            handshake_timeout: Duration::from_millis(self.config.limits.header_read_timeout_ms),
+            errors: self.metrics.counter(names::TLS_HANDSHAKE_ERRORS, &[]),
+        };
+        self.serve(listener, transport, proxy);
+        Ok(Some((address, store)))
+    }
+
+    /// With Kubernetes discovery: the watches (readiness comes with the first complete list,
+    /// see `discovery::kube::rebuild`).
+    fn watch_kube_routes(&mut self) {
+        let (Some(client), Some(kube)) = (&self.kube_client, &self.config.discovery.kube) else {
+            return;
+        };
+        let publisher = self.publisher("kube");
+        let watches = kube_discovery::start(client.clone(), kube, publisher, &self.metrics);
+        self.tasks.push(watches);
+    }
+
+    /// The autoscaler, when on. The owner of a deployment admits for every replica: its counts
+    /// are the cluster's, and it alone acts.
+    fn start_autoscaler(&mut self, cluster: Option<&Arc<Cluster>>) {
+        let config = self.config;
+        let (Some(client), Some(kube), true) = (
+            &self.kube_client,
+            &config.discovery.kube,
+            config.autoscale.enabled,
+        ) else {
+            return;
+        };
+        let ownership: Arc<dyn Ownership> = match cluster {
+            Some(cluster) => {
+                let cluster = cluster.clone();
+                Arc::new(move |endpoint: &str, deployment: &str| cluster.owns(endpoint, deployment))
+            }
+            None => Arc::new(SingleReplica),
+        };
+        self.tasks.push(crate::autoscale::spawn(
+            client.clone(),
+            &kube.namespaces,
+            &config.autoscale,
+            self.table.clone(),
+            ownership,
+            &self.metrics,
+        ));
+    }
+
+    fn serve_admin(&mut self, listener: TcpListener) {
+        let state = AdminState {
+            readiness: self.readiness.clone(),
+            lifecycle: self.lifecycle.clone(),
+            table: self.table.clone(),
+            metrics: self.metrics.clone(),
+        };
+        self.tasks.push(tokio::spawn(admin::serve(listener, state)));
+    }
+
+    /// Every 5 s: folds histogram samples (so memory stays flat between scrapes) and closes the
+    /// pods' idle connections that expired.
+    fn keep_up(&mut self, upstream: Upstream) {
+        let metrics = self.metrics.clone();
+        self.tasks.push(tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                metrics.run_upkeep();
+                upstream.sweep();
+            }
+        }));
+    }
+}
+
+/// Binds a client-facing listener, saying which setting (and flag) to change when it is taken.
+fn bind(address: SocketAddr, setting: &str, flag: Option<&str>) -> anyhow::Result<TcpListener> {
+    server::bind(address).with_context(|| match flag {
+        Some(flag) => format!(
+            "cannot listen on {address} ({setting}): is another process using it? pick another with {flag}"
+        ),
+        None => format!("cannot listen on {address} ({setting})"),
+    })
+}
+
 /// Loads the first certificate (refusing to start on a bad one) and starts watching its source:
 /// the files, or the Secret through the Kubernetes API.
 async fn start_certificates(
     tls: &TlsConfig,
     metrics: &Metrics,
     kube_client: Option<&kube::Client>,
-) -> anyhow::Result<(Arc<CertStore>, Option<tokio::task::JoinHandle<()>>)> {
-    if let (Some(secret), None) = (&tls.secret, &tls.cert_file) {
-        let client = kube_client.context(
-            "TLS from a Secret (tls.secret) needs Kubernetes discovery: set discovery.kube or pass --discovery kube",
-        )?;
-        let (store, served) =
-            kube_discovery::load_certificate(client, secret, tls.server_name.clone(), metrics)
-                .await?;
-        let watcher = kube_discovery::watch_certificate(
-            client.clone(),
-            secret.clone(),
-            store.clone(),
-            served,
-            metrics,
-        );
-        return Ok((store, Some(watcher)));
+) -> anyhow::Result<(Arc<CertStore>, tokio::task::JoinHandle<()>)> {
+    match tls.source()? {
+        TlsSource::Secret(secret) => {
+            let client = kube_client.context(
+                "TLS from a Secret (tls.secret) needs Kubernetes discovery: set discovery.kube or pass --discovery kube",
+            )?;
+            let (store, served) =
+                kube_discovery::load_certificate(client, &secret, tls.server_name.clone(), metrics)
+                    .await?;
+            let watcher = kube_discovery::watch_certificate(
+                client.clone(),
+                secret,
+                store.clone(),
+                served,
+                metrics,
+            );
+            Ok((store, watcher))
+        }
+        TlsSource::Files {
+            cert_file,
+            key_file,
+        } => {
+            let (cert, key) = crate::tls::read_pair(&cert_file, &key_file)?;
+            let origin = crate::tls::files_origin(&cert_file, &key_file);
+            let store = CertStore::new(&cert, &key, &origin, tls.server_name.clone(), metrics)?;
+            let watcher = crate::tls::watch_files(store.clone(), cert_file.clone(), key_file)
+                .with_context(|| format!("cannot watch {} for changes", cert_file.display()))?;
+            Ok((store, watcher))
+        }
     }
-    let (Some(cert_file), Some(key_file)) = (&tls.cert_file, &tls.key_file) else {
-        anyhow::bail!("TLS needs tls.cert_file and tls.key_file, or tls.secret");
-    };
-    let (cert, key) = crate::tls::read_pair(cert_file, key_file)?;
-    let origin = crate::tls::files_origin(cert_file, key_file);
-    let store = CertStore::new(&cert, &key, &origin, tls.server_name.clone(), metrics)?;
-    let watcher = crate::tls::watch_files(store.clone(), cert_file.clone(), key_file.clone())
-        .with_context(|| format!("cannot watch {} for changes", cert_file.display()))?;
-    Ok((store, Some(watcher)))
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

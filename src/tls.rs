@@ -26,6 +26,7 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::config::TlsVersion;
 use crate::telemetry::{names, Metrics};
 use crate::watch::FileWatcher;
 
@@ -370,12 +371,12 @@ impl ResolvesServerCert for CertStore {
 /// `http/1.1`, session resumption on or off.
 pub fn server_config(
     store: Arc<CertStore>,
-    min_version: &str,
+    min_version: TlsVersion,
     session_resumption: bool,
 ) -> anyhow::Result<ServerConfig> {
     let versions: &[&'static rustls::SupportedProtocolVersion] = match min_version {
-        "1.3" => &[&rustls::version::TLS13],
-        _ => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::V1_3 => &[&rustls::version::TLS13],
+        TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
     };
     let provider = store.provider.clone();
     let mut config = ServerConfig::builder_with_provider(provider)

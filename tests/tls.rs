@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use scoregate::config::TlsConfig;
+use scoregate::config::{TlsConfig, TlsVersion};
 use scoregate::sample_model::SampleModel;
 use support::{guard, simple_routes, Harness, KEY};
 
@@ -263,7 +263,7 @@ async fn tls12_and_tls13_handshakes_alpn_and_the_served_chain() {
 async fn minimum_version_13_refuses_tls12_clients() {
     let pki = pki(&["ml.example.com"]);
     let r = tls_router(&pki.chain_pem, &pki.key_pem, |t| {
-        t.min_version = "1.3".into()
+        t.min_version = TlsVersion::V1_3
     })
     .await;
     let tls12 = client_config(&[&pki.root_der], &[&rustls::version::TLS12], &[b"http/1.1"]);
