@@ -16,8 +16,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-use crate::discovery::Readiness;
 use crate::server::Lifecycle;
+use crate::table::Readiness;
 use crate::table::TableHandle;
 use crate::telemetry::Metrics;
 

@@ -239,10 +239,18 @@ impl EndpointSpec {
                 "the secondary key is empty: remove it or set a key".into(),
             );
         }
-        let exists = |d: &str| {
-            spec.deployments
-                .contains_key(&(self.name.clone(), d.to_owned()))
-        };
+        self.validate_traffic(spec, &mut err);
+        self.validate_mirror(spec, &mut err);
+    }
+
+    /// Whether `spec` declares deployment `deployment` of this endpoint.
+    fn has_deployment(&self, spec: &RouteSpec, deployment: &str) -> bool {
+        spec.deployments
+            .contains_key(&(self.name.clone(), deployment.to_owned()))
+    }
+
+    /// Live traffic: known deployments, weights summing to 0 or 100.
+    fn validate_traffic(&self, spec: &RouteSpec, err: &mut impl FnMut(&str, String)) {
         let mut total: u32 = 0;
         for (deployment, percent) in &self.traffic {
             total += u32::from(*percent);
@@ -252,7 +260,7 @@ impl EndpointSpec {
                     format!("`{deployment}: {percent}` is above 100 percent"),
                 );
             }
-            if !exists(deployment) {
+            if !self.has_deployment(spec, deployment) {
                 err(
                     ".traffic",
                     format!(
@@ -269,6 +277,10 @@ impl EndpointSpec {
                 format!("weights sum to {total}: they must sum to 0 (no live traffic) or 100"),
             );
         }
+    }
+
+    /// Mirrored traffic: one known deployment without live traffic, at most 50 percent.
+    fn validate_mirror(&self, spec: &RouteSpec, err: &mut impl FnMut(&str, String)) {
         if self.mirror_traffic.len() > 1 {
             err(
                 ".mirror_traffic",
@@ -291,7 +303,7 @@ impl EndpointSpec {
                     ),
                 );
             }
-            if !exists(deployment) {
+            if !self.has_deployment(spec, deployment) {
                 err(
                     ".mirror_traffic",
                     format!(

@@ -7,14 +7,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::autoscaling::v1::Scale;
 use tokio::time::MissedTickBehavior;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::decide::{decide, Policy, Sample, State};
+use super::decide::{decide, Decision, Policy, Sample, State};
 use super::objects::{Target, TargetKey, Watches};
+use super::ownership::Ownership;
 use super::report::{self, TargetMetrics};
 use super::writes::{replicas_of, ScaleError, Writer};
-use super::Ownership;
 use crate::admission::AdmissionStats;
 use crate::crd::AutoscaleStatus;
 use crate::table::TableHandle;
@@ -149,25 +150,10 @@ impl Actor {
 
     /// One decision interval.
     async fn interval(&mut self) {
-        if !self.check_ownership() {
+        if !self.check_ownership() || self.blocked_by_hpa().await {
             return;
         }
         let t = &self.target;
-        if let Some(hpa) = self
-            .shared
-            .watches
-            .hpa_for(&t.namespace, &t.target_deployment)
-        {
-            self.refuse(hpa).await;
-            return;
-        }
-        if let Some(hpa) = self.refused_by.take() {
-            tracing::info!(
-                endpoint = %t.endpoint, deployment = %t.deployment, hpa,
-                "autoscaler: the HorizontalPodAutoscaler is gone; autoscaling resumes"
-            );
-            self.metrics.refused.set(0.0);
-        }
         let scale = match self
             .shared
             .writer
@@ -191,43 +177,80 @@ impl Actor {
         };
         let decision = decide(self.state, sample, &self.policy);
         self.state = decision.state;
-        let mut replicas_now = sample.current;
-        if decision.replicas != sample.current {
-            // Fencing: ownership may have moved while the scale was read.
-            if !self.owns() {
-                return;
+        let replicas_now = if decision.replicas == sample.current {
+            sample.current
+        } else {
+            match self.scale(&scale, sample.current, decision.replicas).await {
+                Some(replicas) => replicas,
+                None => return,
             }
-            let written = self
-                .shared
-                .writer
-                .write_scale(
-                    &t.namespace,
-                    &t.target_deployment,
-                    &scale,
-                    decision.replicas,
-                )
-                .await;
-            match written {
-                Ok(written) => {
-                    replicas_now = replicas_of(&written);
-                    self.last_scale_time = Some(report::now_rfc3339());
-                    let delta = u64::from(replicas_now.abs_diff(sample.current));
-                    if replicas_now > sample.current {
-                        self.metrics.scaled_up.increment(delta);
-                    } else {
-                        self.metrics.scaled_down.increment(delta);
-                    }
+        };
+        self.report(sample, &decision, replicas_now).await;
+    }
+
+    /// Whether an HPA scales the target Deployment (then refused); notes when it is gone.
+    async fn blocked_by_hpa(&mut self) -> bool {
+        let t = &self.target;
+        if let Some(hpa) = self
+            .shared
+            .watches
+            .hpa_for(&t.namespace, &t.target_deployment)
+        {
+            self.refuse(hpa).await;
+            return true;
+        }
+        if let Some(hpa) = self.refused_by.take() {
+            tracing::info!(
+                endpoint = %t.endpoint, deployment = %t.deployment, hpa,
+                "autoscaler: the HorizontalPodAutoscaler is gone; autoscaling resumes"
+            );
+            self.metrics.refused.set(0.0);
+        }
+        false
+    }
+
+    /// Writes `replicas` over the `current` ones of `scale`; the replicas written, or `None`
+    /// when this replica no longer owns the deployment or the write failed.
+    async fn scale(&mut self, scale: &Scale, current: u32, replicas: u32) -> Option<u32> {
+        // Fencing: ownership may have moved while the scale was read.
+        if !self.owns() {
+            return None;
+        }
+        let t = &self.target;
+        let written = self
+            .shared
+            .writer
+            .write_scale(&t.namespace, &t.target_deployment, scale, replicas)
+            .await;
+        match written {
+            Ok(written) => {
+                let replicas_now = replicas_of(&written);
+                self.last_scale_time = Some(report::now_rfc3339());
+                let delta = u64::from(replicas_now.abs_diff(current));
+                if replicas_now > current {
+                    self.metrics.scaled_up.increment(delta);
+                } else {
+                    self.metrics.scaled_down.increment(delta);
                 }
-                Err(error) => return self.failed(error).await,
+                Some(replicas_now)
+            }
+            Err(error) => {
+                self.failed(error).await;
+                None
             }
         }
+    }
+
+    /// Sets the gauges, and logs and publishes the decision: at info level with a status write
+    /// when something changed, at debug level otherwise.
+    async fn report(&mut self, sample: Sample, decision: &Decision, replicas_now: u32) {
         let t = &self.target;
         self.metrics.desired.set(f64::from(decision.desired));
         self.metrics.current.set(f64::from(replicas_now));
         let status = report::decision_status(
             sample,
             &self.policy,
-            &decision,
+            decision,
             replicas_now,
             self.last_scale_time.clone(),
         );

@@ -4,9 +4,26 @@
 use metrics::{Counter, Gauge};
 
 use super::decide::{utilization_percent, Decision, Policy, Sample};
-use super::names;
 use crate::crd::AutoscaleStatus;
 use crate::telemetry::Metrics;
+
+/// Metric names of the autoscaler (all labelled by `endpoint` and `deployment`).
+pub mod names {
+    /// Replicas the load asks for, within `minInstances..maxInstances`.
+    pub const DESIRED_REPLICAS: &str = "scoregate_autoscale_desired_replicas";
+    /// Replicas of the target Deployment after the last decision.
+    pub const CURRENT_REPLICAS: &str = "scoregate_autoscale_current_replicas";
+    /// Replicas added or removed, by `direction` (`up`, `down`).
+    pub const SCALE_EVENTS: &str = "scoregate_autoscale_scale_events_total";
+    /// 1 while the autoscaler leaves the deployment alone, by `reason` (`hpa`).
+    pub const REFUSED: &str = "scoregate_autoscale_refused";
+    /// Times the autoscaler started refusing, by `reason` (`hpa`).
+    pub const REFUSALS: &str = "scoregate_autoscale_refusals_total";
+    /// Scale writes that lost to a concurrent change (409 Conflict).
+    pub const CONFLICTS: &str = "scoregate_autoscale_conflicts_total";
+    /// Failed reads and writes of scales and statuses.
+    pub const ERRORS: &str = "scoregate_autoscale_errors_total";
+}
 
 /// The metric handles of one deployment.
 pub struct TargetMetrics {

@@ -173,16 +173,6 @@ impl HeldLeases {
             f(held);
         }
     }
-
-    /// How many slots are held.
-    pub fn len(&self) -> usize {
-        self.entries.lock().len()
-    }
-
-    /// Whether none are.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// This replica's record of one held slot. Dropping it releases the lease everywhere.

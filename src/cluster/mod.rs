@@ -176,11 +176,6 @@ impl Cluster {
         self.view.load_full()
     }
 
-    /// Slots this replica holds for coordinated deployments now.
-    pub fn held_slots(&self) -> usize {
-        self.held.len()
-    }
-
     /// Whether this replica serves grants: it has routes and is not draining.
     pub fn is_ready(&self) -> bool {
         self.readiness.is_loaded() && !self.draining.is_cancelled()

@@ -14,9 +14,10 @@ use http::{HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
+use super::context::{Context, ProxySettings};
 use super::error::RouterError;
 use super::route::UpstreamTarget;
-use super::{headers, mirror, Context, ProxySettings};
+use super::{headers, mirror};
 use crate::admission::{Admitter, Slot};
 use crate::table::Deployment;
 use crate::upstream::{

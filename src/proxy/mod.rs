@@ -15,6 +15,7 @@
 
 pub mod admit;
 pub mod body;
+pub mod context;
 pub mod error;
 pub mod forward;
 pub mod headers;
@@ -24,11 +25,10 @@ pub mod respond;
 pub mod route;
 pub mod target;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::admission::Admitter;
@@ -37,53 +37,10 @@ use crate::telemetry::{AccessLog, Metrics, StatusCounters};
 use crate::upstream::Upstream;
 
 pub use body::ResponseBody;
+pub use context::{ClientConn, Context, ProxySettings};
 pub use error::{Rejection, RouterError};
 use forward::Forwarder;
 use headers::RequestIds;
-
-/// Settings of the proxy itself (listeners and limits on connections live in the server).
-#[derive(Clone, Debug)]
-pub struct ProxySettings {
-    /// Largest request body accepted (413 above).
-    pub max_request_body_bytes: u64,
-    /// Largest body copied to a mirror deployment; larger requests are not mirrored.
-    pub mirror_max_body_bytes: usize,
-    /// `Some("ml.example.com")` routes `Host: {endpoint}.ml.example.com` (lowercase, no dot).
-    pub host_domain: Option<String>,
-}
-
-/// The connection a request came in on.
-#[derive(Clone, Debug)]
-pub struct ClientConn {
-    /// The client's address.
-    pub remote: SocketAddr,
-    /// Whether the connection is TLS.
-    pub tls: bool,
-    /// The client's IP as a header value, formatted once per connection.
-    client_ip: HeaderValue,
-}
-
-impl ClientConn {
-    /// A connection from `remote`, over TLS or not.
-    pub fn new(remote: SocketAddr, tls: bool) -> Self {
-        ClientConn {
-            remote,
-            tls,
-            client_ip: headers::client_ip_value(remote.ip()),
-        }
-    }
-}
-
-/// What every phase knows of a request beyond its message.
-#[derive(Debug)]
-pub struct Context {
-    /// When the request arrived.
-    pub started: Instant,
-    /// Its ids, as they go to the pod and back to the client.
-    pub ids: RequestIds,
-    /// The connection it came in on.
-    pub conn: ClientConn,
-}
 
 /// The router's request handler.
 pub struct Proxy {

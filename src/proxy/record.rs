@@ -8,9 +8,9 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response};
 
 use super::body::ResponseBody;
+use super::context::Context;
 use super::error::{Rejection, Scope};
 use super::respond::Responded;
-use super::Context;
 use crate::table::Deployment;
 use crate::telemetry::{ms, AccessLog, RequestRecord, StatusCounters};
 

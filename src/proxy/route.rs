@@ -13,9 +13,10 @@ use http::header::{CONTENT_LENGTH, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Request, Version};
 
+use super::context::ProxySettings;
 use super::error::{Rejection, RouterError};
 use super::headers::MODEL_DEPLOYMENT;
-use super::{target, ProxySettings};
+use super::target;
 use crate::table::{Deployment, Endpoint, TableHandle};
 
 /// Where a routed request goes.
