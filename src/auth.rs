@@ -8,7 +8,7 @@
 //! Token mode (`aml_token`) accepts an HS256 JWT whose audience is the endpoint, issued by
 //! `scoregate token`, signed with the primary key and verified with either key (so rotating keys
 //! does not invalidate tokens signed with the key that stays). Tokens expire; keys don't
-//! (`shared/reference/azureml-fe-behaviour.md` §3.1).
+//! (`docs/ARCHITECTURE.md`, "Authentication").
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -1,6 +1,6 @@
 //! scoregate's custom resources: `OnlineEndpoint` and `OnlineDeployment` (group `scoregate.io`,
 //! version `v1`, namespaced), the Kubernetes form of Azure ML's online endpoints and deployments
-//! (`shared/reference/azureml-fe-behaviour.md` §2, §4, §5).
+//! (`docs/ARCHITECTURE.md`, "The contract").
 //!
 //! ```yaml
 //! apiVersion: scoregate.io/v1

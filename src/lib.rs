@@ -1,8 +1,14 @@
 //! scoregate: an inference router for Azure ML style online endpoints on Kubernetes.
 //!
-//! The request path (DESIGN.md): [`proxy`] answers requests from the [`table::RoutingTable`]
-//! that [`discovery`] publishes; [`balance`] admits them onto pods; [`upstream`] forwards them.
-//! [`router::Router`] assembles one instance; [`demo`] runs one with [`sample_model`] pods.
+//! The request path, phase by phase ([`proxy`]): route against the [`table::RoutingTable`] that
+//! [`discovery`] publishes, admit onto a pod under its cap ([`admission`], across replicas
+//! through [`cluster`]), forward on the pod's connection ([`upstream`]), respond, record
+//! ([`telemetry`]). [`server`] accepts the connections and guards HTTP/1 framing ([`http1`]);
+//! [`router::Router`] assembles one instance (the only module that wires the layers together);
+//! [`demo`] runs one with [`sample_model`] pods.
+//!
+//! `docs/ARCHITECTURE.md` describes the request path, the module map, the layers (a module
+//! imports only from the layers below it) and the invariants, and where each is kept.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -2,7 +2,7 @@
 //! (the routes file, Kubernetes watches) describes them, before they become a [`crate::table::RoutingTable`].
 //!
 //! Names, defaults and rules follow Azure ML's online endpoints
-//! (`shared/reference/azureml-fe-behaviour.md` §2, §4, §5.1).
+//! (`docs/ARCHITECTURE.md`, "The contract": scoring URIs, traffic and mirroring, request settings).
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,5 +1,5 @@
 //! A sample model server that behaves like the Azure ML inference server
-//! (`shared/reference/azureml-fe-behaviour.md` §7): `GET /` → `Healthy`; `/score` runs a toy model
+//! (`docs/ARCHITECTURE.md`, "Model pods"): `GET /` → `Healthy`; `/score` runs a toy model
 //! for GET, POST and OPTIONS and answers 405 otherwise; `GET /swagger.json`; failures are 500 with
 //! `x-ms-run-function-failed: True`; request ids are echoed.
 //!

@@ -7,7 +7,7 @@
 //! refused, logged and counted; the current certificate stays. Open connections keep the
 //! certificate they were made with.
 //!
-//! Azure ML's router offers only TLS 1.2 (`shared/reference/azureml-fe-behaviour.md` §8.3);
+//! Azure ML's router offers only TLS 1.2 (`docs/ARCHITECTURE.md`, "TLS");
 //! scoregate offers 1.2 and 1.3, with the minimum configurable, and ALPN `h2` and `http/1.1`.
 
 use std::path::{Path, PathBuf};

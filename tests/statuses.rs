@@ -1,4 +1,4 @@
-//! Every status of DESIGN.md's table that the router core owns, each created for real over
+//! Every status of the table in `docs/ARCHITECTURE.md` that the router core owns, each created for real over
 //! sockets: 404, 401, 503, 429, 504, 502, 413, and the model's own 500 passed through.
 //! Every router error carries `{"error":{"code","message","requestId"}}` with the request id of
 //! the `x-request-id` header.

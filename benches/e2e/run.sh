@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # scoregate side-by-side benchmark (issue 6): scoregate vs nginx vs HAProxy vs the backend direct,
-# on one core each, with the method of shared/reference/bench-baseline.md ("split" layout).
+# on one core each, with the method benches/README.md describes ("split" layout).
 #
 #   benches/e2e/run.sh            # full run (about 10 minutes of load after the build)
 #   benches/e2e/run.sh --quick    # smoke test: 1 round, 3 s runs
@@ -744,7 +744,7 @@ git_rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
     echo
     echo "## Settings"
     echo
-    echo "Method of \`shared/reference/bench-baseline.md\`, split layout: servers (backend and every proxy) pinned to CPU $SERVER_CPU with \`taskset\`, load generator pinned to CPU $LOADGEN_CPU; one worker each (nginx \`worker_processes 1\`, haproxy \`nbthread 1\`, scoregate \`--workers 1\` = a current-thread runtime); runs interleaved A B C D A B C D …, $ROUNDS round(s), each recorded run preceded by a ${WARMUP} s unrecorded warm-up against the same target; figures are the median of the rounds; spread = (max−min)/median of the rate."
+    echo "Method of \`benches/README.md\`, split layout: servers (backend and every proxy) pinned to CPU $SERVER_CPU with \`taskset\`, load generator pinned to CPU $LOADGEN_CPU; one worker each (nginx \`worker_processes 1\`, haproxy \`nbthread 1\`, scoregate \`--workers 1\` = a current-thread runtime); runs interleaved A B C D A B C D …, $ROUNDS round(s), each recorded run preceded by a ${WARMUP} s unrecorded warm-up against the same target; figures are the median of the rounds; spread = (max−min)/median of the rate."
     echo
     echo "- Request, identical for every target: \`POST $SCORE_PATH\` (direct: \`POST /score\`), \`Authorization: Bearer <key>\`, \`Content-Type: application/json\`, 46-byte JSON body; response: 107-byte JSON from the backend (nginx \`return 200\`, 1 worker, keep-alive 1e8 requests/75 s, \`stub_status\` counts its new connections)."
     echo "- nginx: \`upstream { keepalive 128; keepalive_requests 1e8; keepalive_timeout 75s; }\`, \`proxy_http_version 1.1\`, \`Connection \"\"\`, buffering on (default), client \`keepalive_requests 1e8\`, \`access_log off\`; rewrites the path to the backend's \`/score\`."

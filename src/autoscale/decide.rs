@@ -1,7 +1,7 @@
 //! The decision: a pure function from the memory of earlier intervals, one load sample and the
 //! deployment's policy to the replica count to set now.
 //!
-//! Azure ML (`shared/reference/azureml-fe-behaviour.md` §5.3): utilization = (replicas busy
+//! Azure ML (`docs/ARCHITECTURE.md`, "Autoscaling"): utilization = (replicas busy
 //! processing a request + requests queued in the router) / current replicas; above the target
 //! (default 70 %) replicas are added "eager and fast", below it they are removed
 //! "conservatively (around 20 times of the scale up refresh interval)".

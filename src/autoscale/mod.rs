@@ -1,5 +1,5 @@
 //! Request-based autoscaling of model deployments, as azureml-fe does it
-//! (`shared/reference/azureml-fe-behaviour.md` §5.3): for each OnlineDeployment with
+//! (`docs/ARCHITECTURE.md`, "Autoscaling"): for each OnlineDeployment with
 //! `scaleSettings.type: targetUtilization` and a `targetDeployment`, the router replica that owns
 //! the deployment samples its load every `pollingInterval` seconds, decides a replica count and
 //! sets it through the scale subresource of that apps/v1 Deployment. It never scales nodes.

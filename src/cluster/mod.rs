@@ -1,7 +1,8 @@
 //! Coordinated admission across router replicas, so the per-pod cap holds cluster-wide.
 //!
 //! azureml-fe lets one replica own the slot accounting of a deployment; the others ask it for a
-//! pod and tell it when the pod is free again (azureml-fe-behaviour.md §1). Here, replicas find
+//! pod and tell it when the pod is free again (`docs/ARCHITECTURE.md`, "Coordinated
+//! admission"). Here, replicas find
 //! each other (a static list, or the EndpointSlices of the router's headless Service), agree on
 //! an owner per deployment by rendezvous hashing over the live ones ([`ring`], [`view`]), and
 //! ask the owner for slots over one authenticated HTTP/2 connection per peer ([`peers`],

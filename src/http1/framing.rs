@@ -21,7 +21,8 @@
 //! already being streamed: the upstream request is aborted before its body completes, so the
 //! model never receives it as a complete request.
 //!
-//! Anchors: `shared/reference/anchors.md` §5.3 (reject rather than normalise ambiguous framing).
+//! The stance (reject rather than normalise ambiguous framing): `docs/ARCHITECTURE.md`, "HTTP/1
+//! framing".
 
 /// Limits the scanner enforces on heads.
 #[derive(Clone, Copy, Debug)]

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | [`body`] | the request body sent to a pod (streamed with a limit, or in memory) |
 //! | [`connection`] | connecting to a pod; hyper's HTTP/1.1 client connection |
-//! | [`pool`] | idle keep-alive connections per pod, expiry, the sweep |
+//! | `pool` | idle keep-alive connections per pod, expiry, the sweep |
 //! | [`exchange`] | one request's slot and connection, the send and its retry-safe failure, the response body |
 //!
 //! Nothing else returns a connection to a pool: an exchange does when it ends.
