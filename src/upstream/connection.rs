@@ -11,6 +11,15 @@ use tokio::net::TcpStream;
 
 use super::body::RequestBody;
 
+/// How pod connections are made and kept.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Timeouts {
+    /// Time to establish a connection.
+    pub(super) connect: Duration,
+    /// Idle time after which a pooled connection is closed rather than reused.
+    pub(super) idle: Duration,
+}
+
 /// A handle that sends requests on one connection to a pod.
 pub type PodConnection = http1::SendRequest<RequestBody>;
 

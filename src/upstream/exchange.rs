@@ -11,7 +11,6 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
@@ -49,27 +48,18 @@ pub enum SendError {
     Failed(hyper::Error),
 }
 
-/// Connection settings an exchange uses.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Timeouts {
-    pub(super) connect: Duration,
-    pub(super) idle: Duration,
-}
-
 /// The slot and the pod connection of one request.
 pub struct Exchange {
     slot: Option<Slot>,
     pool: Arc<PodPool>,
-    timeouts: Timeouts,
     connection: Option<PodConnection>,
 }
 
 impl Exchange {
-    pub(super) fn new(slot: Slot, pool: Arc<PodPool>, timeouts: Timeouts) -> Self {
+    pub(super) fn new(slot: Slot, pool: Arc<PodPool>) -> Self {
         Exchange {
             slot: Some(slot),
             pool,
-            timeouts,
             connection: None,
         }
     }
@@ -97,7 +87,8 @@ impl Exchange {
         &mut self,
         mut request: Request<RequestBody>,
     ) -> Result<Response<Incoming>, SendError> {
-        while let Some(mut connection) = self.pool.take(self.timeouts.idle) {
+        let timeouts = self.pool.timeouts();
+        while let Some(mut connection) = self.pool.take(timeouts.idle) {
             if connection.ready().await.is_err() {
                 continue;
             }
@@ -112,8 +103,8 @@ impl Exchange {
                 },
             }
         }
-        let address = self.pod().address();
-        let mut connection = match connection::connect(address, self.timeouts.connect).await {
+        let address = self.pool.address();
+        let mut connection = match connection::connect(address, timeouts.connect).await {
             Ok(connection) => connection,
             Err(error) => {
                 return Err(SendError::NotSent {

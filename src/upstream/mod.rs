@@ -24,45 +24,42 @@ pub use connection::PodConnection;
 pub use exchange::{Ending, Exchange, PodBody, SendError};
 
 use crate::admission::Slot;
-use exchange::Timeouts;
+use connection::Timeouts;
 use pool::Pools;
 
 /// The router's side of every pod connection.
 #[derive(Clone)]
 pub struct Upstream {
-    timeouts: Timeouts,
     pools: Arc<Pools>,
 }
 
 impl Upstream {
     /// Connections time out after `connect_timeout` and are not reused after `idle_timeout` idle.
     pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Self {
+        let timeouts = Timeouts {
+            connect: connect_timeout,
+            idle: idle_timeout,
+        };
         Upstream {
-            timeouts: Timeouts {
-                connect: connect_timeout,
-                idle: idle_timeout,
-            },
-            pools: Arc::default(),
+            pools: Arc::new(Pools::new(timeouts)),
         }
     }
 
     /// Starts the exchange of one request on the pod `slot` is for.
     pub fn exchange(&self, slot: Slot) -> Exchange {
         let pool = self.pools.of(slot.pod().address());
-        Exchange::new(slot, pool, self.timeouts)
+        Exchange::new(slot, pool)
     }
 
     /// Closes idle connections past the idle timeout and forgets pools nobody uses (run now and
     /// then: it is what ends the idle connections of a pod that went away).
     pub fn sweep(&self) {
-        self.pools.sweep(self.timeouts.idle);
+        self.pools.sweep();
     }
 }
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream")
-            .field("timeouts", &self.timeouts)
-            .finish()
+        f.debug_struct("Upstream").finish_non_exhaustive()
     }
 }
