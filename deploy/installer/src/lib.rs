@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod dryrun;
 pub mod impact;
 pub mod kinds;
+pub mod names;
 pub mod ops;
 pub mod pem;
 pub mod problem;

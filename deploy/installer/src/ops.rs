@@ -9,10 +9,11 @@ use kube::Client;
 use crate::apply::{self, ApplyOutcome, RemoveOutcome};
 use crate::cluster;
 use crate::impact;
+use crate::names::check_dns_name;
 use crate::problem::{Notice, Problems};
 use crate::render::record::{ExtensionRecord, EXTENSION_TYPE};
 use crate::render::{self, Manifest};
-use crate::settings::{check_dns_name, RawSettings, Settings};
+use crate::settings::{RawSettings, Settings};
 use crate::status::{self, Component, ExtensionStatus, StoredExtension, WaitOptions};
 use crate::validate::{
     self, ClusterFacts, KubernetesVersion, MIN_KUBERNETES_MINOR, SLEEP_ACTION_MINOR,

@@ -4,7 +4,7 @@
 use std::cmp::Ordering;
 use std::net::IpAddr;
 
-use crate::settings::{check_dns_subdomain, check_label_value};
+use crate::names::{check_dns_subdomain, check_label_key, check_label_value};
 
 /// One toleration, as `kubectl taint` writes a taint: `key=value:Effect` tolerates that taint
 /// (operator `Equal`), `key:Effect` any value of it, `key` every effect (operator `Exists`).
@@ -39,7 +39,7 @@ pub fn parse_tolerations(text: &str) -> Result<Vec<TolerationSpec>, String> {
             Some((key, value)) => (key, Some(value)),
             None => (taint, None),
         };
-        crate::settings::check_label_key(key).map_err(|e| {
+        check_label_key(key).map_err(|e| {
             format!(
                 "`{item}`: the taint key {e}; write key[=value][:Effect], e.g. sku=gpu:NoSchedule"
             )
@@ -140,7 +140,7 @@ pub fn parse_namespaces(text: &str) -> Result<Vec<String>, String> {
 
 /// Checks an annotation key: `[prefix/]name`, as a label key.
 pub fn check_annotation_key(key: &str) -> Result<(), String> {
-    crate::settings::check_label_key(key)
+    check_label_key(key)
 }
 
 /// Parses an IP address.
