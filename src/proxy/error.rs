@@ -63,6 +63,8 @@ pub enum RouterError {
     Framing(Violation),
     /// An HTTP/1 request head that did not arrive within the header timeout.
     HeadTimeout,
+    /// Plain HTTP sent to the HTTPS port (answered in plain HTTP, as nginx does).
+    PlainHttpToHttpsPort,
 }
 
 impl From<AdmitError> for RouterError {
@@ -95,7 +97,9 @@ impl RouterError {
                 StatusCode::BAD_GATEWAY
             }
             RouterError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            RouterError::BadRequestBody | RouterError::HostMismatch => StatusCode::BAD_REQUEST,
+            RouterError::BadRequestBody
+            | RouterError::HostMismatch
+            | RouterError::PlainHttpToHttpsPort => StatusCode::BAD_REQUEST,
             RouterError::Framing(violation) => violation.status(),
             RouterError::HeadTimeout => StatusCode::REQUEST_TIMEOUT,
         }
@@ -124,6 +128,7 @@ impl RouterError {
             RouterError::HostMismatch => "HostMismatch",
             RouterError::Framing(violation) => violation.code(),
             RouterError::HeadTimeout => "RequestTimeout",
+            RouterError::PlainHttpToHttpsPort => "PlainHttpToHttpsPort",
         }
     }
 
@@ -163,6 +168,9 @@ impl RouterError {
             RouterError::Framing(violation) => violation.message(),
             RouterError::HeadTimeout => {
                 "the request head was not received in time: send the whole head promptly"
+            }
+            RouterError::PlainHttpToHttpsPort => {
+                "the plain HTTP request was sent to the HTTPS port: use https://, or the plain HTTP port"
             }
         }
     }

@@ -116,6 +116,38 @@ pub async fn sniff_plain(stream: &TcpStream, timeout: Duration) -> Protocol {
     }
 }
 
+/// The longest plain-HTTP head read from a TLS port before it is answered.
+const PLAIN_HEAD_MAX: usize = 16 * 1024;
+
+/// Whether a connection to the TLS port starts with plain HTTP: a TLS record starts with a
+/// content type byte (22 for a handshake), an HTTP/1 request with the method's capital letters.
+/// Waits for the first byte at most until `deadline`.
+pub async fn starts_with_plain_http(stream: &TcpStream, deadline: tokio::time::Instant) -> bool {
+    let mut first = [0u8; 1];
+    matches!(
+        tokio::time::timeout_at(deadline, stream.peek(&mut first)).await,
+        Ok(Ok(1)) if first[0].is_ascii_uppercase()
+    )
+}
+
+/// Answers plain HTTP sent to the TLS port with 400, as nginx does: reads the head (so closing
+/// does not reset the connection before the client reads the answer), writes the refusal, closes.
+pub async fn refuse_plain_http(mut stream: TcpStream, deadline: tokio::time::Instant) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while head.len() < PLAIN_HEAD_MAX && memchr::memmem::find(&head, b"\r\n\r\n").is_none() {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let answer =
+        crate::proxy::error::http1_refusal(crate::proxy::RouterError::PlainHttpToHttpsPort);
+    let _ = tokio::time::timeout_at(deadline, stream.write_all(&answer)).await;
+    let _ = stream.shutdown().await;
+}
+
 /// A response body that marks its request finished when it ends or is dropped.
 pub struct TrackedBody {
     inner: ResponseBody,

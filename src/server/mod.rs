@@ -114,9 +114,15 @@ pub async fn serve(
                 errors,
             } => lifecycle.connections.spawn(async move {
                 gauge.increment(1.0);
-                match tokio::time::timeout_at(accepted + handshake_timeout, acceptor.accept(stream))
-                    .await
-                {
+                let deadline = accepted + handshake_timeout;
+                if connection::starts_with_plain_http(&stream, deadline).await {
+                    errors.increment(1);
+                    connection::refuse_plain_http(stream, deadline).await;
+                    gauge.decrement(1.0);
+                    drop(permit);
+                    return;
+                }
+                match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
                         let conn = ClientConn::new(remote, true);
                         let protocol = match tls.get_ref().1.alpn_protocol() {
