@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 
 use crate::config::RouterConfig;
-use crate::router::Router;
+use crate::router::{ListenError, Router};
 use crate::sample_model::SampleModel;
 
 /// Where the demo listens.
@@ -67,12 +67,7 @@ impl Demo {
         config.discovery.routes_file = Some(routes_file.clone());
         config.shutdown.drain_delay_ms = 0;
         config.shutdown.grace_period_ms = 5_000;
-        let router = Router::start(config).await.with_context(|| {
-            format!(
-                "starting the demo router on 127.0.0.1:{} (choose other ports with --port and --admin-port)",
-                options.port
-            )
-        })?;
+        let router = Router::start(config).await.map_err(demo_flags)?;
         Ok(Demo {
             router,
             pods,
@@ -113,6 +108,25 @@ impl Demo {
              \n\nPress Ctrl-C to stop.\n",
             routes = self.routes_file.display(),
         )
+    }
+}
+
+/// Says which of the demo's own flags moves a port that is taken.
+fn demo_flags(error: anyhow::Error) -> anyhow::Error {
+    match error.downcast_ref::<ListenError>() {
+        Some(listen) => {
+            let flag = match listen.setting {
+                "listen.admin" => "--admin-port",
+                _ => "--port",
+            };
+            anyhow::anyhow!(
+                "cannot listen on {} ({}): is another process using it? choose another port with \
+                 `scoregate demo {flag} N`",
+                listen.address,
+                listen.source
+            )
+        }
+        None => error.context("starting the demo router"),
     }
 }
 

@@ -9,10 +9,12 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
-use scoregate::config::{ConfigError, KubeDiscoveryConfig, RouterConfig, SecretRef, TlsConfig};
+use scoregate::config::{
+    ConfigError, KubeDiscoveryConfig, RouterConfig, SecretRef, TlsConfig, TlsSource,
+};
 use scoregate::demo::{Demo, DemoOptions};
 use scoregate::discovery::file::load_routes;
-use scoregate::router::Router;
+use scoregate::router::{ListenError, Router, Stopped};
 use scoregate::telemetry::{init_logging, AccessLogMode, LogFormat};
 
 /// jemalloc, with its background thread returning freed pages to the system.
@@ -330,24 +332,67 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// `scoregate serve`.
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let config = args.config()?;
-    let _logs = init_logging(config.log.format);
-    runtime(config.workers)?.block_on(async {
-        let router = Router::start(config).await?;
+    let logs = init_logging(config.log.format);
+    let runtime = runtime(config.workers)?;
+    let stopped = runtime.block_on(async {
+        let router = Router::start(config)
+            .await
+            .map_err(|e| with_serve_flag(e, args))?;
         router.run_until_signal().await
-    })
+    })?;
+    exit_now_if_forced(stopped, logs);
+    Ok(())
 }
 
-/// `scoregate check`: which listeners to open is for `serve`; everything else is checked.
+/// A second signal during the shutdown: flush the log and exit at once, without waiting for
+/// what is still running (open requests, blocking tasks).
+fn exit_now_if_forced(stopped: Stopped, logs: tracing_appender::non_blocking::WorkerGuard) {
+    if stopped == Stopped::Forced {
+        drop(logs);
+        std::process::exit(130);
+    }
+}
+
+/// Names the `serve` flag that sets a listener that could not be bound.
+fn with_serve_flag(error: anyhow::Error, args: &ServeArgs) -> anyhow::Error {
+    let Some(listen) = error.downcast_ref::<ListenError>() else {
+        return error;
+    };
+    let flag = match listen.setting {
+        "listen.http" => "--listen",
+        "listen.https" => "--tls-listen",
+        _ => "--admin-listen",
+    };
+    let source = if args.config.is_some() {
+        format!("{flag} or `{}` in the configuration file", listen.setting)
+    } else {
+        flag.to_string()
+    };
+    anyhow::anyhow!("{listen} (with {source})")
+}
+
+/// `scoregate check`: what `serve` checks before it serves, without serving: the settings, the
+/// routes file, the certificate files, and that there is a listener to serve on. It fails where
+/// `serve` would refuse to start, and prints what it found good on the way.
 fn check(args: &ServeArgs) -> anyhow::Result<()> {
     let config = args.merged()?;
     config.validate_settings()?;
+    check_routes(&config)?;
+    check_certificate(&config)?;
+    config.validate_listeners()?;
+    println!("configuration: ok");
+    Ok(())
+}
+
+/// The routes file `serve` would load, or where routes come from.
+fn check_routes(config: &RouterConfig) -> anyhow::Result<()> {
     if let Some(kube) = &config.discovery.kube {
         let scope = if kube.namespaces.is_empty() {
             "all namespaces".to_string()
         } else {
             kube.namespaces.join(", ")
         };
-        println!("configuration ok (routes from Kubernetes: {scope})");
+        println!("routes: from Kubernetes ({scope}), read when the router starts");
         return Ok(());
     }
     let path = config
@@ -362,6 +407,41 @@ fn check(args: &ServeArgs) -> anyhow::Result<()> {
         spec.endpoints.len(),
         spec.deployments.len()
     );
+    Ok(())
+}
+
+/// The certificate `serve` would load: files are read and checked (chain, key, that they
+/// match); a Secret is read through the Kubernetes API when the router starts.
+fn check_certificate(config: &RouterConfig) -> anyhow::Result<()> {
+    let Some(tls) = &config.tls else {
+        return Ok(());
+    };
+    match tls.source()? {
+        TlsSource::Secret(secret) => println!(
+            "certificate: from Secret {}/{}, read when the router starts",
+            secret.namespace, secret.name
+        ),
+        TlsSource::Files {
+            cert_file,
+            key_file,
+        } => {
+            let (cert, key) = scoregate::tls::read_pair(&cert_file, &key_file)?;
+            let origin = scoregate::tls::files_origin(&cert_file, &key_file);
+            let provider = rustls::crypto::aws_lc_rs::default_provider();
+            let (_, info) = scoregate::tls::load_pair(&cert, &key, &origin, &provider)?;
+            let now = SystemTime::now();
+            let expiry = if info.expired(now) {
+                format!("EXPIRED {} days ago", -info.days_left(now))
+            } else {
+                format!("expires in {} days", info.days_left(now))
+            };
+            println!(
+                "certificate: ok ({}, names {}, {expiry})",
+                info.subject,
+                info.names.join(", ")
+            );
+        }
+    }
     Ok(())
 }
 
@@ -437,8 +517,9 @@ fn crds(write: Option<PathBuf>) -> anyhow::Result<()> {
 
 /// `scoregate demo`.
 fn demo(args: &DemoArgs) -> anyhow::Result<()> {
-    let _logs = init_logging(LogFormat::Text);
-    runtime(0)?.block_on(async {
+    let logs = init_logging(LogFormat::Text);
+    let runtime = runtime(0)?;
+    let stopped = runtime.block_on(async {
         let demo = Demo::start(&DemoOptions {
             port: args.port,
             admin_port: args.admin_port,
@@ -446,5 +527,7 @@ fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         .await?;
         println!("{}", demo.instructions());
         demo.router.run_until_signal().await
-    })
+    })?;
+    exit_now_if_forced(stopped, logs);
+    Ok(())
 }

@@ -20,6 +20,8 @@ pub const MAX_REQUEST_TIMEOUT_MS: u64 = 300_000;
 pub const MAX_MIRROR_PERCENT: u8 = 50;
 /// The port of the Azure ML inference server in model pods.
 pub const DEFAULT_MODEL_PORT: u16 = 5001;
+/// The shortest endpoint key accepted (Azure ML's own keys are 32 characters).
+pub const MIN_KEY_LENGTH: usize = 16;
 
 /// Everything a discovery source knows: the input of a table build.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -163,8 +165,10 @@ impl fmt::Display for SpecError {
     }
 }
 
-/// Checks an Azure ML endpoint or deployment name: 3–32 characters, a letter first,
-/// then letters, digits and single dashes, not ending with a dash.
+/// Checks an Azure ML endpoint or deployment name: 3–32 characters, a lower-case letter first,
+/// then lower-case letters, digits and single dashes, not ending with a dash. Names are
+/// lower-case because an endpoint's name is also a host name (`{endpoint}.{domain}`, matched
+/// whatever the case the client sends) and a Kubernetes object name.
 pub fn check_name(name: &str) -> Result<(), String> {
     let len = name.chars().count();
     let first_is_letter = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
@@ -180,7 +184,28 @@ pub fn check_name(name: &str) -> Result<(), String> {
              and single dashes, not ending with a dash (for example `my-endpoint`)"
         ));
     }
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(format!(
+            "`{name}` has upper-case letters: write it in lower case (`{}`); requests match \
+             endpoint names whatever their case, as host names do",
+            name.to_ascii_lowercase()
+        ));
+    }
     Ok(())
+}
+
+/// Checks one endpoint key: empty, or shorter than [`MIN_KEY_LENGTH`], is refused.
+fn check_key(key: &str) -> Result<(), String> {
+    let len = key.chars().count();
+    match len {
+        0 => Err(format!(
+            "the key is empty: set a key of at least {MIN_KEY_LENGTH} characters"
+        )),
+        n if n < MIN_KEY_LENGTH => Err(format!(
+            "the key has {n} characters: use at least {MIN_KEY_LENGTH} (Azure ML's keys have 32)"
+        )),
+        _ => Ok(()),
+    }
 }
 
 impl RouteSpec {
@@ -227,17 +252,11 @@ impl EndpointSpec {
         if let Err(message) = check_name(&self.name) {
             err(".name", message);
         }
-        if self.keys.primary.is_empty() {
-            err(
-                ".keys.primary",
-                "the primary key is empty: set a key of at least 16 characters".into(),
-            );
+        if let Err(message) = check_key(&self.keys.primary) {
+            err(".keys.primary", message);
         }
-        if self.keys.secondary.as_deref() == Some("") {
-            err(
-                ".keys.secondary",
-                "the secondary key is empty: remove it or set a key".into(),
-            );
+        if let Some(Err(message)) = self.keys.secondary.as_deref().map(check_key) {
+            err(".keys.secondary", message);
         }
         self.validate_traffic(spec, &mut err);
         self.validate_mirror(spec, &mut err);
@@ -429,6 +448,26 @@ mod tests {
     }
 
     #[test]
+    fn keys_have_at_least_sixteen_characters() {
+        let with_keys = |primary: &str, secondary: Option<&str>| {
+            let mut e = endpoint("my-endpoint", &[], &[]);
+            e.keys = EndpointKeys {
+                primary: primary.into(),
+                secondary: secondary.map(Into::into),
+            };
+            spec(vec![e], vec![]).validate()
+        };
+        assert!(with_keys("0123456789abcdef", Some("0123456789abcdef")).is_ok());
+        let errors = with_keys("k", Some("")).unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].field.ends_with(".keys.primary"), "{errors:?}");
+        assert!(errors[0].message.contains("1 characters: use at least 16"));
+        assert!(errors[1]
+            .message
+            .contains("empty: set a key of at least 16"));
+    }
+
+    #[test]
     fn names_follow_azure_rules() {
         for good in [
             "abc",
@@ -447,6 +486,7 @@ mod tests {
             "a_b",
             "x234567890123456789012345678901ab",
             "ab c",
+            "My-Endpoint",
         ] {
             assert!(check_name(bad).is_err(), "{bad}");
         }

@@ -50,7 +50,7 @@ impl Router {
             Duration::from_millis(config.upstream.idle_timeout_ms),
         );
         let proxy = startup.proxy(cluster.as_ref(), upstream.clone());
-        let admin_listener = bind(config.listen.admin, "listen.admin", None)?;
+        let admin_listener = bind(config.listen.admin, "listen.admin")?;
         let admin_addr = admin_listener.local_addr()?;
         let http_addr = startup.serve_http(&proxy)?;
         let (https_addr, cert_store) = startup.serve_https(&proxy).await?.unzip();
@@ -58,7 +58,7 @@ impl Router {
         startup.start_autoscaler(cluster.as_ref());
         startup.serve_admin(admin_listener);
         startup.keep_up(upstream);
-        tracing::info!(http = ?http_addr, https = ?https_addr, admin = %admin_addr, "scoregate is serving");
+        log_serving(&config, http_addr, https_addr, admin_addr);
         let Startup {
             metrics,
             table,
@@ -122,12 +122,23 @@ impl Router {
         self.readiness.is_loaded() && !self.lifecycle.shutting_down.is_cancelled()
     }
 
-    /// Waits for SIGTERM or SIGINT, then shuts down gracefully.
-    pub async fn run_until_signal(self) -> anyhow::Result<()> {
-        wait_for_signal().await?;
-        tracing::info!("shutdown signal received");
-        self.shutdown().await;
-        Ok(())
+    /// Waits for SIGTERM or SIGINT, then shuts down gracefully; a second signal during the
+    /// shutdown stops waiting for open requests ([`Stopped::Forced`]: the caller exits at once).
+    pub async fn run_until_signal(self) -> anyhow::Result<Stopped> {
+        let mut signals = Signals::new()?;
+        signals.next().await;
+        tracing::info!(
+            drain_delay_ms = self.config.shutdown.drain_delay_ms,
+            grace_period_ms = self.config.shutdown.grace_period_ms,
+            "shutdown signal received; a second signal stops at once"
+        );
+        tokio::select! {
+            () = self.shutdown() => Ok(Stopped::Gracefully),
+            () = signals.next() => {
+                tracing::warn!("second signal: stopping now, without waiting for open requests");
+                Ok(Stopped::Forced)
+            }
+        }
     }
 
     /// The graceful sequence: readiness fails at once; listeners keep accepting for the drain
@@ -335,7 +346,7 @@ impl<'c> Startup<'c> {
         if !self.config.allow_insecure_connections {
             return Ok(None);
         }
-        let listener = bind(self.config.listen.http, "listen.http", Some("--listen"))?;
+        let listener = bind(self.config.listen.http, "listen.http")?;
         let address = listener.local_addr()?;
         self.serve(listener, Transport::Plain, proxy);
         Ok(Some(address))
@@ -355,11 +366,7 @@ impl<'c> Startup<'c> {
         self.tasks.push(watcher);
         let server_config =
             crate::tls::server_config(store.clone(), tls.min_version, tls.session_resumption)?;
-        let listener = bind(
-            self.config.listen.https,
-            "listen.https",
-            Some("--tls-listen"),
-        )?;
+        let listener = bind(self.config.listen.https, "listen.https")?;
         let address = listener.local_addr()?;
         let transport = Transport::Tls {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server_config)),
@@ -434,13 +441,63 @@ impl<'c> Startup<'c> {
     }
 }
 
-/// Binds a client-facing listener, saying which setting (and flag) to change when it is taken.
-fn bind(address: SocketAddr, setting: &str, flag: Option<&str>) -> anyhow::Result<TcpListener> {
-    server::bind(address).with_context(|| match flag {
-        Some(flag) => format!(
-            "cannot listen on {address} ({setting}): is another process using it? pick another with {flag}"
-        ),
-        None => format!("cannot listen on {address} ({setting})"),
+/// The line that says the router serves: where, and the settings that shape what it does, each
+/// as its value (a setting that is not set is left out, never printed as `None`).
+fn log_serving(
+    config: &RouterConfig,
+    http: Option<SocketAddr>,
+    https: Option<SocketAddr>,
+    admin: SocketAddr,
+) {
+    let discovery = match (&config.discovery.kube, &config.discovery.routes_file) {
+        (Some(kube), _) if kube.namespaces.is_empty() => "kube (all namespaces)".to_string(),
+        (Some(kube), _) => format!("kube ({})", kube.namespaces.join(", ")),
+        (None, Some(file)) => format!("file {}", file.display()),
+        (None, None) => "none".to_string(),
+    };
+    let tls = config.tls.as_ref();
+    let certificate = tls
+        .and_then(|t| t.source().ok())
+        .map(|source| match source {
+            TlsSource::Files { cert_file, .. } => format!("file {}", cert_file.display()),
+            TlsSource::Secret(secret) => format!("secret {}/{}", secret.namespace, secret.name),
+        });
+    tracing::info!(
+        http = http.map(display),
+        https = https.map(display),
+        admin = %admin,
+        discovery = %discovery,
+        certificate = certificate.map(display),
+        tls_min_version = tls.map(|t| t.min_version.as_str()),
+        ssl_cname = tls.and_then(|t| t.server_name.as_deref()),
+        host_domain = config.routing.host_domain.as_deref(),
+        workers = config.workers,
+        cluster = config.cluster.as_ref().map(|c| display(c.listen)),
+        autoscale = config.autoscale.enabled,
+        access_log = config.log.access_log.as_str(),
+        "scoregate is serving"
+    );
+}
+
+/// A listener that could not be bound: which address and which setting. Each command says which
+/// of its own flags sets it (`serve`: `--listen`, …; `demo`: `--port`, `--admin-port`).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {address} ({setting}): {source}; is another process using it? pick another port")]
+pub struct ListenError {
+    /// The address asked for.
+    pub address: SocketAddr,
+    /// The configuration setting that names it (`listen.http`, `listen.https`, `listen.admin`).
+    pub setting: &'static str,
+    /// What the system said.
+    pub source: std::io::Error,
+}
+
+/// Binds a client-facing or admin listener.
+fn bind(address: SocketAddr, setting: &'static str) -> Result<TcpListener, ListenError> {
+    server::bind(address).map_err(|source| ListenError {
+        address,
+        setting,
+        source,
     })
 }
 
@@ -482,13 +539,35 @@ async fn start_certificates(
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// How [`Router::run_until_signal`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every open connection finished, or the grace period ended.
+    Gracefully,
+    /// A second signal arrived during the shutdown: exit now.
+    Forced,
+}
+
+/// SIGTERM and SIGINT, as one stream.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+        })
     }
-    Ok(())
+
+    /// The next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }

@@ -97,9 +97,12 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// The deployment named by an `azureml-model-deployment` header, whatever its weight.
+    /// The deployment named by an `azureml-model-deployment` header (in any case), whatever its
+    /// weight.
     pub fn deployment_named(&self, name: &[u8]) -> Option<&Arc<Deployment>> {
-        self.deployments.iter().find(|d| d.name.as_bytes() == name)
+        self.deployments
+            .iter()
+            .find(|d| d.name.as_bytes().eq_ignore_ascii_case(name))
     }
 
     /// A deployment chosen by traffic weight, or `None` when no deployment has live traffic.
@@ -126,6 +129,9 @@ impl Endpoint {
     }
 }
 
+/// The longest endpoint name (Azure ML's rule: 3–32 characters).
+const MAX_NAME_BYTES: usize = 32;
+
 /// A snapshot of everything routable.
 #[derive(Default)]
 pub struct RoutingTable {
@@ -134,9 +140,22 @@ pub struct RoutingTable {
 }
 
 impl RoutingTable {
-    /// The endpoint called `name`.
+    /// The endpoint called `name`, whatever its case (names are declared in lower case; a host
+    /// such as `REALEP.ML.EXAMPLE.COM` names endpoint `realep`). The usual, lower-case request
+    /// costs one lookup and no allocation; another is lowered on the stack and looked up again.
     pub fn endpoint(&self, name: &str) -> Option<&Arc<Endpoint>> {
-        self.endpoints.get(name)
+        if let Some(endpoint) = self.endpoints.get(name) {
+            return Some(endpoint);
+        }
+        let mut lower = [0u8; MAX_NAME_BYTES];
+        let bytes = name.as_bytes();
+        if bytes.len() > MAX_NAME_BYTES || !bytes.iter().any(u8::is_ascii_uppercase) {
+            return None;
+        }
+        let lower = &mut lower[..bytes.len()];
+        lower.copy_from_slice(bytes);
+        lower.make_ascii_lowercase();
+        self.endpoints.get(std::str::from_utf8(lower).ok()?)
     }
 
     /// All endpoints, in no particular order.

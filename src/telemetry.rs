@@ -379,6 +379,17 @@ pub enum AccessLogMode {
     Errors,
 }
 
+impl AccessLogMode {
+    /// The spelling used in files and flags.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessLogMode::On => "on",
+            AccessLogMode::Off => "off",
+            AccessLogMode::Errors => "errors",
+        }
+    }
+}
+
 const MODE_ON: u8 = 0;
 const MODE_OFF: u8 = 1;
 const MODE_ERRORS: u8 = 2;

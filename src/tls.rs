@@ -123,12 +123,29 @@ pub struct CertInfo {
 }
 
 impl CertInfo {
-    /// Whole days until expiry (negative once expired).
-    pub fn days_left(&self, now: SystemTime) -> i64 {
+    /// Seconds until expiry (negative once expired).
+    pub fn seconds_left(&self, now: SystemTime) -> i64 {
         let now = now
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        (self.not_after_unix - now).div_euclid(86_400)
+        self.not_after_unix - now
+    }
+
+    /// Whole days until expiry, rounded toward zero: 1 for one day and some hours left, 0 within
+    /// a day either side of expiry, -1 for a certificate that expired a day (and some hours) ago.
+    pub fn days_left(&self, now: SystemTime) -> i64 {
+        self.seconds_left(now) / 86_400
+    }
+
+    /// Days until expiry with their fraction, the value of `scoregate_tls_certificate_expiry_days`:
+    /// below 0 from the second the certificate expires.
+    pub fn fractional_days_left(&self, now: SystemTime) -> f64 {
+        self.seconds_left(now) as f64 / 86_400.0
+    }
+
+    /// Whether the certificate has expired.
+    pub fn expired(&self, now: SystemTime) -> bool {
+        self.seconds_left(now) < 0
     }
 }
 
@@ -312,9 +329,10 @@ impl CertStore {
     }
 
     fn note_new(&self, info: &CertInfo) {
-        let days = info.days_left(SystemTime::now());
-        self.days_left.set(days as f64);
-        if days < 0 {
+        let now = SystemTime::now();
+        let days = info.days_left(now);
+        self.days_left.set(info.fractional_days_left(now));
+        if info.expired(now) {
             tracing::warn!(origin = %info.origin, days, "the TLS certificate has EXPIRED; it is still served: replace it");
         } else if days < EXPIRY_WARNING_DAYS {
             tracing::warn!(origin = %info.origin, days, "the TLS certificate expires soon: replace it");
@@ -333,7 +351,7 @@ impl CertStore {
     /// Sets the days-left gauge from the served certificate and the clock.
     fn refresh_expiry_gauge(&self) {
         self.days_left
-            .set(self.info().days_left(SystemTime::now()) as f64);
+            .set(self.info().fractional_days_left(SystemTime::now()));
     }
 
     fn note_server_name(&self, sni: Option<&str>) {
@@ -516,32 +534,55 @@ mod tests {
         line.rsplit(' ').next().unwrap().parse().unwrap()
     }
 
-    #[test]
-    fn the_expiry_gauge_follows_the_clock_without_a_reload() {
-        // One day and a few seconds left: the gauge reads 1, then 0 once the seconds have
-        // passed, with the same certificate served all along.
+    /// A store serving a self-signed certificate that expires `seconds` from now.
+    fn expiring_in(seconds: i64, metrics: &Metrics) -> Arc<CertStore> {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(vec!["a.example.com".to_string()]).unwrap();
-        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::seconds(86_400 + 4);
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(30);
+        params.not_after = now + time::Duration::seconds(seconds);
         let cert = params.self_signed(&key).unwrap();
-        let metrics = Metrics::new();
-        let _store = CertStore::new(
+        CertStore::new(
             cert.pem().as_bytes(),
             key.serialize_pem().as_bytes(),
-            "soon",
+            "test",
             None,
-            &metrics,
+            metrics,
         )
-        .unwrap();
-        assert_eq!(expiry_days(&metrics), 1.0);
+        .unwrap()
+    }
+
+    #[test]
+    fn the_expiry_gauge_follows_the_clock_without_a_reload() {
+        // One day and a few seconds left: the gauge reads just above 1, then goes down with the
+        // clock, the same certificate served all along.
+        let metrics = Metrics::new();
+        let store = expiring_in(86_400 + 4, &metrics);
+        let first = expiry_days(&metrics);
+        assert!(first > 1.0 && first < 1.001, "{first}");
+        assert_eq!(store.info().days_left(SystemTime::now()), 1);
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while expiry_days(&metrics) != 0.0 {
+        while expiry_days(&metrics) >= first {
             assert!(
                 std::time::Instant::now() < deadline,
-                "the expiry gauge went stale: it still reads 1 day after the day ended"
+                "the expiry gauge went stale: it still reads {first}"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    #[test]
+    fn a_certificate_that_expired_a_day_ago_shows_minus_one_day() {
+        let metrics = Metrics::new();
+        let store = expiring_in(-86_400 - 10, &metrics);
+        let info = store.info();
+        assert_eq!(info.days_left(SystemTime::now()), -1);
+        assert!(info.expired(SystemTime::now()));
+        let gauge = expiry_days(&metrics);
+        assert!(gauge < -1.0 && gauge > -1.01, "{gauge}");
+        let fresh = expiring_in(3_600, &Metrics::new()).info();
+        assert_eq!(fresh.days_left(SystemTime::now()), 0);
+        assert!(!fresh.expired(SystemTime::now()));
     }
 
     #[test]

@@ -145,6 +145,21 @@ async fn the_demos_other_commands_do_what_their_comments_say() {
     assert!(slow.contains("UpstreamTimeout"), "{slow}");
 }
 
+/// A taken port: the demo's error names its own flags, not `serve`'s.
+#[tokio::test]
+async fn the_demo_names_its_own_flag_for_a_taken_port() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = free.local_addr().unwrap().port().to_string();
+    drop(free);
+    let out = scoregate(&["demo", "--port", &port, "--admin-port", &admin]).await;
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("--port") && err.contains(&port), "{err}");
+    assert!(!err.contains("--listen"), "{err}");
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -175,12 +190,21 @@ fn good_routes() -> String {
     )
 }
 
-/// `scoregate check --routes F`, exactly as an operator would type it.
+/// `scoregate check --routes F`, exactly as an operator would type it: the file is checked and
+/// said good, and, as `serve` would, check refuses a setup with no listener to serve on.
 #[tokio::test]
 async fn check_with_only_a_routes_file() {
     let dir = tempfile::tempdir().unwrap();
     let good = write(dir.path(), "good.yaml", &good_routes());
     let out = scoregate(&["check", "--routes", &good]).await;
+    assert!(!out.status.success(), "serve would refuse: no listener");
+    assert!(stdout(&out).contains("good.yaml: ok"), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("no listener to serve"),
+        "{}",
+        stderr(&out)
+    );
+    let out = scoregate(&["check", "--routes", &good, "--allow-insecure-connections"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let bad = write(
         dir.path(),

@@ -59,7 +59,8 @@ fn start(pods: &[SocketAddr]) -> Serving {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    // The serving line names the bound addresses: `"http":"Some(127.0.0.1:N)"`, `"admin":"127.0.0.1:M"`.
+    // The serving line names the bound addresses as values: `"http":"127.0.0.1:N"`,
+    // `"admin":"127.0.0.1:M"`; an unset setting is left out, never `None`.
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let line = loop {
@@ -72,14 +73,13 @@ fn start(pods: &[SocketAddr]) -> Serving {
         }
     };
     std::thread::spawn(move || for _ in lines {});
+    assert!(
+        !line.contains("Some(") && !line.contains("None"),
+        "settings are printed as values: {line}"
+    );
     let value: serde_json::Value = serde_json::from_str(&line).unwrap();
-    let http = value["http"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("Some(")
-        .trim_end_matches(')')
-        .parse()
-        .unwrap();
+    assert!(value.get("https").is_none(), "{line}");
+    let http = value["http"].as_str().unwrap().parse().unwrap();
     let admin = value["admin"].as_str().unwrap().parse().unwrap();
     Serving {
         child,
@@ -90,11 +90,64 @@ fn start(pods: &[SocketAddr]) -> Serving {
 }
 
 fn sigterm(child: &Child) {
+    signal(child, "-TERM");
+}
+
+fn signal(child: &Child, which: &str) {
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([which, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+/// Ctrl-C twice: the first starts the graceful shutdown (which would wait up to 30 s for the
+/// slow request), the second exits at once with 130.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_ctrl_c_exits_at_once() {
+    let pod = SampleModel::start_local("blue").await.unwrap();
+    let mut serving = start(&[pod.address()]);
+    let score = format!(
+        "http://{}/api/v1/endpoint/ep-one/score?sleep_ms=25000",
+        serving.http
+    );
+    let auth = format!("Bearer {KEY}");
+    let slow = tokio::spawn(async move {
+        send(
+            &client(),
+            Method::POST,
+            &score,
+            &[("authorization", &auth)],
+            empty(),
+        )
+        .await
+    });
+    support::eventually("the slow request reaches the pod", || async {
+        pod.stats().requests() == 1
+    })
+    .await;
+    signal(&serving.child, "-INT");
+    let admin = serving.admin;
+    support::eventually("readiness turns 503", || async move {
+        let url = format!("http://{admin}/readyz");
+        send(&client(), Method::GET, &url, &[], empty())
+            .await
+            .status
+            == 503
+    })
+    .await;
+    signal(&serving.child, "-INT");
+    let status = guard("the process exits", async {
+        loop {
+            if let Some(status) = serving.child.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(status.code(), Some(130), "forced exit");
+    slow.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

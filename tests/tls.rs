@@ -472,7 +472,8 @@ async fn rsa_and_ecdsa_keys_in_pkcs1_pkcs8_and_sec1_are_served() {
     }
 }
 
-/// Runs `scoregate serve` with TLS files and expects it to refuse to start.
+/// Runs `scoregate serve` with TLS files and expects it to refuse to start; runs `scoregate
+/// check` with the same arguments and expects the same refusal. Returns serve's message.
 fn refused_startup(cert: &Path, key: &Path) -> String {
     let dir = tempfile::tempdir().unwrap();
     let routes = dir.path().join("routes.yaml");
@@ -481,23 +482,100 @@ fn refused_startup(cert: &Path, key: &Path) -> String {
         simple_routes("secure", &["127.0.0.1:9".parse().unwrap()], ""),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_scoregate"))
-        .args(["serve", "--routes"])
-        .arg(&routes)
-        .args([
-            "--tls-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-        ])
-        .arg(cert)
-        .arg("--tls-key")
-        .arg(key)
-        .output()
+    let run = |command: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_scoregate"))
+            .args([command, "--routes"])
+            .arg(&routes)
+            .args([
+                "--tls-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+            ])
+            .arg(cert)
+            .arg("--tls-key")
+            .arg(key)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{command} must refuse");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let served = run("serve");
+    let checked = run("check");
+    let last = |text: &str| text.trim().lines().last().unwrap_or("").to_string();
+    assert_eq!(last(&served), last(&checked), "check agrees with serve");
+    served
+}
+
+#[test]
+fn check_agrees_with_serve_on_listeners_and_good_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.yaml");
+    std::fs::write(
+        &routes,
+        simple_routes("secure", &["127.0.0.1:9".parse().unwrap()], ""),
+    )
+    .unwrap();
+    let check = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_scoregate"))
+            .args(["check", "--routes"])
+            .arg(&routes)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let no_listener = check(&[]);
+    assert!(!no_listener.status.success());
+    let text = String::from_utf8_lossy(&no_listener.stderr);
+    assert!(text.contains("no listener to serve"), "{text}");
+    let plain = check(&["--allow-insecure-connections"]);
+    assert!(plain.status.success(), "{plain:?}");
+    let a = pki(&["a.example.com"]);
+    std::fs::write(dir.path().join("cert.pem"), &a.chain_pem).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &a.key_pem).unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    let tls = check(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&tls.stdout);
+    assert!(tls.status.success(), "{tls:?}");
+    assert!(
+        text.contains("certificate") && text.contains("a.example.com"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn plain_http_to_the_https_port_gets_400_like_nginx() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = pki(&["ml.example.com"]);
+    let r = tls_router(&pki.chain_pem, &pki.key_pem, |_| {}).await;
+    let mut tcp = TcpStream::connect(r.https).await.unwrap();
+    tcp.write_all(b"GET /api/v1/endpoint/secure/score HTTP/1.1\r\nHost: ml.example.com\r\n\r\n")
+        .await
         .unwrap();
-    assert!(!out.status.success(), "startup must be refused");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    let mut answer = Vec::new();
+    guard("the plain answer", tcp.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    assert!(text.contains("PlainHttpToHttpsPort"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    // TLS still works on the same port.
+    let config = client_config(&[&pki.root_der], &[&rustls::version::TLS13], &[b"http/1.1"]);
+    let stream = guard("handshake", connect(r.https, "ml.example.com", config))
+        .await
+        .unwrap();
+    assert_eq!(guard("score", score_over(stream)).await.0, StatusCode::OK);
 }
 
 #[test]

@@ -4,8 +4,9 @@
 # keep-alive, 5,000 requests on 8 connections (h2load --h1) after 200 unrecorded ones.
 # Prints each total per request and scoregate's self cost by crate and by function.
 #
-#   benches/profile/callgrind.sh              # builds scoregate like benches/e2e/run.sh does
-#   SCOREGATE_BIN=path benches/profile/callgrind.sh
+#   benches/profile/callgrind.sh              # builds scoregate with the `profiling` profile
+#   SCOREGATE_BIN=path benches/profile/callgrind.sh   # a binary with line tables (the release
+#                                             # profile strips them; `--profile profiling` keeps them)
 #
 # Needs valgrind, h2load (nghttp2-client) and nginx; installs them with apt-get when missing.
 set -euo pipefail
@@ -24,8 +25,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 if [ -z "${SCOREGATE_BIN:-}" ]; then
   (cd "$ROOT" && CARGO_TARGET_DIR="$ROOT/target/bench-release" \
-    cargo build --release --quiet -p scoregate --bin scoregate)
-  SCOREGATE_BIN=$ROOT/target/bench-release/release/scoregate
+    cargo build --profile profiling --quiet -p scoregate --bin scoregate)
+  SCOREGATE_BIN=$ROOT/target/bench-release/profiling/scoregate
 fi
 
 echo '{"data": [[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]]}' > "$WORK/body.json"
