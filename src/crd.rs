@@ -64,7 +64,7 @@ pub const K8S_TLS_KEY_KEY: &str = "tls.key";
 /// Every entry of a TLS Secret the router reads (the others are dropped on arrival).
 pub const TLS_SECRET_KEYS: [&str; 4] =
     [K8S_TLS_CERT_KEY, K8S_TLS_KEY_KEY, TLS_CERT_KEY, TLS_KEY_KEY];
-/// Azure ML's limit of deployments per endpoint (§2 "Limits").
+/// Azure ML's limit of deployments per endpoint.
 pub const MAX_DEPLOYMENTS_PER_ENDPOINT: usize = 20;
 
 /// Azure ML's name rule as a regular expression over lowercase Kubernetes names: a letter first,
@@ -126,7 +126,7 @@ pub struct OnlineEndpointSpec {
     pub mirror_traffic: BTreeMap<String, u8>,
 }
 
-/// Azure ML's `auth_mode` for Kubernetes online endpoints (§3.1: `key` and `aml_token` only).
+/// Azure ML's `auth_mode` for Kubernetes online endpoints (`key` and `aml_token` only).
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 pub enum AuthModeSpec {
     /// Primary or secondary key as a bearer token.
@@ -233,7 +233,7 @@ impl OnlineDeploymentSpec {
     }
 }
 
-/// Azure ML's `request_settings` (§5.1), plus scoregate's optional queue bound.
+/// Azure ML's `request_settings`, plus scoregate's optional queue bound.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestSettingsSpec {
@@ -278,7 +278,7 @@ impl From<RequestSettingsSpec> for RequestSettings {
     }
 }
 
-/// Azure ML's `scale_settings` (§5.3): defaults `targetUtilization`, 1–1 instances, 70 %, 1 s.
+/// Azure ML's `scale_settings`: defaults `targetUtilization`, 1–1 instances, 70 %, 1 s.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{

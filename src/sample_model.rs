@@ -410,7 +410,7 @@ fn json(status: StatusCode, body: String) -> Response<Body> {
     response
 }
 
-/// Request ids as the inference server handles them (§7.4): `x-request-id` is kept or made up;
+/// Request ids as the inference server handles them: `x-request-id` is kept or made up;
 /// the client id comes from `x-ms-client-request-id`, else the legacy `x-ms-request-id`.
 struct Ids {
     request_id: HeaderValue,

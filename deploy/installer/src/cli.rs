@@ -122,7 +122,7 @@ pub struct CreateArgs {
     /// Waiting.
     #[command(flatten)]
     pub wait: WaitArgs,
-    /// Extension scope: only `cluster` (as in az, §9.3 item 1).
+    /// Extension scope: only `cluster` (as in az, az rule 1).
     #[arg(long, default_value = "cluster")]
     pub scope: String,
     /// Safety and dry-run output.

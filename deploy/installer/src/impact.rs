@@ -1,5 +1,5 @@
 //! Which `update` changes disturb live endpoints: az prompts that they "will IMPACT your active
-//! … online endpoints and deployments" (§9.3 item 10), and so does `scoregate-ext update`
+//! … online endpoints and deployments" (az rule 10), and so does `scoregate-ext update`
 //! (proceeding only with `--yes`).
 
 use std::collections::BTreeMap;

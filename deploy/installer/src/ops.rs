@@ -269,7 +269,7 @@ async fn finish(
 /// What `update` did.
 #[derive(Clone, Debug)]
 pub struct UpdateOutcome {
-    /// The changes that affect live endpoints (§9.3 item 10).
+    /// The changes that affect live endpoints (az rule 10).
     pub impacts: Vec<String>,
     /// The apply, the wait and the state afterwards.
     pub result: CreateOutcome,
@@ -302,7 +302,7 @@ async fn stored_extension(client: &Client, name: &str) -> anyhow::Result<StoredE
     })
 }
 
-/// Merges an update request over the stored extension (az semantics, §9.3 item 10: `--config`
+/// Merges an update request over the stored extension (az semantics, az rule 10: `--config`
 /// keys change one by one; protected settings are not stored and must be given again in full).
 pub async fn plan_update(client: &Client, request: &Request) -> anyhow::Result<UpdatePlan> {
     let stored = stored_extension(client, &request.name).await?;

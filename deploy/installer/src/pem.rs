@@ -1,7 +1,7 @@
 //! Certificate checks before install, with the router's own parser (`scoregate::tls::load_pair`):
 //! the pair parses, the key is not passphrase-protected and matches the certificate, the
 //! certificate has not expired, and `sslCname` is one of its names. Azure ML finds these only at
-//! install time (healthcheck `E40007 INVALID_SSL_SETTING`, §9.5).
+//! install time (Azure ML's healthcheck `E40007 INVALID_SSL_SETTING`).
 
 use std::path::Path;
 use std::time::SystemTime;

@@ -1,11 +1,11 @@
 //! The extension's settings: the keys `az k8s-extension create --config` / `--config-protected`
-//! takes for Azure ML (`shared/reference/azureml-fe-behaviour.md` §9.1), with the same defaults.
+//! takes for Azure ML (its documented configuration settings), with the same defaults.
 //!
 //! Two steps: [`RawSettings::parse`] turns `key=value` words into two maps (syntax, duplicates,
 //! unknown keys, which list a key belongs in); [`Settings::from_raw`] reads the values (booleans
 //! in any case, service types, names). Rules between settings live in [`crate::validate`].
 //! Keys are case-sensitive, as in az; unlike az, an unknown key is an error with a suggestion
-//! (§8.4: az silently ignores `InferenceRouterHA=False` and tries three replicas).
+//! (az silently ignores `InferenceRouterHA=False` and tries three replicas).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -104,7 +104,7 @@ const fn key(
     }
 }
 
-/// Every key of §9.1 except `nodeSelector.<label>` (see [`NODE_SELECTOR_PREFIX`]).
+/// Every documented key except `nodeSelector.<label>` (see [`NODE_SELECTOR_PREFIX`]).
 pub const KEYS: &[KeySpec] = &[
     key("enableTraining", KeyKind::Bool, Some("False"), false),
     key("enableInference", KeyKind::Bool, Some("False"), false),
@@ -201,7 +201,7 @@ pub const KEYS: &[KeySpec] = &[
     key("gpuPriorityClassName", KeyKind::ObjectName, None, false),
 ];
 
-/// Keys seen in public material (§9.2, §9.1) that are not settings here, and what to use instead.
+/// Keys seen in public material about the extension that are not settings here, and what to use instead.
 const KNOWN_MISTAKES: &[(&str, &str)] = &[
     (
         "inferenceLoadBalancerHA",
@@ -256,7 +256,7 @@ impl RawSettings {
             .filter(|k| !k.is_empty() && protected_keys.contains(k))
             .collect();
         for key in &duplicates {
-            // §9.3 item 2: az stops with "Duplicate keys found".
+            // az rule 2: az stops with "Duplicate keys found".
             problems.push(
                 key.clone(),
                 "Duplicate keys found: the key is in both --config and --config-protected; give it in one of them",
@@ -395,7 +395,7 @@ fn unknown_key_message(key: &str) -> String {
     }
 }
 
-/// A boolean setting and whether the user set it (HA's default is treated differently, §9.3 item 8).
+/// A boolean setting and whether the user set it (HA's default is treated differently, az rule 8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flag {
     /// The value, given or default.
@@ -404,7 +404,7 @@ pub struct Flag {
     pub explicit: bool,
 }
 
-/// How the router's Service is exposed (§1.1).
+/// How the router's Service is exposed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServiceType {
     /// A cloud load balancer.
@@ -599,7 +599,7 @@ impl Reader<'_> {
             _ => None,
         };
         if parsed.is_none() {
-            // §9.3 item 5.
+            // az rule 5.
             self.problems.push(
                 key,
                 format!("`{v}` is not a service type: use loadBalancer, nodePort or clusterIP (any case)"),

@@ -65,7 +65,7 @@ pub struct ExtensionStatus {
     pub extension_type: String,
     /// The installer version that last applied it.
     pub version: String,
-    /// `cluster` (the only scope, §9.3 item 1).
+    /// `cluster` (the only scope, az rule 1).
     pub scope: String,
     /// `azureml`.
     pub release_namespace: String,
@@ -330,7 +330,7 @@ pub fn service_component(s: &Service) -> Component {
         ("LoadBalancer", None) => (
             "<pending>".to_owned(),
             ComponentState::Pending,
-            Some("waiting for the load balancer's address; clusters without a load balancer never get one (§1.1): use inferenceRouterServiceType=nodePort or clusterIP there".to_owned()),
+            Some("waiting for the load balancer's address; clusters without a load balancer never get one: use inferenceRouterServiceType=nodePort or clusterIP there".to_owned()),
         ),
         (other, _) => (other.to_owned(), ComponentState::Ready, None),
     };

@@ -1,6 +1,6 @@
 //! Rules between settings, and against the cluster, that turn [`Settings`] into a [`Plan`].
 //!
-//! The az CLI's rules (`shared/reference/azureml-fe-behaviour.md` §9.3, CLI-EXT) come first, each
+//! The az CLI's rules (numbered as in `deploy/README.md`, "Checks") come first, each
 //! marked with its item number; the rest go beyond az: PEM files are parsed and checked, an
 //! `sslSecret` is looked up and checked, and high availability is checked against the nodes that
 //! can actually run the router. Every problem names the setting and the fix; all are reported
@@ -15,7 +15,7 @@ use crate::problem::{Notice, Problems};
 use crate::settings::{RouterResources, ServiceType, Settings};
 use crate::values::TolerationSpec;
 
-/// Router replicas with `inferenceRouterHA=True` (§1: three, each on its own node).
+/// Router replicas with `inferenceRouterHA=True` (three, each on its own node, as azureml-fe).
 pub const HA_REPLICAS: usize = 3;
 
 /// The oldest Kubernetes minor version the installer supports (1.x): the oldest whose schemas CI
@@ -225,7 +225,7 @@ pub fn validate(
     let mut notices = Vec::new();
     let s = settings;
 
-    // §9.3 item 3.
+    // az rule 3.
     if !s.enable_training.value && !s.enable_inference.value {
         problems.push(
             "enableTraining, enableInference",
@@ -400,7 +400,7 @@ fn inference_plan(
         }
     };
 
-    // §9.3 items 6 and 7.
+    // az rules 6 and 7.
     match (service_type, s.internal_load_balancer) {
         (ServiceType::NodePort, true) => problems.push(
             "inferenceRouterServiceType, internalLoadBalancerProvider",
@@ -530,7 +530,7 @@ fn tls_plan(
         (None, None) => None,
     };
     let half_given = s.ssl_cert_pem_file.is_some() != s.ssl_key_pem_file.is_some();
-    // §9.3 item 4: sslEnabled = (sslCertPemFile and sslKeyPemFile) or sslSecret.
+    // az rule 4: sslEnabled = (sslCertPemFile and sslKeyPemFile) or sslSecret.
     let enabled = files.is_some() || s.ssl_secret.is_some();
     if !enabled {
         if !s.allow_insecure_connections.value && !half_given {
@@ -556,7 +556,7 @@ fn tls_plan(
     };
 
     if let Some((cert_path, key_path)) = files {
-        // §9.3 item 9: files win over sslSecret.
+        // az rule 9: files win over sslSecret.
         if let Some(secret) = &s.ssl_secret {
             notices.push(Notice::about(
                 "sslSecret",
@@ -657,7 +657,7 @@ fn checked_ssl_secret(
     Some(Some(spelling))
 }
 
-/// §9.3 item 8, stricter: counts the nodes the router can actually be scheduled on.
+/// az rule 8, stricter: counts the nodes the router can actually be scheduled on.
 fn ha_decision(
     s: &Settings,
     facts: &ClusterFacts,

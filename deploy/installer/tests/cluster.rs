@@ -134,7 +134,7 @@ async fn create_show_update_delete() {
     let (listed, _) = cluster.ok(&["list", "-o", "yaml"]).await;
     assert!(listed.contains("name: scoregate"), "{listed}");
 
-    // update: a change that impacts live endpoints needs --yes (§9.3 item 10) …
+    // update: a change that impacts live endpoints needs --yes (az rule 10) …
     let e = cluster
         .fails(&[
             "update",

@@ -1,5 +1,5 @@
 //! One test per validation rule, each asserting the message: it names the setting and the fix.
-//! az's rules are `shared/reference/azureml-fe-behaviour.md` §9.3 (item numbers below); the rest
+//! az's rules are numbered as in `deploy/README.md`, "Checks" (rule numbers below); the rest
 //! go beyond az.
 
 mod support;
@@ -47,7 +47,7 @@ const HTTP_LB: &[&str] = &[
     "allowInsecureConnections=True",
 ];
 
-// §9.3 item 2.
+// az rule 2.
 #[test]
 fn a_key_in_both_lists_is_a_duplicate() {
     for key in ["sslCname", "sslCertPemFile"] {
@@ -60,7 +60,7 @@ fn a_key_in_both_lists_is_a_duplicate() {
     }
 }
 
-// §9.3 item 3.
+// az rule 3.
 #[test]
 fn training_or_inference_must_be_enabled() {
     let p = problems(&["enableTraining=False"], &[], &cluster_of(3));
@@ -69,7 +69,7 @@ fn training_or_inference_must_be_enabled() {
     assert!(m.contains("set enableInference=True"), "{m}");
 }
 
-// §9.3 item 4, first half.
+// az rule 4, first half.
 #[test]
 fn https_needs_a_certificate_unless_insecure_is_allowed() {
     let p = problems(
@@ -109,7 +109,7 @@ fn both_pem_files_are_needed() {
     );
 }
 
-// §9.3 item 4, second half.
+// az rule 4, second half.
 #[test]
 fn tls_needs_ssl_cname() {
     let p = problems(
@@ -125,7 +125,7 @@ fn tls_needs_ssl_cname() {
     assert!(m.contains("one of the certificate's names"), "{m}");
 }
 
-// §9.3 item 5.
+// az rule 5.
 #[test]
 fn service_type_is_one_of_three_in_any_case() {
     let p = problems(
@@ -168,7 +168,7 @@ fn service_type_is_required_with_inference() {
     assert!(m.contains("required when enableInference=True"), "{m}");
 }
 
-// §9.3 item 6.
+// az rule 6.
 #[test]
 fn node_port_excludes_the_internal_load_balancer() {
     let p = problems(
@@ -192,7 +192,7 @@ fn node_port_excludes_the_internal_load_balancer() {
     );
 }
 
-// §9.3 item 7.
+// az rule 7.
 #[test]
 fn the_internal_load_balancer_warns_it_is_aks_only_and_annotates_the_service() {
     let plan = ok(
@@ -225,7 +225,7 @@ fn the_only_internal_load_balancer_provider_is_azure() {
     assert!(m.contains("the only value is `azure`"), "{m}");
 }
 
-// §9.3 item 8, stricter: explicit HA on too few nodes is an error.
+// az rule 8, stricter: explicit HA on too few nodes is an error.
 #[test]
 fn explicit_ha_needs_three_schedulable_nodes() {
     let mut config = HTTP_LB.to_vec();
@@ -240,7 +240,7 @@ fn explicit_ha_needs_three_schedulable_nodes() {
     assert!(m.contains("set inferenceRouterHA=False"), "{m}");
 }
 
-// §9.3 item 8: left at its default, HA is turned off with a notice.
+// az rule 8: left at its default, HA is turned off with a notice.
 #[test]
 fn default_ha_turns_itself_off_on_small_clusters() {
     let plan = ok(HTTP_LB, &[], &cluster_of(2));
@@ -567,7 +567,7 @@ fn a_good_ssl_secret_is_used_and_files_win_over_it() {
             spelling: Some(KeySpelling::AzureMl)
         }
     );
-    // §9.3 item 9: files win over sslSecret.
+    // az rule 9: files win over sslSecret.
     let plan = ok(&secret_config(), &fixture_protected(), &facts);
     assert!(notes(&plan).contains(
         "sslSecret: ignored: sslCertPemFile and sslKeyPemFile are given and take precedence"
@@ -625,7 +625,7 @@ fn extension_names_are_checked() {
     scoregate_ext::ops::check_name("scoregate").unwrap();
 }
 
-// §9.3 item 1.
+// az rule 1.
 #[tokio::test]
 async fn only_cluster_scope_is_accepted() {
     use clap::Parser;

@@ -29,6 +29,7 @@
 //! Secret's namespace when `tls.secret` is set).
 
 pub mod health;
+pub mod names;
 pub mod problems;
 pub mod rebuild;
 pub mod resources;
@@ -44,29 +45,6 @@ pub use secrets::{load_certificate, watch_certificate};
 use super::Publisher;
 use crate::config::KubeDiscoveryConfig;
 use crate::telemetry::Metrics;
-
-/// Metric names of Kubernetes discovery (`telemetry::names` holds the router's others).
-pub mod names {
-    /// Time from a watch event reaching the router to the table that reflects it being
-    /// published, in seconds.
-    pub const EVENT_TO_ROUTABLE: &str = "scoregate_discovery_event_to_routable_seconds";
-    /// Time one rebuild (resolve, validate, publish the changed endpoints) takes, in seconds.
-    pub const REBUILD: &str = "scoregate_discovery_rebuild_seconds";
-    /// 1 while every watch works; 0 while one cannot list or watch (the last table is served).
-    pub const UP: &str = "scoregate_discovery_up";
-    /// Failed lists and watches, by resource.
-    pub const WATCH_ERRORS: &str = "scoregate_discovery_watch_errors_total";
-    /// Relists after a 410 Expired, by resource.
-    pub const RELISTS: &str = "scoregate_discovery_relists_total";
-    /// Problems found with endpoints and objects, each counted once, by `reason` (the closed set
-    /// of [`super::problems::Reason`]).
-    pub const REJECTIONS: &str = "scoregate_discovery_rejections_total";
-    /// Endpoints and objects not served as declared now.
-    pub const REJECTED: &str = "scoregate_discovery_rejected";
-}
-
-/// The `resource` label of the TLS Secret's watch.
-pub const RESOURCE_TLS_SECRET: &str = "tls-secret";
 
 /// The scopes to watch: each listed namespace once, or `None` (all namespaces).
 fn scopes(config: &KubeDiscoveryConfig) -> Vec<resources::Scope> {

@@ -251,7 +251,7 @@ pub fn spawn_tls_secret(
 ) -> WatchTask {
     let spec = Spec {
         name: format!("the TLS Secret {ns}/{name}"),
-        resource: super::RESOURCE_TLS_SECRET,
+        resource: super::names::RESOURCE_TLS_SECRET,
         config: watcher::Config::default().fields(&format!("metadata.name={name}")),
         trim: trim_tls_secret,
     };

@@ -31,7 +31,7 @@ pub const CLUSTER_SECRET_PATH: &str = "/etc/scoregate/cluster/secret";
 pub const CLUSTER_SECRET_KEY: &str = "secret";
 /// The replicas' internal port for coordinated admission.
 pub const CLUSTER_PORT: u16 = 9190;
-/// Worker threads: the CPU limit rounded up (azureml-fe's 2 vCPU by default, §1), so the runtime
+/// Worker threads: the CPU limit rounded up (azureml-fe's 2 vCPU by default), so the runtime
 /// never oversubscribes it.
 pub fn workers(plan: &InferencePlan) -> usize {
     (plan.resources.limits_cpu.value.ceil() as usize).max(1)
@@ -75,9 +75,9 @@ pub fn router_config(plan: &InferencePlan) -> RouterConfig {
         grace_period_ms: ShutdownConfig::default().grace_period_ms,
     };
     config.log.format = LogFormat::Json;
-    // azureml-fe scales model deployments itself (§5.3); so does the installed router.
+    // azureml-fe scales model deployments itself; so does the installed router.
     config.autoscale.enabled = true;
-    // Three replicas share each pod's cap, as azureml-fe's do (§1): they find each other through
+    // Three replicas share each pod's cap, as azureml-fe's do: they find each other through
     // their headless Service and reach each other on the pod IP ($POD_IP, downward API).
     if plan.ha {
         config.cluster = Some(ClusterConfig {

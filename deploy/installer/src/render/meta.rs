@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-/// The namespace everything lives in (§9.3 item 1: az forces the release namespace to `azureml`).
+/// The namespace everything lives in (az rule 1: az forces the release namespace to `azureml`).
 pub const NAMESPACE: &str = "azureml";
-/// The router's Deployment and ServiceAccount (Azure ML's names, §1).
+/// The router's Deployment and ServiceAccount (Azure ML's names).
 pub const ROUTER: &str = "azureml-fe-v2";
-/// The router's Service (Azure ML's name, §1).
+/// The router's Service (Azure ML's name).
 pub const SERVICE: &str = "azureml-fe";
 /// The ClusterIP Service the router's metrics are scraped through (kept off the public Service).
 pub const METRICS_SERVICE: &str = "azureml-fe-metrics";
@@ -26,7 +26,7 @@ pub const PEER_SERVICE: &str = "azureml-fe-peers";
 pub const CLUSTER_SECRET: &str = "azureml-fe-cluster";
 /// The router's ClusterRole and ClusterRoleBinding.
 pub const CLUSTER_ROLE: &str = "scoregate-router";
-/// The pod label Azure ML's router pods carry (§1), and the router's selector.
+/// The pod label Azure ML's router pods carry, and the router's selector.
 pub const APP_LABEL: (&str, &str) = ("azuremlappname", "azureml-fe");
 
 /// `app.kubernetes.io/managed-by` value on everything the installer makes.

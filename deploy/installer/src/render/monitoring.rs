@@ -12,7 +12,7 @@ use super::meta;
 
 /// The Prometheus Operator's API group and version.
 pub const API_VERSION: &str = "monitoring.coreos.com/v1";
-/// Scrape interval (Azure ML's scoring-fe metrics use 15 s, §8.1 release 1.1.23).
+/// Scrape interval (Azure ML's scoring-fe metrics use 15 s since release 1.1.23).
 pub const INTERVAL: &str = "15s";
 
 /// A `monitoring.coreos.com/v1` ServiceMonitor (the fields used here).

@@ -1,6 +1,6 @@
 //! The router's Deployment `azureml-fe-v2` and its PodDisruptionBudget.
 //!
-//! As azureml-fe (§1): 3 replicas spread over 3 nodes by required pod anti-affinity with
+//! As azureml-fe: 3 replicas spread over 3 nodes by required pod anti-affinity with
 //! `inferenceRouterHA`, else 1; requests 900m CPU / 800Mi, limits 2 CPU / 1200Mi; pods labelled
 //! `azuremlappname=azureml-fe`. Probes hit the admin port (`/readyz`, `/healthz`). Shutdown: the
 //! pod keeps serving for the drain delay (`preStop` sleep), then SIGTERM gives in-flight requests

@@ -1,4 +1,4 @@
-//! Service `azureml-fe` (the scoring entry point, §1.1) and, for Prometheus, the ClusterIP Service
+//! Service `azureml-fe` (the scoring entry point) and, for Prometheus, the ClusterIP Service
 //! `azureml-fe-metrics` that keeps the admin port off the public one.
 
 use std::collections::BTreeMap;

@@ -1,5 +1,5 @@
 //! Secret `azureml-fe-tls`, made from `sslCertPemFile` and `sslKeyPemFile` with the keys Azure ML's
-//! `sslSecret` uses (`cert.pem`, `key.pem`, §8.3). With `sslSecret` nothing is rendered: the
+//! `sslSecret` uses (`cert.pem`, `key.pem`). With `sslSecret` nothing is rendered: the
 //! Deployment projects the named Secret instead.
 
 use std::collections::BTreeMap;
