@@ -97,12 +97,9 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// The deployment named by an `azureml-model-deployment` header (in any case), whatever its
-    /// weight.
+    /// The deployment named by an `azureml-model-deployment` header, whatever its weight.
     pub fn deployment_named(&self, name: &[u8]) -> Option<&Arc<Deployment>> {
-        self.deployments
-            .iter()
-            .find(|d| d.name.as_bytes().eq_ignore_ascii_case(name))
+        self.deployments.iter().find(|d| d.name.as_bytes() == name)
     }
 
     /// A deployment chosen by traffic weight, or `None` when no deployment has live traffic.

@@ -71,21 +71,32 @@ async fn every_request_gets_one_access_log_line_with_its_request_id() {
     let h = Harness::start(&simple_routes(
         "ep-one",
         &[pod.address()],
-        "max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 0",
+        "max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 0, request_timeout_ms: 1000",
     ))
     .await;
 
-    let ok = h.score("ep-one", "?x=1").await;
+    let ok = h
+        .score_with("ep-one", "?x=1", &[("user-agent", "access-log-test/1.0")])
+        .await;
     let id = ok.header("x-request-id").unwrap();
     let line = the_line_for(id).await;
     assert_eq!(line["status"], 200, "{line}");
     assert_eq!(line["endpoint"], "ep-one", "{line}");
     assert_eq!(line["deployment"], "blue", "{line}");
     assert_eq!(line["complete"], true, "{line}");
+    assert_eq!(line["source"], "model", "{line}");
+    assert_eq!(line["pod"], pod.address().to_string(), "{line}");
+    assert_eq!(line["method"], "POST", "{line}");
+    assert_eq!(line["path"], "/api/v1/endpoint/ep-one/score?x=1", "{line}");
+    assert_eq!(line["user_agent"], "access-log-test/1.0", "{line}");
     assert!(
-        line["total_ms"].is_number() && line["upstream_ms"].is_number(),
+        line["client"].as_str().unwrap().starts_with("127.0.0.1:"),
         "{line}"
     );
+    for field in ["total_ms", "upstream_ms", "queue_ms", "response_bytes"] {
+        assert!(line[field].is_number(), "{field}: {line}");
+    }
+    assert!(line.get("code").is_none(), "the model answered: {line}");
 
     let failed = h.score("ep-one", "?fail=1").await;
     let line = the_line_for(failed.header("x-request-id").unwrap()).await;
@@ -95,6 +106,45 @@ async fn every_request_gets_one_access_log_line_with_its_request_id() {
     let line = the_line_for(unknown.header("x-request-id").unwrap()).await;
     assert_eq!(line["status"], 404, "{line}");
     assert_eq!(line["code"], "EndpointNotFound", "{line}");
+    assert_eq!(line["source"], "router", "{line}");
+    assert_eq!(
+        line["endpoint"], "no-such-endpoint",
+        "the name asked for: {line}"
+    );
+    for field in ["client", "method", "path", "request_id", "total_ms"] {
+        assert!(!line[field].is_null(), "{field}: {line}");
+    }
+
+    // A wrong key: the line names the endpoint targeted and the client (key guessing can be
+    // traced), and the credential appears nowhere.
+    let refused = send(
+        &h.client,
+        http::Method::POST,
+        &h.url("ep-one", "/score"),
+        &[("authorization", "Bearer not-the-key-0123456789")],
+        empty(),
+    )
+    .await;
+    let line = the_line_for(refused.header("x-request-id").unwrap()).await;
+    assert_eq!(
+        (line["status"].as_u64(), line["code"].as_str()),
+        (Some(401), Some("InvalidKey")),
+        "{line}"
+    );
+    assert_eq!(line["endpoint"], "ep-one", "{line}");
+    assert!(
+        line["client"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{line}"
+    );
+    assert!(!line.to_string().contains("not-the-key"), "{line}");
+
+    // A pod too slow for request_timeout_ms: the 504's line names the pod and the times.
+    let slow = h.score("ep-one", "?sleep_ms=3000").await;
+    let line = the_line_for(slow.header("x-request-id").unwrap()).await;
+    assert_eq!(line["code"], "UpstreamTimeout", "{line}");
+    assert_eq!(line["pod"], pod.address().to_string(), "{line}");
+    assert!(line["upstream_ms"].as_f64().unwrap() > 0.0, "{line}");
+    assert!(line["queue_ms"].is_number(), "{line}");
 
     // A client that goes away mid-response still gets its line, marked incomplete.
     let guid = "0b7c1b0e-8f1c-4c53-9a55-2d7f4f0c9e11";

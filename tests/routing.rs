@@ -89,7 +89,13 @@ async fn ten_thousand_requests_split_90_10_within_two_points() {
         async move {
             h.metric_or_zero(
                 "scoregate_requests_total",
-                &[("endpoint", "ep-one"), ("deployment", d), ("code", "200")],
+                &[
+                    ("endpoint", "ep-one"),
+                    ("deployment", d),
+                    ("code", "200"),
+                    ("source", "model"),
+                    ("error", ""),
+                ],
             )
             .await as usize
         }
@@ -415,24 +421,12 @@ async fn host_routing_and_path_routing() {
     assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "Healthy"));
     let r = get("/swagger.json", Some("ep-one.ml.example.com")).await;
     assert_eq!(r.json()["swagger"], "2.0");
-    // Host names are case-insensitive, the endpoint's part included; so are names in paths and
-    // in azureml-model-deployment.
+    // Host names are case-insensitive, the endpoint's part included; so are endpoint names in
+    // paths.
     let r = get("/score", Some("EP-ONE.ML.EXAMPLE.COM")).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let r = get("/api/v1/endpoint/Ep-One/score", None).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = send(
-        &h.client,
-        Method::GET,
-        &h.raw_url("/api/v1/endpoint/ep-one/score"),
-        &[
-            ("authorization", &auth),
-            ("azureml-model-deployment", "BLUE"),
-        ],
-        empty(),
-    )
-    .await;
-    assert_eq!(r.deployment(), Some("blue"), "{}", r.text());
 
     assert_router_error(
         &get("/score", Some("other.ml.example.com")).await,

@@ -8,18 +8,19 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::telemetry::RequestRecord;
+use super::record::Finish;
 use crate::upstream::PodBody;
 
 /// A response body streamed from a pod, with what to log when it ends.
 struct Streaming {
     inner: PodBody,
-    record: Option<Box<RequestRecord>>,
+    record: Option<Finish>,
     bytes: u64,
 }
 
 impl Streaming {
-    /// Writes the access-log line (once): `complete` says whether the body reached its end.
+    /// Records the body and writes its access-log line (once): `complete` says whether the body
+    /// reached its end.
     fn log(&mut self, complete: bool) {
         if let Some(record) = self.record.take() {
             record.finish(self.bytes, complete);
@@ -46,8 +47,9 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    /// The pod's body, streamed; `record` is logged when it ends or is dropped.
-    pub fn streaming(inner: PodBody, record: Option<Box<RequestRecord>>) -> Self {
+    /// The pod's body, streamed; `record` is finished (counted, logged) when it ends or is
+    /// dropped.
+    pub fn streaming(inner: PodBody, record: Option<Finish>) -> Self {
         let mut streaming = Streaming {
             inner,
             record,

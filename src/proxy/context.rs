@@ -7,6 +7,7 @@ use std::time::Instant;
 use http::HeaderValue;
 
 use super::headers::{self, RequestIds};
+use crate::telemetry::access::RequestLine;
 
 /// Settings of the proxy itself (listeners and limits on connections live in the server).
 #[derive(Clone, Debug)]
@@ -50,4 +51,7 @@ pub struct Context {
     pub ids: RequestIds,
     /// The connection it came in on.
     pub conn: ClientConn,
+    /// Its method, path, user agent and declared length, as the client sent them (for the
+    /// record phase).
+    pub line: RequestLine,
 }

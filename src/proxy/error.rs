@@ -11,7 +11,9 @@
 //! ([`http1_refusal`]). Both carry the same response headers
 //! ([`super::headers::set_response_headers`]).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
@@ -182,6 +184,39 @@ pub struct Rejection {
     pub error: RouterError,
     /// How far routing got.
     pub scope: Scope,
+    /// How far the request got after routing (for its access-log line).
+    pub attempt: Option<Attempt>,
+}
+
+/// How far a rejected request got after routing: queued, then sent to a pod.
+#[derive(Clone, Copy, Debug)]
+pub struct Attempt {
+    /// The pod it was admitted on (and sent to), when it got a slot.
+    pub pod: Option<SocketAddr>,
+    /// Time from its arrival to its slot (or to giving up waiting for one).
+    pub queue_wait: Duration,
+    /// Time from sending it to the pod to giving up on the pod.
+    pub upstream: Option<Duration>,
+}
+
+impl Attempt {
+    /// A request that waited `queue_wait` and got no slot.
+    pub fn queued(queue_wait: Duration) -> Self {
+        Attempt {
+            pod: None,
+            queue_wait,
+            upstream: None,
+        }
+    }
+
+    /// A request admitted on `pod` after `queue_wait`, given up on `upstream` after sending.
+    pub fn sent(pod: SocketAddr, queue_wait: Duration, upstream: Duration) -> Self {
+        Attempt {
+            pod: Some(pod),
+            queue_wait,
+            upstream: Some(upstream),
+        }
+    }
 }
 
 /// How far routing got before a rejection: it is counted there.
@@ -200,6 +235,7 @@ impl Rejection {
         Rejection {
             error,
             scope: Scope::Unknown,
+            attempt: None,
         }
     }
 
@@ -208,6 +244,7 @@ impl Rejection {
         Rejection {
             error,
             scope: Scope::Endpoint(endpoint.unrouted.clone()),
+            attempt: None,
         }
     }
 
@@ -216,7 +253,14 @@ impl Rejection {
         Rejection {
             error,
             scope: Scope::Deployment(deployment.clone()),
+            attempt: None,
         }
+    }
+
+    /// The same rejection, saying how far the request got.
+    pub fn after(mut self, attempt: Attempt) -> Self {
+        self.attempt = Some(attempt);
+        self
     }
 
     /// The name of the deployment, when one was chosen (the response names it).

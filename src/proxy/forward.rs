@@ -127,6 +127,7 @@ impl Forwarder {
             .retry(deployment.target(), &failed_pod)
             .await
             .ok_or(RouterError::UpstreamConnectFailed)?;
+        deployment.metrics.retries().increment(1);
         let mut exchange = self.upstream.exchange(retry);
         match exchange.send(*request).await {
             Ok(response) => Ok((response, exchange)),

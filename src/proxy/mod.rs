@@ -29,16 +29,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Request, Response};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::admission::Admitter;
 use crate::table::TableHandle;
+use crate::telemetry::access::RequestLine;
 use crate::telemetry::{AccessLog, Metrics, StatusCounters};
 use crate::upstream::Upstream;
 
 pub use body::ResponseBody;
 pub use context::{ClientConn, Context, ProxySettings};
-pub use error::{Rejection, RouterError};
+pub use error::{Attempt, Rejection, RouterError};
 use forward::Forwarder;
 use headers::RequestIds;
 
@@ -82,6 +84,7 @@ impl Proxy {
             started: Instant::now(),
             ids: RequestIds::read(request.headers()),
             conn,
+            line: RequestLine::of(&request, request.body().size_hint().exact()),
         };
         match self.serve(request, &cx).await {
             Ok(response) => response,
@@ -100,23 +103,23 @@ impl Proxy {
     ) -> Result<Response<ResponseBody>, Rejection> {
         let route::Routed { deployment, target } =
             route::route(&self.table, &self.settings, &request)?;
-        let rejected = |error| Rejection::at_deployment(error, &deployment);
+        let rejected = |error, attempt| Rejection::at_deployment(error, &deployment).after(attempt);
         let admitted = admit::admit(&self.admitter, &deployment, cx.started)
             .await
-            .map_err(rejected)?;
-        let line = record::RequestLine::of(&request);
+            .map_err(|e| rejected(e, Attempt::queued(cx.started.elapsed())))?;
+        let (pod, queue_wait) = (admitted.slot.pod().address(), admitted.queue_wait);
+        let sent = Instant::now();
         let forwarded = self
             .forwarder
             .forward(&deployment, target, admitted.slot, request, cx)
             .await
-            .map_err(rejected)?;
+            .map_err(|e| rejected(e, Attempt::sent(pod, queue_wait, sent.elapsed())))?;
         let responded = respond::respond(forwarded, &deployment, &cx.ids);
         Ok(record::routed(
             &self.access_log,
             responded,
             &deployment,
-            admitted.queue_wait,
-            line,
+            queue_wait,
             cx,
         ))
     }

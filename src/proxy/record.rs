@@ -1,61 +1,65 @@
-//! Phase "record": every request is counted once (`scoregate_requests_total` and the duration
-//! histograms) and gets one access-log line: a routed request when its body ends or the client
-//! goes away, a rejected one at once.
+//! Phase "record": every request is counted once (`scoregate_requests_total`, by status and by
+//! who answered, and the duration and size histograms) and gets one access-log line: a routed
+//! request when its body ends or the client goes away, a rejected one at once. Both lines carry
+//! the same fields (`telemetry::access::AccessLine`).
 
 use std::time::Duration;
 
-use http::uri::PathAndQuery;
-use http::{Method, Request, Response};
+use http::Response;
+use metrics::Histogram;
 
 use super::body::ResponseBody;
 use super::context::Context;
 use super::error::{Rejection, Scope};
 use super::respond::Responded;
+use super::target;
 use crate::table::Deployment;
-use crate::telemetry::{ms, AccessLog, RequestRecord, StatusCounters};
+use crate::telemetry::access::AccessLine;
+use crate::telemetry::{AccessLog, RequestRecord, Source, StatusCounters};
 
-/// The request line as the client sent it, kept for the access log.
-#[derive(Debug)]
-pub struct RequestLine {
-    method: Method,
-    path: Option<PathAndQuery>,
+/// What a streamed response body does when it ends, fails or is dropped: counts its size and
+/// writes the access-log line (when the policy wants one).
+pub struct Finish {
+    response_size: Histogram,
+    record: Option<Box<RequestRecord>>,
 }
 
-impl RequestLine {
-    /// The method and the path (with query) of `request`.
-    pub fn of<B>(request: &Request<B>) -> Self {
-        RequestLine {
-            method: request.method().clone(),
-            path: request.uri().path_and_query().cloned(),
+impl Finish {
+    /// Records a body of `response_bytes`; `complete` says whether it reached its end.
+    pub fn finish(self, response_bytes: u64, complete: bool) {
+        self.response_size.record(response_bytes as f64);
+        if let Some(record) = self.record {
+            record.finish(response_bytes, complete);
         }
     }
 }
 
-/// Counts a response `deployment` gave after `queue_wait` in its queue, and attaches the
-/// access-log line to its body.
+/// Counts a response `deployment` gave after `queue_wait` in its queue, and attaches what its
+/// body does when it ends.
 pub fn routed(
     access_log: &AccessLog,
     responded: Responded,
     deployment: &Deployment,
     queue_wait: Duration,
-    line: RequestLine,
     cx: &Context,
 ) -> Response<ResponseBody> {
     let status = responded.response.status().as_u16();
     let metrics = &deployment.metrics;
-    metrics.requests.record(status);
+    metrics.requests.record(status, Source::Model);
     metrics
         .duration()
         .record(cx.started.elapsed().as_secs_f64());
     metrics
         .upstream_duration()
         .record(responded.upstream_time.as_secs_f64());
+    if let Some(length) = cx.line.declared_length {
+        metrics.request_size().record(length as f64);
+    }
     let record = access_log.wants(status).then(|| {
         Box::new(RequestRecord {
             started: cx.started,
             request_id: cx.ids.request_id.clone(),
-            method: line.method,
-            path: line.path,
+            line: cx.line.clone(),
             endpoint: deployment.endpoint.clone(),
             deployment: deployment.name.clone(),
             pod: responded.pod,
@@ -65,12 +69,18 @@ pub fn routed(
             client: cx.conn.remote,
         })
     });
+    let finish = Finish {
+        response_size: metrics.response_size().clone(),
+        record,
+    };
     responded
         .response
-        .map(|body| ResponseBody::streaming(body, record))
+        .map(|body| ResponseBody::streaming(body, Some(finish)))
 }
 
-/// Counts a rejection where it belongs and logs it with the request id.
+/// Counts a rejection where it belongs (`source="router"`, its `error.code`) and logs it with
+/// everything known of the request: the endpoint it targeted, the deployment and pod when they
+/// were chosen, and the time spent queued and at the pod.
 pub fn rejected(
     access_log: &AccessLog,
     unknown: &StatusCounters,
@@ -78,33 +88,45 @@ pub fn rejected(
     cx: &Context,
 ) {
     let status = rejection.error.status().as_u16();
+    let code = rejection.error.code();
+    let source = Source::Router(code);
     let (endpoint, deployment): (&str, &str) = match &rejection.scope {
         Scope::Unknown => {
-            unknown.record(status);
-            ("", "")
+            unknown.record(status, source);
+            let path = cx.line.path.as_ref().map_or("", |p| p.path());
+            (target::from_path(path).map_or("", |(name, _)| name), "")
         }
         Scope::Endpoint(counters) => {
-            counters.record(status);
-            ("", "")
+            counters.record(status, source);
+            (counters.endpoint(), "")
         }
         Scope::Deployment(d) => {
-            d.metrics.requests.record(status);
+            d.metrics.requests.record(status, source);
             d.metrics
                 .duration()
                 .record(cx.started.elapsed().as_secs_f64());
             (&d.endpoint, &d.name)
         }
     };
-    if access_log.wants(status) {
-        tracing::info!(
-            target: "scoregate::access",
-            request_id = cx.ids.request_id_str(),
-            endpoint,
-            deployment,
-            status,
-            code = rejection.error.code(),
-            total_ms = ms(cx.started.elapsed()),
-            "rejected"
-        );
+    if !access_log.wants(status) {
+        return;
     }
+    let attempt = rejection.attempt;
+    AccessLine {
+        message: "rejected",
+        request_id: cx.ids.request_id_str(),
+        trace_id: None,
+        client: cx.conn.remote,
+        line: &cx.line,
+        endpoint,
+        deployment,
+        pod: attempt.and_then(|a| a.pod),
+        status,
+        code: Some(code),
+        queue_wait: attempt.map(|a| a.queue_wait),
+        upstream: attempt.and_then(|a| a.upstream),
+        started: cx.started,
+        body: None,
+    }
+    .write();
 }
