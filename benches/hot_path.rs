@@ -3,6 +3,9 @@
 //! - `request_path`: step 1 (target parse) + 2 (snapshot) + 3 (key auth) + 4 (weighted choice)
 //!   + 5 (admission, fast path) and the slot's release, on a table of 10,000 endpoints.
 //! - `p2c_admission`: taking and releasing a slot among 1,000 pods, idle and loaded.
+//! - `http1_codec`: the byte-level HTTP/1 path's pieces on a typical scoring exchange: the
+//!   request head checked and indexed in one pass, rewritten for the pod, the pod's response
+//!   head parsed and written for the client, and a chunked body decoded and re-chunked.
 //! - `table_rebuild`: publishing a table that differs from the current one in one pod, at
 //!   10,000 endpoints × 10 pods: comparing the whole spec (the routes file) and rebuilding only
 //!   the endpoint a watch named (Kubernetes discovery).
@@ -21,6 +24,11 @@ use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue};
 
 use scoregate::admission::{DeploymentAdmission, Pod};
+use scoregate::http1::body::{BodyDecoder, BodyEncoder};
+use scoregate::http1::chunked::Chunk;
+use scoregate::http1::head::{HeadLimits, RequestHead, Version};
+use scoregate::http1::response::{Parsed, ResponseHead};
+use scoregate::http1::write::{self, ClientSide};
 use scoregate::model::{
     AuthMode, DeploymentSpec, EndpointKeys, EndpointSpec, PodSpec, RequestSettings, RouteSpec,
 };
@@ -249,5 +257,104 @@ fn table_rebuild(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, request_path, p2c_admission, table_rebuild);
+/// A scoring request as a client library sends it.
+const SCORE_HEAD: &[u8] =
+    b"POST /api/v1/endpoint/ep-00042/score HTTP/1.1\r\nHost: ml.example.com\r\n\
+    User-Agent: python-requests/2.32.3\r\nAccept-Encoding: gzip, deflate\r\nAccept: */*\r\n\
+    Connection: keep-alive\r\nAuthorization: Bearer primary-key-00042-0123456789abcdef\r\n\
+    Content-Type: application/json\r\nContent-Length: 46\r\n\r\n";
+
+/// The model's answer, as the Azure ML inference server (gunicorn) sends it.
+const SCORE_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nServer: gunicorn\r\n\
+    Date: Tue, 01 Dec 2026 00:00:00 GMT\r\nConnection: keep-alive\r\n\
+    Content-Type: application/json\r\nContent-Length: 107\r\nx-ms-run-function-failed: False\r\n\r\n";
+
+fn http1_codec(c: &mut Criterion) {
+    let limits = HeadLimits {
+        max_header_bytes: 64 * 1024,
+        max_headers: 100,
+    };
+    let mut group = c.benchmark_group("http1_codec");
+    group.throughput(Throughput::Elements(1));
+    let request_bytes = bytes::Bytes::from_static(SCORE_HEAD);
+    group.bench_function("request_head_parse", |b| {
+        b.iter(|| RequestHead::parse(black_box(request_bytes.clone()), limits).unwrap())
+    });
+    let head = RequestHead::parse(request_bytes.clone(), limits).unwrap();
+    let mut out = Vec::with_capacity(1024);
+    group.bench_function("request_head_rewrite", |b| {
+        b.iter(|| {
+            out.clear();
+            let path = target::from_path(head.path()).unwrap().1;
+            write::forward_request(
+                &mut out,
+                black_box(&head),
+                &[path.as_bytes()],
+                |name| name.eq_ignore_ascii_case(b"authorization"),
+                |w| {
+                    w.field(b"x-forwarded-for", b"10.1.2.3");
+                    w.field(b"x-forwarded-proto", b"http");
+                    w.field(b"x-request-id", b"3f2504e0-4f89-11d3-9a0c-0305e82c3301");
+                },
+            )
+        })
+    });
+    let client = ClientSide {
+        version: Version::Http11,
+        head_request: false,
+        keep_alive: true,
+    };
+    group.bench_function("response_head_parse_and_write", |b| {
+        b.iter(|| {
+            out.clear();
+            let Ok(Parsed::Complete(response, _)) =
+                ResponseHead::parse(black_box(SCORE_RESPONSE), false)
+            else {
+                panic!("the response parses");
+            };
+            write::client_response(
+                &mut out,
+                &response,
+                SCORE_RESPONSE,
+                client,
+                |_| false,
+                |w| {
+                    w.field(b"azureml-model-deployment", b"blue");
+                },
+            )
+        })
+    });
+    let chunked: Vec<u8> = (0..16)
+        .flat_map(|_| b"100\r\n".iter().chain(&[b'x'; 256]).chain(b"\r\n"))
+        .chain(b"0\r\n\r\n")
+        .copied()
+        .collect();
+    group.throughput(Throughput::Bytes(4096));
+    group.bench_function("chunked_body_4k_reframe", |b| {
+        b.iter(|| {
+            out.clear();
+            let mut decoder = BodyDecoder::chunked(1024);
+            let mut input = black_box(chunked.as_slice());
+            loop {
+                let (used, found) = decoder.decode(input).unwrap();
+                if let Chunk::Data(data) = found {
+                    BodyEncoder::Chunked.encode(data, &mut out);
+                }
+                input = &input[used..];
+                if found == Chunk::End {
+                    break;
+                }
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    request_path,
+    p2c_admission,
+    http1_codec,
+    table_rebuild
+);
 criterion_main!(benches);

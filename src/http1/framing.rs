@@ -12,6 +12,7 @@
 //! | more than one `Content-Length` (even equal), or one that is not plain digits (`+3`, `1,1`) | 400 |
 //! | a `Transfer-Encoding` other than exactly `chunked`, or in more than one field, or on HTTP/1.0 | 400 |
 //! | obs-fold (a field line starting with a space or tab), whitespace before a field's colon | 400 |
+//! | a malformed request line (method, target or version), a character a field name or value may not hold | 400 |
 //! | a bare LF (a line ending without CR) | 400 |
 //! | a chunk size that is not hex, longer than 16 digits, a chunk not ended by CRLF, oversized extensions or trailers | 400 |
 //! | an HTTP/1.1 request without a `Host` field, or any request with several (RFC 9112 §3.2) | 400 |
@@ -24,115 +25,20 @@
 //! The stance (reject rather than normalise ambiguous framing): `docs/ARCHITECTURE.md`, "HTTP/1
 //! framing".
 
-/// Limits the scanner enforces on heads.
-#[derive(Clone, Copy, Debug)]
-pub struct HeadLimits {
-    /// Largest head, request line and CRLFs included.
-    pub max_header_bytes: usize,
-    /// Most header fields.
-    pub max_headers: usize,
-}
+pub use super::head::HeadLimits;
+pub use super::violation::Violation;
 
-/// Why a request was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Violation {
-    /// The head is over `max_header_bytes`.
-    HeadTooLarge,
-    /// More than `max_headers` fields.
-    TooManyHeaders,
-    /// Both `Content-Length` and `Transfer-Encoding`.
-    LengthAndChunked,
-    /// Several `Content-Length` fields.
-    DuplicateLength,
-    /// A `Content-Length` that is not a plain decimal number.
-    InvalidLength,
-    /// A transfer coding other than `chunked`, repeated, or on HTTP/1.0.
-    InvalidTransferEncoding,
-    /// A folded (obs-fold) field line.
-    ObsFold,
-    /// A malformed field line (no colon, whitespace before the colon, empty name).
-    InvalidHeaderLine,
-    /// A line ending in LF without CR.
-    BareLineFeed,
-    /// A malformed chunk size line, chunk end or trailer.
-    InvalidChunk,
-    /// An HTTP/1.1 request without a `Host` field (RFC 9112 §3.2).
-    MissingHost,
-    /// Several `Host` fields.
-    DuplicateHost,
-}
+use super::chunked::{BadChunk, Chunk, ChunkedDecoder};
+use super::head::{self, BodyFraming};
 
-impl Violation {
-    /// The status the client gets.
-    pub fn status(self) -> http::StatusCode {
-        match self {
-            Violation::HeadTooLarge | Violation::TooManyHeaders => {
-                http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
-            }
-            _ => http::StatusCode::BAD_REQUEST,
-        }
-    }
-
-    /// The stable error code.
-    pub fn code(self) -> &'static str {
-        match self {
-            Violation::HeadTooLarge | Violation::TooManyHeaders => "RequestHeaderFieldsTooLarge",
-            Violation::MissingHost | Violation::DuplicateHost => "InvalidHost",
-            _ => "BadRequestFraming",
-        }
-    }
-
-    /// What is wrong, for the client.
-    pub fn message(self) -> &'static str {
-        match self {
-            Violation::HeadTooLarge => "the request head is larger than the router accepts",
-            Violation::TooManyHeaders => {
-                "the request has more header fields than the router accepts"
-            }
-            Violation::LengthAndChunked => {
-                "the request has both Content-Length and Transfer-Encoding"
-            }
-            Violation::DuplicateLength => "the request has more than one Content-Length",
-            Violation::InvalidLength => {
-                "the request's Content-Length is not a plain decimal number"
-            }
-            Violation::InvalidTransferEncoding => {
-                "the request's Transfer-Encoding is not exactly `chunked`"
-            }
-            Violation::ObsFold => "the request has a folded header line (obs-fold)",
-            Violation::InvalidHeaderLine => "the request has a malformed header line",
-            Violation::BareLineFeed => "the request has a line ending without CR",
-            Violation::InvalidChunk => "the request body's chunked framing is malformed",
-            Violation::MissingHost => "an HTTP/1.1 request needs a Host header",
-            Violation::DuplicateHost => "the request has more than one Host header",
-        }
-    }
-}
-
-/// Most hex digits in a chunk size (64 bits).
-const MAX_CHUNK_SIZE_DIGITS: u8 = 16;
-/// Longest chunk-size line extension.
-const MAX_CHUNK_EXTENSION_BYTES: usize = 4096;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 enum State {
     /// Gathering a request head.
     Head,
     /// A body of known length: bytes left.
     Body(u64),
-    /// A chunk-size line: digits read, value, inside an extension, bytes of extension, saw CR.
-    ChunkSize {
-        digits: u8,
-        value: u64,
-        extension: usize,
-        cr: bool,
-    },
-    /// Chunk data: bytes left.
-    ChunkData(u64),
-    /// The CRLF after chunk data: `false` expects CR, `true` expects LF.
-    ChunkEnd(bool),
-    /// Trailer fields after the last chunk: bytes of this line, total trailer bytes, saw CR.
-    Trailers { line: usize, total: usize, cr: bool },
+    /// A chunked body.
+    Chunked(ChunkedDecoder),
 }
 
 /// The framing state of one HTTP/1 connection.
@@ -172,12 +78,12 @@ impl Framing {
 
     /// Whether the stream is between requests (no byte of the next head seen yet).
     pub fn at_boundary(&self) -> bool {
-        self.state == State::Head && self.head.is_empty()
+        matches!(self.state, State::Head) && self.head.is_empty()
     }
 
     /// Whether part of a head has arrived but not all of it.
     pub fn in_head(&self) -> bool {
-        self.state == State::Head && !self.head.is_empty()
+        matches!(self.state, State::Head) && !self.head.is_empty()
     }
 
     /// Feeds bytes read from the client.
@@ -190,7 +96,7 @@ impl Framing {
         let mut undispatched: Option<usize> = None;
         while !data.is_empty() {
             let consumed_before = total - data.len();
-            match self.state {
+            match &mut self.state {
                 State::Head => {
                     if self.head.is_empty() {
                         unit_start = consumed_before;
@@ -206,7 +112,7 @@ impl Framing {
                         // The usual case: the whole head is in this read; check it in place.
                         match find_head_end(data, 0) {
                             Ok(Some(end)) if end <= self.limits.max_header_bytes => {
-                                match inspect_head(&data[..end], self.limits) {
+                                match body_state(&data[..end], self.limits) {
                                     Ok(next) => self.state = next,
                                     Err(v) => return refused(unit_start, v, true),
                                 }
@@ -227,7 +133,7 @@ impl Framing {
                         return refused(unit_start, Violation::HeadTooLarge, true);
                     }
                     if done {
-                        match inspect_head(&self.head, self.limits) {
+                        match body_state(&self.head, self.limits) {
                             Ok(next) => {
                                 self.state = next;
                                 self.head.clear();
@@ -238,123 +144,23 @@ impl Framing {
                     }
                 }
                 State::Body(left) => {
-                    let n = left.min(data.len() as u64);
+                    let n = (*left).min(data.len() as u64);
                     data = &data[n as usize..];
-                    self.state = if left == n {
+                    self.state = if *left == n {
                         State::Head
                     } else {
-                        State::Body(left - n)
+                        State::Body(*left - n)
                     };
                 }
-                State::ChunkData(left) => {
-                    let n = left.min(data.len() as u64);
-                    data = &data[n as usize..];
-                    self.state = if left == n {
-                        State::ChunkEnd(false)
-                    } else {
-                        State::ChunkData(left - n)
-                    };
-                }
-                State::ChunkEnd(expect_lf) => {
-                    let byte = data[0];
-                    data = &data[1..];
-                    self.state = match (expect_lf, byte) {
-                        (false, b'\r') => State::ChunkEnd(true),
-                        (true, b'\n') => zero_size_line(),
-                        _ => return bad_chunk(undispatched, consumed_before),
-                    };
-                }
-                State::ChunkSize {
-                    digits,
-                    value,
-                    extension,
-                    cr,
-                } => {
-                    let byte = data[0];
-                    data = &data[1..];
-                    let bad = || bad_chunk(undispatched, consumed_before);
-                    self.state = if cr {
-                        if byte != b'\n' || digits == 0 {
-                            return bad();
+                State::Chunked(decoder) => match decoder.decode(data) {
+                    Ok((used, found)) => {
+                        data = &data[used..];
+                        if found == Chunk::End {
+                            self.state = State::Head;
                         }
-                        if value == 0 {
-                            State::Trailers {
-                                line: 0,
-                                total: 0,
-                                cr: false,
-                            }
-                        } else {
-                            State::ChunkData(value)
-                        }
-                    } else if byte == b'\r' {
-                        State::ChunkSize {
-                            digits,
-                            value,
-                            extension,
-                            cr: true,
-                        }
-                    } else if extension > 0 || byte == b';' {
-                        if byte == b'\n' || extension >= MAX_CHUNK_EXTENSION_BYTES {
-                            return bad();
-                        }
-                        State::ChunkSize {
-                            digits,
-                            value,
-                            extension: extension + 1,
-                            cr: false,
-                        }
-                    } else if let Some(d) = (byte as char).to_digit(16) {
-                        if digits >= MAX_CHUNK_SIZE_DIGITS {
-                            return bad();
-                        }
-                        State::ChunkSize {
-                            digits: digits + 1,
-                            value: (value << 4) | u64::from(d),
-                            extension,
-                            cr: false,
-                        }
-                    } else {
-                        // Whitespace after the size (BWS before an extension) is not allowed
-                        // without an extension; anything else is garbage.
-                        return bad();
-                    };
-                }
-                State::Trailers { line, total, cr } => {
-                    let byte = data[0];
-                    data = &data[1..];
-                    let bad = || bad_chunk(undispatched, consumed_before);
-                    if total + 1 > self.limits.max_header_bytes {
-                        return bad();
                     }
-                    self.state = if cr {
-                        if byte != b'\n' {
-                            return bad();
-                        }
-                        if line == 0 {
-                            State::Head
-                        } else {
-                            State::Trailers {
-                                line: 0,
-                                total: total + 1,
-                                cr: false,
-                            }
-                        }
-                    } else if byte == b'\r' {
-                        State::Trailers {
-                            line,
-                            total: total + 1,
-                            cr: true,
-                        }
-                    } else if byte == b'\n' {
-                        return bad();
-                    } else {
-                        State::Trailers {
-                            line: line + 1,
-                            total: total + 1,
-                            cr: false,
-                        }
-                    };
-                }
+                    Err(BadChunk { at }) => return bad_chunk(undispatched, consumed_before + at),
+                },
             }
         }
         Scan::Ok
@@ -399,15 +205,6 @@ fn bad_chunk(undispatched: Option<usize>, chunk_start: usize) -> Scan {
     }
 }
 
-fn zero_size_line() -> State {
-    State::ChunkSize {
-        digits: 0,
-        value: 0,
-        extension: 0,
-        cr: false,
-    }
-}
-
 /// The end (exclusive) of the first CRLFCRLF in `bytes` at or after `from`, checking on the way
 /// that every LF ends a CRLF.
 fn find_head_end(bytes: &[u8], from: usize) -> Result<Option<usize>, Violation> {
@@ -422,78 +219,12 @@ fn find_head_end(bytes: &[u8], from: usize) -> Result<Option<usize>, Violation> 
     Ok(None)
 }
 
-/// Checks one complete head (ending in CRLFCRLF, every LF after a CR) and returns the body
-/// framing, in one pass over its lines.
-fn inspect_head(head: &[u8], limits: HeadLimits) -> Result<State, Violation> {
-    let mut fields = 0usize;
-    let mut length: Option<u64> = None;
-    let mut lengths = 0;
-    let mut encodings = 0;
-    let mut hosts = 0;
-    let mut http10 = false;
-    let mut start = 0;
-    for lf in memchr::memchr_iter(b'\n', head) {
-        // The line without its CRLF.
-        let line = &head[start..lf.saturating_sub(1).max(start)];
-        let first_line = start == 0;
-        start = lf + 1;
-        if first_line {
-            http10 = line.ends_with(b"HTTP/1.0");
-            continue;
-        }
-        if line.is_empty() {
-            break;
-        }
-        if line[0] == b' ' || line[0] == b'\t' {
-            return Err(Violation::ObsFold);
-        }
-        fields += 1;
-        if fields > limits.max_headers {
-            return Err(Violation::TooManyHeaders);
-        }
-        let colon = memchr::memchr(b':', line).ok_or(Violation::InvalidHeaderLine)?;
-        let name = &line[..colon];
-        if name.is_empty() || name.iter().any(|b| *b == b' ' || *b == b'\t') {
-            return Err(Violation::InvalidHeaderLine);
-        }
-        if name.len() == 4 && name.eq_ignore_ascii_case(b"host") {
-            hosts += 1;
-        } else if name.len() == 14 && name.eq_ignore_ascii_case(b"content-length") {
-            lengths += 1;
-            let value = line[colon + 1..].trim_ascii();
-            if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
-                return Err(Violation::InvalidLength);
-            }
-            length = Some(value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
-        } else if name.len() == 17 && name.eq_ignore_ascii_case(b"transfer-encoding") {
-            encodings += 1;
-            if !line[colon + 1..]
-                .trim_ascii()
-                .eq_ignore_ascii_case(b"chunked")
-            {
-                return Err(Violation::InvalidTransferEncoding);
-            }
-        }
-    }
-    if hosts > 1 {
-        return Err(Violation::DuplicateHost);
-    }
-    if hosts == 0 && !http10 {
-        return Err(Violation::MissingHost);
-    }
-    if lengths > 1 {
-        return Err(Violation::DuplicateLength);
-    }
-    if encodings > 0 && lengths > 0 {
-        return Err(Violation::LengthAndChunked);
-    }
-    if encodings > 1 || (encodings == 1 && http10) {
-        return Err(Violation::InvalidTransferEncoding);
-    }
-    Ok(match (encodings == 1, length) {
-        (true, _) => zero_size_line(),
-        (false, Some(n)) if n > 0 => State::Body(n),
-        _ => State::Head,
+/// Checks one complete head and returns the state its body puts the stream in.
+fn body_state(head: &[u8], limits: HeadLimits) -> Result<State, Violation> {
+    Ok(match head::inspect(head, limits)?.body() {
+        BodyFraming::Empty => State::Head,
+        BodyFraming::Length(n) => State::Body(n),
+        BodyFraming::Chunked => State::Chunked(ChunkedDecoder::new(limits.max_header_bytes)),
     })
 }
 

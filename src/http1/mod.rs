@@ -1,6 +1,25 @@
-//! HTTP/1.1 on the wire, below both legs of the proxy: the request framing rules the router
-//! enforces before anything parses a request ([`framing`]), and the writing of a response head
-//! as bytes ([`encode`]). Nothing here depends on the rest of the crate.
+//! HTTP/1.1 on the wire, below both legs of the proxy. Nothing here depends on the rest of the
+//! crate.
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`head`] | request heads checked and indexed in one pass ([`head::RequestHead`]) |
+//! | [`framing`] | the request framing rules, following a client's byte stream request by request |
+//! | [`chunked`] | the chunked coding, decoded incrementally and written |
+//! | [`body`] | bodies read with the framing they came with and written with the other side's |
+//! | [`response`] | pod response heads parsed once, with their body's framing |
+//! | [`write`] | the heads the byte-level path writes: the request for the pod, the response for the client |
+//! | [`violation`] | why a request is refused, with its status and message |
+//! | [`encode`] | writing a response as bytes |
 
+pub mod body;
+pub mod chunked;
 pub mod encode;
 pub mod framing;
+pub mod head;
+pub mod response;
+pub mod violation;
+pub mod write;
+
+#[cfg(test)]
+mod proptests;

@@ -1,0 +1,666 @@
+//! HTTP/1 request heads, checked and indexed in one pass.
+//!
+//! [`inspect`] reads a complete head once: it checks every rule of the framing table
+//! (`docs/ARCHITECTURE.md`, "HTTP/1 framing") and the characters RFC 9112 allows in a request
+//! line and in field names and values, learns the body's framing, and records where each part
+//! is ([`HeadIndex`]). The framing guard keeps only the framing; the byte-level path keeps the
+//! index with the bytes ([`RequestHead`]) so that routing, authentication and the rewrite for the
+//! pod read fields in place, without building a header map.
+
+use bytes::Bytes;
+use smallvec::SmallVec;
+
+use super::violation::Violation;
+
+/// Limits on heads.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadLimits {
+    /// Largest head, request line and CRLFs included.
+    pub max_header_bytes: usize,
+    /// Most header fields.
+    pub max_headers: usize,
+}
+
+/// The protocol version of a request line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    /// `HTTP/1.0`.
+    Http10,
+    /// `HTTP/1.1`.
+    Http11,
+}
+
+/// How a request's body is framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body (no framing field, or `Content-Length: 0`).
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// Fields the HTTP/1 layer itself acts on: framing, connection management, and the hop-by-hop
+/// fields of RFC 9110 §7.6.1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Known {
+    /// `Host`.
+    Host,
+    /// `Content-Length`.
+    ContentLength,
+    /// `Transfer-Encoding`.
+    TransferEncoding,
+    /// `Connection`.
+    Connection,
+    /// `Keep-Alive`.
+    KeepAlive,
+    /// `Proxy-Connection`.
+    ProxyConnection,
+    /// `TE`.
+    Te,
+    /// `Trailer`.
+    Trailer,
+    /// `Upgrade`.
+    Upgrade,
+    /// `Expect`.
+    Expect,
+}
+
+impl Known {
+    /// The field `name` is, when it is one of these (ASCII case-insensitive).
+    pub fn of(name: &[u8]) -> Option<Known> {
+        let is = |candidate: &[u8]| name.eq_ignore_ascii_case(candidate);
+        let known = match name.len() {
+            2 if is(b"te") => Known::Te,
+            4 if is(b"host") => Known::Host,
+            6 if is(b"expect") => Known::Expect,
+            7 if is(b"trailer") => Known::Trailer,
+            7 if is(b"upgrade") => Known::Upgrade,
+            10 if is(b"connection") => Known::Connection,
+            10 if is(b"keep-alive") => Known::KeepAlive,
+            14 if is(b"content-length") => Known::ContentLength,
+            16 if is(b"proxy-connection") => Known::ProxyConnection,
+            17 if is(b"transfer-encoding") => Known::TransferEncoding,
+            _ => return None,
+        };
+        Some(known)
+    }
+
+    /// Whether the field is hop-by-hop by definition (it never crosses the proxy as it came).
+    pub fn is_hop_by_hop(self) -> bool {
+        !matches!(self, Known::Host | Known::ContentLength | Known::Expect)
+    }
+}
+
+/// Where one field line is in the head (byte offsets), and what kind of field it is.
+#[derive(Clone, Copy, Debug)]
+pub struct Field {
+    line: u32,
+    name_end: u32,
+    value_start: u32,
+    value_end: u32,
+    line_end: u32,
+    known: Option<Known>,
+}
+
+impl Field {
+    /// The field's name as sent.
+    pub fn name<'h>(&self, head: &'h [u8]) -> &'h [u8] {
+        &head[self.line as usize..self.name_end as usize]
+    }
+
+    /// The field's value without surrounding whitespace.
+    pub fn value<'h>(&self, head: &'h [u8]) -> &'h [u8] {
+        &head[self.value_start as usize..self.value_end as usize]
+    }
+
+    /// The whole line, CRLF included, as sent.
+    pub fn line<'h>(&self, head: &'h [u8]) -> &'h [u8] {
+        &head[self.line as usize..self.line_end as usize]
+    }
+
+    /// Where the whole line is: (start, end), CRLF included.
+    pub fn line_range(&self) -> (usize, usize) {
+        (self.line as usize, self.line_end as usize)
+    }
+
+    /// The field's kind, when the HTTP/1 layer acts on it.
+    pub fn known(&self) -> Option<Known> {
+        self.known
+    }
+}
+
+/// Fields kept inline; a head with more moves them to the heap.
+const INLINE_FIELDS: usize = 16;
+
+/// What one pass over a request head found: its parts and the body's framing.
+#[derive(Clone, Debug)]
+pub struct HeadIndex {
+    method_end: u32,
+    target: (u32, u32),
+    path_end: u32,
+    query: Option<(u32, u32)>,
+    origin_form: bool,
+    version: Version,
+    fields: SmallVec<[Field; INLINE_FIELDS]>,
+    body: BodyFraming,
+    connection_close: bool,
+    connection_keep_alive: bool,
+    /// A `Connection` field lists a name other than the hop-by-hop ones.
+    connection_lists: bool,
+    expect_continue: bool,
+}
+
+impl HeadIndex {
+    /// The body's framing.
+    pub fn body(&self) -> BodyFraming {
+        self.body
+    }
+}
+
+/// Checks one complete head (`head` starts with the request line and ends with the empty line;
+/// every LF in it follows a CR) and indexes it.
+pub fn inspect(head: &[u8], limits: HeadLimits) -> Result<HeadIndex, Violation> {
+    let line_end = memchr::memchr(b'\n', head).ok_or(Violation::InvalidRequestLine)?;
+    let mut index = request_line(without_crlf(head, 0, line_end)?)?;
+    let mut counts = Counts::default();
+    let first_field = line_end + 1;
+    let mut start = first_field;
+    for lf in memchr::memchr_iter(b'\n', &head[first_field..]).map(|i| i + first_field) {
+        let line = without_crlf(head, start, lf)?;
+        if line.is_empty() {
+            break;
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
+            return Err(Violation::ObsFold);
+        }
+        if index.fields.len() == limits.max_headers {
+            return Err(Violation::TooManyHeaders);
+        }
+        let field = field_line(line, start as u32, lf as u32 + 1)?;
+        counts.add(&field, head, &mut index)?;
+        index.fields.push(field);
+        start = lf + 1;
+    }
+    index.body = counts.framing(index.version)?;
+    Ok(index)
+}
+
+/// The line from `start` to the LF at `lf`, without its CRLF; a bare LF is refused.
+fn without_crlf(head: &[u8], start: usize, lf: usize) -> Result<&[u8], Violation> {
+    match lf.checked_sub(1) {
+        Some(cr) if cr >= start && head[cr] == b'\r' => Ok(&head[start..cr]),
+        _ => Err(Violation::BareLineFeed),
+    }
+}
+
+/// Counts of the fields whose number matters, and the body length declared.
+#[derive(Default)]
+struct Counts {
+    hosts: u32,
+    lengths: u32,
+    encodings: u32,
+    length: u64,
+}
+
+impl Counts {
+    /// Takes note of one field; refuses a malformed framing value at once.
+    fn add(&mut self, field: &Field, head: &[u8], index: &mut HeadIndex) -> Result<(), Violation> {
+        let value = field.value(head);
+        match field.known {
+            Some(Known::Host) => self.hosts += 1,
+            Some(Known::ContentLength) => {
+                self.lengths += 1;
+                if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+                    return Err(Violation::InvalidLength);
+                }
+                self.length = value.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0'));
+            }
+            Some(Known::TransferEncoding) => {
+                self.encodings += 1;
+                if !value.eq_ignore_ascii_case(b"chunked") {
+                    return Err(Violation::InvalidTransferEncoding);
+                }
+            }
+            Some(Known::Connection) => {
+                for token in tokens(value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        index.connection_close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        index.connection_keep_alive = true;
+                    } else {
+                        index.connection_lists |= lists_a_field(token);
+                    }
+                }
+            }
+            Some(Known::Expect) => {
+                index.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The body's framing, once every field was seen.
+    fn framing(&self, version: Version) -> Result<BodyFraming, Violation> {
+        if self.hosts > 1 {
+            return Err(Violation::DuplicateHost);
+        }
+        if self.hosts == 0 && version == Version::Http11 {
+            return Err(Violation::MissingHost);
+        }
+        if self.lengths > 1 {
+            return Err(Violation::DuplicateLength);
+        }
+        if self.encodings > 0 && self.lengths > 0 {
+            return Err(Violation::LengthAndChunked);
+        }
+        if self.encodings > 1 || (self.encodings == 1 && version == Version::Http10) {
+            return Err(Violation::InvalidTransferEncoding);
+        }
+        Ok(match (self.encodings, self.length) {
+            (1, _) => BodyFraming::Chunked,
+            (_, 0) => BodyFraming::Empty,
+            (_, n) => BodyFraming::Length(n),
+        })
+    }
+}
+
+/// Whether a `Connection` token names a field that is not hop-by-hop already.
+pub fn lists_a_field(token: &[u8]) -> bool {
+    Known::of(token).is_none_or(|known| !known.is_hop_by_hop())
+}
+
+/// The comma-separated tokens of a list value, trimmed, empty ones skipped.
+pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// `method SP request-target SP HTTP-version`, without its CRLF.
+fn request_line(line: &[u8]) -> Result<HeadIndex, Violation> {
+    let bad = Violation::InvalidRequestLine;
+    let method_end = memchr::memchr(b' ', line).ok_or(bad)?;
+    let target_end = memchr::memchr(b' ', &line[method_end + 1..]).ok_or(bad)? + method_end + 1;
+    let (method, target) = (&line[..method_end], &line[method_end + 1..target_end]);
+    if method.is_empty() || !method.iter().all(|b| TOKEN[*b as usize]) || target.is_empty() {
+        return Err(bad);
+    }
+    let version = match &line[target_end + 1..] {
+        b"HTTP/1.1" => Version::Http11,
+        b"HTTP/1.0" => Version::Http10,
+        _ => return Err(bad),
+    };
+    let (path_end, query) = scan_target(target)?;
+    let at = |i: usize| (method_end + 1 + i) as u32;
+    Ok(HeadIndex {
+        method_end: method_end as u32,
+        target: (at(0), at(target.len())),
+        path_end: at(path_end),
+        query: query.map(|(s, e)| (at(s), at(e))),
+        origin_form: target[0] == b'/',
+        version,
+        fields: SmallVec::new(),
+        body: BodyFraming::Empty,
+        connection_close: false,
+        connection_keep_alive: false,
+        connection_lists: false,
+        expect_continue: false,
+    })
+}
+
+/// Checks a request target's characters (httparse's rule: visible ASCII or obs-text, and
+/// UTF-8); for the origin form (`/path?query#fragment`) also finds the end of the path and the
+/// query, with the rules of the `http` crate that hyper applies (a fragment is dropped).
+fn scan_target(target: &[u8]) -> Result<(usize, Option<(usize, usize)>), Violation> {
+    let bad = Violation::InvalidRequestLine;
+    if !target.iter().all(|b| TARGET[*b as usize])
+        || (!target.is_ascii() && std::str::from_utf8(target).is_err())
+    {
+        return Err(bad);
+    }
+    if target[0] != b'/' {
+        // Absolute form, authority form, `*`: the URI parser of the path that serves them
+        // checks the rest.
+        return Ok((target.len(), None));
+    }
+    let end_of = |from: usize, class: &[bool; 256]| {
+        target[from..]
+            .iter()
+            .position(|b| !class[*b as usize])
+            .map_or(target.len(), |i| i + from)
+    };
+    let path_end = end_of(0, &PATH);
+    let mut end = path_end;
+    let mut query = None;
+    if target.get(path_end) == Some(&b'?') {
+        end = end_of(path_end + 1, &QUERY);
+        query = Some((path_end + 1, end));
+    }
+    match end == target.len() || target[end] == b'#' {
+        true => Ok((path_end, query)),
+        false => Err(bad),
+    }
+}
+
+/// One field line (without its CRLF) starting at offset `start`; `line_end` is after its LF.
+fn field_line(line: &[u8], start: u32, line_end: u32) -> Result<Field, Violation> {
+    let colon = memchr::memchr(b':', line).ok_or(Violation::InvalidHeaderLine)?;
+    let name = &line[..colon];
+    if name.is_empty() || !name.iter().all(|b| TOKEN[*b as usize]) {
+        return Err(Violation::InvalidHeaderLine);
+    }
+    let raw = &line[colon + 1..];
+    if !raw.iter().all(|b| FIELD_VALUE[*b as usize]) {
+        return Err(Violation::InvalidHeaderLine);
+    }
+    let leading = raw
+        .iter()
+        .take_while(|b| **b == b' ' || **b == b'\t')
+        .count();
+    let trailing = raw[leading..]
+        .iter()
+        .rev()
+        .take_while(|b| **b == b' ' || **b == b'\t')
+        .count();
+    let value_start = start + colon as u32 + 1 + leading as u32;
+    Ok(Field {
+        line: start,
+        name_end: start + colon as u32,
+        value_start,
+        value_end: start + line.len() as u32 - trailing as u32,
+        line_end,
+        known: Known::of(name),
+    })
+}
+
+/// A table of the bytes `$allowed` accepts, built at compile time.
+macro_rules! byte_set {
+    (|$b:ident| $allowed:expr) => {{
+        let mut set = [false; 256];
+        let mut i = 0;
+        while i < 256 {
+            let $b = i as u8;
+            set[i] = $allowed;
+            i += 1;
+        }
+        set
+    }};
+}
+
+/// `tchar` (RFC 9110 §5.6.2): method and field-name characters.
+static TOKEN: [bool; 256] = byte_set!(|b| b.is_ascii_alphanumeric()
+    || matches!(
+        b,
+        b'!' | b'#'
+            | b'$'
+            | b'%'
+            | b'&'
+            | b'\''
+            | b'*'
+            | b'+'
+            | b'-'
+            | b'.'
+            | b'^'
+            | b'_'
+            | b'`'
+            | b'|'
+            | b'~'
+    ));
+/// Field-value characters as httparse allows them: HTAB, SP, visible ASCII, obs-text.
+static FIELD_VALUE: [bool; 256] = byte_set!(|b| b == b'\t' || b >= b' ' && b != 0x7f);
+/// Request-target characters as httparse allows them: visible ASCII and obs-text.
+static TARGET: [bool; 256] = byte_set!(|b| b > b' ' && b != 0x7f);
+/// Path characters (the `http` crate's, after the WHATWG URL path state).
+static PATH: [bool; 256] = byte_set!(
+    |b| matches!(b, 0x21 | 0x24..=0x3B | 0x3D | 0x40..=0x5F | 0x61..=0x7A | 0x7C | 0x7E)
+        || matches!(b, b'"' | b'{' | b'}')
+        || b >= 0x80
+);
+/// Query characters (the `http` crate's, after the WHATWG URL query state).
+static QUERY: [bool; 256] =
+    byte_set!(|b| matches!(b, 0x21 | 0x24..=0x3B | 0x3D | 0x3F..=0x7E) || b >= 0x80);
+
+/// A request head: its bytes and what [`inspect`] found in them. Routing, authentication and the
+/// rewrite for the pod read it in place.
+#[derive(Clone, Debug)]
+pub struct RequestHead {
+    bytes: Bytes,
+    index: HeadIndex,
+}
+
+impl RequestHead {
+    /// Checks and indexes `bytes`, a complete head (see [`inspect`]).
+    pub fn parse(bytes: Bytes, limits: HeadLimits) -> Result<Self, Violation> {
+        let index = inspect(&bytes, limits)?;
+        Ok(RequestHead { bytes, index })
+    }
+
+    /// The head as received.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The method.
+    pub fn method(&self) -> &[u8] {
+        &self.bytes[..self.index.method_end as usize]
+    }
+
+    /// The request target as sent.
+    pub fn target(&self) -> &[u8] {
+        let (start, end) = self.index.target;
+        &self.bytes[start as usize..end as usize]
+    }
+
+    /// Whether the target is in origin form (`/path?query`); the others are absolute form,
+    /// authority form and `*`.
+    pub fn is_origin_form(&self) -> bool {
+        self.index.origin_form
+    }
+
+    /// The path of an origin-form target (for the others, the whole target), valid UTF-8.
+    pub fn path(&self) -> &str {
+        let start = self.index.target.0 as usize;
+        std::str::from_utf8(&self.bytes[start..self.index.path_end as usize]).unwrap_or("")
+    }
+
+    /// The query of an origin-form target, without `?` (and without a fragment).
+    pub fn query(&self) -> Option<&str> {
+        let (start, end) = self.index.query?;
+        std::str::from_utf8(&self.bytes[start as usize..end as usize]).ok()
+    }
+
+    /// The version.
+    pub fn version(&self) -> Version {
+        self.index.version
+    }
+
+    /// The body's framing.
+    pub fn body(&self) -> BodyFraming {
+        self.index.body
+    }
+
+    /// The field lines, in order.
+    pub fn fields(&self) -> &[Field] {
+        &self.index.fields
+    }
+
+    /// The value of the first field named `name` (ASCII case-insensitive).
+    pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
+        self.index
+            .fields
+            .iter()
+            .find(|f| f.name(&self.bytes).eq_ignore_ascii_case(name))
+            .map(|f| f.value(&self.bytes))
+    }
+
+    /// How many fields are named `name`.
+    pub fn count(&self, name: &[u8]) -> usize {
+        self.index
+            .fields
+            .iter()
+            .filter(|f| f.name(&self.bytes).eq_ignore_ascii_case(name))
+            .count()
+    }
+
+    /// The value of the first field of kind `known`.
+    pub fn get_known(&self, known: Known) -> Option<&[u8]> {
+        self.index
+            .fields
+            .iter()
+            .find(|f| f.known == Some(known))
+            .map(|f| f.value(&self.bytes))
+    }
+
+    /// Whether the client asks to keep the connection open after this request: HTTP/1.1 unless
+    /// `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`.
+    pub fn keep_alive(&self) -> bool {
+        match self.index.version {
+            Version::Http11 => !self.index.connection_close,
+            Version::Http10 => self.index.connection_keep_alive && !self.index.connection_close,
+        }
+    }
+
+    /// Whether the client waits for `100 Continue` before sending its body.
+    pub fn expects_continue(&self) -> bool {
+        self.index.expect_continue && self.index.version == Version::Http11
+    }
+
+    /// Whether `name` is listed in a `Connection` field: such a field is hop-by-hop too.
+    pub fn is_connection_listed(&self, name: &[u8]) -> bool {
+        self.index.connection_lists
+            && self
+                .index
+                .fields
+                .iter()
+                .filter(|f| f.known == Some(Known::Connection))
+                .flat_map(|f| tokens(f.value(&self.bytes)))
+                .any(|token| token.eq_ignore_ascii_case(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: HeadLimits = HeadLimits {
+        max_header_bytes: 4096,
+        max_headers: 8,
+    };
+
+    fn parse(head: &str) -> Result<RequestHead, Violation> {
+        RequestHead::parse(Bytes::copy_from_slice(head.as_bytes()), LIMITS)
+    }
+
+    #[test]
+    fn a_head_is_indexed_in_place() {
+        let head = parse(
+            "POST /api/v1/endpoint/ep/score?x=1#frag HTTP/1.1\r\nHost: ml.example.com\r\n\
+             Content-Length:  12 \r\nX-Empty:\r\nconnection: Keep-Alive, X-Secret\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(head.method(), b"POST");
+        assert_eq!(head.path(), "/api/v1/endpoint/ep/score");
+        assert_eq!(head.query(), Some("x=1"));
+        assert!(head.is_origin_form());
+        assert_eq!(head.version(), Version::Http11);
+        assert_eq!(head.body(), BodyFraming::Length(12));
+        assert_eq!(head.get(b"HOST"), Some(&b"ml.example.com"[..]));
+        assert_eq!(head.get(b"x-empty"), Some(&b""[..]));
+        assert_eq!(head.get_known(Known::ContentLength), Some(&b"12"[..]));
+        assert_eq!(head.fields().len(), 4);
+        assert_eq!(
+            head.fields()[1].line(head.bytes()),
+            b"Content-Length:  12 \r\n"
+        );
+        assert!(head.keep_alive());
+        assert!(head.is_connection_listed(b"x-secret"));
+        assert!(!head.is_connection_listed(b"host"));
+    }
+
+    #[test]
+    fn keep_alive_and_continue_follow_the_version() {
+        let close = parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
+        assert!(!close.keep_alive());
+        let old = parse("GET / HTTP/1.0\r\n\r\n").unwrap();
+        assert!(!old.keep_alive());
+        let kept = parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap();
+        assert!(kept.keep_alive());
+        let expect =
+            "POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n";
+        assert!(parse(expect).unwrap().expects_continue());
+        let expect10 = expect.replace("HTTP/1.1", "HTTP/1.0");
+        assert!(!parse(&expect10).unwrap().expects_continue());
+    }
+
+    #[test]
+    fn other_target_forms_keep_their_bytes() {
+        for target in ["http://a.example/x?y", "a.example:443", "*"] {
+            let head = parse(&format!("OPTIONS {target} HTTP/1.1\r\nHost: a\r\n\r\n")).unwrap();
+            assert!(!head.is_origin_form());
+            assert_eq!(head.target(), target.as_bytes());
+        }
+    }
+
+    #[test]
+    fn malformed_request_lines_and_fields_are_refused() {
+        let cases = [
+            (
+                "GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+                Violation::InvalidRequestLine,
+            ),
+            (
+                "GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+                Violation::InvalidRequestLine,
+            ),
+            (
+                "GET / http/1.1\r\nHost: a\r\n\r\n",
+                Violation::InvalidRequestLine,
+            ),
+            (
+                "G(T / HTTP/1.1\r\nHost: a\r\n\r\n",
+                Violation::InvalidRequestLine,
+            ),
+            (
+                "GET /a<b HTTP/1.1\r\nHost: a\r\n\r\n",
+                Violation::InvalidRequestLine,
+            ),
+            (
+                "GET /a?b\x01 HTTP/1.1\r\nHost: a\r\n\r\n",
+                Violation::InvalidRequestLine,
+            ),
+            (
+                "GET /\u{7f} HTTP/1.1\r\nHost: a\r\n\r\n",
+                Violation::InvalidRequestLine,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n",
+                Violation::InvalidHeaderLine,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nX-Nul: a\0b\r\n\r\n",
+                Violation::InvalidHeaderLine,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nX(y): 1\r\n\r\n",
+                Violation::InvalidHeaderLine,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\n: 1\r\n\r\n",
+                Violation::InvalidHeaderLine,
+            ),
+            ("GET / HTTP/1.1\r\n\r\n", Violation::MissingHost),
+        ];
+        for (head, violation) in cases {
+            assert_eq!(parse(head).err(), Some(violation), "{head:?}");
+        }
+        let bad_utf8 = b"GET /\xff\xfe HTTP/1.1\r\nHost: a\r\n\r\n";
+        let refused = RequestHead::parse(Bytes::from_static(bad_utf8), LIMITS);
+        assert_eq!(refused.err(), Some(Violation::InvalidRequestLine));
+        let utf8 = "GET /caf\u{e9} HTTP/1.1\r\nHost: a\r\nX-Obs: \u{e9}t\u{e9}\r\n\r\n";
+        assert_eq!(parse(utf8).unwrap().path(), "/caf\u{e9}");
+    }
+}
