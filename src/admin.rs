@@ -1,5 +1,6 @@
-//! The admin listener: `/healthz` (the process runs), `/readyz` (a routing table is loaded and
-//! the router is not shutting down) and `/metrics` (Prometheus text).
+//! The admin listener: `/healthz` (the process runs), `/readyz` (a routing table is loaded, the
+//! router is not shutting down, and it is not isolated from its cluster) and `/metrics`
+//! (Prometheus text).
 //!
 //! It has its own port so probes and scrapes never queue behind scoring traffic.
 
@@ -32,7 +33,13 @@ pub struct AdminState {
     pub table: TableHandle,
     /// The metrics registry.
     pub metrics: Metrics,
+    /// Why the replica should get no traffic although it runs, if it should not (with
+    /// coordinated admission: isolated from its cluster).
+    pub not_ready: Option<NotReady>,
 }
+
+/// A check `/readyz` asks: the reason the replica is not ready, or `None`.
+pub type NotReady = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 impl AdminState {
     fn respond(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
@@ -49,6 +56,10 @@ impl AdminState {
                         StatusCode::SERVICE_UNAVAILABLE,
                         "no routing table loaded yet\n",
                     )
+                } else if let Some(reason) = self.not_ready.as_ref().and_then(|check| check()) {
+                    let mut response = text(StatusCode::SERVICE_UNAVAILABLE, "");
+                    *response.body_mut() = Full::new(Bytes::from(format!("cluster: {reason}\n")));
+                    response
                 } else {
                     text(StatusCode::OK, "ready\n")
                 }

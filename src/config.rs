@@ -493,14 +493,29 @@ pub struct ClusterConfig {
     /// A file holding the shared credential (at least 16 bytes; surrounding whitespace is
     /// ignored); without it, `$SCOREGATE_CLUSTER_SECRET`.
     pub secret_file: Option<PathBuf>,
-    /// What a replica does when the owner of a deployment cannot be reached: `local` admits
-    /// against this replica's own cap, `reject` answers 503.
+    /// What an isolated replica does (its peers refuse its credential, or it has had no agreed
+    /// view of a majority of the replicas for `isolation_after_ms`), and what any replica does
+    /// when the owner of a deployment does not route it: `local` admits against this replica's
+    /// own cap (the cap may then be exceeded cluster-wide), `reject` answers 503
+    /// `OwnerUnreachable`. An isolated replica is not ready either way.
     pub fallback: FallbackMode,
     /// A lease a requester never released expires this long after `request_timeout_ms`.
     pub lease_margin_ms: u64,
-    /// A replica that becomes owner waits at most this long for the others to report their
-    /// leases before it grants slots of the deployments it took over.
-    pub handover_settle_ms: u64,
+    /// Time between two hellos to each peer.
+    pub heartbeat_ms: u64,
+    /// A peer that does not answer a hello within this is not live; also the length of a lease
+    /// on a view: an owner that has not heard its members for this long stops granting, and a
+    /// new owner waits this long after every member took the new view. Failover after an owner
+    /// stops takes about twice this, plus a heartbeat.
+    pub peer_timeout_ms: u64,
+    /// A replica without an agreed view of a majority of the replicas for this long (running
+    /// time, not time stopped) is isolated: not ready, admitting only under `fallback`. Before
+    /// that, requests wait for the view to settle.
+    pub isolation_after_ms: u64,
+    /// No longer used: a new owner waits for every replica that can reach it to report its
+    /// slots, without a timeout. Accepted so that older configurations still load.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handover_settle_ms: Option<u64>,
 }
 
 impl Default for ClusterConfig {
@@ -513,7 +528,10 @@ impl Default for ClusterConfig {
             secret_file: None,
             fallback: FallbackMode::Local,
             lease_margin_ms: 1_000,
-            handover_settle_ms: 250,
+            heartbeat_ms: 100,
+            peer_timeout_ms: 300,
+            isolation_after_ms: 1_000,
+            handover_settle_ms: None,
         }
     }
 }
@@ -738,6 +756,39 @@ impl ClusterConfig {
                 "cluster.lease_margin_ms",
                 "0 would expire leases while their response still \
                  streams: use at least 1 (default 1000)",
+            ));
+        }
+        self.validate_timing()
+    }
+
+    /// The heartbeat, the peer timeout and the isolation bound fit together.
+    fn validate_timing(&self) -> Result<(), ConfigError> {
+        if self.heartbeat_ms == 0 {
+            return Err(ConfigError::field(
+                "cluster.heartbeat_ms",
+                "must be at least 1 (default 100)",
+            ));
+        }
+        if self.peer_timeout_ms < 2 * self.heartbeat_ms {
+            return Err(ConfigError::field(
+                "cluster.peer_timeout_ms",
+                format!(
+                    "{} ms is less than two heartbeats ({} ms): one late hello would take the \
+                     owner's lease away; use at least {} (default 300)",
+                    self.peer_timeout_ms,
+                    self.heartbeat_ms,
+                    2 * self.heartbeat_ms
+                ),
+            ));
+        }
+        if self.isolation_after_ms < self.peer_timeout_ms {
+            return Err(ConfigError::field(
+                "cluster.isolation_after_ms",
+                format!(
+                    "{} ms is less than the peer timeout ({} ms): a replica would fall back \
+                     before it could notice its peers again; use at least {} (default 1000)",
+                    self.isolation_after_ms, self.peer_timeout_ms, self.peer_timeout_ms
+                ),
             ));
         }
         Ok(())

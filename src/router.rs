@@ -56,7 +56,7 @@ impl Router {
         let (https_addr, cert_store) = startup.serve_https(&proxy).await?.unzip();
         startup.watch_kube_routes();
         startup.start_autoscaler(cluster.as_ref());
-        startup.serve_admin(admin_listener);
+        startup.serve_admin(admin_listener, cluster.as_ref());
         startup.keep_up(upstream);
         log_serving(&config, http_addr, https_addr, admin_addr);
         let Startup {
@@ -117,9 +117,15 @@ impl Router {
         &self.metrics
     }
 
-    /// Whether a routing table is loaded.
+    /// Whether the router is ready for traffic: a routing table is loaded, it is not shutting
+    /// down, and it is not isolated from its cluster.
     pub fn is_ready(&self) -> bool {
-        self.readiness.is_loaded() && !self.lifecycle.shutting_down.is_cancelled()
+        self.readiness.is_loaded()
+            && !self.lifecycle.shutting_down.is_cancelled()
+            && self
+                .cluster
+                .as_ref()
+                .is_none_or(|c| c.not_ready_reason().is_none())
     }
 
     /// Waits for SIGTERM or SIGINT, then shuts down gracefully; a second signal during the
@@ -416,12 +422,20 @@ impl<'c> Startup<'c> {
         ));
     }
 
-    fn serve_admin(&mut self, listener: TcpListener) {
+    /// The admin port; with a cluster, `/readyz` also fails while the replica is isolated.
+    fn serve_admin(&mut self, listener: TcpListener, cluster: Option<&Arc<Cluster>>) {
+        let not_ready: Option<admin::NotReady> = cluster.map(|cluster| {
+            let cluster = Arc::downgrade(cluster);
+            let check: admin::NotReady =
+                Arc::new(move || cluster.upgrade().and_then(|c| c.not_ready_reason()));
+            check
+        });
         let state = AdminState {
             readiness: self.readiness.clone(),
             lifecycle: self.lifecycle.clone(),
             table: self.table.clone(),
             metrics: self.metrics.clone(),
+            not_ready,
         };
         self.tasks.push(tokio::spawn(admin::serve(listener, state)));
     }

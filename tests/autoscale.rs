@@ -533,13 +533,15 @@ async fn coordinated_replicas_scale_once_through_the_owner_with_load_on_every_re
             secret_file: Some(secret.clone()),
             ..Default::default()
         });
-        routers.push(ready_router(config).await);
+        // Started together, as a Deployment's replicas are: one alone has no majority yet.
+        routers.push(Router::start(config).await.expect("router starts"));
     }
     eventually(
-        "the replicas to see each other and the first pod",
+        "the replicas to be ready, see each other and the first pod",
         || async {
             routers.iter().all(|r| {
-                r.cluster().unwrap().view().members().len() == 3
+                r.is_ready()
+                    && r.cluster().unwrap().view().members().len() == 3
                     && routable(r, "my-ep").iter().any(|(_, p)| !p.is_empty())
             })
         },

@@ -88,14 +88,19 @@ async fn start_replicas(
     routers
 }
 
+/// Waits until every replica sees `n` members in one agreed view, and the owner of
+/// `credit/blue` grants (its lease holds, the view settled, the reports are in).
 async fn wait_for_members(routers: &[Harness], n: usize) {
     guard("every replica seeing the others", async {
         loop {
-            let agreed = routers.iter().all(|h| {
-                let cluster = h.router.as_ref().unwrap().cluster().unwrap();
-                cluster.view().members().len() == n
-            });
-            if agreed {
+            let clusters: Vec<_> = routers
+                .iter()
+                .map(|h| h.router.as_ref().unwrap().cluster().unwrap())
+                .collect();
+            let agreed = clusters
+                .iter()
+                .all(|c| c.view().members().len() == n && c.view().id() == clusters[0].view().id());
+            if agreed && clusters.iter().any(|c| c.grants("credit", "blue")) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -356,17 +361,10 @@ async fn an_owner_that_cannot_serve_the_deployment_means_the_fallback() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lease_never_released_expires_and_a_vanished_peer_frees_its_slots() {
+async fn a_lease_never_released_expires() {
     let dir = tempfile::tempdir().unwrap();
     let pods = pods(1).await;
-    let settings = "max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 20000, request_timeout_ms: 300";
-    let routes = simple_routes("credit", &addresses_of(&pods), settings);
-    let me = cluster_addresses(1)[0];
-    let secret = write_secret(dir.path(), SECRET);
-    let mut config = cluster_config(me, &[me], &secret);
-    config.lease_margin_ms = 100;
-    let router = Harness::start_with(&routes, |c| c.cluster = Some(config)).await;
-    wait_for_members(std::slice::from_ref(&router), 1).await;
+    let (router, me) = alone(dir.path(), &pods, 300, 100).await;
 
     // A peer takes the only slot and never releases it: the lease runs out by itself
     // (request_timeout_ms + lease_margin_ms) and the waiting request gets the pod.
@@ -385,29 +383,91 @@ async fn a_lease_never_released_expires_and_a_vanished_peer_frees_its_slots() {
             .await,
         1.0
     );
-
     router.shutdown().await;
+}
 
-    // A peer whose connection goes away frees its slots at once. Leases last a minute here, so
-    // nothing but the closing can free this one.
-    let settings = "max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 20000, request_timeout_ms: 60000";
-    let routes = simple_routes("credit", &addresses_of(&pods), settings);
-    let me = cluster_addresses(1)[0];
-    let config = cluster_config(me, &[me], &secret);
-    let router = Harness::start_with(&routes, |c| c.cluster = Some(config)).await;
-    wait_for_members(std::slice::from_ref(&router), 1).await;
+/// A lease is released at once when its holder ends the stream or resets it with CANCEL; a
+/// holder that vanishes with its connection (crashed, stopped, partitioned) may still have its
+/// request on the pod, so the slot stays taken until the lease expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_lease_is_freed_at_once_a_vanished_one_when_it_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let pods = pods(1).await;
+    let (router, me) = alone(dir.path(), &pods, 1500, 100).await;
+
     let (mut peer, connection) = authenticated_peer(me, SECRET).await;
+    let (granted, mut lease) = grant(&mut peer, me, "credit/blue").await;
+    assert_eq!(granted.status(), 200);
+    router.wait_in_flight("credit", "blue", 1).await;
+    lease.send_reset(h2::Reason::CANCEL);
+    router.wait_in_flight("credit", "blue", 0).await;
+
     let (granted, _kept_open) = grant(&mut peer, me, "credit/blue").await;
     assert_eq!(granted.status(), 200);
     router.wait_in_flight("credit", "blue", 1).await;
     connection.abort();
+    assert_kept_after_vanishing(&router).await;
     router.wait_in_flight("credit", "blue", 0).await;
     assert_eq!(
         router
             .metric_or_zero("scoregate_cluster_lease_expiries_total", &[])
             .await,
-        0.0,
-        "the slot was freed by the connection closing, not by expiry"
+        1.0,
+        "the vanished holder's slot was freed by its lease's expiry"
     );
     router.shutdown().await;
+}
+
+/// A holder that stops answering (its process stopped: its socket stays open, nothing is read
+/// or sent) loses its connection to the owner's keep-alive, and its slot stays taken until the
+/// lease expires: its request may still be on the pod, or be sent when it continues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_stops_answering_keeps_its_slot_until_the_lease_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let pods = pods(1).await;
+    let (router, me) = alone(dir.path(), &pods, 8000, 1000).await;
+
+    let (paused, connection) = support::peer::pausable_peer(me, SECRET).await;
+    let mut sender = paused.sender.clone();
+    let (granted, _kept_open) = grant(&mut sender, me, "credit/blue").await;
+    assert_eq!(granted.status(), 200);
+    paused.pause();
+    assert_kept_after_vanishing(&router).await;
+    drop(connection);
+    router.shutdown().await;
+}
+
+/// One clustered replica on its own, `credit/blue` on `pods` at cap 1 with `request_timeout_ms`,
+/// leases `lease_margin_ms` longer; its cluster address.
+async fn alone(
+    dir: &Path,
+    pods: &[SampleModel],
+    request_timeout_ms: u64,
+    lease_margin_ms: u64,
+) -> (Harness, SocketAddr) {
+    let secret = write_secret(dir, SECRET);
+    let settings = format!(
+        "max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 20000, request_timeout_ms: {request_timeout_ms}"
+    );
+    let routes = simple_routes("credit", &addresses_of(pods), &settings);
+    let me = cluster_addresses(1)[0];
+    let mut config = cluster_config(me, &[me], &secret);
+    config.lease_margin_ms = lease_margin_ms;
+    let router = Harness::start_with(&routes, |c| c.cluster = Some(config)).await;
+    wait_for_members(std::slice::from_ref(&router), 1).await;
+    (router, me)
+}
+
+/// Waits until the router kept a vanished holder's lease, and checks its slot is still taken.
+async fn assert_kept_after_vanishing(router: &Harness) {
+    router
+        .wait_metric("scoregate_cluster_leases_vanished_total", &[], |v| v >= 1.0)
+        .await;
+    let in_flight = router
+        .metric_or_zero(
+            "scoregate_in_flight_requests",
+            &[("endpoint", "credit"), ("deployment", "blue")],
+        )
+        .await;
+    assert_eq!(in_flight, 1.0, "the vanished holder's slot is still taken");
 }

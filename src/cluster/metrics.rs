@@ -17,14 +17,30 @@ pub mod names {
     pub const HANDOVERS: &str = "scoregate_cluster_handovers_total";
     /// Held slots reported to a new owner after ownership moved.
     pub const LEASES_REPORTED: &str = "scoregate_cluster_leases_reported_total";
-    /// Slots taken over a pod's cap: reported leases that did not fit, cluster-wide.
+    /// Slots taken over a pod's cap: reported slots that did not fit, cluster-wide.
     pub const OVER_ADMISSIONS: &str = "scoregate_cluster_over_admissions_total";
     /// Leases that expired before their requester released them.
     pub const LEASE_EXPIRIES: &str = "scoregate_cluster_lease_expiries_total";
     /// Requests and handshakes refused for a missing or wrong credential, either way.
     pub const REFUSED: &str = "scoregate_cluster_refused_total";
-    /// Live replicas in this replica's view, itself included.
+    /// Members of this replica's view, itself included when it is one.
     pub const MEMBERS: &str = "scoregate_cluster_members";
+    /// The epoch of this replica's view.
+    pub const EPOCH: &str = "scoregate_cluster_view_epoch";
+    /// Times this replica took a new view (members or epoch).
+    pub const VIEW_CHANGES: &str = "scoregate_cluster_view_changes_total";
+    /// Times this replica found it had been stopped or starved for longer than a peer timeout.
+    pub const STALLS: &str = "scoregate_cluster_stalls_total";
+    /// 1 while this replica is isolated (not ready; admitting only under `cluster.fallback`).
+    pub const ISOLATED: &str = "scoregate_cluster_isolated";
+    /// Leases whose holder vanished with its connection, kept until they expired.
+    pub const LEASES_VANISHED: &str = "scoregate_cluster_leases_vanished_total";
+    /// Grants ignored because the owner answered from an older epoch than this replica's view.
+    pub const STALE_GRANTS: &str = "scoregate_cluster_stale_grants_total";
+    /// Per pod (`endpoint`, `deployment`, `pod`): the most requests this replica knew to be in
+    /// flight on it at once, cluster-wide as far as this replica counts them (on the owner: its
+    /// own, the ones it granted and the ones reported to it).
+    pub const POD_PEAK: &str = "scoregate_cluster_pod_peak_in_flight";
 }
 
 /// Handles to the cluster's metrics.
@@ -51,6 +67,18 @@ pub struct ClusterMetrics {
     pub refused: Counter,
     /// Members of the view.
     pub members: Gauge,
+    /// The view's epoch.
+    pub epoch: Gauge,
+    /// New views taken.
+    pub view_changes: Counter,
+    /// Stops or starvation found.
+    pub stalls: Counter,
+    /// 1 while isolated.
+    pub isolated: Gauge,
+    /// Leases kept after their holder vanished.
+    pub vanished: Counter,
+    /// Grants ignored as stale.
+    pub stale_grants: Counter,
 }
 
 impl ClusterMetrics {
@@ -68,6 +96,12 @@ impl ClusterMetrics {
             expiries: metrics.counter(names::LEASE_EXPIRIES, &[]),
             refused: metrics.counter(names::REFUSED, &[]),
             members: metrics.gauge(names::MEMBERS, &[]),
+            epoch: metrics.gauge(names::EPOCH, &[]),
+            view_changes: metrics.counter(names::VIEW_CHANGES, &[]),
+            stalls: metrics.counter(names::STALLS, &[]),
+            isolated: metrics.gauge(names::ISOLATED, &[]),
+            vanished: metrics.counter(names::LEASES_VANISHED, &[]),
+            stale_grants: metrics.counter(names::STALE_GRANTS, &[]),
         }
     }
 }

@@ -2,25 +2,39 @@
 //!
 //! azureml-fe lets one replica own the slot accounting of a deployment; the others ask it for a
 //! pod and tell it when the pod is free again (`docs/ARCHITECTURE.md`, "Coordinated
-//! admission"). Here, replicas find
-//! each other (a static list, or the EndpointSlices of the router's headless Service), agree on
-//! an owner per deployment by rendezvous hashing over the live ones ([`ring`], [`view`]), and
-//! ask the owner for slots over one authenticated HTTP/2 connection per peer ([`peers`],
-//! [`server`], [`protocol`]). A grant is a lease: it lasts while the requester keeps its stream
-//! open, and expires by itself after `request_timeout_ms` plus a margin ([`lease`]). When the
-//! live replicas change, each replica reports the slots it holds to their new owners, and a new
-//! owner holds its grants until those reports are in ([`gate`]).
+//! admission", which also gives the fencing argument and the windows that remain).
 //!
-//! [`Cluster`] is the [`Coordinator`] behind [`crate::admission::Admitter::Coordinated`]: the
-//! request path admits through it when a `cluster` section is configured.
+//! | module | concern |
+//! |---|---|
+//! | [`peers`] | one authenticated HTTP/2 connection per peer, a hello every heartbeat |
+//! | [`announce`] | what a replica says about itself in every hello |
+//! | [`membership`] | the members: the largest group that all reach each other; majorities |
+//! | [`view`], [`ring`] | a view (epoch, members) and the owner of each deployment in it |
+//! | [`acting`] | fencing: the lease, the settling time and the reports an owner needs to act |
+//! | [`reports`] | reporting held slots to the replicas that own them in their views |
+//! | [`health`] | stalls, refused credentials, isolation and the readiness reason |
+//! | [`admit`] | the request path: own, ask the owner, wait, or fall back |
+//! | [`server`], [`protocol`], [`credential`] | the internal port and what travels on it |
+//! | [`lease`] | leases on both sides: the owner's hold, the requester's registry |
+//! | [`kube_peers`] | the replica list from the router Service's EndpointSlices |
+//!
+//! [`Cluster`] is the [`crate::admission::Coordinator`] behind
+//! [`crate::admission::Admitter::Coordinated`]: the request path admits through it when a
+//! `cluster` section is configured.
 
+pub mod acting;
+pub mod admit;
+pub mod announce;
 pub mod credential;
-pub mod gate;
+pub mod health;
+pub mod held;
 pub mod kube_peers;
 pub mod lease;
+pub mod membership;
 pub mod metrics;
 pub mod peers;
 pub mod protocol;
+pub mod reports;
 pub mod ring;
 pub mod server;
 pub mod view;
@@ -30,36 +44,49 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use arc_swap::{ArcSwap, ArcSwapOption};
-use http::{HeaderValue, Method, Request, StatusCode};
+use arc_swap::ArcSwap;
+use http::{HeaderValue, Method, Request};
 use parking_lot::Mutex;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::{AdmitError, Coordinator, Pending, Pod, ReleaseGuard, Slot, Target};
+use crate::admission::{ReleaseGuard, Slot, Target};
 use crate::config::{ClusterConfig, FallbackMode};
 use crate::table::{Readiness, TableHandle};
 
 pub use lease::LeaseGuard;
 
+use acting::{Acting, Inbound};
+use announce::Announce;
 use credential::Credential;
-use gate::Gate;
-use lease::{Held, HeldLeases, HoldOpen};
+use health::Health;
+use lease::{Held, HeldLeases, LeaseCounters, Leases};
 use metrics::ClusterMetrics;
 use peers::{Peer, PeerContext};
+use reports::Rounds;
 use view::{Owner, View};
-
-/// How often the view is recomputed even without a change notice (readiness, draining).
-const RECOMPUTE_EVERY: Duration = Duration::from_millis(250);
-/// Extra time a remote grant may take beyond the request's queue budget before the owner is
-/// treated as unreachable.
-const GRANT_GRACE: Duration = Duration::from_secs(1);
 
 /// Settings of coordinated admission.
 #[derive(Clone, Debug)]
 struct Settings {
     fallback: FallbackMode,
     lease_margin: Duration,
-    handover_settle: Duration,
+    heartbeat: Duration,
+    /// Also the length of a lease on a view.
+    peer_timeout: Duration,
+    isolation_after: Duration,
+}
+
+impl Settings {
+    fn of(config: &ClusterConfig) -> Settings {
+        Settings {
+            fallback: config.fallback,
+            lease_margin: Duration::from_millis(config.lease_margin_ms),
+            heartbeat: Duration::from_millis(config.heartbeat_ms),
+            peer_timeout: Duration::from_millis(config.peer_timeout_ms),
+            isolation_after: Duration::from_millis(config.isolation_after_ms),
+        }
+    }
 }
 
 /// This replica's part of the cluster.
@@ -68,30 +95,27 @@ pub struct Cluster {
     this: Weak<Cluster>,
     me: Arc<str>,
     me_header: HeaderValue,
+    instance: u64,
     credential: Arc<Credential>,
     settings: Settings,
     peers: Mutex<HashMap<Arc<str>, Arc<Peer>>>,
     peer_context: Arc<PeerContext>,
     view: ArcSwap<View>,
+    acting: ArcSwap<Acting>,
     recompute_lock: Mutex<()>,
     held: Arc<HeldLeases>,
-    gate: ArcSwapOption<Gate>,
-    synced_from: Mutex<HashMap<Arc<str>, u64>>,
+    leases: Arc<Leases>,
+    next_lease: std::sync::atomic::AtomicU64,
+    inbound: Inbound,
+    rounds: Rounds,
+    health: Health,
+    changes: watch::Sender<u64>,
     table: TableHandle,
     readiness: Readiness,
     draining: CancellationToken,
     stopped: CancellationToken,
     metrics: ClusterMetrics,
-}
-
-/// Why a remote grant did not give a slot.
-enum GrantError {
-    /// The owner answered with a client-facing refusal (429, 503): it means the same here.
-    Refused(AdmitError),
-    /// The owner's connection failed: try the next owner.
-    PeerDown,
-    /// The owner cannot serve this deployment now (not ready, does not know it, refused us).
-    Unavailable,
+    registry: crate::telemetry::Metrics,
 }
 
 impl Cluster {
@@ -103,48 +127,79 @@ impl Cluster {
         table: TableHandle,
         readiness: Readiness,
         draining: CancellationToken,
-        metrics: &crate::telemetry::Metrics,
+        registry: &crate::telemetry::Metrics,
     ) -> anyhow::Result<Arc<Self>> {
         let credential =
             Arc::new(Credential::load(config.secret_file.as_deref()).map_err(anyhow::Error::msg)?);
-        let me = advertised_address(config, bound)?;
-        let me: Arc<str> = me.to_string().into();
+        let me: Arc<str> = advertised_address(config, bound)?.to_string().into();
         let me_header = HeaderValue::from_str(&me).expect("an address is a header value");
-        let metrics = ClusterMetrics::new(metrics);
+        let metrics = ClusterMetrics::new(registry);
+        let settings = Settings::of(config);
+        if config.handover_settle_ms.is_some() {
+            tracing::warn!(
+                "cluster.handover_settle_ms is no longer used (a new owner waits for every \
+                 replica that can reach it to report its slots): remove it"
+            );
+        }
         let cluster = Arc::new_cyclic(|this: &Weak<Cluster>| {
-            let weak = this.clone();
+            let (changed, announce, gone) = (this.clone(), this.clone(), this.clone());
             let peer_context = Arc::new(PeerContext {
                 me: me_header.clone(),
                 credential: credential.clone(),
+                announce: Arc::new(move |peer: &str| {
+                    announce
+                        .upgrade()
+                        .map(|c| c.announce_to(peer))
+                        .unwrap_or_default()
+                }),
                 changed: Arc::new(move || {
-                    if let Some(cluster) = weak.upgrade() {
+                    if let Some(cluster) = changed.upgrade() {
                         cluster.recompute();
                     }
                 }),
+                disconnected: Arc::new(move |peer: &str| {
+                    if let Some(cluster) = gone.upgrade() {
+                        cluster.disconnected(peer);
+                    }
+                }),
                 refused: metrics.refused.clone(),
+                heartbeat: settings.heartbeat,
+                timeout: settings.peer_timeout,
             });
             Cluster {
                 this: this.clone(),
-                view: ArcSwap::from_pointee(View::new(me.clone(), false, Vec::new())),
+                view: ArcSwap::from_pointee(View::empty(me.clone())),
+                acting: ArcSwap::from_pointee(Acting::none()),
                 me,
                 me_header,
+                instance: fastrand::u64(1..),
                 credential,
-                settings: Settings {
-                    fallback: config.fallback,
-                    lease_margin: Duration::from_millis(config.lease_margin_ms),
-                    handover_settle: Duration::from_millis(config.handover_settle_ms),
-                },
+                settings,
                 peers: Mutex::new(HashMap::new()),
                 peer_context,
                 recompute_lock: Mutex::new(()),
                 held: Arc::new(HeldLeases::default()),
-                gate: ArcSwapOption::empty(),
-                synced_from: Mutex::new(HashMap::new()),
+                leases: Leases::new(LeaseCounters {
+                    expired: metrics.expiries.clone(),
+                    vanished: metrics.vanished.clone(),
+                }),
+                next_lease: std::sync::atomic::AtomicU64::new(1),
+                inbound: Inbound::default(),
+                rounds: Rounds::default(),
+                health: Health::default(),
+                changes: watch::Sender::new(0),
                 table,
                 readiness,
                 draining,
                 stopped: CancellationToken::new(),
                 metrics,
+                registry: registry.clone(),
+            }
+        });
+        let weak = Arc::downgrade(&cluster);
+        registry.refresh_at_scrape(move || {
+            if let Some(cluster) = weak.upgrade() {
+                cluster.export_pod_peaks();
             }
         });
         Ok(cluster)
@@ -172,29 +227,44 @@ impl Cluster {
         }
     }
 
-    /// The current view of live replicas.
+    /// The current view.
     pub fn view(&self) -> Arc<View> {
         self.view.load_full()
     }
 
-    /// Whether this replica serves grants: it has routes and is not draining.
+    /// Whether this replica may own deployments: it has routes and is not draining.
     pub fn is_ready(&self) -> bool {
         self.readiness.is_loaded() && !self.draining.is_cancelled()
     }
 
-    /// Starts the periodic view check. Peers come from [`Cluster::set_peers`].
+    /// Why this replica should not get traffic, if it should not: its peers refuse its
+    /// credential, or it has had no agreed majority view for `cluster.isolation_after_ms`.
+    /// It then admits only under `cluster.fallback`.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        self.health.reason()
+    }
+
+    /// Whether this replica acts for deployment `deployment` of `endpoint` now: it owns it in
+    /// its view, holds a lease on that view and the view has settled. Cheap (two atomic loads
+    /// and a hash per member); the autoscaler and status writers call it before every write.
+    pub fn owns(&self, endpoint: &str, deployment: &str) -> bool {
+        let view = self.view.load();
+        let acting = self.acting.load();
+        matches!(view.owner(endpoint, deployment), Owner::Me)
+            && acting.view == view.id()
+            && acting.owns_at(Instant::now())
+    }
+
+    /// [`Cluster::owns`], and every replica that can reach this one has reported its slots for
+    /// the view: this replica grants slots of the deployment now.
+    pub fn grants(&self, endpoint: &str, deployment: &str) -> bool {
+        let view = self.view.load();
+        matches!(view.owner(endpoint, deployment), Owner::Me) && self.grants_in(view.id())
+    }
+
+    /// Starts the heartbeat check. Peers come from [`Cluster::set_peers`].
     pub fn start(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(RECOMPUTE_EVERY);
-            loop {
-                every.tick().await;
-                match weak.upgrade() {
-                    Some(cluster) => cluster.recompute(),
-                    None => return,
-                }
-            }
-        })
+        tokio::spawn(health::run(Arc::downgrade(self), self.settings.heartbeat))
     }
 
     /// Replaces the list of replicas (this one may be in it; it is skipped).
@@ -211,6 +281,7 @@ impl Cluster {
                 if !keep {
                     tracing::info!(peer = %id, "peer left the replica list");
                     peer.stop();
+                    self.rounds.forget(id);
                 }
                 keep
             });
@@ -228,192 +299,182 @@ impl Cluster {
         self.recompute();
     }
 
-    /// Recomputes the view; when its members changed, hands deployments over.
-    pub fn recompute(&self) {
-        let _one_at_a_time = self.recompute_lock.lock();
-        let live: Vec<Arc<Peer>> = self
-            .peers
-            .lock()
-            .values()
-            .filter(|p| p.is_live())
-            .cloned()
-            .collect();
-        let new = View::new(self.me.clone(), self.is_ready(), live);
-        let old = self.view.load_full();
-        if old.same_members(&new) {
-            return;
-        }
-        let new = Arc::new(new);
-        self.view.store(new.clone());
-        self.metrics.members.set(new.members().len() as f64);
-        tracing::info!(members = ?new.members(), view = format_args!("{:016x}", new.hash()), "the live replicas changed");
-        self.hand_over(&old, &new);
-    }
-
-    /// After a view change: holds grants of deployments this replica took over until the
-    /// peers report, and reports the slots this replica holds to their new owners.
-    fn hand_over(&self, old: &View, new: &Arc<View>) {
-        let gained = self.taken_over(old, new);
-        self.gate_grants(gained, new);
-        self.report_held(new);
-    }
-
-    /// The deployments (`endpoint/deployment`) this replica owns in `new` but not in `old`.
-    fn taken_over(&self, old: &View, new: &View) -> HashSet<String> {
-        let mut gained = HashSet::new();
-        for endpoint in self.table.load().endpoints() {
-            for deployment in endpoint.deployments.iter() {
-                let (e, d) = (&*deployment.endpoint, &*deployment.name);
-                let now_mine = new.owner_id(e, d) == Some(&self.me);
-                let was_mine = old.owner_id(e, d) == Some(&self.me);
-                if now_mine && !was_mine {
-                    gained.insert(protocol::key(e, d));
-                }
+    /// Sets each routed pod's peak gauge ([`metrics::names::POD_PEAK`]); run at every scrape.
+    fn export_pod_peaks(&self) {
+        let table = self.table.load();
+        for deployment in table.endpoints().flat_map(|e| e.deployments.iter()) {
+            for pod in deployment.pods.iter() {
+                let address = pod.address().to_string();
+                let labels = [
+                    ("endpoint", &*deployment.endpoint),
+                    ("deployment", &*deployment.name),
+                    ("pod", address.as_str()),
+                ];
+                self.registry
+                    .gauge(metrics::names::POD_PEAK, &labels)
+                    .set(f64::from(pod.peak_in_flight()));
             }
         }
-        if !gained.is_empty() {
-            self.metrics.handovers.increment(gained.len() as u64);
+    }
+
+    /// Recomputes the view from the live peers and what they said, then what this replica may
+    /// do in it; starts the report rounds that became due.
+    pub fn recompute(&self) {
+        {
+            let _one_at_a_time = self.recompute_lock.lock();
+            let all: Vec<Arc<Peer>> = self.peers.lock().values().cloned().collect();
+            let live: Vec<Arc<Peer>> = all.iter().filter(|p| p.is_live()).cloned().collect();
+            let old = self.view.load_full();
+            if let Some(new) = self.next_view(&old, &live) {
+                if new.id() != old.id() {
+                    self.view_changed(&old, &new);
+                }
+                self.view.store(Arc::new(new));
+            }
+            self.update_acting(&all);
+        }
+        self.start_rounds();
+    }
+
+    /// The view `live` gives, when it differs from `old` (members, epoch, peers or majority).
+    fn next_view(&self, old: &View, live: &[Arc<Peer>]) -> Option<View> {
+        let heard: Vec<(Arc<str>, Arc<peers::Heard>)> = live
+            .iter()
+            .filter_map(|p| p.heard().map(|h| (p.id.clone(), h)))
+            .collect();
+        let reach: Vec<membership::Reach<'_>> = heard
+            .iter()
+            .map(|(id, h)| membership::Reach {
+                id,
+                live: &h.state.live,
+            })
+            .collect();
+        let members = membership::members(&self.me, self.is_ready(), &reach);
+        let quorum = members.len() >= membership::majority(self.known_replicas());
+        let same_members_epoch = heard
+            .iter()
+            .filter(|(_, h)| h.state.members == members)
+            .map(|(_, h)| h.state.view.epoch)
+            .max();
+        if !old.same_members(&members) {
+            let newest = heard.iter().map(|(_, h)| h.state.view.epoch).max();
+            let epoch = match same_members_epoch {
+                Some(theirs) if theirs > old.id().epoch => theirs,
+                _ => old.id().epoch.max(newest.unwrap_or(0)) + 1,
+            };
+            return Some(View::new(self.me.clone(), epoch, members, live, quorum));
+        }
+        if let Some(theirs) = same_members_epoch.filter(|e| *e > old.id().epoch) {
+            return Some(old.at_epoch(theirs).refreshed(live, quorum));
+        }
+        (!old.same_peers(live) || old.has_quorum() != quorum).then(|| old.refreshed(live, quorum))
+    }
+
+    fn view_changed(&self, old: &View, new: &View) {
+        let taken_over = self.taken_over(old, new);
+        if taken_over > 0 {
+            self.metrics.handovers.increment(taken_over as u64);
+        }
+        self.metrics.members.set(new.members().len() as f64);
+        self.metrics.epoch.set(new.id().epoch as f64);
+        self.metrics.view_changes.increment(1);
+        if old.same_members(new.members()) {
+            tracing::info!(view = %new.id(), "the view's epoch moved on (a peer saw a change this replica missed)");
+        } else {
             tracing::info!(
-                deployments = gained.len(),
-                "this replica took over deployments"
+                members = ?new.members(), view = %new.id(), quorum = new.has_quorum(),
+                member = new.me_member(), taken_over, "the live replicas changed"
             );
         }
-        gained
     }
 
-    /// Holds the grants of `gained` until every peer of `new` has reported its slots, or the
-    /// handover settle time has passed.
-    fn gate_grants(&self, gained: HashSet<String>, new: &View) {
-        // Under the lock `peer_synced` takes, so no report of completion falls between
-        // reading who has reported and installing the gate.
-        let synced = self.synced_from.lock();
-        let pending: HashSet<Arc<str>> = new
-            .peers()
-            .map(|p| p.id.clone())
-            .filter(|id| synced.get(id) != Some(&new.hash()))
-            .collect();
-        let gate = (!gained.is_empty() && !pending.is_empty())
-            .then(|| Gate::new(gained, new.hash(), pending));
-        if let Some(gate) = &gate {
-            let gate = gate.clone();
-            let settle = self.settings.handover_settle;
-            tokio::spawn(async move {
-                tokio::time::sleep(settle).await;
-                gate.open();
-            });
-        }
-        if let Some(previous) = self.gate.swap(gate) {
-            previous.open();
-        }
+    /// How many routed deployments this replica owns in `new` and did not in `old`.
+    fn taken_over(&self, old: &View, new: &View) -> usize {
+        let table = self.table.load();
+        table
+            .endpoints()
+            .flat_map(|endpoint| endpoint.deployments.iter())
+            .filter(|d| {
+                let (e, n) = (&*d.endpoint, &*d.name);
+                new.owner_id(e, n) == Some(&self.me) && old.owner_id(e, n) != Some(&self.me)
+            })
+            .count()
     }
 
-    /// Reports the slots this replica holds to their owners in `new`, then tells every peer
-    /// that it is done.
-    fn report_held(&self, new: &Arc<View>) {
-        let mut reports = Vec::new();
-        self.held.for_each_mut(|held| {
-            let Some((e, d)) = protocol::split_key(&held.key) else {
-                return;
-            };
-            let Some(owner) = new.owner_id(e, d) else {
-                return;
-            };
-            if *owner == held.grantor {
-                return;
-            }
-            held.grantor = owner.clone();
-            if *owner != self.me {
-                if let Some(peer) = new.peer(owner) {
-                    reports.push((peer.clone(), held.clone()));
-                }
-            }
-        });
-        self.metrics.reported.increment(reports.len() as u64);
-        let Some(cluster) = self.this.upgrade() else {
-            return;
-        };
-        let view = new.clone();
-        tokio::spawn(async move {
-            let reported = reports
-                .into_iter()
-                .map(|(peer, held)| cluster.report(peer, held));
-            futures_util::future::join_all(reported).await;
-            for peer in view.peers() {
-                cluster.send_synced(peer, view.hash()).await;
-            }
-        });
-    }
-
-    /// Reports one held slot to its new owner, keeping the stream open until it is released.
-    async fn report(&self, peer: Arc<Peer>, held: Held) {
-        let Some(mut sender) = peer.sender() else {
-            return;
-        };
-        let remaining = held.expires.saturating_duration_since(Instant::now());
-        let request = self
-            .request(protocol::ADOPT)
-            .header(&protocol::DEPLOYMENT, &*held.key)
-            .header(&protocol::POD, held.pod.to_string())
-            .header(&protocol::LEASE_MS, remaining.as_millis().to_string())
-            .body(HoldOpen::until(held.released.clone()))
-            .expect("valid request");
-        let sent = tokio::time::timeout(GRANT_GRACE, async {
-            sender.ready().await?;
-            sender.send_request(request).await
-        })
-        .await;
-        match sent {
-            Ok(Ok(response)) if response.status() == StatusCode::OK => {}
-            Ok(Ok(response)) => {
-                tracing::debug!(peer = %peer.id, status = %response.status(), key = %held.key, "the new owner did not take a reported slot");
-            }
-            _ => {
-                tracing::debug!(peer = %peer.id, key = %held.key, "reporting a slot to the new owner failed")
-            }
+    /// Recomputes [`Acting`] for the current view; wakes waiters when it changed.
+    fn update_acting(&self, all: &[Arc<Peer>]) {
+        let view = self.view.load_full();
+        let peers: HashMap<Arc<str>, Arc<Peer>> =
+            all.iter().map(|p| (p.id.clone(), p.clone())).collect();
+        let unreported = self.inbound.unreported(
+            view.id(),
+            view.members(),
+            &self.me,
+            self.settings.peer_timeout,
+        );
+        let acting = Acting::of(
+            &view,
+            &self.me,
+            acting::heard_of(&peers),
+            self.settings.peer_timeout,
+            unreported,
+        );
+        let old = self.acting.load();
+        let changed = old.view != acting.view
+            || old.from != acting.from
+            || old.unreported != acting.unreported
+            || (old.lease == acting::Lease::Lapsed) != (acting.lease == acting::Lease::Lapsed);
+        self.acting.store(Arc::new(acting));
+        if changed {
+            self.notify();
         }
     }
 
-    async fn send_synced(&self, peer: &Arc<Peer>, view: u64) {
-        let Some(mut sender) = peer.sender() else {
-            return;
-        };
-        let request = self
-            .request(protocol::SYNCED)
-            .header(&protocol::VIEW, format!("{view:016x}"))
-            .body(HoldOpen::empty())
-            .expect("valid request");
-        let _ = tokio::time::timeout(GRANT_GRACE, async {
-            sender.ready().await?;
-            sender.send_request(request).await
-        })
-        .await;
+    /// Wakes every request waiting for the cluster's state to change.
+    fn notify(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// Records that `peer` reported its leases for `view`.
-    pub(crate) fn peer_synced(&self, peer: Arc<str>, view: u64) {
-        let mut synced = self.synced_from.lock();
-        synced.insert(peer.clone(), view);
-        if let Some(gate) = self.gate.load_full() {
-            gate.peer_synced(&peer, view);
+    /// This replica's state, as announced to `peer` in a hello (either way).
+    pub(crate) fn announce_to(&self, peer: &str) -> Announce {
+        let view = self.view.load();
+        let peer_instance = self
+            .peers
+            .lock()
+            .get(peer)
+            .and_then(|p| p.heard())
+            .map(|h| h.state.instance);
+        Announce {
+            instance: self.instance,
+            ready: self.is_ready(),
+            view: view.id(),
+            members: view.members().to_vec(),
+            quorum: view.has_quorum(),
+            live: view.peers().map(|p| p.id.clone()).collect(),
+            age: view.installed().elapsed(),
+            synced: peer_instance.and_then(|i| self.rounds.done_for(peer, i)),
         }
-        drop(synced);
     }
 
-    /// Waits, at most until `deadline`, while a handover holds the grants of deployment
-    /// `deployment` of `endpoint`.
-    pub(crate) async fn wait_for_handover(
-        &self,
-        endpoint: &str,
-        deployment: &str,
-        deadline: Instant,
-    ) {
-        let Some(gate) = self.gate.load_full() else {
-            return;
-        };
-        if gate.is_open() || !gate.covers(endpoint, deployment) {
-            return;
+    /// The connection to `peer` broke: the slots it granted this replica, and the reports of
+    /// slots to it, are to be reported again once it is back.
+    fn disconnected(&self, peer: &str) {
+        if self.held.disconnected(peer) > 0 {
+            self.rounds.again();
         }
-        gate.wait(deadline).await;
+    }
+
+    /// Records a hello from `peer` (on a connection that proved the credential).
+    pub(crate) fn heard_hello(&self, peer: &str, announce: &Announce) {
+        if self.inbound.hello(peer, announce) {
+            self.recompute();
+        }
+    }
+
+    /// Records that `peer` reported its slots for `view` (its `/v1/synced`).
+    pub(crate) fn peer_synced(&self, peer: &str, view: view::ViewId) {
+        self.inbound.synced(peer, view);
+        self.recompute();
     }
 
     fn request(&self, path: &str) -> http::request::Builder {
@@ -421,196 +482,33 @@ impl Cluster {
             .method(Method::POST)
             .uri(path)
             .header(&protocol::PEER, self.me_header.clone())
+            .header(&announce::INSTANCE, self.instance)
     }
 
-    /// Whether this replica owns deployment `deployment` of `endpoint` in the current view (it
-    /// admits for every replica, and the autoscaler acts for it here).
-    pub fn owns(&self, endpoint: &str, deployment: &str) -> bool {
-        matches!(self.view.load().owner(endpoint, deployment), Owner::Me)
-    }
-
-    /// Coordinated admission: as owner, the local queue; otherwise a grant from the owner; when
-    /// the owner cannot be reached, the next owner, then the fallback.
-    async fn admit(&self, target: Target<'_>, max_wait: Duration) -> Result<Slot, AdmitError> {
-        let deadline = Instant::now() + max_wait;
-        for _ in 0..3 {
-            let view = self.view.load_full();
-            let peer = match view.owner(target.endpoint, target.deployment) {
-                Owner::Me => {
-                    self.wait_for_handover(target.endpoint, target.deployment, deadline)
-                        .await;
-                    let slot = self.admit_here(target, deadline).await?;
-                    self.metrics.owner.increment(1);
-                    return Ok(slot);
-                }
-                Owner::Nobody => break,
-                Owner::Peer(peer) => peer.clone(),
-            };
-            match self.grant_from(&peer, target, deadline, None).await {
-                Ok(slot) => return Ok(slot),
-                Err(GrantError::Refused(e)) => return Err(e),
-                Err(GrantError::Unavailable) => break,
-                Err(GrantError::PeerDown) => {
-                    if peer.set_down() {
-                        tracing::warn!(peer = %peer.id, "the owner's connection failed; choosing the next owner");
-                    }
-                    self.recompute();
-                }
-            }
-        }
-        self.metrics.fallback.increment(1);
-        match self.settings.fallback {
-            FallbackMode::Local => self.admit_here(target, deadline).await,
-            FallbackMode::Reject => Err(AdmitError::OwnerUnreachable),
-        }
-    }
-
-    /// Admits against this replica's own accounting and records the slot as held.
-    async fn admit_here(&self, target: Target<'_>, deadline: Instant) -> Result<Slot, AdmitError> {
-        let wait = deadline.saturating_duration_since(Instant::now());
-        let mut slot = target.accounting.admit(target.pods, wait).await?;
-        self.hold(&mut slot, target, self.me.clone(), CancellationToken::new());
-        Ok(slot)
-    }
-
-    /// Records `slot` as held from `grantor`; `released` ends the streams that report it.
+    /// Records `slot` as held from `grantor` (under its lease number `lease` when another
+    /// replica granted it); `released` ends the streams that report it.
     fn hold(
         &self,
         slot: &mut Slot,
         target: Target<'_>,
         grantor: Arc<str>,
+        lease: Option<u64>,
         released: CancellationToken,
     ) {
         let expires = Instant::now() + target.request_timeout + self.settings.lease_margin;
         let guard = self.held.insert(Held {
+            id: 0,
             key: protocol::key(target.endpoint, target.deployment).into(),
             pod: slot.pod().address(),
             expires,
             released,
             grantor,
+            lease,
+            orphaned: false,
+            reported_to: Vec::new(),
         });
         slot.attach(ReleaseGuard::new(guard));
     }
-
-    /// Asks `peer` for a slot.
-    async fn grant_from(
-        &self,
-        peer: &Arc<Peer>,
-        target: Target<'_>,
-        deadline: Instant,
-        exclude: Option<SocketAddr>,
-    ) -> Result<Slot, GrantError> {
-        let Some(mut sender) = peer.sender() else {
-            return Err(GrantError::PeerDown);
-        };
-        let asked = Instant::now();
-        let wait = deadline.saturating_duration_since(asked);
-        let released = CancellationToken::new();
-        // Ends the request stream (and with it a grant the owner may already have given) on
-        // every way out but success, the future being dropped included.
-        let release_unless_granted = released.clone().drop_guard();
-        let mut request = self
-            .request(protocol::GRANT)
-            .header(
-                &protocol::DEPLOYMENT,
-                protocol::key(target.endpoint, target.deployment),
-            )
-            .header(&protocol::WAIT_MS, wait.as_millis().to_string());
-        if let Some(pod) = exclude {
-            request = request.header(&protocol::EXCLUDE, pod.to_string());
-        }
-        let request = request
-            .body(HoldOpen::until(released.clone()))
-            .expect("valid request");
-        let response = tokio::time::timeout(wait + GRANT_GRACE, async {
-            sender.ready().await?;
-            sender.send_request(request).await
-        })
-        .await;
-        let response = match response {
-            Ok(Ok(response)) => response,
-            Ok(Err(error)) => {
-                tracing::debug!(peer = %peer.id, %error, "grant request failed");
-                return Err(GrantError::PeerDown);
-            }
-            Err(_) => return Err(GrantError::PeerDown),
-        };
-        let address = granted_pod(&peer.id, &response)?;
-        self.metrics
-            .grant_duration
-            .record(asked.elapsed().as_secs_f64());
-        self.metrics.remote.increment(1);
-        // The owner's pod list may be ahead of this replica's: a pod not known here yet is
-        // still the owner's choice.
-        let pod = target
-            .pods
-            .iter()
-            .find(|p| p.address() == address)
-            .cloned()
-            .unwrap_or_else(|| Arc::new(Pod::new(address)));
-        release_unless_granted.disarm();
-        let (mut slot, _) = target.accounting.force_acquire(&pod);
-        self.hold(&mut slot, target, peer.id.clone(), released);
-        Ok(slot)
-    }
-
-    /// A slot free now on another pod than `failed`.
-    async fn retry(&self, target: Target<'_>, failed: &Arc<Pod>) -> Option<Slot> {
-        let view = self.view.load_full();
-        match view.owner(target.endpoint, target.deployment) {
-            Owner::Peer(peer) => {
-                let peer = peer.clone();
-                self.grant_from(&peer, target, Instant::now(), Some(failed.address()))
-                    .await
-                    .ok()
-            }
-            Owner::Me | Owner::Nobody => {
-                let mut slot = target
-                    .accounting
-                    .try_acquire_excluding(target.pods, Some(failed))?;
-                self.hold(&mut slot, target, self.me.clone(), CancellationToken::new());
-                Some(slot)
-            }
-        }
-    }
-}
-
-impl Coordinator for Cluster {
-    fn admit<'a>(
-        &'a self,
-        target: Target<'a>,
-        max_wait: Duration,
-    ) -> Pending<'a, Result<Slot, AdmitError>> {
-        Box::pin(Cluster::admit(self, target, max_wait))
-    }
-
-    fn retry<'a>(&'a self, target: Target<'a>, failed: &'a Arc<Pod>) -> Pending<'a, Option<Slot>> {
-        Box::pin(Cluster::retry(self, target, failed))
-    }
-}
-
-/// The pod of an owner's answer to a grant request, or why there is none.
-fn granted_pod(
-    peer: &str,
-    response: &http::Response<hyper::body::Incoming>,
-) -> Result<SocketAddr, GrantError> {
-    let reason = response
-        .headers()
-        .get(&protocol::REASON)
-        .map(|v| v.as_bytes());
-    if response.status() != StatusCode::OK {
-        if let Some(refusal) = protocol::refusal_of(response.status(), reason) {
-            return Err(GrantError::Refused(refusal));
-        }
-        tracing::debug!(%peer, status = %response.status(), "the owner cannot grant slots of this deployment now");
-        return Err(GrantError::Unavailable);
-    }
-    response
-        .headers()
-        .get(&protocol::POD)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<SocketAddr>().ok())
-        .ok_or(GrantError::Unavailable)
 }
 
 /// A cluster dropped without [`Cluster::stop`] (a router whose start failed later) still

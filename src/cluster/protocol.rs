@@ -2,18 +2,22 @@
 //! carrying the shared credential.
 //!
 //! - `GET /v1/hello` → 200 with a challenge and the answering replica's proof of the credential
-//!   (see [`super::credential`]), and whether it is ready to own deployments.
+//!   (see [`super::credential`]). Once the connection is authenticated, every heartbeat's hello
+//!   carries the asker's state and the answer the answering replica's ([`super::announce`]).
 //! - `POST /v1/auth` → 204 when the connecting replica's proof is right, 401 otherwise; every
 //!   other request on a connection that has not passed it is answered 401.
-//! - `POST /v1/grant` (deployment, wait budget, optional pod to avoid) → 200 with the pod, the
-//!   response and request streams then stay open as the lease; or 429 / 503 with the reason,
-//!   meaning what they mean to a client; 404 when the owner does not know the deployment.
+//! - `POST /v1/grant` (deployment, wait budget, the asker's view, optional pod to avoid) → 200
+//!   with the pod and the owner's view, the response and request streams then stay open as the
+//!   lease; or 429 / 503 with the reason, meaning what they mean to a client; 409 when the
+//!   replica does not own the deployment in its view or the asker's epoch is newer than its
+//!   own; 404 when the owner does not know the deployment.
 //! - `POST /v1/adopt` (deployment, pod, time left) → 200 and a lease on a slot the requester
-//!   already holds, reported to a new owner after ownership moved.
-//! - `POST /v1/synced` (view) → 204: the sender has reported all its leases for that view.
+//!   already holds, reported to the replica that owns it now ([`super::reports`]).
+//! - `POST /v1/synced` (view) → 204: the sender has reported all its slots for that view.
 //!
-//! A lease ends when the requester ends its request body, resets the stream or loses the
-//! connection, or when it expires.
+//! A lease ends when the requester ends its request body or resets it with CANCEL, or when it
+//! expires; a requester that vanishes with its connection keeps it until it expires
+//! ([`super::lease`]).
 
 use http::{HeaderName, StatusCode};
 
@@ -40,13 +44,16 @@ pub static EXCLUDE: HeaderName = HeaderName::from_static("x-scoregate-exclude");
 pub static POD: HeaderName = HeaderName::from_static("x-scoregate-pod");
 /// Milliseconds until an adopted lease expires.
 pub static LEASE_MS: HeaderName = HeaderName::from_static("x-scoregate-lease-ms");
+/// A lease's number: the owner's for a grant (in its answer), the holder's for a report, or
+/// the owner's again when the holder reports a slot that owner granted.
+pub static LEASE: HeaderName = HeaderName::from_static("x-scoregate-lease");
 /// Why a grant was refused: one of the `REASON_*` values.
 pub static REASON: HeaderName = HeaderName::from_static("x-scoregate-reason");
 /// The sender's identity (its advertised address).
 pub static PEER: HeaderName = HeaderName::from_static("x-scoregate-peer");
-/// `true` when the answering replica is ready to own deployments.
+/// `true` when the sender may own deployments (routes loaded, not draining).
 pub static READY: HeaderName = HeaderName::from_static("x-scoregate-ready");
-/// A view of the live replicas, as its hash in hexadecimal.
+/// A view, `epoch.hash` ([`super::view::ViewId::encode`]).
 pub static VIEW: HeaderName = HeaderName::from_static("x-scoregate-view");
 
 /// The deployment has no routable pod.
@@ -59,6 +66,10 @@ pub const REASON_QUEUE_FULL: &str = "queue-full";
 pub const REASON_NOT_READY: &str = "not-ready";
 /// The owner does not know the deployment.
 pub const REASON_UNKNOWN_DEPLOYMENT: &str = "unknown-deployment";
+/// The replica does not own the deployment in its view.
+pub const REASON_NOT_OWNER: &str = "not-owner";
+/// The asker's view is at a newer epoch than the replica's.
+pub const REASON_STALE_VIEW: &str = "stale-view";
 
 /// How a grant refusal travels: the owner's [`AdmitError`], its status and its reason. One table,
 /// read both ways; a refusal means to the asking replica what it means to a client.

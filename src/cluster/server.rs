@@ -15,10 +15,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
 
+use super::announce::{Announce, INSTANCE};
 use super::credential::{Credential, NONCE, PROOF};
-use super::lease::LeaseBody;
+use super::held::REPORTED_LEASE;
+use super::lease::{ConnectionEnd, Holder, LeaseBody};
+use super::view::{Owner, ViewId};
 use super::{protocol, Cluster};
-use crate::admission::AdmitError;
+use crate::admission::{AdmitError, Slot};
 use crate::table::Deployment;
 
 /// A response of the internal port.
@@ -29,11 +32,28 @@ const MAX_STREAMS_PER_PEER: u32 = 1 << 20;
 /// Longest queue wait a grant request may ask for (the Kubernetes endpoint maximum).
 const MAX_WAIT: Duration = Duration::from_secs(300);
 
-/// Per-connection state: the challenge sent, and whether the peer answered it.
+/// Per-connection state: the challenge sent, whether the peer answered it, and how the
+/// connection ends (for the leases it carries).
 #[derive(Default)]
 struct ConnectionState {
     server_nonce: Mutex<Option<String>>,
     authenticated: AtomicBool,
+    /// When the peer proved the credential on this connection.
+    authenticated_at: Mutex<Option<Instant>>,
+    end: Arc<ConnectionEnd>,
+}
+
+/// The replicas whose failed proofs were logged already (once per claimed identity).
+#[derive(Default)]
+struct Refusals {
+    logged: Mutex<std::collections::HashSet<String>>,
+}
+
+impl Refusals {
+    /// Whether `who`'s failure is new (and so worth a log line).
+    fn first(&self, who: &str) -> bool {
+        self.logged.lock().insert(who.to_owned())
+    }
 }
 
 /// Serves the internal port until the cluster stops.
@@ -48,6 +68,7 @@ pub async fn serve(listener: TcpListener, cluster: Arc<Cluster>) {
         .max_pending_accept_reset_streams(Some(1024))
         .keep_alive_interval(Some(Duration::from_secs(1)))
         .keep_alive_timeout(Duration::from_secs(2));
+    let refusals = Arc::new(Refusals::default());
     loop {
         let (stream, remote) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -64,21 +85,29 @@ pub async fn serve(listener: TcpListener, cluster: Arc<Cluster>) {
         let cluster = cluster.clone();
         let builder = builder.clone();
         let stop = stop.clone();
+        let refusals = refusals.clone();
         tokio::spawn(async move {
             let state = Arc::new(ConnectionState::default());
+            let end = state.end.clone();
             let service = service_fn(move |request| {
                 let cluster = cluster.clone();
                 let state = state.clone();
+                let refusals = refusals.clone();
                 async move {
                     Ok::<_, std::convert::Infallible>(
-                        answer(&cluster, &state, request, remote).await,
+                        answer(&cluster, &state, &refusals, request, remote).await,
                     )
                 }
             });
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::select! {
-                _ = connection => {}
-                _ = stop.cancelled() => {}
+                ended = connection => {
+                    if let Err(error) = &ended {
+                        tracing::debug!(%remote, %error, "cluster port: a peer's connection failed");
+                    }
+                    end.end(ended.is_err());
+                }
+                _ = stop.cancelled() => end.end(false),
             }
         });
     }
@@ -87,12 +116,13 @@ pub async fn serve(listener: TcpListener, cluster: Arc<Cluster>) {
 async fn answer(
     cluster: &Arc<Cluster>,
     state: &ConnectionState,
+    refusals: &Refusals,
     request: Request<Incoming>,
     remote: SocketAddr,
 ) -> Answer {
     match request.uri().path() {
         protocol::HELLO => return hello(cluster, state, &request),
-        protocol::AUTH => return authenticate(cluster, state, &request, remote),
+        protocol::AUTH => return authenticate(cluster, state, refusals, &request, remote),
         _ => {}
     }
     if !state.authenticated.load(Ordering::Acquire) {
@@ -102,13 +132,23 @@ async fn answer(
         return status(StatusCode::UNAUTHORIZED, None);
     }
     match request.uri().path() {
-        protocol::GRANT => grant(cluster, request).await,
-        protocol::ADOPT => adopt(cluster, request),
-        protocol::SYNCED => synced(cluster, &request),
+        protocol::GRANT => grant(cluster, state, request).await,
+        protocol::ADOPT => adopt(cluster, state, request),
+        protocol::SYNCED => synced(cluster, state, &request),
         _ => status(StatusCode::NOT_FOUND, None),
     }
 }
 
+/// The identity a request claims (its `x-scoregate-peer`).
+fn claimed_peer(request: &Request<Incoming>) -> Option<&str> {
+    request
+        .headers()
+        .get(&protocol::PEER)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// A hello: the challenge and this replica's proof; on an authenticated connection, also the
+/// two replicas' states, both ways.
 fn hello(cluster: &Cluster, state: &ConnectionState, request: &Request<Incoming>) -> Answer {
     let Some(client_nonce) = request.headers().get(&NONCE).filter(|n| n.len() <= 64) else {
         return status(StatusCode::BAD_REQUEST, None);
@@ -125,10 +165,21 @@ fn hello(cluster: &Cluster, state: &ConnectionState, request: &Request<Incoming>
     );
     headers.insert(&PROOF, HeaderValue::from_str(&proof).expect("base64url"));
     headers.insert(&protocol::PEER, cluster.me_header.clone());
-    headers.insert(
-        &protocol::READY,
-        HeaderValue::from_static(if cluster.is_ready() { "true" } else { "false" }),
-    );
+    let authenticated = state.authenticated.load(Ordering::Acquire);
+    match claimed_peer(request) {
+        Some(peer) if authenticated => {
+            if let Some(theirs) = Announce::read(request.headers()) {
+                cluster.heard_hello(peer, &theirs);
+            }
+            cluster.announce_to(peer).write(headers);
+        }
+        _ => {
+            headers.insert(
+                &protocol::READY,
+                HeaderValue::from_static(if cluster.is_ready() { "true" } else { "false" }),
+            );
+        }
+    }
     *state.server_nonce.lock() = Some(server_nonce);
     response
 }
@@ -136,6 +187,7 @@ fn hello(cluster: &Cluster, state: &ConnectionState, request: &Request<Incoming>
 fn authenticate(
     cluster: &Cluster,
     state: &ConnectionState,
+    refusals: &Refusals,
     request: &Request<Incoming>,
     remote: SocketAddr,
 ) -> Answer {
@@ -147,11 +199,17 @@ fn authenticate(
         _ => false,
     };
     if proved {
+        *state.authenticated_at.lock() = Some(Instant::now());
         state.authenticated.store(true, Ordering::Release);
         status(StatusCode::NO_CONTENT, None)
     } else {
         cluster.metrics.refused.increment(1);
-        tracing::warn!(%remote, "cluster port: a connection failed to prove the shared credential: check that every replica has the same cluster secret");
+        let who = claimed_peer(request).map_or_else(|| remote.ip().to_string(), str::to_owned);
+        // A listed peer's failure is logged once by this replica's own connection to it.
+        let listed = cluster.peers.lock().contains_key(who.as_str());
+        if !listed && refusals.first(&who) {
+            tracing::error!(%remote, peer = %who, "cluster port: {who} failed to prove the shared cluster credential: every replica needs the same cluster secret (logged once per replica)");
+        }
         status(StatusCode::UNAUTHORIZED, None)
     }
 }
@@ -176,7 +234,20 @@ fn millis(request: &Request<Incoming>, name: &http::HeaderName) -> Option<Durati
     Some(Duration::from_millis(ms).min(MAX_WAIT))
 }
 
-async fn grant(cluster: &Arc<Cluster>, request: Request<Incoming>) -> Answer {
+/// The view a request names (`x-scoregate-view`).
+fn view_of(request: &Request<Incoming>) -> Option<ViewId> {
+    request
+        .headers()
+        .get(&protocol::VIEW)
+        .and_then(|v| v.to_str().ok())
+        .and_then(ViewId::decode)
+}
+
+async fn grant(
+    cluster: &Arc<Cluster>,
+    state: &ConnectionState,
+    request: Request<Incoming>,
+) -> Answer {
     if !cluster.is_ready() {
         return status(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -196,45 +267,101 @@ async fn grant(cluster: &Arc<Cluster>, request: Request<Incoming>) -> Answer {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
     let deadline = Instant::now() + wait;
-    cluster
-        .wait_for_handover(&deployment.endpoint, &deployment.name, deadline)
-        .await;
-    let admitted = match exclude {
-        Some(address) => {
-            let excluded = deployment.pods.iter().find(|p| p.address() == address);
-            deployment
-                .admission
-                .try_acquire_excluding(&deployment.pods, excluded)
-                .ok_or(AdmitError::NoReadyPod)
-        }
-        None => {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            deployment.admission.admit(&deployment.pods, wait).await
-        }
-    };
-    let slot = match admitted {
-        Ok(slot) => slot,
-        Err(error) => {
-            let (code, reason) = protocol::refusal(error);
-            return status(code, Some(reason));
-        }
-    };
+    let (view, slot) =
+        match grant_slot(cluster, &deployment, view_of(&request), exclude, deadline).await {
+            Ok(granted) => granted,
+            Err(refused) => return refused,
+        };
     cluster.metrics.served.increment(1);
     let pod = HeaderValue::from_str(&slot.pod().address().to_string()).expect("an address");
     let expires =
         Instant::now() + deployment.settings.request_timeout + cluster.settings.lease_margin;
+    let lease = cluster.next_lease.fetch_add(1, Ordering::Relaxed) & !REPORTED_LEASE;
+    let holder = holder_of(&request, lease);
     let body = LeaseBody::new(
+        &cluster.leases,
+        holder,
         slot,
         request.into_body(),
+        state.end.clone(),
         expires,
-        cluster.metrics.expiries.clone(),
     );
     let mut response = Response::new(Either::Right(body));
     response.headers_mut().insert(&protocol::POD, pod);
     response
+        .headers_mut()
+        .insert(&protocol::LEASE, HeaderValue::from(lease));
+    response.headers_mut().insert(
+        &protocol::VIEW,
+        HeaderValue::from_str(&view.encode()).expect("digits and a dot"),
+    );
+    response
 }
 
-fn adopt(cluster: &Arc<Cluster>, request: Request<Incoming>) -> Answer {
+/// A slot for a grant, in the view it was granted in; or the refusal to answer. Fencing: only
+/// an owner that acts in its current view grants, never to an asker at a newer epoch.
+async fn grant_slot(
+    cluster: &Arc<Cluster>,
+    deployment: &Deployment,
+    asker: Option<ViewId>,
+    exclude: Option<SocketAddr>,
+    deadline: Instant,
+) -> Result<(ViewId, Slot), Answer> {
+    let (endpoint, name) = (&*deployment.endpoint, &*deployment.name);
+    loop {
+        let view = cluster.view.load_full();
+        if !matches!(view.owner(endpoint, name), Owner::Me) {
+            return Err(conflict(view.id(), protocol::REASON_NOT_OWNER));
+        }
+        if asker.is_some_and(|asker| asker.epoch > view.id().epoch) {
+            return Err(conflict(view.id(), protocol::REASON_STALE_VIEW));
+        }
+        if !cluster.grants_in(view.id()) {
+            if Instant::now() >= deadline {
+                let (code, reason) = protocol::refusal(AdmitError::QueueTimeout);
+                return Err(status(code, Some(reason)));
+            }
+            cluster.wait_for_change(view.id(), deadline).await;
+            continue;
+        }
+        let admitted = match exclude {
+            Some(address) => {
+                let excluded = deployment.pods.iter().find(|p| p.address() == address);
+                deployment
+                    .admission
+                    .try_acquire_excluding(&deployment.pods, excluded)
+                    .ok_or(AdmitError::NoReadyPod)
+            }
+            None => {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                tokio::select! {
+                    admitted = deployment.admission.admit(&deployment.pods, wait) => admitted,
+                    () = cluster.stops_granting(view.id()) => continue,
+                }
+            }
+        };
+        let slot = admitted.map_err(|error| {
+            let (code, reason) = protocol::refusal(error);
+            status(code, Some(reason))
+        })?;
+        // The lease may have run out while the grant waited in the queue.
+        if cluster.grants_in(view.id()) {
+            return Ok((view.id(), slot));
+        }
+    }
+}
+
+/// 409 with this replica's view: the asker asks again once the views agree.
+fn conflict(view: ViewId, reason: &'static str) -> Answer {
+    let mut response = status(StatusCode::CONFLICT, Some(reason));
+    response.headers_mut().insert(
+        &protocol::VIEW,
+        HeaderValue::from_str(&view.encode()).expect("digits and a dot"),
+    );
+    response
+}
+
+fn adopt(cluster: &Arc<Cluster>, state: &ConnectionState, request: Request<Incoming>) -> Answer {
     let Some(deployment) = deployment_of(cluster, &request) else {
         return status(
             StatusCode::NOT_FOUND,
@@ -250,44 +377,79 @@ fn adopt(cluster: &Arc<Cluster>, request: Request<Incoming>) -> Answer {
     let Some(pod) = address.and_then(|a| deployment.pods.iter().find(|p| p.address() == a)) else {
         return status(StatusCode::NOT_FOUND, None);
     };
-    let lease = millis(&request, &protocol::LEASE_MS).unwrap_or_default();
-    let (slot, over) = deployment.admission.force_acquire(pod);
+    let remaining = millis(&request, &protocol::LEASE_MS).unwrap_or_default();
+    let Some(holder) = request
+        .headers()
+        .get(&protocol::LEASE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|lease| holder_of(&request, lease))
+    else {
+        return status(StatusCode::BAD_REQUEST, None);
+    };
+    // A slot this replica already counts (it granted it, or took an earlier report of it)
+    // is taken over rather than counted twice.
+    let claimed = cluster.leases.claim(&holder.id, holder.lease);
+    let (slot, over) = match claimed {
+        Some(slot) => (slot, false),
+        None => deployment.admission.force_acquire(pod),
+    };
     if over {
         cluster.metrics.over_admissions.increment(1);
         tracing::warn!(
             endpoint = %deployment.endpoint,
             deployment = %deployment.name,
             pod = %pod.address(),
+            holder = %holder.id,
+            lease = holder.lease,
             in_flight = pod.in_flight(),
             cap = deployment.admission.cap(),
             "a reported slot puts the pod above its cap: it was over-admitted during the handover"
         );
     }
     let body = LeaseBody::new(
+        &cluster.leases,
+        holder,
         slot,
         request.into_body(),
-        Instant::now() + lease,
-        cluster.metrics.expiries.clone(),
+        state.end.clone(),
+        Instant::now() + remaining,
     );
     Response::new(Either::Right(body))
 }
 
-fn synced(cluster: &Cluster, request: &Request<Incoming>) -> Answer {
-    let peer = request
-        .headers()
-        .get(&protocol::PEER)
-        .and_then(|v| v.to_str().ok());
-    let view = request
-        .headers()
-        .get(&protocol::VIEW)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| u64::from_str_radix(v, 16).ok());
-    match (peer, view) {
-        (Some(peer), Some(view)) => {
-            cluster.peer_synced(peer.into(), view);
-            status(StatusCode::NO_CONTENT, None)
+/// The sender reported every slot it holds for this replica's view: the leases it kept from
+/// before this connection (its earlier connection failed) and did not report again are slots it
+/// released meanwhile.
+fn synced(cluster: &Cluster, state: &ConnectionState, request: &Request<Incoming>) -> Answer {
+    let (Some(peer), Some(view)) = (claimed_peer(request), view_of(request)) else {
+        return status(StatusCode::BAD_REQUEST, None);
+    };
+    if let (Some(instance), Some(since)) = (instance_of(request), *state.authenticated_at.lock()) {
+        let stale = cluster.leases.release_stale(peer, instance, since);
+        if stale > 0 {
+            tracing::info!(%peer, leases = stale, "cluster: released the leases a returning replica no longer holds");
         }
-        _ => status(StatusCode::BAD_REQUEST, None),
+    }
+    cluster.peer_synced(peer, view);
+    status(StatusCode::NO_CONTENT, None)
+}
+
+/// The sender's instance number (`x-scoregate-instance`).
+fn instance_of(request: &Request<Incoming>) -> Option<u64> {
+    request
+        .headers()
+        .get(&INSTANCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The holder of a lease numbered `lease` that `request` asks for.
+fn holder_of(request: &Request<Incoming>, lease: u64) -> Holder {
+    Holder {
+        id: claimed_peer(request).unwrap_or_default().into(),
+        instance: instance_of(request).unwrap_or_default(),
+        lease,
     }
 }
 

@@ -1,21 +1,69 @@
-//! Which replicas are live, as every replica computes it, and who owns each deployment.
+//! The view: the members this replica agrees to coordinate with, identified by an epoch that
+//! only grows and a hash of the members, and who owns each deployment in it.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::peers::Peer;
 use super::ring;
 
-/// The live replicas at one moment, this one included unless it is draining.
+/// A view's identity: its epoch and the hash of its members. Two replicas with the same id
+/// agree on every owner; an epoch says which of two views is newer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ViewId {
+    /// Grows with every change of the members a replica sees (agreed: a replica that finds a
+    /// peer with the same members at a higher epoch takes that epoch).
+    pub epoch: u64,
+    /// FNV-1a of the sorted member identities.
+    pub hash: u64,
+}
+
+impl ViewId {
+    /// `epoch.hash`, as sent between replicas.
+    pub fn encode(self) -> String {
+        format!("{}.{:016x}", self.epoch, self.hash)
+    }
+
+    /// Reads [`ViewId::encode`]'s form.
+    pub fn decode(text: &str) -> Option<ViewId> {
+        let (epoch, hash) = text.split_once('.')?;
+        Some(ViewId {
+            epoch: epoch.parse().ok()?,
+            hash: u64::from_str_radix(hash, 16).ok()?,
+        })
+    }
+}
+
+impl fmt::Display for ViewId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{:016x}", self.epoch, self.hash)
+    }
+}
+
+/// The hash of a sorted member list.
+pub fn members_hash(members: &[Arc<str>]) -> u64 {
+    members.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, m| {
+        m.as_bytes().iter().chain([0u8].iter()).fold(h, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    })
+}
+
+/// The members at one epoch, as this replica sees them.
 pub struct View {
+    id: ViewId,
     /// Identities, sorted.
     members: Box<[Arc<str>]>,
-    /// Live peers by identity (this replica excluded).
+    /// Live peers by identity (this replica excluded), members or not.
     peers: HashMap<Arc<str>, Arc<Peer>>,
-    /// Whether this replica is a member.
-    me_member: bool,
     me: Arc<str>,
-    hash: u64,
+    me_member: bool,
+    /// Whether the members are a majority of the replicas known.
+    quorum: bool,
+    /// When this replica took this view.
+    installed: Instant,
 }
 
 /// Who owns a deployment in a view.
@@ -24,38 +72,99 @@ pub enum Owner<'a> {
     Me,
     /// Another live replica.
     Peer(&'a Arc<Peer>),
-    /// Nobody (this replica is draining and no peer is live).
+    /// Nobody (no members, or the owner is not a live peer).
     Nobody,
 }
 
 impl View {
-    /// The view with `me` (unless draining) and the given live peers.
-    pub fn new(me: Arc<str>, me_member: bool, live: Vec<Arc<Peer>>) -> Self {
-        let mut members: Vec<Arc<str>> = live.iter().map(|p| p.id.clone()).collect();
-        if me_member {
-            members.push(me.clone());
-        }
-        members.sort();
-        members.dedup();
-        let hash = members.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, m| {
-            m.as_bytes().iter().chain([0u8].iter()).fold(h, |h, &b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-            })
-        });
+    /// The view at `epoch` with `members` (sorted), `live` peers and whether the members are a
+    /// majority of the replicas known.
+    pub fn new(
+        me: Arc<str>,
+        epoch: u64,
+        members: Vec<Arc<str>>,
+        live: &[Arc<Peer>],
+        quorum: bool,
+    ) -> Self {
+        let me_member = members.contains(&me);
         View {
+            id: ViewId {
+                epoch,
+                hash: members_hash(&members),
+            },
             members: members.into_boxed_slice(),
-            peers: live.into_iter().map(|p| (p.id.clone(), p)).collect(),
-            me_member,
+            peers: live.iter().map(|p| (p.id.clone(), p.clone())).collect(),
             me,
-            hash,
+            me_member,
+            quorum,
+            installed: Instant::now(),
         }
+    }
+
+    /// The view a replica starts with: no members, epoch 0.
+    pub fn empty(me: Arc<str>) -> Self {
+        View::new(me, 0, Vec::new(), &[], false)
+    }
+
+    /// The same members and peers at another epoch (taken from a peer), installed now.
+    pub fn at_epoch(&self, epoch: u64) -> Self {
+        View {
+            id: ViewId {
+                epoch,
+                hash: self.id.hash,
+            },
+            members: self.members.clone(),
+            peers: self.peers.clone(),
+            me: self.me.clone(),
+            me_member: self.me_member,
+            quorum: self.quorum,
+            installed: Instant::now(),
+        }
+    }
+
+    /// The same view (id, members, install time) with the current live peers and majority.
+    pub fn refreshed(&self, live: &[Arc<Peer>], quorum: bool) -> Self {
+        View {
+            id: self.id,
+            members: self.members.clone(),
+            peers: live.iter().map(|p| (p.id.clone(), p.clone())).collect(),
+            me: self.me.clone(),
+            me_member: self.me_member,
+            quorum,
+            installed: self.installed,
+        }
+    }
+
+    /// Whether `live` are exactly the live peers this view knows.
+    pub fn same_peers(&self, live: &[Arc<Peer>]) -> bool {
+        live.len() == self.peers.len()
+            && live
+                .iter()
+                .all(|p| self.peers.get(&p.id).is_some_and(|q| Arc::ptr_eq(p, q)))
+    }
+
+    /// Its identity.
+    pub fn id(&self) -> ViewId {
+        self.id
+    }
+
+    /// When this replica took it.
+    pub fn installed(&self) -> Instant {
+        self.installed
+    }
+
+    /// Whether this replica is a member.
+    pub fn me_member(&self) -> bool {
+        self.me_member
+    }
+
+    /// Whether the members are a majority of the replicas known.
+    pub fn has_quorum(&self) -> bool {
+        self.quorum
     }
 
     /// The owner of `endpoint/deployment`.
     pub fn owner(&self, endpoint: &str, deployment: &str) -> Owner<'_> {
-        if self.members.len() == 1 && self.me_member {
-            return Owner::Me;
-        }
         match ring::owner(&self.members, endpoint, deployment) {
             None => Owner::Nobody,
             Some(i) if self.members[i] == self.me => Owner::Me,
@@ -86,43 +195,50 @@ impl View {
         self.peers.get(id)
     }
 
-    /// A hash of the member list: two replicas with the same hash agree on every owner.
-    pub fn hash(&self) -> u64 {
-        self.hash
+    /// Whether the view has exactly `members`.
+    pub fn same_members(&self, members: &[Arc<str>]) -> bool {
+        *self.members == *members
     }
+}
 
-    /// Whether `other` has the same members.
-    pub fn same_members(&self, other: &View) -> bool {
-        self.members == other.members
-    }
+/// The owner of `endpoint/deployment` among `members` (sorted), by identity.
+pub fn owner_among<'a>(
+    members: &'a [Arc<str>],
+    endpoint: &str,
+    deployment: &str,
+) -> Option<&'a Arc<str>> {
+    ring::owner(members, endpoint, deployment).map(|i| &members[i])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn alone_it_owns_everything_and_draining_alone_nobody_does() {
-        let me: Arc<str> = "10.0.0.1:9190".into();
-        let alone = View::new(me.clone(), true, Vec::new());
-        assert!(matches!(alone.owner("credit", "blue"), Owner::Me));
-        assert_eq!(alone.members().len(), 1);
-        let draining = View::new(me, false, Vec::new());
-        assert!(matches!(draining.owner("credit", "blue"), Owner::Nobody));
-        assert!(draining.members().is_empty());
-        assert_ne!(alone.hash(), draining.hash());
+    fn ids(list: &[&str]) -> Vec<Arc<str>> {
+        list.iter().map(|s| Arc::<str>::from(*s)).collect()
     }
 
     #[test]
-    fn the_hash_depends_on_the_members_only() {
-        let peer = |a: &str| Peer::new(a.parse().unwrap());
-        let a = View::new("10.0.0.1:9190".into(), true, vec![peer("10.0.0.2:9190")]);
-        let b = View::new("10.0.0.2:9190".into(), true, vec![peer("10.0.0.1:9190")]);
-        assert!(a.same_members(&b));
-        assert_eq!(
-            a.hash(),
-            b.hash(),
-            "two replicas with the same members agree"
-        );
+    fn alone_it_owns_everything_and_without_members_nobody_does() {
+        let me: Arc<str> = "10.0.0.1:9190".into();
+        let alone = View::new(me.clone(), 1, ids(&["10.0.0.1:9190"]), &[], true);
+        assert!(matches!(alone.owner("credit", "blue"), Owner::Me));
+        assert!(alone.me_member());
+        let draining = View::empty(me);
+        assert!(matches!(draining.owner("credit", "blue"), Owner::Nobody));
+        assert_ne!(alone.id(), draining.id());
+    }
+
+    #[test]
+    fn the_id_is_the_epoch_and_the_members() {
+        let a = View::new("a".into(), 3, ids(&["a", "b"]), &[], true);
+        let b = View::new("b".into(), 3, ids(&["a", "b"]), &[], true);
+        assert_eq!(a.id(), b.id(), "two replicas with the same members agree");
+        assert_ne!(a.id(), a.at_epoch(4).id());
+        assert_eq!(a.id().hash, a.at_epoch(4).id().hash);
+        let text = a.id().encode();
+        assert_eq!(ViewId::decode(&text), Some(a.id()));
+        assert_eq!(ViewId::decode("x.1"), None);
+        assert_eq!(ViewId::decode("3"), None);
     }
 }

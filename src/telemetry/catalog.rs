@@ -4,8 +4,9 @@
 //!
 //! Labels are bounded: `endpoint` and `deployment` are names from configuration (an unknown
 //! endpoint is `""`), `code` an HTTP status, `error` one of the router's `error.code`s; the
-//! others are small closed sets named in each meaning. No label carries a pod address, a path,
-//! a header or anything else a client chooses.
+//! others are small closed sets named in each meaning. No label carries a path, a header or
+//! anything else a client chooses; the one pod address, on
+//! `scoregate_cluster_pod_peak_in_flight`, is a routed pod's (bounded by the deployments' pods).
 
 use metrics::{KeyName, Recorder, SharedString};
 
@@ -139,17 +140,31 @@ pub const CATALOG: &[Entry] = &[
     entry("scoregate_cluster_grants_served_total", Counter, &[],
         "Grants this replica gave other replicas, as owner."),
     entry("scoregate_cluster_handovers_total", Counter, &[],
-        "Deployments this replica took over when the live replicas changed."),
+        "Deployments this replica took over when its view changed."),
     entry("scoregate_cluster_leases_reported_total", Counter, &[],
-        "Held slots reported to a new owner after ownership moved."),
+        "Held slots reported to the replica that owns them in its view."),
     entry("scoregate_cluster_over_admissions_total", Counter, &[],
-        "Slots taken over a pod's cap: reported leases that did not fit."),
+        "Slots taken over a pod's cap: reported slots that did not fit."),
     entry("scoregate_cluster_lease_expiries_total", Counter, &[],
-        "Leases that expired before their requester released them."),
+        "Leases that expired before their holder released them."),
+    entry("scoregate_cluster_leases_vanished_total", Counter, &[],
+        "Leases whose holder vanished with its connection, kept until they expire or the holder reports again."),
     entry("scoregate_cluster_refused_total", Counter, &[],
         "Requests and handshakes refused for a missing or wrong cluster credential."),
     entry("scoregate_cluster_members", Gauge, &[],
-        "Live replicas in this replica's view, itself included."),
+        "Members of this replica's view, itself included when it is one."),
+    entry("scoregate_cluster_view_epoch", Gauge, &[],
+        "The epoch of this replica's view (it only grows)."),
+    entry("scoregate_cluster_view_changes_total", Counter, &[],
+        "Times this replica took a new view (members or epoch)."),
+    entry("scoregate_cluster_stalls_total", Counter, &[],
+        "Times this replica found it had been stopped or starved for longer than a peer timeout."),
+    entry("scoregate_cluster_isolated", Gauge, &[],
+        "1 while this replica is isolated: not ready, admitting only under cluster.fallback."),
+    entry("scoregate_cluster_stale_grants_total", Counter, &[],
+        "Grants ignored because the owner answered from an older epoch than this replica's view."),
+    entry("scoregate_cluster_pod_peak_in_flight", Gauge, &["endpoint", "deployment", "pod"],
+        "The most requests this replica knew to be on the pod at once (on the owner: every replica's)."),
     entry("scoregate_build_info", Gauge, &["version", "revision"],
         "1, labelled with the version and git revision of this build."),
     entry("process_cpu_seconds_total", Counter, &[],

@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt as _;
 
@@ -10,6 +11,7 @@ use super::{client, full, guard, request, KEY};
 /// Workers sending scoring requests until [`Load::finish`].
 pub struct Load {
     ok: Arc<AtomicU64>,
+    answered: Arc<parking_lot::Mutex<Vec<Instant>>>,
     failed: Arc<Failures>,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -19,6 +21,7 @@ impl Load {
     /// `workers` tasks per URL, each with its own keep-alive connection, POSTing with [`KEY`].
     pub fn start(urls: &[String], workers: usize) -> Load {
         let ok = Arc::new(AtomicU64::new(0));
+        let answered = Arc::new(parking_lot::Mutex::new(Vec::new()));
         let failed = Arc::new(Failures::default());
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
@@ -26,6 +29,7 @@ impl Load {
             for _ in 0..workers {
                 let url = url.clone();
                 let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
+                let answered = answered.clone();
                 tasks.push(tokio::spawn(async move {
                     let client = client();
                     let auth = format!("Bearer {KEY}");
@@ -39,7 +43,10 @@ impl Load {
                         match client.request(request).await {
                             Ok(response) if response.status() == 200 => {
                                 match response.into_body().collect().await {
-                                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                                    Ok(_) => {
+                                        answered.lock().push(Instant::now());
+                                        ok.fetch_add(1, Ordering::Relaxed)
+                                    }
                                     Err(e) => {
                                         failed.push(format!("{url}: body: {e}"));
                                         0
@@ -60,6 +67,7 @@ impl Load {
         }
         Load {
             ok,
+            answered,
             failed,
             stop,
             tasks,
@@ -69,6 +77,26 @@ impl Load {
     /// Requests answered 200 so far.
     pub fn ok(&self) -> u64 {
         self.ok.load(Ordering::Relaxed)
+    }
+
+    /// The longest time between `from` and `to` in which no request was answered 200: the
+    /// time without service.
+    pub fn longest_gap(&self, from: Instant, to: Instant) -> Duration {
+        let mut times: Vec<Instant> = self
+            .answered
+            .lock()
+            .iter()
+            .copied()
+            .filter(|t| *t > from && *t < to)
+            .collect();
+        times.sort();
+        let mut previous = from;
+        let mut longest = Duration::ZERO;
+        for t in times.into_iter().chain([to]) {
+            longest = longest.max(t.saturating_duration_since(previous));
+            previous = t;
+        }
+        longest
     }
 
     /// Stops the workers; returns the count of 200s and every failure.

@@ -8,7 +8,9 @@
 
 pub mod kube;
 pub mod load;
+pub mod netns;
 pub mod peer;
+pub mod replica;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -20,6 +20,15 @@ pub async fn authenticated_peer(
     let connection = tokio::spawn(async move {
         let _ = connection.await;
     });
+    (prove(sender, address, secret).await, connection)
+}
+
+/// The hello and the proof of the credential, on a fresh connection.
+async fn prove(
+    sender: h2::client::SendRequest<bytes::Bytes>,
+    address: SocketAddr,
+    secret: &str,
+) -> h2::client::SendRequest<bytes::Bytes> {
     let mut sender = sender.ready().await.unwrap();
     let credential = Credential::new(secret.as_bytes()).unwrap();
     let nonce = Credential::nonce();
@@ -38,7 +47,7 @@ pub async fn authenticated_peer(
         .unwrap();
     let (response, _) = sender.send_request(auth, true).unwrap();
     assert_eq!(response.await.unwrap().status(), 204);
-    (sender, connection)
+    sender
 }
 
 /// Asks for a slot of `deployment` (`endpoint/deployment`); the lease lasts while the returned
@@ -56,4 +65,44 @@ pub async fn grant(
     let mut sender = sender.clone().ready().await.unwrap();
     let (response, stream) = sender.send_request(request, false).unwrap();
     (response.await.unwrap(), stream)
+}
+
+/// A peer connection whose driving can be paused: the socket stays open but nothing is read,
+/// written or acknowledged (as with a process stopped by SIGSTOP).
+pub struct Pausable {
+    /// Requests on the connection.
+    pub sender: h2::client::SendRequest<bytes::Bytes>,
+    pause: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Pausable {
+    /// Stops driving the connection (for good).
+    pub fn pause(&self) {
+        self.pause.notify_one();
+    }
+}
+
+/// Like [`authenticated_peer`], pausable; the task holds the socket until dropped or aborted.
+pub async fn pausable_peer(
+    address: SocketAddr,
+    secret: &str,
+) -> (Pausable, tokio::task::JoinHandle<()>) {
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (sender, connection) = h2::client::handshake(stream).await.unwrap();
+    let pause = std::sync::Arc::new(tokio::sync::Notify::new());
+    let paused = pause.clone();
+    let task = tokio::spawn(async move {
+        let mut connection = Box::pin(connection);
+        tokio::select! {
+            _ = &mut connection => {}
+            () = paused.notified() => {
+                // Keep the socket, never poll it again.
+                std::future::pending::<()>().await;
+                drop(connection);
+            }
+        }
+    });
+    let sender = prove(sender, address, secret).await;
+    (Pausable { sender, pause }, task)
 }

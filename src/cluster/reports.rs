@@ -1,0 +1,253 @@
+//! Reporting held slots to the replicas that own them now.
+//!
+//! Each replica follows every peer's view from its hellos. When a peer's view changes, this
+//! replica reports to it every slot it holds of a deployment that view gives to that peer (its
+//! own requests, whoever granted them, fallback admissions included), unless the peer granted
+//! the slot itself or has it already; then it tells the peer it is done for that view
+//! (`/v1/synced`, and in every later hello). A new owner grants nothing before every replica
+//! that can reach it has done so ([`super::acting`]).
+//!
+//! Reports follow the peer's view, not this replica's: a replica left out of the others' view
+//! by a partial partition still reports to the owners they chose. A round for a peer's view
+//! waits until this replica has taken the same view (or is not in it), so a slot granted in the
+//! old view is either in the registry when the round reads it or refused by the view check in
+//! [`super::Cluster::hold`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use parking_lot::Mutex;
+
+use super::lease::{Held, HoldOpen};
+use super::peers::Peer;
+use super::view::owner_among as owner_in;
+use super::view::ViewId;
+use super::{protocol, Cluster};
+
+/// Time a report (its response head) may take.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Where the rounds to each peer stand.
+#[derive(Default)]
+pub struct Rounds {
+    peers: Mutex<HashMap<Arc<str>, PeerRounds>>,
+    /// Bumped when a round starts reading the registry.
+    generation: AtomicU64,
+}
+
+#[derive(Default)]
+struct PeerRounds {
+    instance: u64,
+    /// The peer's view this replica has reported everything for.
+    done: Option<ViewId>,
+    /// The peer's view a round is due for, and when it was first seen.
+    due: Option<(ViewId, Instant)>,
+    /// Another round must follow the running one.
+    again: bool,
+    running: bool,
+}
+
+impl Rounds {
+    /// The peer's view this replica has reported every slot for (its `synced`).
+    pub fn done_for(&self, peer: &str, instance: u64) -> Option<ViewId> {
+        let peers = self.peers.lock();
+        peers
+            .get(peer)
+            .filter(|r| r.instance == instance)
+            .and_then(|r| r.done)
+    }
+
+    /// The registry generation (see [`Cluster::hold`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Marks every peer for one more round (a slot was added that a round may have missed).
+    pub fn again(&self) {
+        for rounds in self.peers.lock().values_mut() {
+            rounds.again = true;
+        }
+    }
+
+    /// Forgets a peer that left the list.
+    pub fn forget(&self, peer: &str) {
+        self.peers.lock().remove(peer);
+    }
+}
+
+impl Cluster {
+    /// Starts the report rounds that are due: to each live peer whose view changed (once this
+    /// replica took that view too, or is not in it, or a moment has passed), and those marked
+    /// by [`Rounds::again`].
+    pub(crate) fn start_rounds(&self) {
+        let mine = self.view.load().id();
+        let peers: Vec<Arc<Peer>> = self.peers.lock().values().cloned().collect();
+        for peer in peers {
+            let Some(heard) = peer.heard() else {
+                continue;
+            };
+            let state = &heard.state;
+            let start = {
+                let mut all = self.rounds.peers.lock();
+                let rounds = all.entry(peer.id.clone()).or_default();
+                if rounds.instance != state.instance {
+                    *rounds = PeerRounds {
+                        instance: state.instance,
+                        ..PeerRounds::default()
+                    };
+                }
+                if rounds.done != Some(state.view) && rounds.due.map(|d| d.0) != Some(state.view) {
+                    rounds.due = Some((state.view, Instant::now()));
+                }
+                let waited = rounds
+                    .due
+                    .is_some_and(|(_, seen)| seen.elapsed() > self.settings.heartbeat * 2);
+                // Only to a view that can act (a majority), once this replica agrees with it
+                // (or is not in it, or it has stood for a moment).
+                let ready = state.quorum
+                    && (state.view == mine || !state.members.contains(&self.me) || waited);
+                let wanted = rounds.again || rounds.done != Some(state.view);
+                if rounds.running || !wanted || !ready {
+                    false
+                } else {
+                    rounds.running = true;
+                    rounds.again = false;
+                    true
+                }
+            };
+            if start {
+                let Some(cluster) = self.this.upgrade() else {
+                    return;
+                };
+                tokio::spawn(async move { cluster.round(peer).await });
+            }
+        }
+    }
+
+    /// One round to `peer` for the view it announced last.
+    async fn round(self: Arc<Self>, peer: Arc<Peer>) {
+        let Some(heard) = peer.heard() else {
+            self.round_ended(&peer, None);
+            return;
+        };
+        let (view, members, instance) = (
+            heard.state.view,
+            heard.state.members.clone(),
+            heard.state.instance,
+        );
+        self.rounds.generation.fetch_add(1, Ordering::SeqCst);
+        let mut due = Vec::new();
+        self.held.for_each_mut(|held| {
+            if due_to(held, &peer.id, &members, instance) {
+                due.push(held.clone());
+            }
+        });
+        let reports = due
+            .into_iter()
+            .map(|held| self.report(&peer, held, instance));
+        let all_taken = futures_util::future::join_all(reports)
+            .await
+            .into_iter()
+            .all(|taken| taken);
+        let synced = all_taken && self.send_synced(&peer, view).await;
+        self.round_ended(&peer, synced.then_some(view));
+        // A round that could not finish (or found the peer's view moved on) is due again.
+        self.start_rounds();
+    }
+
+    fn round_ended(&self, peer: &Peer, done: Option<ViewId>) {
+        let mut all = self.rounds.peers.lock();
+        if let Some(rounds) = all.get_mut(&peer.id) {
+            rounds.running = false;
+            if let Some(view) = done {
+                rounds.done = Some(view);
+                if rounds.due.map(|d| d.0) == Some(view) {
+                    rounds.due = None;
+                }
+            }
+        }
+    }
+
+    /// Reports one held slot to `peer`, keeping the stream open until the slot is released;
+    /// true when the peer took it (or needs no report: it no longer routes the pod).
+    async fn report(&self, peer: &Arc<Peer>, held: Held, instance: u64) -> bool {
+        let Some(mut sender) = peer.sender() else {
+            return false;
+        };
+        let remaining = held.expires.saturating_duration_since(Instant::now());
+        let request = self
+            .request(protocol::ADOPT)
+            .header(&protocol::DEPLOYMENT, &*held.key)
+            .header(&protocol::POD, held.pod.to_string())
+            .header(&protocol::LEASE_MS, remaining.as_millis().to_string())
+            .header(&protocol::LEASE, held.lease_for(&peer.id))
+            .body(HoldOpen::until(held.released.clone()))
+            .expect("valid request");
+        let sent = tokio::time::timeout(REPORT_TIMEOUT, async {
+            sender.ready().await?;
+            sender.send_request(request).await
+        })
+        .await;
+        let taken = match sent {
+            Ok(Ok(response)) if response.status() == StatusCode::OK => true,
+            Ok(Ok(response)) if response.status() == StatusCode::NOT_FOUND => {
+                tracing::debug!(peer = %peer.id, key = %held.key, "the owner does not route the reported pod: nothing to count");
+                true
+            }
+            Ok(Ok(response)) => {
+                tracing::debug!(peer = %peer.id, status = %response.status(), key = %held.key, "the owner did not take a reported slot");
+                false
+            }
+            _ => {
+                tracing::debug!(peer = %peer.id, key = %held.key, "reporting a slot to its owner failed");
+                false
+            }
+        };
+        if taken {
+            self.metrics.reported.increment(1);
+            self.held.mark_reported(held.id, peer.id.clone(), instance);
+        }
+        taken
+    }
+
+    /// Tells `peer` this replica has reported every slot for its view `view`.
+    async fn send_synced(&self, peer: &Arc<Peer>, view: ViewId) -> bool {
+        let Some(mut sender) = peer.sender() else {
+            return false;
+        };
+        let request = self
+            .request(protocol::SYNCED)
+            .header(&protocol::VIEW, view.encode())
+            .body(HoldOpen::empty())
+            .expect("valid request");
+        let sent = tokio::time::timeout(REPORT_TIMEOUT, async {
+            sender.ready().await?;
+            sender.send_request(request).await
+        })
+        .await;
+        matches!(sent, Ok(Ok(response)) if response.status() == StatusCode::NO_CONTENT)
+    }
+}
+
+/// Whether `held` is to be reported to `peer` (instance `instance`, view `members`): the view
+/// gives the deployment to the peer and the peer did not grant it; or the peer granted it but
+/// the connection it was granted on broke. Not when it was reported there already.
+fn due_to(held: &Held, peer: &Arc<str>, members: &[Arc<str>], instance: u64) -> bool {
+    if held
+        .reported_to
+        .iter()
+        .any(|(p, i)| p == peer && *i == instance)
+    {
+        return false;
+    }
+    if held.grantor == *peer {
+        return held.orphaned;
+    }
+    let Some((endpoint, deployment)) = protocol::split_key(&held.key) else {
+        return false;
+    };
+    owner_in(members, endpoint, deployment) == Some(peer)
+}
