@@ -49,6 +49,8 @@ pub struct RouterConfig {
     pub cluster: Option<ClusterConfig>,
     /// Request-based autoscaling of model deployments (needs Kubernetes discovery).
     pub autoscale: AutoscaleConfig,
+    /// W3C trace context is always propagated; spans are exported when an endpoint is set.
+    pub tracing: TracingConfig,
 }
 
 /// Listening addresses.
@@ -477,6 +479,67 @@ impl Default for LogConfig {
     }
 }
 
+/// Span export (OTLP/HTTP, protobuf); off unless `otlp_endpoint` is set.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TracingConfig {
+    /// The collector's OTLP/HTTP traces URL, e.g. `http://otel-collector:4318/v1/traces` (plain
+    /// HTTP: a collector agent on the node or beside the router).
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// Share of new traces (requests without `traceparent`) sampled, 0 to 1; a client's
+    /// `traceparent` decides for its own requests.
+    pub sample_ratio: f64,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            otlp_endpoint: None,
+            service_name: "scoregate".into(),
+            sample_ratio: 1.0,
+        }
+    }
+}
+
+impl TracingConfig {
+    /// The export settings, when export is on; an endpoint that is not a plain-HTTP URL is an
+    /// error naming the field.
+    pub fn export(&self) -> Result<Option<crate::trace::export::ExportSettings>, ConfigError> {
+        let Some(endpoint) = &self.otlp_endpoint else {
+            return Ok(None);
+        };
+        let uri: http::Uri = endpoint.parse().map_err(|e| {
+            ConfigError::field(
+                "tracing.otlp_endpoint",
+                format!("`{endpoint}` is not a URL: {e}"),
+            )
+        })?;
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+            return Err(ConfigError::field(
+                "tracing.otlp_endpoint",
+                format!(
+                    "`{endpoint}`: use an http:// URL of an OTLP/HTTP collector, e.g. \
+                     http://localhost:4318/v1/traces (spans are sent in plain HTTP, to a collector \
+                     agent next to the router)"
+                ),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(ConfigError::field(
+                "tracing.sample_ratio",
+                format!("{} is not between 0 and 1", self.sample_ratio),
+            ));
+        }
+        Ok(Some(crate::trace::export::ExportSettings {
+            endpoint: uri,
+            service_name: self.service_name.clone(),
+            sample_ratio: self.sample_ratio,
+        }))
+    }
+}
+
 /// Coordinated admission across router replicas: one replica owns each deployment's slots.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -628,6 +691,7 @@ impl RouterConfig {
         }
         self.limits.validate()?;
         self.routing.validate()?;
+        self.tracing.export()?;
         self.autoscale.validate(kube)
     }
 }

@@ -31,5 +31,6 @@ pub mod server;
 pub mod table;
 pub mod telemetry;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 pub mod watch;

@@ -135,6 +135,10 @@ struct ServeArgs {
     /// TLS session resumption: true or false.
     #[arg(long)]
     tls_session_resumption: Option<bool>,
+    /// Export one span per request to this OTLP/HTTP collector URL
+    /// (e.g. http://localhost:4318/v1/traces); off by default.
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -186,6 +190,9 @@ impl ServeArgs {
         }
         if let Some(d) = &self.host_domain {
             c.routing.host_domain = Some(d.clone());
+        }
+        if let Some(endpoint) = &self.otlp_endpoint {
+            c.tracing.otlp_endpoint = Some(endpoint.clone());
         }
         self.merge_discovery(&mut c);
         self.merge_tls_options(&mut c)?;

@@ -20,6 +20,7 @@ use crate::server::{self, ConnectionSettings, Lifecycle, Transport};
 use crate::table::{Readiness, TableHandle};
 use crate::telemetry::{names, AccessLog, Metrics};
 use crate::tls::CertStore;
+use crate::trace::export::Exporter;
 use crate::upstream::Upstream;
 
 /// A started router.
@@ -321,12 +322,14 @@ impl<'c> Startup<'c> {
                 .map(|d| d.to_ascii_lowercase()),
         };
         let access_log = AccessLog::new(config.log.access_log, config.log.access_log_sample);
+        // Validated with the configuration: an invalid endpoint never gets here.
+        let export = config.tracing.export().ok().flatten().map(Exporter::start);
         Arc::new(Proxy::new(
             self.table.clone(),
             admitter,
             upstream,
             settings,
-            access_log,
+            (access_log, export),
             &self.metrics,
         ))
     }
@@ -488,6 +491,7 @@ fn log_serving(
         workers = config.workers,
         cluster = config.cluster.as_ref().map(|c| display(c.listen)),
         autoscale = config.autoscale.enabled,
+        otlp_endpoint = config.tracing.otlp_endpoint.as_deref(),
         access_log = config.log.access_log.as_str(),
         "scoregate is serving"
     );

@@ -11,6 +11,8 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderValue};
 
+use crate::trace::{new_span_id, TraceContext, TRACEPARENT};
+
 /// `azureml-model-deployment`: request header that picks a deployment; response header naming it.
 pub static MODEL_DEPLOYMENT: HeaderName = HeaderName::from_static("azureml-model-deployment");
 /// `x-request-id`.
@@ -30,50 +32,88 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Longest `x-ms-client-request-id` kept.
 const CLIENT_REQUEST_ID_MAX: usize = 40;
 
-/// The ids of one request.
+/// The ids of one request: its request ids and its place in a trace (`crate::trace`).
 #[derive(Clone, Debug)]
 pub struct RequestIds {
-    /// The client's GUID, or a new one.
+    /// The client's GUID, or the trace id of the client's `traceparent` as a GUID, or a new one.
     pub request_id: HeaderValue,
     /// The client's id, cleaned; `None` when absent or empty after cleaning.
     pub client_request_id: Option<HeaderValue>,
     /// The request already carries both ids exactly as they go to the pod.
     request_unchanged: bool,
+    /// The trace the request belongs to.
+    pub trace: TraceContext,
+    /// The span the pod gets as its parent in a new `traceparent`; `None` when the client's
+    /// goes to the pod unchanged.
+    pub upstream_span: Option<[u8; 8]>,
+}
+
+/// How a router treats trace context: whether it exports spans, and which new traces it samples.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tracing {
+    /// Spans are exported: the router's span is the pod's parent.
+    pub exporting: bool,
+    /// A new trace (no `traceparent`) is sampled.
+    pub sample_new: bool,
 }
 
 impl RequestIds {
-    /// Applies the id rules to the request's headers.
-    pub fn read(headers: &HeaderMap) -> Self {
+    /// Applies the id and trace-context rules to the request's headers.
+    pub fn read(headers: &HeaderMap, tracing: Tracing) -> Self {
         let client_guid = headers
             .get(&REQUEST_ID)
             .filter(|v| is_guid(v.as_bytes()))
             .cloned();
+        let client_trace = headers.get(&TRACEPARENT).and_then(TraceContext::parse);
         let sent_client_id = headers.get(&CLIENT_REQUEST_ID);
         let client_request_id = sent_client_id.and_then(|v| clean_client_id(v.as_bytes()));
+        // A repeated field anywhere (rare) means a repeated id may be among them: rewrite.
+        let request_unchanged = client_guid.is_some()
+            && sent_client_id == client_request_id.as_ref()
+            && headers.len() == headers.keys_len();
+        let (request_id, trace) = match (client_guid, client_trace) {
+            (Some(id), Some(trace)) => (id, trace),
+            (None, Some(trace)) => (trace.trace_id_guid(), trace),
+            (Some(id), None) => {
+                let trace_id = *uuid::Uuid::new_v4().as_bytes();
+                (id, TraceContext::start(&trace_id, tracing.sample_new))
+            }
+            (None, None) => {
+                let guid = uuid::Uuid::new_v4();
+                let trace = TraceContext::start(guid.as_bytes(), tracing.sample_new);
+                (guid_value(&guid), trace)
+            }
+        };
         RequestIds {
-            // A repeated field anywhere (rare) means a repeated id may be among them: rewrite.
-            request_unchanged: client_guid.is_some()
-                && sent_client_id == client_request_id.as_ref()
-                && headers.len() == headers.keys_len(),
-            request_id: client_guid.unwrap_or_else(new_request_id),
+            request_unchanged,
+            request_id,
             client_request_id,
+            upstream_span: (tracing.exporting || client_trace.is_none()).then(new_span_id),
+            trace,
         }
     }
 
     /// The ids of a request whose head was never read (refused by the framing guard): a new
     /// request id, no client id.
     pub fn fresh() -> Self {
+        let guid = uuid::Uuid::new_v4();
         RequestIds {
-            request_id: new_request_id(),
+            request_id: guid_value(&guid),
             client_request_id: None,
             request_unchanged: false,
+            trace: TraceContext::start(guid.as_bytes(), false),
+            upstream_span: None,
         }
     }
 
-    /// Sets both ids on the request to the pod, touching the headers only when they change.
+    /// Sets both ids on the request to the pod, touching the headers only when they change, and
+    /// the `traceparent` the pod gets when the router sets one.
     pub fn apply_to_request(&self, headers: &mut HeaderMap) {
         if !self.request_unchanged {
             self.apply(headers);
+        }
+        if let Some(span) = self.upstream_span {
+            headers.insert(TRACEPARENT.clone(), self.trace.header_for(span));
         }
     }
 
@@ -112,8 +152,13 @@ pub fn set_response_headers(
 
 /// A new random (v4) GUID as a header value.
 pub fn new_request_id() -> HeaderValue {
+    guid_value(&uuid::Uuid::new_v4())
+}
+
+/// `guid` in its 8-4-4-4-12 form, as a header value.
+fn guid_value(guid: &uuid::Uuid) -> HeaderValue {
     let mut buf = uuid::Uuid::encode_buffer();
-    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    let text = guid.hyphenated().encode_lower(&mut buf);
     HeaderValue::from_str(text).expect("a GUID is a valid header value")
 }
 
@@ -331,7 +376,7 @@ mod tests {
     fn valid_guid_is_kept_and_other_ids_replaced() {
         let guid = "3f2504e0-4f89-11d3-9a0c-0305e82c3301";
         assert_eq!(
-            RequestIds::read(&map(&[("x-request-id", guid)])).request_id,
+            RequestIds::read(&map(&[("x-request-id", guid)]), Tracing::default()).request_id,
             guid
         );
         for bad in [
@@ -340,23 +385,70 @@ mod tests {
             "{3f2504e0-4f89-11d3-9a0c-0305e82c3301}",
             "",
         ] {
-            let ids = RequestIds::read(&map(&[("x-request-id", bad)]));
+            let ids = RequestIds::read(&map(&[("x-request-id", bad)]), Tracing::default());
             assert_ne!(ids.request_id, bad);
             assert!(is_guid(ids.request_id.as_bytes()));
         }
         assert!(is_guid(
-            RequestIds::read(&HeaderMap::new()).request_id.as_bytes()
+            RequestIds::read(&HeaderMap::new(), Tracing::default())
+                .request_id
+                .as_bytes()
         ));
     }
 
     #[test]
+    fn trace_context_rules() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        // The client's traceparent, no request id: the request id is its trace id; without
+        // export the traceparent goes to the pod as it came.
+        let mut h = map(&[("traceparent", parent)]);
+        let ids = RequestIds::read(&h, Tracing::default());
+        assert_eq!(ids.request_id, "4bf92f35-77b3-4da6-a3ce-929d0e0e4736");
+        assert!(ids.upstream_span.is_none());
+        ids.apply_to_request(&mut h);
+        assert_eq!(h["traceparent"], parent);
+        // With export, the pod's parent is the router's upstream span, same trace and flags.
+        let exporting = Tracing {
+            exporting: true,
+            sample_new: true,
+        };
+        let mut h = map(&[("traceparent", parent)]);
+        RequestIds::read(&h, exporting).apply_to_request(&mut h);
+        let sent = h["traceparent"].to_str().unwrap();
+        assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && sent.ends_with("-01"));
+        assert_ne!(sent, parent);
+        // No traceparent: a new trace whose id is the new request id, not sampled without export.
+        let mut h = HeaderMap::new();
+        let ids = RequestIds::read(&h, Tracing::default());
+        ids.apply_to_request(&mut h);
+        let sent = h["traceparent"].to_str().unwrap().to_string();
+        let hex: String = ids.request_id_str().chars().filter(|c| *c != '-').collect();
+        assert_eq!(&sent[3..35], hex);
+        assert!(sent.ends_with("-00"), "{sent}");
+        // A request id from the client stays, and the new trace has its own id.
+        let guid = "0e706d93-9306-4d6e-939e-e1ad8a9440f1";
+        let ids = RequestIds::read(&map(&[("x-request-id", guid)]), Tracing::default());
+        assert_eq!(ids.request_id, guid);
+        assert_ne!(ids.trace.trace_id_guid(), guid);
+    }
+
+    #[test]
     fn client_request_id_is_cleaned_and_cut() {
-        let ids = RequestIds::read(&map(&[("x-ms-client-request-id", "ab c/d_e-f!")]));
+        let ids = RequestIds::read(
+            &map(&[("x-ms-client-request-id", "ab c/d_e-f!")]),
+            Tracing::default(),
+        );
         assert_eq!(ids.client_request_id.unwrap(), "abcd_e-f");
         let long = "x".repeat(60);
-        let ids = RequestIds::read(&map(&[("x-ms-client-request-id", &long)]));
+        let ids = RequestIds::read(
+            &map(&[("x-ms-client-request-id", &long)]),
+            Tracing::default(),
+        );
         assert_eq!(ids.client_request_id.unwrap().len(), 40);
-        let ids = RequestIds::read(&map(&[("x-ms-client-request-id", "!!!")]));
+        let ids = RequestIds::read(
+            &map(&[("x-ms-client-request-id", "!!!")]),
+            Tracing::default(),
+        );
         assert!(ids.client_request_id.is_none());
     }
 
@@ -364,7 +456,7 @@ mod tests {
     fn repeated_ids_reach_the_pod_once() {
         let guid = "0e706d93-9306-4d6e-939e-e1ad8a9440f1";
         let mut h = map(&[("x-request-id", guid), ("x-request-id", "second")]);
-        RequestIds::read(&h).apply_to_request(&mut h);
+        RequestIds::read(&h, Tracing::default()).apply_to_request(&mut h);
         let ids: Vec<_> = h.get_all("x-request-id").iter().collect();
         assert_eq!(ids, [guid]);
     }

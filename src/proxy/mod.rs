@@ -36,13 +36,14 @@ use crate::admission::Admitter;
 use crate::table::TableHandle;
 use crate::telemetry::access::RequestLine;
 use crate::telemetry::{AccessLog, Metrics, StatusCounters};
+use crate::trace::export::Exporter;
 use crate::upstream::Upstream;
 
 pub use body::ResponseBody;
 pub use context::{ClientConn, Context, ProxySettings};
 pub use error::{Attempt, Rejection, RouterError};
 use forward::Forwarder;
-use headers::RequestIds;
+use headers::{RequestIds, Tracing};
 
 /// The router's request handler.
 pub struct Proxy {
@@ -52,6 +53,7 @@ pub struct Proxy {
     settings: ProxySettings,
     access_log: AccessLog,
     unknown: StatusCounters,
+    export: Option<Arc<Exporter>>,
 }
 
 impl Proxy {
@@ -61,7 +63,7 @@ impl Proxy {
         admitter: Admitter,
         upstream: Upstream,
         settings: ProxySettings,
-        access_log: AccessLog,
+        (access_log, export): (AccessLog, Option<Arc<Exporter>>),
         metrics: &Metrics,
     ) -> Self {
         Proxy {
@@ -71,6 +73,7 @@ impl Proxy {
             settings,
             access_log,
             unknown: StatusCounters::new(metrics, "", ""),
+            export,
         }
     }
 
@@ -82,16 +85,29 @@ impl Proxy {
     ) -> Response<ResponseBody> {
         let cx = Context {
             started: Instant::now(),
-            ids: RequestIds::read(request.headers()),
+            ids: RequestIds::read(request.headers(), self.tracing()),
             conn,
             line: RequestLine::of(&request, request.body().size_hint().exact()),
         };
         match self.serve(request, &cx).await {
             Ok(response) => response,
             Err(rejection) => {
-                record::rejected(&self.access_log, &self.unknown, &rejection, &cx);
+                let log = (&self.access_log, self.export.as_ref());
+                record::rejected(log, &self.unknown, &rejection, &cx);
                 error::error_response(rejection.error, &cx.ids, rejection.deployment_name())
             }
+        }
+    }
+
+    /// How this request's trace context is treated: exported or not, and whether a new trace
+    /// is sampled.
+    fn tracing(&self) -> Tracing {
+        match &self.export {
+            Some(export) => Tracing {
+                exporting: true,
+                sample_new: export.sample_new(),
+            },
+            None => Tracing::default(),
         }
     }
 
@@ -116,7 +132,7 @@ impl Proxy {
             .map_err(|e| rejected(e, Attempt::sent(pod, queue_wait, sent.elapsed())))?;
         let responded = respond::respond(forwarded, &deployment, &cx.ids);
         Ok(record::routed(
-            &self.access_log,
+            (&self.access_log, self.export.as_ref()),
             responded,
             &deployment,
             queue_wait,

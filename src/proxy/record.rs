@@ -3,6 +3,7 @@
 //! request when its body ends or the client goes away, a rejected one at once. Both lines carry
 //! the same fields (`telemetry::access::AccessLine`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Response;
@@ -16,6 +17,7 @@ use super::target;
 use crate::table::Deployment;
 use crate::telemetry::access::AccessLine;
 use crate::telemetry::{AccessLog, RequestRecord, Source, StatusCounters};
+use crate::trace::export::{Exporter, RequestSpans};
 
 /// What a streamed response body does when it ends, fails or is dropped: counts its size and
 /// writes the access-log line (when the policy wants one).
@@ -37,7 +39,7 @@ impl Finish {
 /// Counts a response `deployment` gave after `queue_wait` in its queue, and attaches what its
 /// body does when it ends.
 pub fn routed(
-    access_log: &AccessLog,
+    (access_log, export): (&AccessLog, Option<&Arc<Exporter>>),
     responded: Responded,
     deployment: &Deployment,
     queue_wait: Duration,
@@ -55,8 +57,14 @@ pub fn routed(
     if let Some(length) = cx.line.declared_length {
         metrics.request_size().record(length as f64);
     }
-    let record = access_log.wants(status).then(|| {
+    let log = access_log.wants(status);
+    let export = export.filter(|_| cx.ids.trace.sampled()).cloned();
+    let record = (log || export.is_some()).then(|| {
         Box::new(RequestRecord {
+            log,
+            trace: cx.ids.trace,
+            upstream_span: cx.ids.upstream_span,
+            export,
             started: cx.started,
             request_id: cx.ids.request_id.clone(),
             line: cx.line.clone(),
@@ -82,7 +90,7 @@ pub fn routed(
 /// everything known of the request: the endpoint it targeted, the deployment and pod when they
 /// were chosen, and the time spent queued and at the pod.
 pub fn rejected(
-    access_log: &AccessLog,
+    (access_log, export): (&AccessLog, Option<&Arc<Exporter>>),
     unknown: &StatusCounters,
     rejection: &Rejection,
     cx: &Context,
@@ -108,14 +116,31 @@ pub fn rejected(
             (&d.endpoint, &d.name)
         }
     };
+    let attempt = rejection.attempt;
+    if let Some(export) = export.filter(|_| cx.ids.trace.sampled()) {
+        export.record(&RequestSpans {
+            trace: cx.ids.trace,
+            upstream_span: cx.ids.upstream_span,
+            method: cx.line.method.to_string(),
+            path: cx.line.path().to_string(),
+            endpoint: endpoint.to_string(),
+            deployment: deployment.to_string(),
+            pod: attempt.and_then(|a| a.pod).map(|p| p.to_string()),
+            status,
+            error: Some(code),
+            elapsed: cx.started.elapsed(),
+            queue_wait: attempt.map(|a| a.queue_wait),
+            upstream: attempt.and_then(|a| a.upstream),
+        });
+    }
     if !access_log.wants(status) {
         return;
     }
-    let attempt = rejection.attempt;
+    let trace_id = cx.ids.trace.trace_id_hex();
     AccessLine {
         message: "rejected",
         request_id: cx.ids.request_id_str(),
-        trace_id: None,
+        trace_id: Some(&trace_id),
         client: cx.conn.remote,
         line: &cx.line,
         endpoint,

@@ -12,6 +12,9 @@ use http::header::USER_AGENT;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request};
 
+use crate::trace::export::{Exporter, RequestSpans};
+use crate::trace::TraceContext;
+
 /// Which requests get an access-log line.
 #[derive(
     Clone,
@@ -112,7 +115,8 @@ impl RequestLine {
         }
     }
 
-    fn path(&self) -> &str {
+    /// The path and query, `""` when the request had none.
+    pub fn path(&self) -> &str {
         self.path.as_ref().map_or("", |p| p.as_str())
     }
 
@@ -182,9 +186,17 @@ impl AccessLine<'_> {
     }
 }
 
-/// What the access log says about one routed request, filled in along the way and written when
-/// the response body ends (or the client goes away).
+/// What the access log and the span export say about one routed request, filled in along the
+/// way and written when the response body ends (or the client goes away).
 pub struct RequestRecord {
+    /// Whether the access log wants its line.
+    pub log: bool,
+    /// Its trace, and the span the pod got as its parent.
+    pub trace: TraceContext,
+    /// The span the pod got as its parent, when the router set `traceparent`.
+    pub upstream_span: Option<[u8; 8]>,
+    /// Where its spans go, when they are exported and the trace is sampled.
+    pub export: Option<Arc<Exporter>>,
     /// When the request arrived.
     pub started: Instant,
     /// The request id sent to the pod and the client.
@@ -208,12 +220,33 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
-    /// Writes the access-log line: `complete` says whether the body reached its end.
+    /// Writes the access-log line and exports the spans, as wanted: `complete` says whether the
+    /// body reached its end.
     pub fn finish(self, response_bytes: u64, complete: bool) {
+        if let Some(export) = &self.export {
+            export.record(&RequestSpans {
+                trace: self.trace,
+                upstream_span: self.upstream_span,
+                method: self.line.method.to_string(),
+                path: self.line.path().to_string(),
+                endpoint: self.endpoint.to_string(),
+                deployment: self.deployment.to_string(),
+                pod: Some(self.pod.to_string()),
+                status: self.status,
+                error: None,
+                elapsed: self.started.elapsed(),
+                queue_wait: Some(self.queue_wait),
+                upstream: Some(self.upstream),
+            });
+        }
+        if !self.log {
+            return;
+        }
+        let trace_id = self.trace.trace_id_hex();
         AccessLine {
             message: "request",
             request_id: self.request_id.to_str().unwrap_or(""),
-            trace_id: None,
+            trace_id: Some(&trace_id),
             client: self.client,
             line: &self.line,
             endpoint: &self.endpoint,
