@@ -280,7 +280,7 @@ pub struct DiscoveryConfig {
 }
 
 /// Kubernetes discovery.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct KubeDiscoveryConfig {
     /// Namespaces to watch; empty means all namespaces.
@@ -288,6 +288,19 @@ pub struct KubeDiscoveryConfig {
     /// A kubeconfig file; without it, `KUBECONFIG` (or `~/.kube/config`) is used, else the
     /// in-cluster service account.
     pub kubeconfig: Option<PathBuf>,
+    /// Write the `Ready` condition of OnlineEndpoints and OnlineDeployments (`status.conditions`,
+    /// one replica writing each); needs `patch` on their `status` (the installer grants it).
+    pub write_conditions: bool,
+}
+
+impl Default for KubeDiscoveryConfig {
+    fn default() -> Self {
+        KubeDiscoveryConfig {
+            namespaces: Vec::new(),
+            kubeconfig: None,
+            write_conditions: true,
+        }
+    }
 }
 
 /// Request routing options.
@@ -894,7 +907,7 @@ mod tests {
         c.discovery.routes_file = None;
         c.discovery.kube = Some(KubeDiscoveryConfig {
             namespaces: vec!["Bad_Name".into()],
-            kubeconfig: None,
+            ..KubeDiscoveryConfig::default()
         });
         assert!(c.validate().unwrap_err().0.contains("Bad_Name"));
     }

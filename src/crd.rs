@@ -33,6 +33,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
@@ -89,6 +90,17 @@ const SERVICE_PATTERN: &str = "^[a-z]([-a-z0-9]*[a-z0-9])?$";
     category = "scoregate",
     doc = "An online endpoint: a scoring URI, its credentials and its traffic split (Azure ML's online endpoint).",
     derive = "PartialEq",
+    status = "OnlineEndpointStatus",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
     printcolumn(name = "Auth", type_ = "string", json_path = ".spec.authMode"),
     printcolumn(name = "Keys", type_ = "string", json_path = ".spec.keysSecretName"),
     printcolumn(name = "Traffic", type_ = "string", json_path = ".spec.traffic"),
@@ -162,6 +174,16 @@ impl From<AuthModeSpec> for crate::model::AuthMode {
     doc = "An online deployment: the model pods (through a Service) and request settings of one deployment of an online endpoint (Azure ML's online deployment).",
     derive = "PartialEq",
     status = "OnlineDeploymentStatus",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
     printcolumn(name = "Endpoint", type_ = "string", json_path = ".spec.endpointName"),
     printcolumn(
         name = "Deployment",
@@ -325,14 +347,47 @@ impl Default for ScaleSettingsSpec {
     }
 }
 
+/// What the router reports about an online endpoint (the `status` subresource).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OnlineEndpointStatus {
+    /// `Ready`: whether the endpoint is served as declared, with a reason and message when not
+    /// (`KeysMissing`, `InvalidSpec`, `WeightsInvalid`, `NameConflict`, …). Written by one router
+    /// replica, with server-side apply under the field manager `scoregate-status`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+}
+
 /// What the router reports about an online deployment (the `status` subresource).
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct OnlineDeploymentStatus {
     /// The request-based autoscaler's last decision; written only by the replica that owns the
     /// deployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<AutoscaleStatus>,
+    /// `Ready`: whether the deployment is served with ready pods, with a reason and message when
+    /// not (`ServiceNotFound`, `NoReadyPods`, `InvalidSpec`, `EndpointNotFound`, …). Written by
+    /// the replica that owns the deployment, with server-side apply (field manager
+    /// `scoregate-status`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+}
+
+/// `status.conditions`: a list of `metav1.Condition` keyed by `type`, so that each writer owns
+/// its own conditions under server-side apply.
+fn conditions_schema(generator: &mut SchemaGenerator) -> Schema {
+    let mut schema = generator.subschema_for::<Vec<Condition>>();
+    let object = schema.ensure_object();
+    object.insert("x-kubernetes-list-type".into(), json!("map"));
+    object.insert("x-kubernetes-list-map-keys".into(), json!(["type"]));
+    object.insert(
+        "description".into(),
+        json!("Conditions of the object as the router sees it; `Ready` says whether it is served as declared."),
+    );
+    schema
 }
 
 /// The autoscaler's last decision about one deployment (`status.autoscale`).

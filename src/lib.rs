@@ -17,6 +17,7 @@ pub mod admission;
 pub mod auth;
 pub mod autoscale;
 pub mod cluster;
+pub mod conditions;
 pub mod config;
 pub mod crd;
 pub mod demo;

@@ -13,6 +13,7 @@ use crate::admin::{self, AdminState};
 use crate::admission::Admitter;
 use crate::autoscale::{Ownership, SingleReplica};
 use crate::cluster::{self, Cluster};
+use crate::conditions;
 use crate::config::{RouterConfig, TlsConfig, TlsSource};
 use crate::discovery::{file, kube as kube_discovery, Publisher};
 use crate::proxy::{Proxy, ProxySettings};
@@ -55,7 +56,7 @@ impl Router {
         let admin_addr = admin_listener.local_addr()?;
         let http_addr = startup.serve_http(&proxy)?;
         let (https_addr, cert_store) = startup.serve_https(&proxy).await?.unzip();
-        startup.watch_kube_routes();
+        startup.watch_kube_routes(cluster.as_ref());
         startup.start_autoscaler(cluster.as_ref());
         startup.serve_admin(admin_listener, cluster.as_ref());
         startup.keep_up(upstream);
@@ -387,13 +388,24 @@ impl<'c> Startup<'c> {
     }
 
     /// With Kubernetes discovery: the watches (readiness comes with the first complete list,
-    /// see `discovery::kube::rebuild`).
-    fn watch_kube_routes(&mut self) {
+    /// see `discovery::kube::rebuild`), and the writer of the objects' `Ready` conditions.
+    fn watch_kube_routes(&mut self, cluster: Option<&Arc<Cluster>>) {
         let (Some(client), Some(kube)) = (&self.kube_client, &self.config.discovery.kube) else {
             return;
         };
         let publisher = self.publisher("kube");
-        let watches = kube_discovery::start(client.clone(), kube, publisher, &self.metrics);
+        let board = kube.write_conditions.then(|| {
+            let board = conditions::Board::default();
+            let writer = conditions::writer::spawn(
+                client.clone(),
+                board.clone(),
+                election(cluster),
+                &self.metrics,
+            );
+            self.tasks.push(writer);
+            board
+        });
+        let watches = kube_discovery::start(client.clone(), kube, publisher, &self.metrics, board);
         self.tasks.push(watches);
     }
 
@@ -495,6 +507,28 @@ fn log_serving(
         access_log = config.log.access_log.as_str(),
         "scoregate is serving"
     );
+}
+
+/// Who writes `status.conditions`: with a cluster, the owner of each deployment, and the
+/// lowest-named live replica for endpoints; alone, this replica.
+fn election(cluster: Option<&Arc<Cluster>>) -> Arc<dyn conditions::Election> {
+    match cluster {
+        Some(cluster) => Arc::new(ClusterElection(cluster.clone())),
+        None => Arc::new(conditions::SingleReplica),
+    }
+}
+
+/// The cluster, read as the status writer's [`conditions::Election`].
+struct ClusterElection(Arc<Cluster>);
+
+impl conditions::Election for ClusterElection {
+    fn owns_deployment(&self, endpoint: &str, deployment: &str) -> bool {
+        self.0.owns(endpoint, deployment)
+    }
+
+    fn writes_endpoints(&self) -> bool {
+        self.0.view().members().first() == Some(self.0.me())
+    }
 }
 
 /// A listener that could not be bound: which address and which setting. Each command says which

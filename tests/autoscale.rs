@@ -339,6 +339,8 @@ async fn with_three_replicas_only_the_owner_writes_even_as_ownership_moves() {
         .requests()
         .into_iter()
         .filter(|r| r.method != "GET" && (r.path == SCALE_PATH || r.path == STATUS_PATH))
+        // The autoscaler's writes: not the Ready conditions (field manager scoregate-status).
+        .filter(|r| r.field_manager.as_deref() != Some("scoregate-status"))
         .collect();
     let scales: Vec<&RecordedRequest> = writes.iter().filter(|r| r.path == SCALE_PATH).collect();
     assert_eq!(
@@ -573,6 +575,8 @@ async fn coordinated_replicas_scale_once_through_the_owner_with_load_on_every_re
         .requests()
         .into_iter()
         .filter(|r| r.method != "GET" && (r.path == SCALE_PATH || r.path == STATUS_PATH))
+        // The autoscaler's writes: not the Ready conditions (field manager scoregate-status).
+        .filter(|r| r.field_manager.as_deref() != Some("scoregate-status"))
         .collect();
     let owner_manager = format!("replica-{owner}");
     assert!(

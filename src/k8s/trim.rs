@@ -12,13 +12,17 @@ pub fn metadata(meta: &mut ObjectMeta) {
     meta.finalizers = None;
 }
 
-/// Keeps a custom resource's identity (name, namespace, resourceVersion, creation time) and its
-/// `spec`; drops labels, `status` and everything else.
+/// Keeps a custom resource's identity (name, namespace, resourceVersion, generation, creation
+/// time), its `spec` and its `status.conditions` (what the router compares its own conditions
+/// with); drops labels, the rest of `status` and everything else.
 pub fn custom_resource(object: &mut DynamicObject) {
     metadata(&mut object.metadata);
     object.metadata.labels = None;
     if let Some(map) = object.data.as_object_mut() {
-        map.retain(|k, _| k == "spec");
+        map.retain(|k, _| k == "spec" || k == "status");
+        if let Some(status) = map.get_mut("status").and_then(|s| s.as_object_mut()) {
+            status.retain(|k, _| k == "conditions");
+        }
     }
 }
 
@@ -32,11 +36,13 @@ mod tests {
         let mut endpoint: DynamicObject = serde_json::from_value(json!({
             "apiVersion": "scoregate.io/v1", "kind": "OnlineEndpoint",
             "metadata": {"name": "e", "namespace": "ns", "annotations": {"x": "y"}},
-            "spec": {"keysSecretName": "k"}, "status": {"big": true},
+            "spec": {"keysSecretName": "k"},
+            "status": {"big": true, "conditions": [{"type": "Ready", "status": "True"}]},
         }))
         .unwrap();
         custom_resource(&mut endpoint);
-        assert!(endpoint.data.get("status").is_none());
+        assert_eq!(endpoint.data["status"].as_object().unwrap().len(), 1);
+        assert_eq!(endpoint.data["status"]["conditions"][0]["type"], "Ready");
         assert!(endpoint.data.get("spec").is_some());
         assert!(endpoint.metadata.annotations.is_none());
         assert_eq!(endpoint.metadata.name.as_deref(), Some("e"));

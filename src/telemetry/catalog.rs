@@ -119,6 +119,8 @@ pub const CATALOG: &[Entry] = &[
         "Time from a watch event reaching the router to the table that reflects it being published, in seconds."),
     entry("scoregate_discovery_rebuild_seconds", Histogram, &[],
         "Time one rebuild of the changed endpoints takes, in seconds."),
+    entry("scoregate_status_writes_total", Counter, &["kind", "result"],
+        "Writes of status.conditions by kind (OnlineEndpoint, OnlineDeployment) and result (applied, failed)."),
     entry("scoregate_autoscale_desired_replicas", Gauge, ED,
         "Replicas the load asks for, within minInstances..maxInstances."),
     entry("scoregate_autoscale_current_replicas", Gauge, ED,

@@ -61,6 +61,8 @@ pub mod names {
     pub const RESPONSE_SIZE: &str = "scoregate_response_size_bytes";
     /// 1, labelled with the version and the git revision of the build.
     pub const BUILD_INFO: &str = "scoregate_build_info";
+    /// Writes of `status.conditions`, by kind and result.
+    pub const STATUS_WRITES: &str = "scoregate_status_writes_total";
     /// Mirrored copies, by outcome (`sent`, `skipped`, `dropped`, `failed`).
     pub const MIRROR_REQUESTS: &str = "scoregate_mirror_requests_total";
     /// Routing-table loads by source and result (`applied`, `refused`).

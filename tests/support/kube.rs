@@ -74,6 +74,7 @@ pub fn router_config(
     config.discovery.kube = Some(KubeDiscoveryConfig {
         namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
         kubeconfig: Some(kubeconfig),
+        ..KubeDiscoveryConfig::default()
     });
     config
 }

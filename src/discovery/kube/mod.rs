@@ -28,6 +28,7 @@
 //! `endpointslices.discovery.k8s.io` and `secrets` in the watched namespaces (and on the TLS
 //! Secret's namespace when `tls.secret` is set).
 
+pub mod conditions;
 pub mod health;
 pub mod names;
 pub mod problems;
@@ -59,11 +60,13 @@ fn scopes(config: &KubeDiscoveryConfig) -> Vec<resources::Scope> {
 
 /// Starts watching and publishing through `publisher`; the router becomes ready after the first
 /// complete list of everything. Returns the loop's task (aborting it stops every watch).
+/// `board` receives every object's `Ready` condition (`None`: the router writes none).
 pub fn start(
     client: Client,
     config: &KubeDiscoveryConfig,
     publisher: Publisher,
     metrics: &Metrics,
+    board: Option<crate::conditions::Board>,
 ) -> tokio::task::JoinHandle<()> {
     let (tx, rx) = mpsc::channel(resources::CHANNEL_CAPACITY);
     let scopes = scopes(config);
@@ -71,6 +74,6 @@ pub fn start(
         namespaces = ?scopes.iter().map(|s| s.as_deref().unwrap_or("*")).collect::<Vec<_>>(),
         "Kubernetes discovery: listing OnlineEndpoints, OnlineDeployments, EndpointSlices and Secrets"
     );
-    let discovery = rebuild::Discovery::new(client, scopes, tx, publisher, metrics);
+    let discovery = rebuild::Discovery::new(client, scopes, tx, publisher, metrics, board);
     tokio::spawn(rebuild::run(discovery, rx))
 }

@@ -129,6 +129,11 @@ impl Reports {
         }
     }
 
+    /// The problem `subject` has now, if any.
+    pub fn problem(&self, subject: &str) -> Option<&Problem> {
+        self.current.get(subject)
+    }
+
     /// How many subjects have a problem now.
     pub fn len(&self) -> usize {
         self.current.len()

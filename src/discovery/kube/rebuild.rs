@@ -30,12 +30,14 @@ use metrics::Histogram;
 use tokio::sync::mpsc::Receiver;
 use tokio::time::Instant;
 
+use super::conditions;
 use super::health::WatchMetrics;
 use super::names;
 use super::problems::{Problem, Reason, Reports};
 use super::resources::{spawn_plain, Body, Kind, Message, ObjKey, Scope, Sender, WatchId};
 use super::slices::SliceShards;
 use super::translate::{deployment_subject, scope_of, Cluster, Declaration, Resolution};
+use crate::conditions::Board;
 use crate::discovery::Publisher;
 use crate::k8s::{Health, WatchTask};
 use crate::model::{EndpointKeys, RouteSpec};
@@ -73,6 +75,8 @@ pub struct Discovery {
     health: Health,
     event_to_routable: Histogram,
     rebuild: Histogram,
+    /// Where the objects' `Ready` conditions go, when the router writes them.
+    board: Option<Board>,
 }
 
 impl Discovery {
@@ -83,6 +87,7 @@ impl Discovery {
         tx: Sender,
         publisher: Publisher,
         metrics: &Metrics,
+        board: Option<Board>,
     ) -> Self {
         let all_namespaces = scopes.iter().any(Option::is_none);
         let health = Health::new(
@@ -120,6 +125,7 @@ impl Discovery {
             health,
             event_to_routable: metrics.histogram(names::EVENT_TO_ROUTABLE, &[]),
             rebuild: metrics.histogram(names::REBUILD, &[]),
+            board,
         }
     }
 
@@ -132,7 +138,10 @@ impl Discovery {
         self.pending.push(message.received);
         match message.body {
             Body::Apply(object) => self.cluster.apply(object, &watch),
-            Body::Delete(key) => self.cluster.delete(watch.kind, &key),
+            Body::Delete(key) => {
+                self.forget_conditions(watch.kind, &key);
+                self.cluster.delete(watch.kind, &key);
+            }
             Body::Synced(objects) => {
                 if watch.kind == Kind::Slices {
                     self.shards.listed(&watch);
@@ -171,7 +180,14 @@ impl Discovery {
         }
         for (subject, problem) in self.cluster.take_reports() {
             match problem {
-                Some(problem) => self.reports.report(&subject, problem),
+                Some(problem) => {
+                    if let (Some(board), Some(object)) =
+                        (&self.board, conditions::object_of(&subject))
+                    {
+                        conditions::post_problem(board, &self.cluster, &object, &problem);
+                    }
+                    self.reports.report(&subject, problem)
+                }
                 None => self.reports.clear(&subject),
             }
         }
@@ -249,9 +265,18 @@ impl Discovery {
             Resolution::Absent => {
                 self.last_good.remove(name);
                 self.reports.clear(&subject);
+                if let Some(board) = &self.board {
+                    // OnlineDeployments naming an endpoint that no namespace has.
+                    for (subject, problem) in &objects {
+                        if let Some(object) = conditions::object_of(subject) {
+                            conditions::post_problem(board, &self.cluster, &object, problem);
+                        }
+                    }
+                }
                 None
             }
             Resolution::Found {
+                namespace,
                 keys,
                 declaration,
                 shadowed,
@@ -259,11 +284,51 @@ impl Discovery {
                 objects.extend(shadowed.into_iter().map(|key| shadowed_problem(name, key)));
                 let served = self.serve(name, &subject, keys, declaration);
                 objects.extend(self.missing_services(name));
+                self.post_conditions(name, &namespace, served.as_ref(), &objects);
                 served
             }
         };
         self.reports.note_objects(name, objects);
         served
+    }
+
+    /// Puts the `Ready` conditions of endpoint `name`'s objects on the board (when the router
+    /// writes conditions).
+    fn post_conditions(
+        &self,
+        name: &str,
+        namespace: &str,
+        served: Option<&RouteSpec>,
+        objects: &[(String, Problem)],
+    ) {
+        let Some(board) = &self.board else {
+            return;
+        };
+        let resolved = conditions::Resolved {
+            name,
+            namespace,
+            problem: self.reports.problem(&format!("endpoint `{name}`")),
+            served,
+            declaration: served.and(self.last_good.get(name)),
+            objects,
+        };
+        conditions::post(board, &self.cluster, &resolved);
+    }
+
+    /// A deleted OnlineEndpoint or OnlineDeployment needs no condition any more.
+    fn forget_conditions(&self, kind: Kind, key: &ObjKey) {
+        let kind = match kind {
+            Kind::Endpoints => crate::conditions::Kind::Endpoint,
+            Kind::Deployments => crate::conditions::Kind::Deployment,
+            Kind::Slices | Kind::Secrets => return,
+        };
+        if let Some(board) = &self.board {
+            board.forget(&crate::conditions::ObjectRef {
+                kind,
+                namespace: key.0.clone(),
+                name: key.1.clone(),
+            });
+        }
     }
 
     /// The spec served for endpoint `name` from its keys and declaration: the declaration if it

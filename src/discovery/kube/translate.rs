@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 
 use super::problems::{Problem, Reason};
 use super::resources::{key_of, service_of, Kind, ObjKey, Object, Scope, WatchId};
+use crate::conditions::Shown;
 use crate::crd::{OnlineDeploymentSpec, OnlineEndpointSpec, PRIMARY_KEY, SECONDARY_KEY};
 use crate::model::{DeploymentSpec, EndpointKeys, EndpointSpec, PodSpec, RouteSpec};
 
@@ -29,6 +30,8 @@ type Ref = (String, String);
 
 struct EndpointRecord {
     version: String,
+    generation: Option<i64>,
+    shown: Option<Shown>,
     created: Option<Time>,
     keys_secret: Option<String>,
     spec: Result<OnlineEndpointSpec, String>,
@@ -36,6 +39,8 @@ struct EndpointRecord {
 
 struct DeploymentRecord {
     version: String,
+    generation: Option<i64>,
+    shown: Option<Shown>,
     created: Option<Time>,
     endpoint: Option<String>,
     service: Option<String>,
@@ -89,6 +94,8 @@ pub enum Resolution {
     Absent,
     /// The endpoint exists.
     Found {
+        /// The namespace of the OnlineEndpoint that serves the name.
+        namespace: String,
         /// Its current keys, or why they cannot be used.
         keys: Result<EndpointKeys, Problem>,
         /// Its declaration, or every problem with it.
@@ -208,6 +215,32 @@ fn raw_string(object: &DynamicObject, field: &str) -> Option<String> {
         .and_then(|s| s.get(field))
         .and_then(|v| v.as_str())
         .map(str::to_string)
+}
+
+/// The `Ready` condition an object shows in `status.conditions`, if any.
+fn shown_ready(object: &DynamicObject) -> Option<Shown> {
+    let conditions = object.data.get("status")?.get("conditions")?.as_array()?;
+    let ready = conditions.iter().find(|c| c["type"] == "Ready")?;
+    let text = |field: &str| ready[field].as_str().unwrap_or_default().to_string();
+    Some(Shown {
+        status: text("status"),
+        reason: text("reason"),
+        message: text("message"),
+        observed_generation: ready["observedGeneration"].as_i64(),
+        last_transition_time: ready["lastTransitionTime"].as_str().map(str::to_string),
+    })
+}
+
+/// What the status writer needs of one custom resource: the version and generation it was read
+/// at, and the `Ready` condition it shows.
+#[derive(Clone, Debug)]
+pub struct ObjectState {
+    /// `metadata.resourceVersion`.
+    pub version: String,
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// Its `Ready` condition.
+    pub shown: Option<Shown>,
 }
 
 fn version_of(meta: &kube::api::ObjectMeta) -> String {
@@ -405,6 +438,8 @@ impl Cluster {
             key,
             EndpointRecord {
                 version,
+                generation: object.metadata.generation,
+                shown: shown_ready(object),
                 created: object.metadata.creation_timestamp.clone(),
                 keys_secret,
                 spec,
@@ -480,6 +515,8 @@ impl Cluster {
             key,
             DeploymentRecord {
                 version,
+                generation: object.metadata.generation,
+                shown: shown_ready(object),
                 created: object.metadata.creation_timestamp.clone(),
                 endpoint,
                 service,
@@ -660,8 +697,9 @@ impl Cluster {
             },
         };
         Resolution::Found {
-            keys,
             declaration: self.declare(&ns, name, record),
+            namespace: ns,
+            keys,
             shadowed,
         }
     }
@@ -760,6 +798,38 @@ impl Cluster {
             }
         }
         orphans
+    }
+
+    /// The state of OnlineEndpoint `key`, if it is known.
+    pub fn endpoint_state(&self, key: &ObjKey) -> Option<ObjectState> {
+        self.endpoints.get(key).map(|r| ObjectState {
+            version: r.version.clone(),
+            generation: r.generation,
+            shown: r.shown.clone(),
+        })
+    }
+
+    /// The state of OnlineDeployment `key`, if it is known.
+    pub fn deployment_state(&self, key: &ObjKey) -> Option<ObjectState> {
+        self.deployments.get(key).map(|r| ObjectState {
+            version: r.version.clone(),
+            generation: r.generation,
+            shown: r.shown.clone(),
+        })
+    }
+
+    /// The OnlineDeployments naming endpoint `name` in `ns`, each with the problem of its `spec`
+    /// when it cannot be read.
+    pub fn deployments_naming(&self, ns: &str, name: &str) -> Vec<(String, Option<String>)> {
+        let objects = self.deployments_of.get(&(ns.to_string(), name.to_string()));
+        objects
+            .into_iter()
+            .flatten()
+            .filter_map(|object| {
+                let record = self.deployments.get(&(ns.to_string(), object.clone()))?;
+                Some((object.clone(), record.spec.as_ref().err().cloned()))
+            })
+            .collect()
     }
 
     /// Whether any EndpointSlice of `service` is known.

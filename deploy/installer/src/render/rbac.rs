@@ -1,6 +1,7 @@
 //! The router's identity: ServiceAccount `azureml-fe-v2`, and a ClusterRole bound to it that
-//! grants exactly what the router watches (get, list, watch) and what its request-based
-//! autoscaler reads and writes (the scale of model Deployments, HPAs, OnlineDeployment status).
+//! grants exactly what the router watches (get, list, watch), what its request-based autoscaler
+//! reads and writes (the scale of model Deployments, HPAs), and the status it reports on its
+//! custom resources (`status.conditions`, `status.autoscale`).
 //!
 //! With `inferenceRouterNamespaces` the same rules are granted by a Role and RoleBinding
 //! `scoregate-router` in each of those namespaces instead, so the router reads no Secret outside
@@ -31,8 +32,8 @@ pub const WATCHED: &[(&str, &[&str])] = &[
 pub const VERBS: &[&str] = &["get", "list", "watch"];
 
 /// What the request-based autoscaler needs, as `(API group, resources, verbs)`: it sets the
-/// replicas of model Deployments through their scale subresource, stays away from Deployments an
-/// HPA scales, and reports in each OnlineDeployment's status.
+/// replicas of model Deployments through their scale subresource and stays away from Deployments
+/// an HPA scales.
 pub const AUTOSCALER: &[(&str, &[&str], &[&str])] = &[
     ("apps", &["deployments/scale"], &["get", "update", "patch"]),
     (
@@ -40,8 +41,16 @@ pub const AUTOSCALER: &[(&str, &[&str], &[&str])] = &[
         &["horizontalpodautoscalers"],
         &["get", "list", "watch"],
     ),
-    ("scoregate.io", &["onlinedeployments/status"], &["patch"]),
 ];
+
+/// What the router reports, as `(API group, resources, verbs)`: `status.conditions` of
+/// OnlineEndpoints and OnlineDeployments (server-side apply), and the autoscaler's
+/// `status.autoscale` of OnlineDeployments.
+pub const STATUS: &[(&str, &[&str], &[&str])] = &[(
+    "scoregate.io",
+    &["onlineendpoints/status", "onlinedeployments/status"],
+    &["patch"],
+)];
 
 /// ServiceAccount `azureml-fe-v2`.
 pub fn service_account(extension: &str) -> ServiceAccount {
@@ -59,6 +68,7 @@ fn router_rules() -> Vec<PolicyRule> {
         .chain(
             AUTOSCALER
                 .iter()
+                .chain(STATUS)
                 .map(|(group, resources, verbs)| rule(group, resources, verbs)),
         )
         .collect()
