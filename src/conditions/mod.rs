@@ -198,3 +198,65 @@ impl Board {
         self.changed.notified().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Owns only deployment `blue`, and does not write endpoints.
+    struct OnlyBlue;
+
+    impl Election for OnlyBlue {
+        fn owns_deployment(&self, _endpoint: &str, deployment: &str) -> bool {
+            deployment == "blue"
+        }
+
+        fn writes_endpoints(&self) -> bool {
+            false
+        }
+    }
+
+    fn ready(ready: bool) -> Ready {
+        Ready {
+            ready,
+            reason: if ready { "Serving" } else { "NoReadyPods" },
+            message: "m".into(),
+            observed_generation: Some(1),
+        }
+    }
+
+    #[test]
+    fn only_the_elected_replica_writes_and_only_what_differs() {
+        let blue = Writer::Deployment("e".into(), "blue".into());
+        let green = Writer::Deployment("e".into(), "green".into());
+        assert!(blue.is_me(&OnlyBlue) && !green.is_me(&OnlyBlue));
+        assert!(!Writer::Endpoints.is_me(&OnlyBlue));
+        assert!(Writer::Endpoints.is_me(&SingleReplica));
+
+        let board = Board::default();
+        let object = |name: &str| ObjectRef {
+            kind: Kind::Deployment,
+            namespace: "ns".into(),
+            name: name.into(),
+        };
+        let shown = Shown {
+            status: "True".into(),
+            reason: "Serving".into(),
+            message: "m".into(),
+            observed_generation: Some(1),
+            last_transition_time: None,
+        };
+        let entry = |desired: Ready| Entry {
+            desired,
+            shown: Some(shown.clone()),
+            version: "1".into(),
+            writer: blue.clone(),
+        };
+        board.set(object("same"), entry(ready(true)));
+        board.set(object("changed"), entry(ready(false)));
+        let differing: Vec<String> = board.differing().into_iter().map(|(o, _)| o.name).collect();
+        assert_eq!(differing, ["changed"]);
+        board.forget(&object("changed"));
+        assert!(board.differing().is_empty());
+    }
+}
