@@ -320,9 +320,21 @@ async fn replicas_without_the_shared_credential_are_refused() {
         .unwrap();
     let response = sender.send_request(grant).await.unwrap();
     assert_eq!(response.status(), 401);
-    // Each replica still serves on its own.
-    assert_eq!(a.score("credit", "").await.status, 200);
-    assert_eq!(b.score("credit", "").await.status, 200);
+    // Neither can tell which secret is wrong: both are isolated (not ready) and, under the
+    // default `fallback: local`, still serve on their own.
+    for h in [&a, &b] {
+        let cluster = h.router.as_ref().unwrap().cluster().unwrap().clone();
+        eventually("the replica to be isolated", || {
+            let cluster = cluster.clone();
+            async move {
+                cluster
+                    .not_ready_reason()
+                    .is_some_and(|r| r.contains("cannot authenticate"))
+            }
+        })
+        .await;
+        assert_eq!(h.score("credit", "").await.status, 200);
+    }
     a.shutdown().await;
     b.shutdown().await;
 }

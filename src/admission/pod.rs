@@ -9,8 +9,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 pub struct Pod {
     address: SocketAddr,
     in_flight: AtomicU32,
-    /// The most requests in flight at once so far.
-    peak: AtomicU32,
     routable: AtomicBool,
 }
 
@@ -20,7 +18,6 @@ impl Pod {
         Pod {
             address,
             in_flight: AtomicU32::new(0),
-            peak: AtomicU32::new(0),
             routable: AtomicBool::new(true),
         }
     }
@@ -33,18 +30,6 @@ impl Pod {
     /// Requests this router has on the pod now.
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
-    }
-
-    /// The most requests this router had on the pod at once (with coordinated admission, on
-    /// the owner: every replica's, as far as they were granted or reported).
-    pub fn peak_in_flight(&self) -> u32 {
-        self.peak.load(Ordering::Relaxed)
-    }
-
-    fn raise_peak(&self, now: u32) {
-        if now > self.peak.load(Ordering::Relaxed) {
-            self.peak.fetch_max(now, Ordering::Relaxed);
-        }
     }
 
     /// Whether new requests may go to the pod (ready, not terminating, still listed).
@@ -77,10 +62,7 @@ impl Pod {
                 Ordering::SeqCst,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => {
-                    self.raise_peak(current + 1);
-                    return true;
-                }
+                Ok(_) => return true,
                 Err(actual) => current = actual,
             }
         }
@@ -88,9 +70,7 @@ impl Pod {
 
     /// Takes one slot whatever the count; returns the count after.
     pub(super) fn force_take(&self) -> u32 {
-        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        self.raise_peak(now);
-        now
+        self.in_flight.fetch_add(1, Ordering::SeqCst) + 1
     }
 
     /// Gives one slot back.

@@ -1,6 +1,7 @@
 //! The request path through the cluster: a slot from this replica's accounting when it acts as
 //! the owner, a grant from the owner otherwise, a wait while the view settles, and the fallback
-//! only when this replica is isolated (or the owner does not route the deployment).
+//! only for requests that arrive while this replica is isolated (or when the owner does not
+//! route the deployment).
 //!
 //! Fencing on the asker's side: a grant from an owner at an older epoch than this replica's
 //! view is ignored, and so is one that arrives after this replica's view changed (its report
@@ -57,10 +58,13 @@ impl Cluster {
     /// Coordinated admission (see the module's documentation).
     async fn admit(&self, target: Target<'_>, max_wait: Duration) -> Result<Slot, AdmitError> {
         let deadline = Instant::now() + max_wait;
+        // Only a request that arrives while this replica is isolated takes the fallback: one
+        // that was already waiting for the view to settle keeps waiting (admitting it on this
+        // replica's own cap now could put it on a pod the majority has since granted).
+        if self.health.is_isolated() {
+            return self.fallback(target, deadline).await;
+        }
         loop {
-            if self.health.is_isolated() {
-                return self.fallback(target, deadline).await;
-            }
             let view = self.view.load_full();
             let step = match view.owner(target.endpoint, target.deployment) {
                 Owner::Nobody => Step::Fallback,
@@ -96,6 +100,7 @@ impl Cluster {
             return Step::Again;
         }
         self.hold_own(&mut slot, target);
+        self.peaks.record(slot.pod());
         self.metrics.owner.increment(1);
         Step::Admitted(slot)
     }
@@ -109,6 +114,7 @@ impl Cluster {
                 let wait = deadline.saturating_duration_since(Instant::now());
                 let mut slot = target.accounting.admit(target.pods, wait).await?;
                 self.hold_own(&mut slot, target);
+                self.peaks.record(slot.pod());
                 // Reported to whoever owns the deployment and can be reached, so the owner
                 // counts it (and sees the over-admission, if it is one).
                 self.rounds.again();
@@ -379,6 +385,7 @@ impl Cluster {
             .accounting
             .try_acquire_excluding(target.pods, Some(failed))?;
         self.hold_own(&mut slot, target);
+        self.peaks.record(slot.pod());
         Some(slot)
     }
 }

@@ -1,7 +1,12 @@
 //! The cluster's metrics.
 
-use metrics::{Counter, Gauge, Histogram};
+use std::collections::HashMap;
+use std::net::SocketAddr;
 
+use metrics::{Counter, Gauge, Histogram};
+use parking_lot::Mutex;
+
+use crate::admission::Pod;
 use crate::telemetry::Metrics;
 
 /// Metric names.
@@ -37,9 +42,9 @@ pub mod names {
     pub const LEASES_VANISHED: &str = "scoregate_cluster_leases_vanished_total";
     /// Grants ignored because the owner answered from an older epoch than this replica's view.
     pub const STALE_GRANTS: &str = "scoregate_cluster_stale_grants_total";
-    /// Per pod (`endpoint`, `deployment`, `pod`): the most requests this replica knew to be in
-    /// flight on it at once, cluster-wide as far as this replica counts them (on the owner: its
-    /// own, the ones it granted and the ones reported to it).
+    /// Per pod (`endpoint`, `deployment`, `pod`): the most requests this replica counted on it
+    /// at once when it admitted or granted for it as the owner (its own, the ones it granted and
+    /// the ones reported to it: every replica's) or under the fallback.
     pub const POD_PEAK: &str = "scoregate_cluster_pod_peak_in_flight";
 }
 
@@ -103,5 +108,29 @@ impl ClusterMetrics {
             vanished: metrics.counter(names::LEASES_VANISHED, &[]),
             stale_grants: metrics.counter(names::STALE_GRANTS, &[]),
         }
+    }
+}
+
+/// Per pod, the most requests this replica counted on it at once while it admitted or granted
+/// for it (as the owner, or under the fallback), reports included: on the owner that is every
+/// replica's requests. Sampled right after each such admission; exported at every scrape as
+/// [`names::POD_PEAK`].
+#[derive(Default)]
+pub struct PodPeaks {
+    peaks: Mutex<HashMap<SocketAddr, u32>>,
+}
+
+impl PodPeaks {
+    /// Records the count on `pod` now.
+    pub fn record(&self, pod: &Pod) {
+        let now = pod.in_flight();
+        let mut peaks = self.peaks.lock();
+        let peak = peaks.entry(pod.address()).or_default();
+        *peak = (*peak).max(now);
+    }
+
+    /// The peak of the pod at `address`, 0 when none was recorded.
+    pub fn of(&self, address: SocketAddr) -> u32 {
+        self.peaks.lock().get(&address).copied().unwrap_or(0)
     }
 }

@@ -115,6 +115,7 @@ pub struct Cluster {
     draining: CancellationToken,
     stopped: CancellationToken,
     metrics: ClusterMetrics,
+    peaks: metrics::PodPeaks,
     registry: crate::telemetry::Metrics,
 }
 
@@ -193,6 +194,7 @@ impl Cluster {
                 draining,
                 stopped: CancellationToken::new(),
                 metrics,
+                peaks: metrics::PodPeaks::default(),
                 registry: registry.clone(),
             }
         });
@@ -299,7 +301,8 @@ impl Cluster {
         self.recompute();
     }
 
-    /// Sets each routed pod's peak gauge ([`metrics::names::POD_PEAK`]); run at every scrape.
+    /// Sets each routed pod's peak gauge ([`metrics::names::POD_PEAK`], from
+    /// [`metrics::PodPeaks`]); run at every scrape.
     fn export_pod_peaks(&self) {
         let table = self.table.load();
         for deployment in table.endpoints().flat_map(|e| e.deployments.iter()) {
@@ -312,7 +315,7 @@ impl Cluster {
                 ];
                 self.registry
                     .gauge(metrics::names::POD_PEAK, &labels)
-                    .set(f64::from(pod.peak_in_flight()));
+                    .set(f64::from(self.peaks.of(pod.address())));
             }
         }
     }

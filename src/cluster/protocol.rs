@@ -13,6 +13,9 @@
 //!   own; 404 when the owner does not know the deployment.
 //! - `POST /v1/adopt` (deployment, pod, time left) → 200 and a lease on a slot the requester
 //!   already holds, reported to the replica that owns it now ([`super::reports`]).
+//! - `POST /v1/reconciled` → 204: every slot the receiver granted that the sender still holds
+//!   has been reported again; the receiver frees the leases it kept for the sender since an
+//!   earlier connection failed.
 //! - `POST /v1/synced` (view) → 204: the sender has reported all its slots for that view.
 //!
 //! A lease ends when the requester ends its request body or resets it with CANCEL, or when it
@@ -33,6 +36,8 @@ pub const GRANT: &str = "/v1/grant";
 pub const ADOPT: &str = "/v1/adopt";
 /// All leases reported for a view.
 pub const SYNCED: &str = "/v1/synced";
+/// Every slot the receiver granted that the sender still holds has been reported again.
+pub const RECONCILED: &str = "/v1/reconciled";
 
 /// `endpoint/deployment`.
 pub static DEPLOYMENT: HeaderName = HeaderName::from_static("x-scoregate-deployment");

@@ -145,15 +145,16 @@ impl Cluster {
                 due.push(held.clone());
             }
         });
-        let reports = due
-            .into_iter()
-            .map(|held| self.report(&peer, held, instance));
-        let all_taken = futures_util::future::join_all(reports)
-            .await
-            .into_iter()
-            .all(|taken| taken);
-        let synced = all_taken && self.send_synced(&peer, view).await;
-        self.round_ended(&peer, synced.then_some(view));
+        // First the slots the peer granted itself (their leases there may be kept as vanished):
+        // once they are reported again, the peer frees the rest it kept for this replica. Only
+        // then the others, so a freed lease and a report of the same pod never add up.
+        let (granted_there, others): (Vec<Held>, Vec<Held>) =
+            due.into_iter().partition(|h| h.grantor == peer.id);
+        let done = self.report_all(&peer, granted_there, instance).await
+            && self.tell(&peer, protocol::RECONCILED, None).await
+            && self.report_all(&peer, others, instance).await
+            && self.tell(&peer, protocol::SYNCED, Some(view)).await;
+        self.round_ended(&peer, done.then_some(view));
         // A round that could not finish (or found the peer's view moved on) is due again.
         self.start_rounds();
     }
@@ -213,16 +214,28 @@ impl Cluster {
         taken
     }
 
-    /// Tells `peer` this replica has reported every slot for its view `view`.
-    async fn send_synced(&self, peer: &Arc<Peer>, view: ViewId) -> bool {
+    /// Reports `all` to `peer` at once; true when it took every one.
+    async fn report_all(&self, peer: &Arc<Peer>, all: Vec<Held>, instance: u64) -> bool {
+        let reports = all
+            .into_iter()
+            .map(|held| self.report(peer, held, instance));
+        futures_util::future::join_all(reports)
+            .await
+            .into_iter()
+            .all(|taken| taken)
+    }
+
+    /// Sends `peer` the notice `path` (`/v1/reconciled`, or `/v1/synced` for its view `view`);
+    /// true when it took it.
+    async fn tell(&self, peer: &Arc<Peer>, path: &str, view: Option<ViewId>) -> bool {
         let Some(mut sender) = peer.sender() else {
             return false;
         };
-        let request = self
-            .request(protocol::SYNCED)
-            .header(&protocol::VIEW, view.encode())
-            .body(HoldOpen::empty())
-            .expect("valid request");
+        let mut request = self.request(path);
+        if let Some(view) = view {
+            request = request.header(&protocol::VIEW, view.encode());
+        }
+        let request = request.body(HoldOpen::empty()).expect("valid request");
         let sent = tokio::time::timeout(REPORT_TIMEOUT, async {
             sender.ready().await?;
             sender.send_request(request).await

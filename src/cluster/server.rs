@@ -134,7 +134,8 @@ async fn answer(
     match request.uri().path() {
         protocol::GRANT => grant(cluster, state, request).await,
         protocol::ADOPT => adopt(cluster, state, request),
-        protocol::SYNCED => synced(cluster, state, &request),
+        protocol::SYNCED => synced(cluster, &request),
+        protocol::RECONCILED => reconciled(cluster, state, &request),
         _ => status(StatusCode::NOT_FOUND, None),
     }
 }
@@ -273,6 +274,7 @@ async fn grant(
             Err(refused) => return refused,
         };
     cluster.metrics.served.increment(1);
+    cluster.peaks.record(slot.pod());
     let pod = HeaderValue::from_str(&slot.pod().address().to_string()).expect("an address");
     let expires =
         Instant::now() + deployment.settings.request_timeout + cluster.settings.lease_margin;
@@ -394,6 +396,7 @@ fn adopt(cluster: &Arc<Cluster>, state: &ConnectionState, request: Request<Incom
         Some(slot) => (slot, false),
         None => deployment.admission.force_acquire(pod),
     };
+    cluster.peaks.record(pod);
     if over {
         cluster.metrics.over_admissions.increment(1);
         tracing::warn!(
@@ -418,20 +421,29 @@ fn adopt(cluster: &Arc<Cluster>, state: &ConnectionState, request: Request<Incom
     Response::new(Either::Right(body))
 }
 
-/// The sender reported every slot it holds for this replica's view: the leases it kept from
-/// before this connection (its earlier connection failed) and did not report again are slots it
-/// released meanwhile.
-fn synced(cluster: &Cluster, state: &ConnectionState, request: &Request<Incoming>) -> Answer {
+/// The sender reported every slot it holds for this replica's view.
+fn synced(cluster: &Cluster, request: &Request<Incoming>) -> Answer {
     let (Some(peer), Some(view)) = (claimed_peer(request), view_of(request)) else {
         return status(StatusCode::BAD_REQUEST, None);
     };
-    if let (Some(instance), Some(since)) = (instance_of(request), *state.authenticated_at.lock()) {
-        let stale = cluster.leases.release_stale(peer, instance, since);
-        if stale > 0 {
-            tracing::info!(%peer, leases = stale, "cluster: released the leases a returning replica no longer holds");
-        }
-    }
     cluster.peer_synced(peer, view);
+    status(StatusCode::NO_CONTENT, None)
+}
+
+/// The sender reported again every slot this replica granted it that it still holds: the
+/// leases kept for it since an earlier connection failed are slots it released meanwhile.
+fn reconciled(cluster: &Cluster, state: &ConnectionState, request: &Request<Incoming>) -> Answer {
+    let (Some(peer), Some(instance), Some(since)) = (
+        claimed_peer(request),
+        instance_of(request),
+        *state.authenticated_at.lock(),
+    ) else {
+        return status(StatusCode::BAD_REQUEST, None);
+    };
+    let stale = cluster.leases.release_stale(peer, instance, since);
+    if stale > 0 {
+        tracing::info!(%peer, leases = stale, "cluster: released the leases a returning replica no longer holds");
+    }
     status(StatusCode::NO_CONTENT, None)
 }
 

@@ -166,7 +166,7 @@ pub const CATALOG: &[Entry] = &[
     entry("scoregate_cluster_stale_grants_total", Counter, &[],
         "Grants ignored because the owner answered from an older epoch than this replica's view."),
     entry("scoregate_cluster_pod_peak_in_flight", Gauge, &["endpoint", "deployment", "pod"],
-        "The most requests this replica knew to be on the pod at once (on the owner: every replica's)."),
+        "The most requests this replica counted on the pod at once when it admitted or granted for it as the owner (every replica's requests) or under the fallback."),
     entry("scoregate_build_info", Gauge, &["version", "revision"],
         "1, labelled with the version and git revision of this build."),
     entry("process_cpu_seconds_total", Counter, &[],
