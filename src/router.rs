@@ -527,7 +527,7 @@ impl conditions::Election for ClusterElection {
     }
 
     fn writes_endpoints(&self) -> bool {
-        self.0.view().members().first() == Some(self.0.me())
+        self.0.leads()
     }
 }
 

@@ -257,6 +257,17 @@ impl Cluster {
             && acting.owns_at(Instant::now())
     }
 
+    /// Whether this replica acts for the cluster as a whole now (writes what no deployment owner
+    /// writes): it is the lowest-named member of its view, holds a lease on it, and the view has
+    /// settled. At most one replica does, as for [`Cluster::owns`].
+    pub fn leads(&self) -> bool {
+        let view = self.view.load();
+        let acting = self.acting.load();
+        view.members().first() == Some(&self.me)
+            && acting.view == view.id()
+            && acting.owns_at(Instant::now())
+    }
+
     /// [`Cluster::owns`], and every replica that can reach this one has reported its slots for
     /// the view: this replica grants slots of the deployment now.
     pub fn grants(&self, endpoint: &str, deployment: &str) -> bool {
