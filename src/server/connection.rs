@@ -93,6 +93,9 @@ pub enum Protocol {
 
 /// Looks at the first bytes of a plain connection without consuming them: the HTTP/2 preface
 /// means h2c with prior knowledge. Gives up (HTTP/1) at the header timeout.
+///
+/// A partial preface waits for the socket to receive more bytes, never on a timer: a client
+/// that sends part of the preface and stops costs nothing until the header timeout.
 pub async fn sniff_plain(stream: &TcpStream, timeout: Duration) -> Protocol {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = [0u8; 24];
@@ -108,11 +111,35 @@ pub async fn sniff_plain(stream: &TcpStream, timeout: Duration) -> Protocol {
         if n == H2_PREFACE.len() {
             return Protocol::Http2;
         }
-        // A partial preface: wait briefly for the rest.
-        if tokio::time::Instant::now() >= deadline {
+        let more = tokio::time::timeout_at(deadline, more_than(stream, n)).await;
+        if !matches!(more, Ok(Ok(()))) {
             return Protocol::Http1;
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Waits until the socket holds more than `seen` bytes, or its peer closed.
+///
+/// The socket stays readable while the partial preface sits in it, so waiting for readability
+/// alone would return at once, again and again. Each check peeks inside `try_io`: when nothing
+/// new has arrived, the readiness is cleared — unless a new event came in meanwhile, which tokio
+/// keeps (its readiness carries a tick), so bytes that arrive during the check are not missed.
+async fn more_than(stream: &TcpStream, seen: usize) -> std::io::Result<()> {
+    let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); 24];
+    loop {
+        stream.readable().await?;
+        let checked = stream.try_io(
+            tokio::io::Interest::READABLE,
+            || match socket2::SockRef::from(stream).peek(&mut scratch)? {
+                n if n == 0 || n > seen => Ok(()),
+                _ => Err(std::io::ErrorKind::WouldBlock.into()),
+            },
+        );
+        match checked {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -351,5 +378,49 @@ pub async fn serve<IO>(
     };
     if let Err(e) = result {
         tracing::debug!(client = %remote, error = %e, "client connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A client connected to a fresh listener, and the router's side of the connection.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn a_preface_sent_in_two_parts_is_http2() {
+        let (mut client, server) = pair().await;
+        client.write_all(&H2_PREFACE[..16]).await.unwrap();
+        let rest = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            client.write_all(&H2_PREFACE[16..]).await.unwrap();
+            client
+        });
+        let sniffed = sniff_plain(&server, Duration::from_secs(30)).await;
+        assert_eq!(sniffed, Protocol::Http2);
+        drop(rest.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_preface_that_stops_is_http1_at_the_timeout_and_other_bytes_at_once() {
+        let (mut client, server) = pair().await;
+        client.write_all(&H2_PREFACE[..16]).await.unwrap();
+        let sniffed = sniff_plain(&server, Duration::from_millis(100)).await;
+        assert_eq!(sniffed, Protocol::Http1);
+        let (mut client, server) = pair().await;
+        client.write_all(b"PRI * HTTP/1.1\r\n").await.unwrap();
+        let sniffed = sniff_plain(&server, Duration::from_secs(30)).await;
+        assert_eq!(sniffed, Protocol::Http1);
     }
 }
