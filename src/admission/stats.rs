@@ -15,6 +15,8 @@ pub struct AdmissionStats {
     pub in_flight: u32,
     /// Requests waiting in the queue.
     pub queued: u32,
+    /// Routable pods out of the rotation now (ejected by outlier detection).
+    pub ejected: u32,
 }
 
 impl AdmissionStats {

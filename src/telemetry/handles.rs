@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram};
 use parking_lot::Mutex;
@@ -134,6 +135,10 @@ pub struct DeploymentMetrics {
     connect_errors: OnceLock<Counter>,
     retries: OnceLock<Counter>,
     mirror: [OnceLock<Counter>; MIRROR_RESULTS.len()],
+    abandoned: [OnceLock<Counter>; ABANDON_OUTCOMES.len()],
+    abandoned_hold: OnceLock<Histogram>,
+    ejections: OnceLock<Counter>,
+    ejected_pods: OnceLock<Gauge>,
     in_flight: Gauge,
     queue_depth: Gauge,
     routable_pods: Gauge,
@@ -142,6 +147,20 @@ pub struct DeploymentMetrics {
 
 /// The `result` label values of `scoregate_mirror_requests_total`.
 const MIRROR_RESULTS: [&str; 4] = ["sent", "skipped", "dropped", "failed"];
+
+/// The `outcome` label values of `scoregate_abandoned_requests_total`.
+const ABANDON_OUTCOMES: [&str; 3] = ["drained", "closed", "failed"];
+
+/// How the slot of a request the router gave up on was freed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AbandonOutcome {
+    /// The pod's answer was read to its end and discarded: the pod was done.
+    Drained = 0,
+    /// The router closed the pod connection and held the slot to its bound.
+    Closed = 1,
+    /// The pod broke or closed the connection: it was done.
+    Failed = 2,
+}
 
 /// What became of a mirror copy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,6 +192,10 @@ impl DeploymentMetrics {
             connect_errors: OnceLock::new(),
             retries: OnceLock::new(),
             mirror: Default::default(),
+            abandoned: Default::default(),
+            abandoned_hold: OnceLock::new(),
+            ejections: OnceLock::new(),
+            ejected_pods: OnceLock::new(),
             in_flight: metrics.gauge(names::IN_FLIGHT, &labels),
             queue_depth: metrics.gauge(names::QUEUE_DEPTH, &labels),
             routable_pods: metrics.gauge(names::ROUTABLE_PODS, &labels),
@@ -228,31 +251,58 @@ impl DeploymentMetrics {
     }
 
     fn counter<'a>(&'a self, cell: &'a OnceLock<Counter>, name: &'static str) -> &'a Counter {
+        self.labelled_counter(cell, name, None)
+    }
+
+    /// A counter with the deployment's labels and `extra`, registered on first use.
+    fn labelled_counter<'a>(
+        &'a self,
+        cell: &'a OnceLock<Counter>,
+        name: &'static str,
+        extra: Option<(&'static str, &str)>,
+    ) -> &'a Counter {
         cell.get_or_init(|| {
-            self.metrics.counter(
-                name,
-                &[
-                    ("endpoint", &self.endpoint),
-                    ("deployment", &self.deployment),
-                ],
-            )
+            let mut labels = vec![
+                ("endpoint", &*self.endpoint),
+                ("deployment", &*self.deployment),
+            ];
+            labels.extend(extra);
+            self.metrics.counter(name, &labels)
         })
+    }
+
+    /// The endpoint's name, as the labels carry it.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The deployment's name, as the labels carry it.
+    pub fn deployment(&self) -> &str {
+        &self.deployment
     }
 
     /// Counts one mirror copy with its result.
     pub fn mirror(&self, result: MirrorResult) {
         let i = result as usize;
-        self.mirror[i]
-            .get_or_init(|| {
-                self.metrics.counter(
-                    names::MIRROR_REQUESTS,
-                    &[
-                        ("endpoint", &self.endpoint),
-                        ("deployment", &self.deployment),
-                        ("result", MIRROR_RESULTS[i]),
-                    ],
-                )
-            })
+        let label = Some(("result", MIRROR_RESULTS[i]));
+        self.labelled_counter(&self.mirror[i], names::MIRROR_REQUESTS, label)
+            .increment(1);
+    }
+
+    /// Counts one request the router gave up on while its pod was busy, and how long its slot
+    /// stayed taken after that.
+    pub fn abandoned(&self, outcome: AbandonOutcome, hold: Duration) {
+        let i = outcome as usize;
+        let label = Some(("outcome", ABANDON_OUTCOMES[i]));
+        self.labelled_counter(&self.abandoned[i], names::ABANDONED_REQUESTS, label)
+            .increment(1);
+        self.histogram(&self.abandoned_hold, names::ABANDONED_HOLD)
+            .record(hold.as_secs_f64());
+    }
+
+    /// Counts one pod taken out of the rotation by outlier detection.
+    pub fn ejection(&self) {
+        self.counter(&self.ejections, names::POD_EJECTIONS)
             .increment(1);
     }
 
@@ -262,6 +312,16 @@ impl DeploymentMetrics {
         self.queue_depth.set(f64::from(stats.queued));
         self.routable_pods.set(f64::from(stats.pods));
         self.busy_pods.set(f64::from(stats.busy_pods));
+        // Registered with the first ejection: most deployments never have one.
+        if stats.ejected > 0 || self.ejected_pods.get().is_some() {
+            let labels = [
+                ("endpoint", &*self.endpoint),
+                ("deployment", &*self.deployment),
+            ];
+            self.ejected_pods
+                .get_or_init(|| self.metrics.gauge(names::EJECTED_PODS, &labels))
+                .set(f64::from(stats.ejected));
+        }
     }
 }
 
@@ -318,6 +378,7 @@ mod tests {
             busy_pods: 1,
             in_flight: 2,
             queued: 1,
+            ejected: 0,
         });
         let series = r#"scoregate_routable_pods{endpoint="ep-one",deployment="blue"}"#;
         assert!(m.render().contains(&format!("{series} 3")));

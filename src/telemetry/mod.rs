@@ -30,7 +30,7 @@ use metrics_exporter_prometheus::{
 use parking_lot::Mutex;
 
 pub use access::{ms, AccessLog, AccessLogMode, RequestRecord};
-pub use handles::{DeploymentMetrics, MirrorResult, Source, StatusCounters};
+pub use handles::{AbandonOutcome, DeploymentMetrics, MirrorResult, Source, StatusCounters};
 pub use logging::{init_logging, LogFormat};
 
 /// Metric names, in one place.
@@ -82,6 +82,20 @@ pub mod names {
     /// Time from asking the deployment's owner replica for a slot to having it (queue wait at
     /// the owner included); the cluster's other metrics are named in `cluster::metrics`.
     pub const CLUSTER_GRANT_DURATION: &str = "scoregate_cluster_grant_duration_seconds";
+    /// Requests the router gave up on while their pod was busy, by how their slot was freed.
+    pub const ABANDONED_REQUESTS: &str = "scoregate_abandoned_requests_total";
+    /// Time an abandoned request kept its slot after the router gave up on it, in seconds.
+    pub const ABANDONED_HOLD: &str = "scoregate_abandoned_slot_hold_seconds";
+    /// Pods taken out of the rotation by passive outlier detection.
+    pub const POD_EJECTIONS: &str = "scoregate_pod_ejections_total";
+    /// Pods out of the rotation now (ejected by outlier detection).
+    pub const EJECTED_PODS: &str = "scoregate_ejected_pods";
+    /// Client connections closed because the client accepted no response bytes for the send
+    /// timeout (a stalled socket, or an HTTP/2 stream stalled by flow control).
+    pub const CLIENT_SEND_TIMEOUTS: &str = "scoregate_client_send_timeouts_total";
+    /// HTTP/2 connections closed with GOAWAY `ENHANCE_YOUR_CALM` for abandoning accepted
+    /// streams faster than allowed.
+    pub const H2_RESET_FLOODS: &str = "scoregate_h2_reset_floods_total";
 }
 
 /// Histogram buckets for durations, in seconds: 100 µs to 300 s.
