@@ -30,7 +30,8 @@ use scoregate::http1::head::{HeadLimits, RequestHead, Version};
 use scoregate::http1::response::{Parsed, ResponseHead};
 use scoregate::http1::write::{self, ClientSide};
 use scoregate::model::{
-    AuthMode, DeploymentSpec, EndpointKeys, EndpointSpec, PodSpec, RequestSettings, RouteSpec,
+    AuthMode, DeploymentSpec, EndpointKeys, EndpointSpec, OutlierDetection, PodSpec,
+    RequestSettings, RouteSpec,
 };
 use scoregate::proxy::target;
 use scoregate::table::{TableBuilder, TableHandle};
@@ -88,6 +89,7 @@ fn route_spec(endpoints: usize, deployments: &[(&str, u8)], pods: usize, cap: u3
                         max_concurrent_requests_per_instance: cap,
                         ..RequestSettings::default()
                     },
+                    outlier_detection: OutlierDetection::default(),
                 },
             );
         }

@@ -21,6 +21,7 @@
 //!   serviceName: my-endpoint-blue # the Service whose EndpointSlices list the model pods
 //!   port: 5001
 //!   requestSettings: { requestTimeoutMs: 5000, maxConcurrentRequestsPerInstance: 1, maxQueueWaitMs: 500 }
+//!   outlierDetection: { consecutiveFailures: 5, baseEjectionMs: 30000, maxEjectionPercent: 50 }
 //!   scaleSettings: { type: targetUtilization, minInstances: 1, maxInstances: 3, targetUtilizationPercentage: 70, pollingInterval: 1, targetDeployment: my-endpoint-blue }
 //! ```
 //!
@@ -40,8 +41,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::model::{
-    RequestSettings, DEFAULT_MAX_CONCURRENT_REQUESTS_PER_INSTANCE, DEFAULT_MAX_QUEUE_WAIT_MS,
-    DEFAULT_MODEL_PORT, DEFAULT_REQUEST_TIMEOUT_MS, MAX_MIRROR_PERCENT, MAX_REQUEST_TIMEOUT_MS,
+    OutlierDetection, RequestSettings, DEFAULT_MAX_CONCURRENT_REQUESTS_PER_INSTANCE,
+    DEFAULT_MAX_QUEUE_WAIT_MS, DEFAULT_MODEL_PORT, DEFAULT_REQUEST_TIMEOUT_MS,
+    MAX_BASE_EJECTION_MS, MAX_MIRROR_PERCENT, MAX_REQUEST_TIMEOUT_MS,
 };
 
 /// The API group of scoregate's custom resources.
@@ -243,6 +245,9 @@ pub struct OnlineDeploymentSpec {
     /// Timeouts and concurrency, with Azure ML's defaults.
     #[serde(default)]
     pub request_settings: RequestSettingsSpec,
+    /// When pods whose connections keep failing leave the rotation (scoregate's).
+    #[serde(default)]
+    pub outlier_detection: OutlierDetectionSpec,
     /// Autoscaling settings, stored for the request-based autoscaler (not used for routing).
     #[serde(default)]
     pub scale_settings: ScaleSettingsSpec,
@@ -298,6 +303,64 @@ impl From<RequestSettingsSpec> for RequestSettings {
             max_queue_length: s.max_queue_length,
         }
     }
+}
+
+/// scoregate's passive outlier detection: a pod whose connections fail `consecutiveFailures`
+/// times in a row (refused, reset, broken responses; not a model's 5xx, not a timeout) gets no
+/// requests for `baseEjectionMs`, longer on each repeated ejection; at most
+/// `maxEjectionPercent` of the pods are out at once, and never the last one.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierDetectionSpec {
+    /// Failures in a row that eject a pod; 0 turns ejection off; default 5.
+    #[serde(default = "default_consecutive_failures")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub consecutive_failures: u32,
+    /// How long a first ejection lasts, in ms; the n-th in a row lasts n times as long (at most
+    /// 300 s, or the base when longer); default 30000.
+    #[serde(default = "default_base_ejection_ms")]
+    #[schemars(range(min = 1, max = MAX_BASE_EJECTION_MS))]
+    pub base_ejection_ms: u64,
+    /// The largest share of pods ejected at once, in percent; default 50.
+    #[serde(default = "default_max_ejection_percent")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_ejection_percent: u8,
+}
+
+impl Default for OutlierDetectionSpec {
+    fn default() -> Self {
+        OutlierDetection::default().into()
+    }
+}
+
+impl From<OutlierDetection> for OutlierDetectionSpec {
+    fn from(o: OutlierDetection) -> Self {
+        OutlierDetectionSpec {
+            consecutive_failures: o.consecutive_failures,
+            base_ejection_ms: o.base_ejection_ms,
+            max_ejection_percent: o.max_ejection_percent,
+        }
+    }
+}
+
+impl From<OutlierDetectionSpec> for OutlierDetection {
+    fn from(o: OutlierDetectionSpec) -> Self {
+        OutlierDetection {
+            consecutive_failures: o.consecutive_failures,
+            base_ejection_ms: o.base_ejection_ms,
+            max_ejection_percent: o.max_ejection_percent,
+        }
+    }
+}
+
+fn default_consecutive_failures() -> u32 {
+    OutlierDetection::default().consecutive_failures
+}
+fn default_base_ejection_ms() -> u64 {
+    OutlierDetection::default().base_ejection_ms
+}
+fn default_max_ejection_percent() -> u8 {
+    OutlierDetection::default().max_ejection_percent
 }
 
 /// Azure ML's `scale_settings`: defaults `targetUtilization`, 1–1 instances, 70 %, 1 s.
@@ -581,6 +644,10 @@ mod tests {
         assert_eq!(
             RequestSettings::from(spec.request_settings),
             RequestSettings::default()
+        );
+        assert_eq!(
+            OutlierDetection::from(spec.outlier_detection),
+            OutlierDetection::default()
         );
         assert_eq!(spec.scale_settings.target_utilization_percentage, 70);
         assert_eq!(spec.scale_settings.scale_type, ScaleType::TargetUtilization);

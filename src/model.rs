@@ -20,6 +20,8 @@ pub const MAX_REQUEST_TIMEOUT_MS: u64 = 300_000;
 pub const MAX_MIRROR_PERCENT: u8 = 50;
 /// The port of the Azure ML inference server in model pods.
 pub const DEFAULT_MODEL_PORT: u16 = 5001;
+/// The longest base ejection time of outlier detection (1 hour).
+pub const MAX_BASE_EJECTION_MS: u64 = 3_600_000;
 /// The shortest endpoint key accepted (Azure ML's own keys are 32 characters).
 pub const MIN_KEY_LENGTH: usize = 16;
 
@@ -95,6 +97,8 @@ pub struct DeploymentSpec {
     pub pods: Vec<PodSpec>,
     /// Timeouts and concurrency limits.
     pub settings: RequestSettings,
+    /// When pods whose connections keep failing leave the rotation.
+    pub outlier_detection: OutlierDetection,
 }
 
 /// One model pod address and its state, as an EndpointSlice reports it.
@@ -146,6 +150,33 @@ impl Default for RequestSettings {
             max_concurrent_requests_per_instance: DEFAULT_MAX_CONCURRENT_REQUESTS_PER_INSTANCE,
             max_queue_wait_ms: DEFAULT_MAX_QUEUE_WAIT_MS,
             max_queue_length: None,
+        }
+    }
+}
+
+/// scoregate's passive outlier detection of one deployment (Envoy's outlier detection, nginx's
+/// `max_fails`/`fail_timeout`): a pod whose connections fail `consecutive_failures` times in a
+/// row (refused, reset, broken responses; not a model's 5xx, not a timeout) gets no requests
+/// for `base_ejection_ms`, longer on each repeated ejection; at most `max_ejection_percent` of
+/// the pods are out at once, and never the last one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OutlierDetection {
+    /// Failures in a row that eject a pod; 0 turns ejection off. Default 5.
+    pub consecutive_failures: u32,
+    /// How long a first ejection lasts, in ms; the n-th in a row lasts n times as long (at most
+    /// 300 s, or the base when longer). Default 30000.
+    pub base_ejection_ms: u64,
+    /// The largest share of pods ejected at once, in percent (one pod may always go when there
+    /// are two or more). Default 50.
+    pub max_ejection_percent: u8,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_failures: 5,
+            base_ejection_ms: 30_000,
+            max_ejection_percent: 50,
         }
     }
 }
@@ -390,6 +421,22 @@ impl DeploymentSpec {
                 ),
             );
         }
+        let o = &self.outlier_detection;
+        if o.base_ejection_ms == 0 || o.base_ejection_ms > MAX_BASE_EJECTION_MS {
+            err(
+                ".outlier_detection.base_ejection_ms",
+                format!(
+                    "{} is out of range: use 1..={MAX_BASE_EJECTION_MS} (default 30000)",
+                    o.base_ejection_ms
+                ),
+            );
+        }
+        if o.max_ejection_percent > 100 {
+            err(
+                ".outlier_detection.max_ejection_percent",
+                format!("{} is above 100: lower it", o.max_ejection_percent),
+            );
+        }
         let mut seen = std::collections::HashSet::new();
         for pod in &self.pods {
             if !seen.insert(pod.address) {
@@ -425,6 +472,7 @@ mod tests {
             endpoint: endpoint.into(),
             pods: vec![PodSpec::ready("127.0.0.1:5001".parse().unwrap())],
             settings: RequestSettings::default(),
+            outlier_detection: OutlierDetection::default(),
         }
     }
 

@@ -19,9 +19,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 
-use crate::admission::{DeploymentAdmission, Pod, Target};
+use crate::admission::{DeploymentAdmission, OutlierSettings, Pod, Target};
 use crate::auth::Authenticator;
-use crate::model::{DeploymentSpec, EndpointSpec, RequestSettings, RouteSpec};
+use crate::model::{DeploymentSpec, EndpointSpec, OutlierDetection, RequestSettings, RouteSpec};
 use crate::telemetry::{DeploymentMetrics, Metrics, StatusCounters};
 
 /// One deployment as the proxy sees it.
@@ -67,15 +67,23 @@ pub struct DeploymentSettings {
     pub max_concurrent_requests_per_instance: u32,
     /// Requests that may wait at once; `None`: one per slot.
     pub max_queue_length: Option<u32>,
+    /// When pods whose connections keep failing leave the rotation.
+    pub outlier: OutlierSettings,
 }
 
-impl From<RequestSettings> for DeploymentSettings {
-    fn from(s: RequestSettings) -> Self {
+impl DeploymentSettings {
+    /// The declared settings of a deployment, typed.
+    pub fn of(s: &RequestSettings, outlier: &OutlierDetection) -> Self {
         DeploymentSettings {
             request_timeout: Duration::from_millis(s.request_timeout_ms),
             max_queue_wait: Duration::from_millis(s.max_queue_wait_ms),
             max_concurrent_requests_per_instance: s.max_concurrent_requests_per_instance,
             max_queue_length: s.max_queue_length,
+            outlier: OutlierSettings {
+                consecutive_failures: outlier.consecutive_failures,
+                base_ejection: Duration::from_millis(outlier.base_ejection_ms),
+                max_ejection_percent: outlier.max_ejection_percent,
+            },
         }
     }
 }
@@ -459,6 +467,8 @@ impl TableBuilder {
                     .map(|d| d.pods.clone())
                     .unwrap_or_default();
                 let s = entry.spec.settings;
+                let settings = DeploymentSettings::of(&s, &entry.spec.outlier_detection);
+                entry.admission.set_outlier_detection(settings.outlier);
                 entry.admission.update(
                     s.max_concurrent_requests_per_instance,
                     s.max_queue_length,
@@ -597,7 +607,7 @@ fn build_deployment(entry: &mut DeploymentEntry) -> Deployment {
         name_header: HeaderValue::from_str(&spec.name)
             .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
         endpoint: spec.endpoint.as_str().into(),
-        settings: spec.settings.into(),
+        settings: DeploymentSettings::of(&spec.settings, &spec.outlier_detection),
         pods: routable.into_boxed_slice(),
         admission: entry.admission.clone(),
         metrics: entry.metrics.clone(),
@@ -636,6 +646,7 @@ mod tests {
                     endpoint: "ep-one".into(),
                     pods: pods.clone(),
                     settings: RequestSettings::default(),
+                    outlier_detection: OutlierDetection::default(),
                 },
             );
         }

@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 
 use super::error::AdmitError;
+use super::outlier::{Ejection, OutlierSettings};
 use super::pod::Pod;
 use super::policy::{Candidates, Policy, PowerOfTwoChoices};
 use super::queue::WaitQueue;
@@ -27,6 +29,9 @@ pub struct DeploymentAdmission {
     policy: Box<dyn Policy>,
     queue: WaitQueue<Slot>,
     granted_from_queue: AtomicU64,
+    /// Outlier detection; held while a failure is judged, so two pods ejected at once never
+    /// exceed the share.
+    outlier: Mutex<OutlierSettings>,
 }
 
 impl DeploymentAdmission {
@@ -49,6 +54,7 @@ impl DeploymentAdmission {
             policy,
             queue: WaitQueue::default(),
             granted_from_queue: AtomicU64::new(0),
+            outlier: Mutex::new(OutlierSettings::default()),
         })
     }
 
@@ -67,6 +73,33 @@ impl DeploymentAdmission {
         );
         self.pods.store(Arc::new(pods));
         self.grant_waiters();
+    }
+
+    /// Sets the outlier detection settings (the table builder, when the deployment's
+    /// declaration changes).
+    pub fn set_outlier_detection(&self, settings: OutlierSettings) {
+        *self.outlier.lock() = settings;
+    }
+
+    /// Records what an exchange on `pod` showed: `ok` when the pod answered (whatever its
+    /// status), not when connecting to it, or its connection, failed. Returns the ejection a
+    /// failure led to, for the caller to log and count.
+    pub fn report(&self, pod: &Pod, ok: bool) -> Option<Ejection> {
+        if ok {
+            pod.health.succeeded();
+            return None;
+        }
+        let settings = self.outlier.lock();
+        if settings.consecutive_failures == 0 || pod.health.failed() < settings.consecutive_failures
+        {
+            return None;
+        }
+        let pods = self.pods.load();
+        let ejected = pods.iter().filter(|p| p.is_ejected()).count();
+        if ejected >= settings.max_ejected(pods.len()) {
+            return None;
+        }
+        pod.health.eject(&settings)
     }
 
     /// Slots per pod.
@@ -246,6 +279,12 @@ impl Slot {
             .expect("a slot holds its pod until dropped")
     }
 
+    /// Records what the exchange on this slot's pod showed (see
+    /// [`DeploymentAdmission::report`]).
+    pub fn report(&self, ok: bool) -> Option<Ejection> {
+        self.accounting.report(self.pod(), ok)
+    }
+
     /// Frees the slot without offering it to waiters (used while the queue lock is held).
     fn release_without_grant(mut self) {
         if let Some(pod) = self.pod.take() {
@@ -337,6 +376,48 @@ mod tests {
         let s = a.try_acquire(&pods).unwrap();
         assert_eq!(s.pod().address(), pods[1].address());
         assert!(a.try_acquire(&pods).is_none());
+    }
+
+    #[test]
+    fn consecutive_failures_eject_a_pod_within_the_share() {
+        let pods = pods(3);
+        let a = admission(1, None, &pods);
+        a.set_outlier_detection(OutlierSettings {
+            consecutive_failures: 2,
+            ..OutlierSettings::default()
+        });
+        assert!(
+            a.report(&pods[0], false).is_none(),
+            "one failure is not enough"
+        );
+        assert!(a.report(&pods[0], true).is_none());
+        assert!(
+            a.report(&pods[0], false).is_none(),
+            "a success started the count over"
+        );
+        let ejection = a.report(&pods[0], false).expect("two in a row");
+        assert_eq!((ejection.failures, ejection.repeat), (2, 1));
+        assert!(pods[0].is_ejected() && !pods[0].has_room(1));
+        assert_eq!(a.stats().ejected, 1);
+        for _ in 0..5 {
+            assert!(
+                a.report(&pods[1], false).is_none(),
+                "half of 3 pods: one at most"
+            );
+        }
+        for _ in 0..20 {
+            let s = a.try_acquire(&pods).unwrap();
+            assert_ne!(
+                s.pod().address(),
+                pods[0].address(),
+                "an ejected pod gets nothing"
+            );
+        }
+        a.set_outlier_detection(OutlierSettings {
+            consecutive_failures: 0,
+            ..OutlierSettings::default()
+        });
+        assert!(a.report(&pods[2], false).is_none(), "0 turns ejection off");
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 //! | [`error`] | why a request was not admitted |
 //! | [`pod`] | one pod's count of requests in flight and whether it takes new ones |
 //! | [`policy`] | which pod gets a request ([`Policy`]; [`PowerOfTwoChoices`] by default) |
+//! | [`outlier`] | passive outlier detection: pods whose connections keep failing leave the rotation for a while |
 //! | `queue` | the FIFO of waiters and the lost-wakeup rule |
 //! | [`deployment`] | one deployment's accounting (cap, pods, policy, queue) and the [`Slot`] it hands out, freed when dropped |
 //! | [`stats`] | live counts for metrics and the autoscaler |
@@ -18,6 +19,7 @@
 pub mod admitter;
 pub mod deployment;
 pub mod error;
+pub mod outlier;
 pub mod pod;
 pub mod policy;
 mod queue;
@@ -26,6 +28,7 @@ pub mod stats;
 pub use admitter::{Admitter, Coordinator, Pending, Target};
 pub use deployment::{DeploymentAdmission, ReleaseGuard, Slot};
 pub use error::AdmitError;
+pub use outlier::{Ejection, OutlierSettings};
 pub use pod::Pod;
 pub use policy::{Candidates, Policy, PowerOfTwoChoices};
 pub use stats::AdmissionStats;

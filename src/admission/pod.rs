@@ -4,12 +4,15 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
+use super::outlier::Health;
+
 /// One model pod's admission state. Created once by the table builder and shared by every
 /// routing snapshot that lists the pod, so a rebuild never resets its count.
 pub struct Pod {
     address: SocketAddr,
     in_flight: AtomicU32,
     routable: AtomicBool,
+    pub(super) health: Health,
 }
 
 impl Pod {
@@ -19,6 +22,7 @@ impl Pod {
             address,
             in_flight: AtomicU32::new(0),
             routable: AtomicBool::new(true),
+            health: Health::default(),
         }
     }
 
@@ -41,9 +45,14 @@ impl Pod {
         self.routable.store(routable, Ordering::Relaxed);
     }
 
-    /// Whether the pod takes a new request now: routable and below `cap`.
+    /// Whether outlier detection has taken the pod out of the rotation for now.
+    pub fn is_ejected(&self) -> bool {
+        self.health.is_ejected()
+    }
+
+    /// Whether the pod takes a new request now: routable, not ejected, and below `cap`.
     pub fn has_room(&self, cap: u32) -> bool {
-        self.is_routable() && self.in_flight() < cap
+        self.is_routable() && self.in_flight() < cap && !self.is_ejected()
     }
 
     /// Takes one slot if the pod is routable and below `cap`.
@@ -85,6 +94,7 @@ impl std::fmt::Debug for Pod {
             .field("address", &self.address)
             .field("in_flight", &self.in_flight())
             .field("routable", &self.is_routable())
+            .field("health", &self.health)
             .finish()
     }
 }

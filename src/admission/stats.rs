@@ -31,6 +31,7 @@ impl AdmissionStats {
             let n = pod.in_flight();
             stats.in_flight += n;
             stats.busy_pods += u32::from(n > 0);
+            stats.ejected += u32::from(pod.is_ejected());
         }
         stats
     }

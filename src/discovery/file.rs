@@ -16,6 +16,10 @@
 //!       request_timeout_ms: 5000
 //!       max_concurrent_requests_per_instance: 1
 //!       max_queue_wait_ms: 500
+//!     outlier_detection:          # scoregate's; these are the defaults
+//!       consecutive_failures: 5
+//!       base_ejection_ms: 30000
+//!       max_ejection_percent: 50
 //! ```
 //!
 //! The file is watched as [`crate::watch`] describes, so editors' atomic renames and every symlink
@@ -33,8 +37,8 @@ use serde::Deserialize;
 
 use super::Publisher;
 use crate::model::{
-    AuthMode, DeploymentSpec, EndpointKeys, EndpointSpec, PodSpec, RequestSettings, RouteSpec,
-    DEFAULT_MODEL_PORT,
+    AuthMode, DeploymentSpec, EndpointKeys, EndpointSpec, OutlierDetection, PodSpec,
+    RequestSettings, RouteSpec, DEFAULT_MODEL_PORT,
 };
 use crate::watch::FileWatcher;
 
@@ -111,6 +115,31 @@ struct DeploymentEntry {
     pods: Vec<PodEntry>,
     #[serde(default)]
     request_settings: RequestSettingsEntry,
+    #[serde(default)]
+    outlier_detection: OutlierDetectionEntry,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct OutlierDetectionEntry {
+    consecutive_failures: Option<u32>,
+    base_ejection_ms: Option<u64>,
+    max_ejection_percent: Option<u8>,
+}
+
+impl From<OutlierDetectionEntry> for OutlierDetection {
+    fn from(o: OutlierDetectionEntry) -> Self {
+        let defaults = OutlierDetection::default();
+        OutlierDetection {
+            consecutive_failures: o
+                .consecutive_failures
+                .unwrap_or(defaults.consecutive_failures),
+            base_ejection_ms: o.base_ejection_ms.unwrap_or(defaults.base_ejection_ms),
+            max_ejection_percent: o
+                .max_ejection_percent
+                .unwrap_or(defaults.max_ejection_percent),
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -247,6 +276,7 @@ pub fn parse_routes(text: &str) -> Result<RouteSpec, Vec<String>> {
                     max_queue_wait_ms: s.max_queue_wait_ms.unwrap_or(defaults.max_queue_wait_ms),
                     max_queue_length: s.max_queue_length,
                 },
+                outlier_detection: d.outlier_detection.into(),
             },
         );
     }

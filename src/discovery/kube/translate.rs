@@ -740,6 +740,7 @@ impl Cluster {
                     endpoint: name.to_string(),
                     pods: Vec::new(),
                     settings: spec.request_settings.into(),
+                    outlier_detection: spec.outlier_detection.into(),
                 },
                 service: spec.service_name.clone(),
                 port: spec.port,
@@ -927,6 +928,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::model::OutlierDetection;
     use serde_json::json;
 
     fn endpoint(ns: &str, name: &str, spec: serde_json::Value, rv: &str) -> Object {
@@ -1052,6 +1054,32 @@ mod tests {
         assert_eq!(blue.pods[0].address, "10.0.0.1:5001".parse().unwrap());
         assert!(blue.pods[0].routable() && !blue.pods[1].routable());
         assert!(blue.pods[1].terminating);
+    }
+
+    #[test]
+    fn outlier_detection_comes_from_the_crd_with_defaults() {
+        let mut c = populated();
+        let blue = &served(&c, "my-endpoint").deployments[&("my-endpoint".into(), "blue".into())];
+        assert_eq!(blue.outlier_detection, OutlierDetection::default());
+        c.apply(
+            deployment(
+                "ns",
+                "blue",
+                json!({"endpointName": "my-endpoint", "serviceName": "blue-svc",
+                    "outlierDetection": {"consecutiveFailures": 2, "baseEjectionMs": 1500}}),
+                "5",
+            ),
+            &id(Kind::Deployments),
+        );
+        let blue = &served(&c, "my-endpoint").deployments[&("my-endpoint".into(), "blue".into())];
+        assert_eq!(
+            blue.outlier_detection,
+            OutlierDetection {
+                consecutive_failures: 2,
+                base_ejection_ms: 1500,
+                ..OutlierDetection::default()
+            }
+        );
     }
 
     #[test]
