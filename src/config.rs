@@ -336,6 +336,12 @@ pub struct LimitsConfig {
     pub h2_max_pending_accept_reset_streams: usize,
     /// Streams the router had to reset because of client errors, tolerated per connection.
     pub h2_max_local_error_reset_streams: usize,
+    /// Request bodies up to this size are received whole before the request takes a slot on a
+    /// pod (a slow upload occupies no pod); larger ones are received this far, then streamed.
+    pub request_buffer_bytes: u64,
+    /// A request body that makes no progress for this long gets 408 `BodyTimeout` (its first
+    /// `request_buffer_bytes` must arrive within it; after that, no pause may last longer).
+    pub body_timeout_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -351,6 +357,8 @@ impl Default for LimitsConfig {
             h2_max_header_list_bytes: 64 * 1024,
             h2_max_pending_accept_reset_streams: 64,
             h2_max_local_error_reset_streams: 256,
+            request_buffer_bytes: 1024 * 1024,
+            body_timeout_ms: 60_000,
         }
     }
 }
@@ -364,6 +372,10 @@ pub struct UpstreamConfig {
     /// Pooled connections idle longer than this are closed rather than reused; keep it below
     /// the model server's keep-alive (gunicorn's default is 2 s).
     pub idle_timeout_ms: u64,
+    /// Up to this much of a pod's response is read ahead of the client, so the pod is freed
+    /// when it has sent its response, however slowly the client reads; larger and streamed
+    /// responses flow at the client's pace beyond it.
+    pub response_buffer_bytes: u64,
 }
 
 impl Default for UpstreamConfig {
@@ -371,6 +383,7 @@ impl Default for UpstreamConfig {
         UpstreamConfig {
             connect_timeout_ms: 1_000,
             idle_timeout_ms: 1_500,
+            response_buffer_bytes: 1024 * 1024,
         }
     }
 }
@@ -757,6 +770,12 @@ impl LimitsConfig {
         if self.max_connections == 0 {
             return Err(ConfigError::field(
                 "limits.max_connections",
+                "must be at least 1",
+            ));
+        }
+        if self.body_timeout_ms == 0 {
+            return Err(ConfigError::field(
+                "limits.body_timeout_ms",
                 "must be at least 1",
             ));
         }

@@ -50,6 +50,7 @@ impl Router {
         let upstream = Upstream::new(
             Duration::from_millis(config.upstream.connect_timeout_ms),
             Duration::from_millis(config.upstream.idle_timeout_ms),
+            config.upstream.response_buffer_bytes,
         );
         let proxy = startup.proxy(cluster.as_ref(), upstream.clone());
         let admin_listener = bind(config.listen.admin, "listen.admin")?;
@@ -315,6 +316,8 @@ impl<'c> Startup<'c> {
         };
         let settings = ProxySettings {
             max_request_body_bytes: config.limits.max_request_body_bytes,
+            request_buffer_bytes: config.limits.request_buffer_bytes,
+            body_timeout: Duration::from_millis(config.limits.body_timeout_ms),
             mirror_max_body_bytes: config.mirror.max_body_bytes,
             host_domain: config
                 .routing

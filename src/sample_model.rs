@@ -8,14 +8,16 @@
 //!
 //! | parameter | effect |
 //! |---|---|
-//! | `sleep_ms=N` | wait N ms before answering (504 through the router when above its timeout) |
+//! | `sleep_ms=N` | wait N ms before answering (504 through the router when above its timeout); [`SampleStats::set_delay`] adds a delay to every request |
 //! | `fail=1` | 500 from the "scoring function" |
 //! | `reset=1` | reset the TCP connection instead of answering (502 through the router) |
 //! | `stream_events=N&event_interval_ms=M` | a `text/event-stream` of N events, M ms apart |
 //! | `response_bytes=N` | a streamed body of N bytes |
 //!
 //! The server counts requests in flight and the highest concurrency it has seen, so tests can
-//! check the router's per-pod limit from the pod's side.
+//! check the router's per-pod limit from the pod's side. Like a model server's worker, a
+//! `/score` request runs to its end even when its client goes away, and counts as in flight until
+//! its response has been written to the end (or the connection is gone).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -44,6 +46,7 @@ pub struct SampleStats {
     requests: AtomicU64,
     scored_bytes: AtomicU64,
     last_headers: Mutex<Option<HeaderMap>>,
+    delay_ms: AtomicU64,
 }
 
 impl SampleStats {
@@ -70,6 +73,13 @@ impl SampleStats {
     /// Headers of the last request received.
     pub fn last_headers(&self) -> Option<HeaderMap> {
         self.last_headers.lock().clone()
+    }
+
+    /// Makes every `/score` request take at least `delay` more (a slow model, whatever the
+    /// request asks for).
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// Forgets the peak (to measure one phase of a test).
@@ -151,7 +161,7 @@ async fn serve(listener: TcpListener, model: Arc<str>, stats: Arc<SampleStats>) 
             let reset_flag = reset.clone();
             let service = service_fn(move |request: Request<Incoming>| {
                 let (model, stats, reset) = (model.clone(), stats.clone(), reset_flag.clone());
-                async move { handle(request, &model, pod_address, &stats, &reset).await }
+                async move { handle(request, model, pod_address, stats, &reset).await }
             });
             let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
@@ -203,27 +213,54 @@ impl Controls {
     }
 }
 
-struct InFlight<'a>(&'a SampleStats);
+/// One `/score` request being worked on, from its arrival to the end of its response.
+struct InFlight(Arc<SampleStats>);
 
-impl<'a> InFlight<'a> {
-    fn enter(stats: &'a SampleStats) -> Self {
+impl InFlight {
+    fn enter(stats: &Arc<SampleStats>) -> Self {
         let now = stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         stats.peak.fetch_max(now, Ordering::SeqCst);
-        InFlight(stats)
+        InFlight(stats.clone())
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
+/// A response body that keeps its request in flight until it has been written or dropped.
+struct UntilWritten {
+    inner: Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for UntilWritten {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 async fn handle(
     request: Request<Incoming>,
-    model: &str,
+    model: Arc<str>,
     pod: Option<SocketAddr>,
-    stats: &SampleStats,
+    stats: Arc<SampleStats>,
     reset: &std::sync::atomic::AtomicBool,
 ) -> Result<Response<Body>, std::io::Error> {
     stats.requests.fetch_add(1, Ordering::SeqCst);
@@ -233,20 +270,19 @@ async fn handle(
     let mut response = match (request.method(), request.uri().path()) {
         (&Method::GET, "/") => text(StatusCode::OK, "text/plain; charset=utf-8", "Healthy"),
         (&Method::GET, "/swagger.json") => {
-            text(StatusCode::OK, "application/json", &swagger(model))
+            text(StatusCode::OK, "application/json", &swagger(&model))
         }
         (&Method::OPTIONS, "/score") => text(StatusCode::OK, "text/plain", ""),
         (&Method::GET | &Method::POST, "/score") => {
-            let _in_flight = InFlight::enter(stats);
-            let controls = Controls::read(&request);
-            if controls.sleep_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(controls.sleep_ms)).await;
+            // The work goes on when the client goes away, as a model server's worker does.
+            let work = tokio::spawn(work(request, model, pod, stats));
+            match work.await {
+                Ok(Some(response)) => response,
+                _ => {
+                    reset.store(true, Ordering::SeqCst);
+                    return Err(std::io::Error::other("reset requested"));
+                }
             }
-            if controls.reset {
-                reset.store(true, Ordering::SeqCst);
-                return Err(std::io::Error::other("reset requested"));
-            }
-            score(request, model, pod, stats, &controls).await
         }
         (_, "/score") => json(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -271,6 +307,32 @@ async fn handle(
         );
     }
     Ok(response)
+}
+
+/// One `/score` request's work, in flight until its response is written; `None` asks for a
+/// reset.
+async fn work(
+    request: Request<Incoming>,
+    model: Arc<str>,
+    pod: Option<SocketAddr>,
+    stats: Arc<SampleStats>,
+) -> Option<Response<Body>> {
+    let in_flight = InFlight::enter(&stats);
+    let controls = Controls::read(&request);
+    let sleep_ms = controls.sleep_ms + stats.delay_ms.load(Ordering::SeqCst);
+    if sleep_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
+    }
+    if controls.reset {
+        return None;
+    }
+    let response = score(request, &model, pod, &stats, &controls).await;
+    Some(response.map(|inner| {
+        BodyExt::boxed(UntilWritten {
+            inner,
+            _in_flight: in_flight,
+        })
+    }))
 }
 
 fn request_is_score(response: &Response<Body>) -> bool {

@@ -146,6 +146,9 @@ async fn every_request_gets_one_access_log_line_with_its_request_id() {
     assert!(line["upstream_ms"].as_f64().unwrap() > 0.0, "{line}");
     assert!(line["queue_ms"].is_number(), "{line}");
 
+    // The timed-out request keeps its slot while the pod computes on (at most
+    // request_timeout_ms more).
+    h.wait_in_flight("ep-one", "blue", 0).await;
     // A client that goes away mid-response still gets its line, marked incomplete.
     let guid = "0b7c1b0e-8f1c-4c53-9a55-2d7f4f0c9e11";
     let held = h.hold("ep-one", &[("x-request-id", guid)]).await;
@@ -162,4 +165,44 @@ async fn every_request_gets_one_access_log_line_with_its_request_id() {
     let line = the_line_for(guid).await;
     assert_eq!(line["status"], 200, "{line}");
     assert_eq!(line["complete"], false, "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_before_the_answer_gets_a_499_line_and_sample() {
+    captured();
+    let pod = SampleModel::start_local("blue").await.unwrap();
+    let h = Harness::start(&simple_routes(
+        "ep-one",
+        &[pod.address()],
+        "max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 10000",
+    ))
+    .await;
+    let guid = "5d0f6c1a-3b2e-4f7a-9c8d-1e2f3a4b5c6d";
+    let auth = format!("Bearer {KEY}");
+    let gone = raw_open(
+        h.http,
+        "/api/v1/endpoint/ep-one/score?sleep_ms=300",
+        &[("authorization", &auth), ("x-request-id", guid)],
+    )
+    .await;
+    h.wait_in_flight("ep-one", "blue", 1).await;
+    drop(gone);
+    let line = the_line_for(guid).await;
+    assert_eq!(line["status"], 499, "{line}");
+    assert_eq!(line["code"], "ClientClosedRequest", "{line}");
+    assert_eq!(line["deployment"], "blue", "{line}");
+    assert!(
+        line["total_ms"].as_f64().is_some_and(|ms| ms > 0.0),
+        "{line}"
+    );
+    let labels = [
+        ("endpoint", "ep-one"),
+        ("deployment", "blue"),
+        ("code", "499"),
+        ("source", "router"),
+        ("error", "ClientClosedRequest"),
+    ];
+    let text = h.metrics_text().await;
+    let gone = metric_value(&text, "scoregate_requests_total", &labels);
+    assert_eq!(gone, Some(1.0), "{text}");
 }

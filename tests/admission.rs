@@ -87,7 +87,8 @@ async fn the_queue_is_first_in_first_out() {
     let h = Harness::start(&simple_routes(
         "ep-one",
         &[pod.address()],
-        "max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 120000, max_queue_length: 20",
+        // A stream dropped mid-body holds its slot to its request's deadline: keep it short.
+        "request_timeout_ms: 300, max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 120000, max_queue_length: 20",
     ))
     .await;
     // Every request holds the one slot until it is dropped, so exactly one is admitted at a
@@ -125,22 +126,32 @@ async fn the_queue_is_first_in_first_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_disconnects_mid_response_frees_its_slot_at_once() {
+async fn a_client_that_disconnects_mid_stream_frees_its_slot_at_the_requests_deadline() {
     let pod = SampleModel::start_local("blue").await.unwrap();
     let h = Harness::start(&simple_routes(
         "ep-one",
         &[pod.address()],
-        "max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 0",
+        "request_timeout_ms: 200, max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 0",
     ))
     .await;
-    for round in 0..3 {
+    for round in 1..=3 {
         let mut held = h.hold("ep-one", &[]).await;
         assert!(held.next().await.is_some(), "round {round}: mid-response");
         // While it is held, the one slot is taken.
         assert_router_error(&h.score("ep-one", "").await, 503, "QueueTimeout");
         drop(held);
-        // The pod would stream for 14 hours: only the disconnect can free the slot.
+        // The pod would stream for 14 hours: the router closes its connection and frees the
+        // slot at the request's deadline (long passed, or 200 ms after it was sent).
         h.wait_in_flight("ep-one", "blue", 0).await;
+        let closed = [
+            ("endpoint", "ep-one"),
+            ("deployment", "blue"),
+            ("outcome", "closed"),
+        ];
+        h.wait_metric("scoregate_abandoned_requests_total", &closed, |v| {
+            v == f64::from(round)
+        })
+        .await;
         let r = h.score("ep-one", "").await;
         assert_eq!(r.status, 200, "round {round}: {}", r.text());
     }
@@ -152,7 +163,7 @@ async fn a_client_that_disconnects_while_queued_leaves_the_queue() {
     let h = Harness::start(&simple_routes(
         "ep-one",
         &[pod.address()],
-        "max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 120000, max_queue_length: 1",
+        "request_timeout_ms: 300, max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 120000, max_queue_length: 1",
     ))
     .await;
     let held = h.hold("ep-one", &[]).await;
@@ -238,26 +249,41 @@ async fn slots_are_never_leaked_whatever_the_outcome() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_disconnects_before_the_answer_frees_its_slot() {
+async fn a_client_that_disconnects_before_the_answer_leaves_its_slot_taken_until_the_pod_is_done() {
     let pod = SampleModel::start_local("blue").await.unwrap();
     let h = Harness::start(&simple_routes(
         "ep-one",
         &[pod.address()],
-        "request_timeout_ms: 120000, max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 0",
+        "request_timeout_ms: 120000, max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 60000",
     ))
     .await;
     let auth = format!("Bearer {KEY}");
     let gone = raw_open(
         h.http,
-        "/api/v1/endpoint/ep-one/score?sleep_ms=100000",
+        "/api/v1/endpoint/ep-one/score?sleep_ms=500",
         &[("authorization", &auth)],
     )
     .await;
     h.wait_in_flight("ep-one", "blue", 1).await;
-    assert_router_error(&h.score("ep-one", "").await, 503, "QueueTimeout");
     drop(gone);
-    // The pod sleeps for 100 s more; the router's slot is free as soon as the client left.
-    h.wait_in_flight("ep-one", "blue", 0).await;
+    // The pod computes on: the next request waits for it rather than being sent beside it.
     let r = h.score("ep-one", "").await;
     assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(pod.stats().requests(), 2);
+    assert_eq!(
+        pod.stats().peak_concurrency(),
+        1,
+        "never two at once on a cap-1 pod"
+    );
+    let drained = [
+        ("endpoint", "ep-one"),
+        ("deployment", "blue"),
+        ("outcome", "drained"),
+    ];
+    assert_eq!(
+        h.metric_or_zero("scoregate_abandoned_requests_total", &drained)
+            .await,
+        1.0
+    );
+    h.wait_in_flight("ep-one", "blue", 0).await;
 }

@@ -175,8 +175,9 @@ async fn three_replicas_never_put_two_requests_on_a_pod_of_cap_one() {
 async fn the_queue_is_shared_429_and_503_mean_the_same_cluster_wide() {
     let dir = tempfile::tempdir().unwrap();
     let pods = pods(1).await;
-    let settings =
-        "max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 300, max_queue_length: 1";
+    // A held stream dropped mid-body keeps its slot to its request's deadline: keep it short.
+    let settings = "request_timeout_ms: 300, max_concurrent_requests_per_instance: 1, \
+                    max_queue_wait_ms: 300, max_queue_length: 1";
     let routes = simple_routes("credit", &addresses_of(&pods), settings);
     let addresses = cluster_addresses(2);
     let routers = start_replicas(&routes, &addresses, dir.path(), |_| {}).await;

@@ -13,11 +13,12 @@ use crate::table::Deployment;
 pub struct Admitted {
     /// The right to send it to one pod.
     pub slot: Slot,
-    /// Time from its arrival to the slot.
+    /// Time from being ready to be sent to the slot.
     pub queue_wait: Duration,
 }
 
-/// Admits a request that arrived at `started` onto `deployment`; records its queue wait.
+/// Admits a request ready to be sent since `started` (its arrival, or the end of receiving its
+/// body) onto `deployment`; records its queue wait.
 pub async fn admit(
     admitter: &Admitter,
     deployment: &Deployment,

@@ -1,6 +1,6 @@
-//! The body sent to the client: the pod's response streamed frame by frame (never buffered),
-//! or a body the router wrote itself. A streamed body writes the request's access-log line when
-//! it ends, fails, or the client goes away; its exchange with the pod ends with it.
+//! The body sent to the client: the pod's response (read ahead of the client up to the response
+//! buffer, `upstream::readahead`), or a body the router wrote itself. The pod's body writes the
+//! request's access-log line when it ends, fails, or the client goes away.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -11,7 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use super::record::Finish;
 use crate::upstream::PodBody;
 
-/// A response body streamed from a pod, with what to log when it ends.
+/// A response body from a pod, with what to log when it ends.
 struct Streaming {
     inner: PodBody,
     record: Option<Finish>,
@@ -30,8 +30,8 @@ impl Streaming {
 
 impl Drop for Streaming {
     fn drop(&mut self) {
-        // The client went away before the end: the exchange is abandoned, then logged.
-        self.inner.abandon();
+        // The client went away before the end (a body still pumped from the pod stops with it:
+        // its exchange is abandoned).
         self.log(false);
     }
 }
@@ -47,15 +47,14 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    /// The pod's body, streamed; `record` is finished (counted, logged) when it ends or is
-    /// dropped.
+    /// The pod's body; `record` is finished (counted, logged) when it ends or is dropped.
     pub fn streaming(inner: PodBody, record: Option<Finish>) -> Self {
         let mut streaming = Streaming {
             inner,
             record,
             bytes: 0,
         };
-        if streaming.inner.is_done() {
+        if streaming.inner.is_end_stream() {
             streaming.log(true);
         }
         ResponseBody {
@@ -97,7 +96,7 @@ impl Body for ResponseBody {
                         if let Some(data) = frame.data_ref() {
                             s.bytes += data.len() as u64;
                         }
-                        if s.inner.is_done() {
+                        if s.inner.is_end_stream() {
                             s.log(true);
                         }
                     }

@@ -2,7 +2,7 @@
 //! connection, and the request's [`Context`].
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 
@@ -14,6 +14,11 @@ use crate::telemetry::access::RequestLine;
 pub struct ProxySettings {
     /// Largest request body accepted (413 above).
     pub max_request_body_bytes: u64,
+    /// Request bodies up to this size are received whole before the request takes a slot;
+    /// larger ones are received this far, then streamed.
+    pub request_buffer_bytes: u64,
+    /// A request body that makes no progress for this long fails with 408.
+    pub body_timeout: Duration,
     /// Largest body copied to a mirror deployment; larger requests are not mirrored.
     pub mirror_max_body_bytes: usize,
     /// `Some("ml.example.com")` routes `Host: {endpoint}.ml.example.com` (lowercase, no dot).

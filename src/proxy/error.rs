@@ -65,6 +65,11 @@ pub enum RouterError {
     Framing(Violation),
     /// An HTTP/1 request head that did not arrive within the header timeout.
     HeadTimeout,
+    /// The request body made no progress for the body timeout.
+    BodyTimeout,
+    /// The client went away before the answer (nginx's 499; never written to a client, only
+    /// counted and logged).
+    ClientClosedRequest,
     /// Plain HTTP sent to the HTTPS port (answered in plain HTTP, as nginx does).
     PlainHttpToHttpsPort,
 }
@@ -103,7 +108,8 @@ impl RouterError {
             | RouterError::HostMismatch
             | RouterError::PlainHttpToHttpsPort => StatusCode::BAD_REQUEST,
             RouterError::Framing(violation) => violation.status(),
-            RouterError::HeadTimeout => StatusCode::REQUEST_TIMEOUT,
+            RouterError::HeadTimeout | RouterError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            RouterError::ClientClosedRequest => client_closed_request(),
         }
     }
 
@@ -131,6 +137,8 @@ impl RouterError {
             RouterError::Framing(violation) => violation.code(),
             RouterError::HeadTimeout => "RequestTimeout",
             RouterError::PlainHttpToHttpsPort => "PlainHttpToHttpsPort",
+            RouterError::BodyTimeout => "BodyTimeout",
+            RouterError::ClientClosedRequest => "ClientClosedRequest",
         }
     }
 
@@ -174,8 +182,17 @@ impl RouterError {
             RouterError::PlainHttpToHttpsPort => {
                 "the plain HTTP request was sent to the HTTPS port: use https://, or the plain HTTP port"
             }
+            RouterError::BodyTimeout => {
+                "the request body stopped arriving (limits.body_timeout_ms): send the whole body promptly"
+            }
+            RouterError::ClientClosedRequest => "the client went away before the answer",
         }
     }
+}
+
+/// 499, nginx's status for a request whose client went away before the answer.
+pub fn client_closed_request() -> StatusCode {
+    StatusCode::from_u16(499).expect("499 is a valid status code")
 }
 
 /// A request the router answers itself, with what to count it against.

@@ -1,18 +1,17 @@
 //! Phase "forward": the request as the pod gets it, sent on the admitted pod's exchange within
 //! `request_timeout_ms`, and retried once on another pod when nothing could be sent. A mirrored
 //! request's copy leaves from here, off the client's path.
+//!
+//! When the timeout passes, the send is dropped but not the pod's work: the exchange, dropped
+//! with the request in progress, holds the slot until the pod is done (`upstream::abandon`).
 
-use std::error::Error as _;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{AUTHORIZATION, EXPECT, HOST};
 use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Request, Response, Uri, Version};
-use hyper::body::Incoming;
-use tokio::sync::oneshot;
+use http::{HeaderValue, Request, Uri, Version};
 
 use super::context::{Context, ProxySettings};
 use super::error::RouterError;
@@ -20,28 +19,25 @@ use super::route::UpstreamTarget;
 use super::{headers, mirror};
 use crate::admission::{Admitter, Slot};
 use crate::table::Deployment;
-use crate::upstream::{
-    Ending, Exchange, MirrorTee, RequestBody, RequestBodyError, SendError, Upstream,
-};
+use crate::upstream::{Exchange, RequestBody, RequestBodyError, SendError, Upstream};
 
 /// A request the pod has answered: its response head, on the exchange that holds the slot and
-/// the connection until the body ends.
+/// the connection until the body has been read.
 pub struct Forwarded {
-    /// The pod's response head (and its body, not yet read).
-    pub response: Response<Incoming>,
-    /// The request's exchange with the pod.
+    /// The pod's response head.
+    pub head: http::response::Parts,
+    /// The request's exchange with the pod (the body is read from it).
     pub exchange: Exchange,
     /// Time from sending to the response head.
     pub upstream_time: Duration,
 }
 
 /// What forwarding uses: the pods' connections, the admitter (for the retry and mirror copies)
-/// and the body limits.
+/// and the mirror's body limit.
 pub struct Forwarder {
     upstream: Upstream,
     admitter: Admitter,
-    max_request_body_bytes: u64,
-    mirror_max_body_bytes: usize,
+    mirror_max_body_bytes: u64,
 }
 
 impl Forwarder {
@@ -50,8 +46,7 @@ impl Forwarder {
         Forwarder {
             upstream,
             admitter,
-            max_request_body_bytes: settings.max_request_body_bytes,
-            mirror_max_body_bytes: settings.mirror_max_body_bytes,
+            mirror_max_body_bytes: settings.mirror_max_body_bytes as u64,
         }
     }
 
@@ -62,47 +57,48 @@ impl Forwarder {
         deployment: &Arc<Deployment>,
         target: UpstreamTarget,
         slot: Slot,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         cx: &Context,
     ) -> Result<Forwarded, RouterError> {
-        let (parts, body) = request.into_parts();
-        let (body, copy) = self.request_body(body, target.mirror.is_some());
-        let exchange = self.upstream.exchange(slot);
+        let (parts, mut body) = request.into_parts();
+        let exchange = self.exchange(deployment, slot);
+        let copy = target
+            .mirror
+            .is_some()
+            .then(|| body.copy_for_mirror(self.mirror_max_body_bytes));
         let request = upstream_request(parts, body, target.path, cx, exchange.authority());
         if let (Some(mirror), Some(copy)) = (target.mirror, copy) {
             let head = mirror::MirrorHead::of(&request);
             let (upstream, admitter) = (self.upstream.clone(), self.admitter.clone());
             mirror::spawn(upstream, admitter, mirror, head, copy);
         }
-        let sent_at = Instant::now();
+        self.send_within_timeout(deployment, exchange, request)
+            .await
+    }
+
+    fn exchange(&self, deployment: &Deployment, slot: Slot) -> Exchange {
         let timeout = deployment.settings.request_timeout;
-        let (response, exchange) =
+        self.upstream.exchange(slot, timeout, &deployment.metrics)
+    }
+
+    /// [`Self::send`] within the deployment's `request_timeout_ms` (504 after).
+    async fn send_within_timeout(
+        &self,
+        deployment: &Arc<Deployment>,
+        exchange: Exchange,
+        request: Request<RequestBody>,
+    ) -> Result<Forwarded, RouterError> {
+        let timeout = deployment.settings.request_timeout;
+        let (head, exchange) =
             tokio::time::timeout(timeout, self.send(deployment, exchange, request))
                 .await
                 .map_err(|_| RouterError::UpstreamTimeout)??;
+        let upstream_time = exchange.sent_at().map_or(Duration::ZERO, |at| at.elapsed());
         Ok(Forwarded {
-            response,
+            head,
             exchange,
-            upstream_time: sent_at.elapsed(),
+            upstream_time,
         })
-    }
-
-    /// The body to send: the client's, streamed under the body limit; with a mirror, also the
-    /// receiver of the capped copy.
-    fn request_body(
-        &self,
-        body: Incoming,
-        mirrored: bool,
-    ) -> (RequestBody, Option<oneshot::Receiver<Bytes>>) {
-        let (tee, copy) = if mirrored {
-            let (done, copy) = oneshot::channel();
-            let tee = MirrorTee::new(self.mirror_max_body_bytes, done);
-            (Some(tee), Some(copy))
-        } else {
-            (None, None)
-        };
-        let body = RequestBody::streaming(body, self.max_request_body_bytes, tee);
-        (body, copy)
     }
 
     /// Sends on the admitted pod; when connecting fails (nothing was sent), retries once on
@@ -112,51 +108,43 @@ impl Forwarder {
         deployment: &Arc<Deployment>,
         mut exchange: Exchange,
         request: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Exchange), RouterError> {
+    ) -> Result<(http::response::Parts, Exchange), RouterError> {
         let (request, error) = match exchange.send(request).await {
-            Ok(response) => return Ok((response, exchange)),
-            Err(SendError::Failed(e)) => return Err(failed(exchange, &e)),
+            Ok(head) => return Ok((head, exchange)),
+            Err(SendError::Failed(e)) => return Err(failed(&e)),
             Err(SendError::NotSent { request, error }) => (request, error),
         };
         deployment.metrics.connect_errors().increment(1);
         let failed_pod = exchange.pod().clone();
         tracing::debug!(pod = %failed_pod.address(), %error, "connecting to the pod failed; retrying elsewhere");
-        exchange.end(Ending::Discarded);
+        drop(exchange);
         let retry = self
             .admitter
             .retry(deployment.target(), &failed_pod)
             .await
             .ok_or(RouterError::UpstreamConnectFailed)?;
         deployment.metrics.retries().increment(1);
-        let mut exchange = self.upstream.exchange(retry);
+        let mut exchange = self.exchange(deployment, retry);
         match exchange.send(*request).await {
-            Ok(response) => Ok((response, exchange)),
-            Err(SendError::Failed(e)) => Err(failed(exchange, &e)),
+            Ok(head) => Ok((head, exchange)),
+            Err(SendError::Failed(e)) => Err(failed(&e)),
             Err(SendError::NotSent { error, .. }) => {
                 deployment.metrics.connect_errors().increment(1);
                 tracing::debug!(pod = %exchange.pod().address(), %error, "connecting to the retry pod failed");
-                exchange.end(Ending::Discarded);
                 Err(RouterError::UpstreamConnectFailed)
             }
         }
     }
 }
 
-/// Ends an exchange whose send failed, and says whose fault it was: the client's body (413,
-/// 400) or the pod (502).
-fn failed(exchange: Exchange, error: &hyper::Error) -> RouterError {
-    exchange.end(Ending::Discarded);
-    let mut source = error.source();
-    while let Some(cause) = source {
-        if let Some(body_error) = cause.downcast_ref::<RequestBodyError>() {
-            return match body_error {
-                RequestBodyError::TooLarge { .. } => RouterError::PayloadTooLarge,
-                RequestBodyError::Client(_) => RouterError::BadRequestBody,
-            };
-        }
-        source = cause.source();
+/// Whose fault a failed send was: the client's body (413, 408, 400) or the pod (502).
+fn failed(error: &hyper::Error) -> RouterError {
+    match RequestBodyError::find(error) {
+        Some(RequestBodyError::TooLarge { .. }) => RouterError::PayloadTooLarge,
+        Some(RequestBodyError::Timeout(_)) => RouterError::BodyTimeout,
+        Some(RequestBodyError::Client(_)) => RouterError::BadRequestBody,
+        None => RouterError::UpstreamFailed,
     }
-    RouterError::UpstreamFailed
 }
 
 /// The request as the pod gets it: hop-by-hop headers and the router's credential removed,

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use crate::admission::Admitter;
 use crate::table::Deployment;
 use crate::telemetry::MirrorResult;
-use crate::upstream::{Ending, PodBody, RequestBody, Upstream};
+use crate::upstream::{PodBody, RequestBody, Upstream};
 
 /// The parts of the live request the mirror copy reuses.
 pub struct MirrorHead {
@@ -61,16 +61,14 @@ pub fn spawn(
         *request.uri_mut() = head.uri;
         *request.headers_mut() = head.headers;
         let timeout = deployment.settings.request_timeout;
-        let mut exchange = upstream.exchange(slot);
-        // Past the timeout the copy is dropped, and with it the exchange (abandoned).
+        let mut exchange = upstream.exchange(slot, timeout, &deployment.metrics);
+        // Past the timeout the copy is dropped, and with it the exchange: abandoned, it holds
+        // the mirror pod's slot until the pod is done (`upstream::abandon`).
         let copy = async move {
             match exchange.send(request).await {
                 // The body ends the exchange: read to its end, the connection is reused.
                 Ok(head) => drained(exchange.respond(head).into_body()).await,
-                Err(_) => {
-                    exchange.end(Ending::Discarded);
-                    false
-                }
+                Err(_) => false,
             }
         };
         match tokio::time::timeout(timeout, copy).await {

@@ -4,6 +4,7 @@
 //! | phase | module | result |
 //! |---|---|---|
 //! | route | [`route`] | [`route::Routed`]: the deployment (one snapshot load, auth, the choice), the mirror, the pod's path |
+//! | receive | [`receive`] | [`receive::Received`]: the request body, whole up to the request buffer, before any slot is taken |
 //! | admit | [`admit`] | [`admit::Admitted`]: a slot on a pod, and the time waited for it |
 //! | forward | [`forward`] | [`forward::Forwarded`]: the pod's response head on the request's exchange |
 //! | respond | [`respond`] | [`respond::Responded`]: the response as the client gets it |
@@ -20,6 +21,7 @@ pub mod error;
 pub mod forward;
 pub mod headers;
 pub mod mirror;
+pub mod receive;
 pub mod record;
 pub mod respond;
 pub mod route;
@@ -33,7 +35,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::admission::Admitter;
-use crate::table::TableHandle;
+use crate::table::{Deployment, TableHandle};
 use crate::telemetry::access::RequestLine;
 use crate::telemetry::{AccessLog, Metrics, StatusCounters};
 use crate::trace::export::Exporter;
@@ -111,7 +113,8 @@ impl Proxy {
         }
     }
 
-    /// The phases, in order.
+    /// The phases, in order. A routed request whose client goes away before the answer is
+    /// counted and logged as 499 ([`record::Pending`]).
     async fn serve(
         &self,
         request: Request<Incoming>,
@@ -119,22 +122,45 @@ impl Proxy {
     ) -> Result<Response<ResponseBody>, Rejection> {
         let route::Routed { deployment, target } =
             route::route(&self.table, &self.settings, &request)?;
-        let rejected = |error, attempt| Rejection::at_deployment(error, &deployment).after(attempt);
-        let admitted = admit::admit(&self.admitter, &deployment, cx.started)
+        let log = (&self.access_log, self.export.as_ref());
+        let pending = record::Pending::new(log, &self.unknown, &deployment, cx);
+        let answered = self.answer(&deployment, target, request, cx).await;
+        pending.settled();
+        answered
+    }
+
+    /// The phases after routing: receive, admit, forward, respond, record.
+    async fn answer(
+        &self,
+        deployment: &Arc<Deployment>,
+        target: route::UpstreamTarget,
+        request: Request<Incoming>,
+        cx: &Context,
+    ) -> Result<Response<ResponseBody>, Rejection> {
+        let rejected = |error| Rejection::at_deployment(error, deployment);
+        let (parts, body) = request.into_parts();
+        let received = receive::receive(body, cx.started, &self.settings)
             .await
-            .map_err(|e| rejected(e, Attempt::queued(cx.started.elapsed())))?;
+            .map_err(rejected)?;
+        let request = Request::from_parts(parts, received.body);
+        let since = received.waited_until.unwrap_or(cx.started);
+        let admitted = admit::admit(&self.admitter, deployment, since)
+            .await
+            .map_err(|e| rejected(e).after(Attempt::queued(since.elapsed())))?;
         let (pod, queue_wait) = (admitted.slot.pod().address(), admitted.queue_wait);
-        let sent = Instant::now();
         let forwarded = self
             .forwarder
-            .forward(&deployment, target, admitted.slot, request, cx)
+            .forward(deployment, target, admitted.slot, request, cx)
             .await
-            .map_err(|e| rejected(e, Attempt::sent(pod, queue_wait, sent.elapsed())))?;
-        let responded = respond::respond(forwarded, &deployment, &cx.ids);
+            .map_err(|e| {
+                let upstream = since.elapsed().saturating_sub(queue_wait);
+                rejected(e).after(Attempt::sent(pod, queue_wait, upstream))
+            })?;
+        let responded = respond::respond(forwarded, deployment, &cx.ids);
         Ok(record::routed(
             (&self.access_log, self.export.as_ref()),
             responded,
-            &deployment,
+            deployment,
             queue_wait,
             cx,
         ))

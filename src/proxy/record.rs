@@ -1,7 +1,8 @@
 //! Phase "record": every request is counted once (`scoregate_requests_total`, by status and by
 //! who answered, and the duration and size histograms) and gets one access-log line: a routed
-//! request when its body ends or the client goes away, a rejected one at once. Both lines carry
-//! the same fields (`telemetry::access::AccessLine`).
+//! request when its body ends or the client goes away, a rejected one at once, one whose client
+//! went away before the answer as a 499 rejection ([`Pending`]). Both lines carry the same
+//! fields (`telemetry::access::AccessLine`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use metrics::Histogram;
 
 use super::body::ResponseBody;
 use super::context::Context;
-use super::error::{Rejection, Scope};
+use super::error::{Rejection, RouterError, Scope};
 use super::respond::Responded;
 use super::target;
 use crate::table::Deployment;
@@ -154,4 +155,47 @@ pub fn rejected(
         body: None,
     }
     .write();
+}
+
+/// A routed request not answered yet. Dropped before [`Pending::settled`] — the client went
+/// away (HTTP/1 disconnect, HTTP/2 reset) while the request was received, queued or forwarded —
+/// it is counted and logged as a 499 `ClientClosedRequest` with the time it lasted.
+pub struct Pending<'a> {
+    log: (&'a AccessLog, Option<&'a Arc<Exporter>>),
+    unknown: &'a StatusCounters,
+    deployment: &'a Arc<Deployment>,
+    cx: &'a Context,
+    settled: bool,
+}
+
+impl<'a> Pending<'a> {
+    /// A request for `deployment`, now in progress.
+    pub fn new(
+        log: (&'a AccessLog, Option<&'a Arc<Exporter>>),
+        unknown: &'a StatusCounters,
+        deployment: &'a Arc<Deployment>,
+        cx: &'a Context,
+    ) -> Self {
+        Pending {
+            log,
+            unknown,
+            deployment,
+            cx,
+            settled: false,
+        }
+    }
+
+    /// The request has an answer (a response or a rejection), recorded where it is made.
+    pub fn settled(mut self) {
+        self.settled = true;
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            let gone = Rejection::at_deployment(RouterError::ClientClosedRequest, self.deployment);
+            rejected(self.log, self.unknown, &gone, self.cx);
+        }
+    }
 }

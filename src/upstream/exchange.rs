@@ -1,36 +1,52 @@
-//! One exchange with a pod: the slot and the pod connection for one request, from the send to
-//! an explicit end.
+//! One exchange with a pod: the slot and the pod connection of one request, from the send to
+//! the end of the pod's response.
 //!
-//! An [`Exchange`] owns both for as long as the pod may be busy with the request. It ends in
-//! one of three ways ([`Ending`]): the response was read to its end and the connection goes back
-//! to the pod's pool; the exchange failed and the connection is closed; or the router gave up
-//! (a timeout, the client went away, a mirror copy dropped) — an exchange dropped without an
-//! end is abandoned. The slot is released when the exchange ends.
+//! An [`Exchange`] owns the slot, the connection and whatever of the request is in progress on
+//! it — the response head it waits for, then the response body — for as long as the pod may be
+//! busy with the request, so the slot lives exactly as long as the pod's work. It ends in one of
+//! three ways ([`Ending`]):
+//!
+//! * returned: the pod's response was read to its end (into the client's response, or a buffer
+//!   — see `upstream::readahead`); the connection goes back to the pod's pool;
+//! * discarded: nothing is in progress (nothing was sent, or the pod broke the connection); the
+//!   connection is closed and the slot released at once;
+//! * abandoned: the router gave up while the pod was busy (a timeout, the client went away, an
+//!   HTTP/2 reset, a mirror copy dropped) — an exchange dropped with its request in progress.
+//!   Its slot stays taken until the pod is done, within a bound (`upstream::abandon`), and its
+//!   connection carries nothing else meanwhile.
+//!
+//! What the pod showed — it answered, or its connection failed — is reported to admission's
+//! outlier detection ([`crate::admission::outlier`]).
 
+use std::future::poll_fn;
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response};
+use http::response::Parts;
+use http::{HeaderValue, Request};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::body::RequestBody;
-use super::connection::{self, PodConnection};
+use super::abandon;
+use super::body::{RequestBody, RequestBodyError};
+use super::connection::{self, PendingResponse, PodConnection, Unanswered};
 use super::pool::PodPool;
 use crate::admission::{Pod, Slot};
+use crate::telemetry::DeploymentMetrics;
 
 /// How an exchange ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ending {
     /// The pod's response ended cleanly: the connection can carry the next request.
     Returned,
-    /// The exchange failed (nothing was sent, the pod reset, a body broke): the connection is
-    /// closed.
+    /// Nothing is in progress on the connection (nothing was sent, or the pod broke it): it is
+    /// closed and the slot released.
     Discarded,
-    /// The router gave up before the response ended: the connection is closed.
+    /// The router gave up while the pod was busy: the slot is held until the pod is done
+    /// (`upstream::abandon`).
     Abandoned,
 }
 
@@ -48,19 +64,60 @@ pub enum SendError {
     Failed(hyper::Error),
 }
 
+/// What an exchange needs to know of its deployment and of the router.
+#[derive(Clone)]
+pub struct Terms {
+    /// The deployment's `request_timeout_ms`; it also bounds how long an abandoned request
+    /// keeps its slot (`upstream::abandon`).
+    pub request_timeout: Duration,
+    /// Where abandoned requests and ejected pods are counted.
+    pub metrics: Arc<DeploymentMetrics>,
+    /// How much of the pod's response is read ahead of the client (`upstream::readahead`).
+    pub response_buffer: u64,
+}
+
+impl std::fmt::Debug for Terms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Terms")
+            .field("request_timeout", &self.request_timeout)
+            .field("response_buffer", &self.response_buffer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What of the request is in progress on the connection.
+pub(super) enum Progress {
+    /// Nothing: not sent yet, or done.
+    Idle,
+    /// Handed to the connection; waiting for the response head.
+    Waiting(PendingResponse),
+    /// The head arrived; the body is being read.
+    Reading(Incoming),
+    /// The router closed the connection while the request was being sent (its body broke): the
+    /// pod may have started on it.
+    Cut,
+}
+
 /// The slot and the pod connection of one request.
 pub struct Exchange {
-    slot: Option<Slot>,
-    pool: Arc<PodPool>,
-    connection: Option<PodConnection>,
+    pub(super) slot: Option<Slot>,
+    pub(super) pool: Arc<PodPool>,
+    pub(super) terms: Terms,
+    pub(super) connection: Option<PodConnection>,
+    pub(super) progress: Progress,
+    /// When the request was handed to the connection that answered (or failed) it.
+    pub(super) sent_at: Option<Instant>,
 }
 
 impl Exchange {
-    pub(super) fn new(slot: Slot, pool: Arc<PodPool>) -> Self {
+    pub(super) fn new(slot: Slot, pool: Arc<PodPool>, terms: Terms) -> Self {
         Exchange {
             slot: Some(slot),
             pool,
+            terms,
             connection: None,
+            progress: Progress::Idle,
+            sent_at: None,
         }
     }
 
@@ -74,171 +131,195 @@ impl Exchange {
         self.pool.authority()
     }
 
+    /// When the request was sent (handed to the connection that answered it).
+    pub fn sent_at(&self) -> Option<Instant> {
+        self.sent_at
+    }
+
     fn slot(&self) -> &Slot {
         self.slot
             .as_ref()
             .expect("an exchange holds its slot until it ends")
     }
 
+    /// Whether the exchange has ended (its slot released).
+    pub fn is_done(&self) -> bool {
+        self.slot.is_none()
+    }
+
     /// Sends `request` on a pooled connection to the pod, or a new one, and waits for the
-    /// response head. A pooled connection that turns out to be closed is skipped without losing
-    /// the request; only a failure to connect at all is [`SendError::NotSent`].
-    pub async fn send(
-        &mut self,
-        mut request: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, SendError> {
+    /// response head; the body stays in the exchange ([`Exchange::respond`]). A pooled
+    /// connection that turns out to be closed is skipped without losing the request; only a
+    /// failure to connect at all is [`SendError::NotSent`]. If this future is dropped while the
+    /// pod has the request, the exchange keeps waiting for it when dropped in turn (abandoned).
+    pub async fn send(&mut self, mut request: Request<RequestBody>) -> Result<Parts, SendError> {
         let timeouts = self.pool.timeouts();
         while let Some(mut connection) = self.pool.take(timeouts.idle) {
             if connection.ready().await.is_err() {
                 continue;
             }
-            match connection.try_send_request(request).await {
-                Ok(response) => {
-                    self.connection = Some(connection);
-                    return Ok(response);
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => request = unsent,
-                    None => return Err(SendError::Failed(e.into_error())),
-                },
+            match self.answer(connection, request).await {
+                Ok(head) => return Ok(head),
+                Err(Unanswered::Unsent(unsent)) => request = *unsent,
+                Err(Unanswered::Failed(error)) => return Err(self.failed(error)),
             }
         }
-        let address = self.pool.address();
-        let mut connection = match connection::connect(address, timeouts.connect).await {
+        let connection = match connection::connect(self.pool.address(), timeouts.connect).await {
             Ok(connection) => connection,
-            Err(error) => {
-                return Err(SendError::NotSent {
-                    request: Box::new(request),
-                    error,
-                })
-            }
+            Err(error) => return Err(self.not_sent(Box::new(request), error)),
         };
-        match connection.try_send_request(request).await {
-            Ok(response) => {
-                self.connection = Some(connection);
-                Ok(response)
+        match self.answer(connection, request).await {
+            Ok(head) => Ok(head),
+            Err(Unanswered::Unsent(request)) => {
+                let error = io::Error::new(io::ErrorKind::ConnectionAborted, "closed at once");
+                Err(self.not_sent(request, error))
             }
-            Err(mut e) => match e.take_message() {
-                Some(unsent) => Err(SendError::NotSent {
-                    request: Box::new(unsent),
-                    error: io::Error::new(io::ErrorKind::ConnectionAborted, e.into_error()),
-                }),
-                None => Err(SendError::Failed(e.into_error())),
-            },
+            Err(Unanswered::Failed(error)) => Err(self.failed(error)),
         }
     }
 
-    /// The response with its body streamed from the pod; the body ends the exchange.
-    pub fn respond(self, head: Response<Incoming>) -> Response<PodBody> {
-        head.map(|inner| PodBody::new(inner, self))
+    /// Hands `request` to `connection` and waits for the head, keeping both in the exchange.
+    async fn answer(
+        &mut self,
+        mut connection: PodConnection,
+        request: Request<RequestBody>,
+    ) -> Result<Parts, Unanswered> {
+        self.progress = Progress::Waiting(connection::start(&mut connection, request));
+        self.connection = Some(connection);
+        self.sent_at = Some(Instant::now());
+        poll_fn(|cx| self.poll_head(cx)).await
     }
 
-    /// Ends the exchange: the connection goes back to the pod's pool when `ending` is
-    /// [`Ending::Returned`], and the slot is released.
-    pub fn end(mut self, ending: Ending) {
-        self.finish(ending);
+    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<Parts, Unanswered>> {
+        let Progress::Waiting(response) = &mut self.progress else {
+            unreachable!("a head is awaited only while the request is waiting for it");
+        };
+        let answered = ready!(response.as_mut().poll(cx));
+        self.progress = Progress::Idle;
+        Poll::Ready(match answered {
+            Ok(response) => {
+                let (head, body) = response.into_parts();
+                self.report(true);
+                if body.is_end_stream() {
+                    self.finish(Ending::Returned);
+                } else {
+                    self.progress = Progress::Reading(body);
+                }
+                Ok(head)
+            }
+            Err(unanswered) => {
+                self.connection = None;
+                Err(unanswered)
+            }
+        })
     }
 
+    /// Connecting failed: nothing reached the pod.
+    fn not_sent(&mut self, request: Box<Request<RequestBody>>, error: io::Error) -> SendError {
+        self.report(false);
+        SendError::NotSent { request, error }
+    }
+
+    /// The request was sent and the exchange failed: the pod's doing (counted against it), or
+    /// the request body's (the router closed the connection: the pod may be working on it).
+    fn failed(&mut self, error: hyper::Error) -> SendError {
+        if RequestBodyError::find(&error).is_some() {
+            self.progress = Progress::Cut;
+        } else {
+            self.report(false);
+        }
+        SendError::Failed(error)
+    }
+
+    /// The response head `head` with the pod's body, read ahead of the client up to the
+    /// response buffer (`upstream::readahead`).
+    pub fn respond(self, head: Parts) -> http::Response<super::PodBody> {
+        http::Response::from_parts(head, super::readahead::read_ahead(self))
+    }
+
+    /// The next frame of the pod's response body; the exchange ends with the body (returned),
+    /// or when the pod breaks it (discarded).
+    pub(super) fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let Progress::Reading(body) = &mut self.progress else {
+            return Poll::Ready(None);
+        };
+        let polled = ready!(std::pin::Pin::new(&mut *body).poll_frame(cx));
+        match &polled {
+            Some(Ok(_)) if !body.is_end_stream() => {}
+            Some(Ok(_)) | None => self.finish(Ending::Returned),
+            Some(Err(_)) => {
+                self.report(false);
+                self.finish(Ending::Discarded);
+            }
+        }
+        Poll::Ready(polled)
+    }
+
+    /// What is left of the pod's response body, as hyper knows it.
+    pub(super) fn body_size_hint(&self) -> SizeHint {
+        match &self.progress {
+            Progress::Reading(body) => body.size_hint(),
+            _ => SizeHint::with_exact(0),
+        }
+    }
+
+    /// Ends the exchange now: the connection goes back to the pod's pool when `ending` is
+    /// [`Ending::Returned`]; the slot is released.
     fn finish(&mut self, ending: Ending) {
+        self.progress = Progress::Idle;
         let connection = self.connection.take();
         if let (Ending::Returned, Some(connection)) = (ending, connection) {
             self.pool.put(connection);
         }
         self.slot = None;
     }
+
+    /// Tells outlier detection what the pod showed; logs and counts an ejection it leads to.
+    fn report(&self, ok: bool) {
+        let Some(ejection) = self.slot().report(ok) else {
+            return;
+        };
+        let metrics = &self.terms.metrics;
+        metrics.ejection();
+        tracing::warn!(
+            endpoint = metrics.endpoint(),
+            deployment = metrics.deployment(),
+            pod = %self.pod().address(),
+            failures = ejection.failures,
+            ejection = ejection.repeat,
+            out_for_ms = ejection.duration.as_millis() as u64,
+            "pod ejected from the rotation: its connections failed {} times in a row",
+            ejection.failures,
+        );
+    }
 }
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        if self.slot.is_some() {
-            self.finish(Ending::Abandoned);
+        if self.slot.is_none() {
+            return;
+        }
+        match self.progress {
+            Progress::Idle => self.finish(Ending::Discarded),
+            Progress::Waiting(_) | Progress::Reading(_) | Progress::Cut => abandon::hold(self),
         }
     }
 }
 
 impl std::fmt::Debug for Exchange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let progress = match self.progress {
+            Progress::Idle => "idle",
+            Progress::Waiting(_) => "waiting for the head",
+            Progress::Reading(_) => "reading the body",
+            Progress::Cut => "cut",
+        };
         f.debug_struct("Exchange")
             .field("slot", &self.slot)
-            .field("connected", &self.connection.is_some())
-            .finish()
-    }
-}
-
-/// The pod's response body, streamed frame by frame; it ends its exchange when the body ends
-/// (returned), fails (discarded) or is dropped before the end (abandoned).
-pub struct PodBody {
-    inner: Incoming,
-    exchange: Option<Exchange>,
-}
-
-impl PodBody {
-    fn new(inner: Incoming, exchange: Exchange) -> Self {
-        let mut body = PodBody {
-            inner,
-            exchange: Some(exchange),
-        };
-        if body.inner.is_end_stream() {
-            body.end(Ending::Returned);
-        }
-        body
-    }
-
-    fn end(&mut self, ending: Ending) {
-        if let Some(exchange) = self.exchange.take() {
-            exchange.end(ending);
-        }
-    }
-
-    /// Ends the exchange now if the body has not ended: the router gives up on the rest.
-    pub fn abandon(&mut self) {
-        self.end(Ending::Abandoned);
-    }
-
-    /// Whether the body has ended, and with it the exchange.
-    pub fn is_done(&self) -> bool {
-        self.exchange.is_none()
-    }
-}
-
-impl Body for PodBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if self.is_done() {
-            return Poll::Ready(None);
-        }
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Pending => {}
-            Poll::Ready(None) => self.end(Ending::Returned),
-            Poll::Ready(Some(Ok(_))) => {
-                if self.inner.is_end_stream() {
-                    self.end(Ending::Returned);
-                }
-            }
-            Poll::Ready(Some(Err(_))) => self.end(Ending::Discarded),
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.is_done() || self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl std::fmt::Debug for PodBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PodBody")
-            .field("done", &self.is_done())
+            .field("progress", &progress)
             .finish()
     }
 }

@@ -4,26 +4,35 @@
 //!
 //! | module | concern |
 //! |---|---|
-//! | [`body`] | the request body sent to a pod (streamed with a limit, or in memory) |
-//! | [`connection`] | connecting to a pod; hyper's HTTP/1.1 client connection |
+//! | [`body`] | the request body sent to a pod (received whole, or received in part and streamed with a limit and a timeout) |
+//! | [`frames`] | body frames held in memory, never copied |
+//! | [`connection`] | connecting to a pod; hyper's HTTP/1.1 client connection (the only hyper-specific part) |
 //! | `pool` | idle keep-alive connections per pod, expiry, the sweep |
-//! | [`exchange`] | one request's slot and connection, the send and its retry-safe failure, the response body |
+//! | [`exchange`] | one request's slot and connection, the send and its retry-safe failure, what the pod showed (for outlier detection) |
+//! | [`readahead`] | the pod's response read ahead of the client up to the response buffer, so the pod is freed at its own speed |
+//! | `abandon` | requests the router gave up on: the slot held until the pod is done, within a bound |
 //!
 //! Nothing else returns a connection to a pool: an exchange does when it ends.
 
+mod abandon;
 pub mod body;
 pub mod connection;
 pub mod exchange;
+pub mod frames;
 mod pool;
+pub mod readahead;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use body::{MirrorTee, RequestBody, RequestBodyError};
+pub use body::{RequestBody, RequestBodyError};
 pub use connection::PodConnection;
-pub use exchange::{Ending, Exchange, PodBody, SendError};
+pub use exchange::{Ending, Exchange, SendError, Terms};
+pub use frames::Frames;
+pub use readahead::PodBody;
 
 use crate::admission::Slot;
+use crate::telemetry::DeploymentMetrics;
 use connection::Timeouts;
 use pool::Pools;
 
@@ -31,24 +40,38 @@ use pool::Pools;
 #[derive(Clone)]
 pub struct Upstream {
     pools: Arc<Pools>,
+    response_buffer: u64,
 }
 
 impl Upstream {
-    /// Connections time out after `connect_timeout` and are not reused after `idle_timeout` idle.
-    pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Self {
+    /// Connections time out after `connect_timeout` and are not reused after `idle_timeout` idle;
+    /// up to `response_buffer` bytes of a pod's response are read ahead of the client.
+    pub fn new(connect_timeout: Duration, idle_timeout: Duration, response_buffer: u64) -> Self {
         let timeouts = Timeouts {
             connect: connect_timeout,
             idle: idle_timeout,
         };
         Upstream {
             pools: Arc::new(Pools::new(timeouts)),
+            response_buffer,
         }
     }
 
-    /// Starts the exchange of one request on the pod `slot` is for.
-    pub fn exchange(&self, slot: Slot) -> Exchange {
+    /// Starts the exchange of one request on the pod `slot` is for, in a deployment whose pods
+    /// have `request_timeout` to answer and whose counts go to `metrics`.
+    pub fn exchange(
+        &self,
+        slot: Slot,
+        request_timeout: Duration,
+        metrics: &Arc<DeploymentMetrics>,
+    ) -> Exchange {
         let pool = self.pools.of(slot.pod().address());
-        Exchange::new(slot, pool)
+        let terms = Terms {
+            request_timeout,
+            metrics: metrics.clone(),
+            response_buffer: self.response_buffer,
+        };
+        Exchange::new(slot, pool, terms)
     }
 
     /// Closes idle connections past the idle timeout and forgets pools nobody uses (run now and

@@ -1,0 +1,106 @@
+//! Abandoned exchanges: requests the router gave up on (a 504, the client went away, an HTTP/2
+//! reset, a mirror copy dropped) while the pod was busy with them. The pod does not know the
+//! router gave up — a model server computes to the end — so the slot stays taken until the pod
+//! is done, and the connection carries nothing else meanwhile:
+//!
+//! | given up | what the router does | the slot is freed |
+//! |---|---|---|
+//! | before the response head | keeps waiting for the head and reads the whole response, discarding it | when the response has ended (the connection then goes back to the pool), or the pod breaks the connection — at most `request_timeout_ms` after giving up; then the connection is closed |
+//! | during the response body (larger than the response buffer, or a stream) | closes the connection: the pod sees it at its next write | at the request's deadline (`request_timeout_ms` after it was sent), or at once if that has passed |
+//! | while sending the request body (it broke: the router closed the connection) | — | at the request's deadline, as above |
+//!
+//! The bounds: an abandoned request holds its slot at most `request_timeout_ms` after the router
+//! gave up (a 504'd request: at most twice its timeout in all). A pod still busy after that —
+//! a model slower than twice its timeout, or a hung one — can get another request while it
+//! works: that window is the price of never holding a slot forever. Every abandoned request is
+//! counted by how its slot was freed, with the time it was held after the router gave up
+//! (`scoregate_abandoned_requests_total`, `scoregate_abandoned_slot_hold_seconds`).
+//!
+//! With coordinated admission the slot is the deployment owner's lease, released with it; the
+//! owner expires a lease `request_timeout_ms + cluster.lease_margin_ms` after granting it
+//! (`docs/ARCHITECTURE.md`, invariants).
+
+use std::mem;
+use std::time::Instant;
+
+use http_body_util::BodyExt;
+
+use super::body::RequestBodyError;
+use super::connection::{PendingResponse, Unanswered};
+use super::exchange::{Exchange, Progress};
+use crate::telemetry::AbandonOutcome;
+
+/// Takes what `exchange` has in progress (its slot, connection and response) and holds it in a
+/// task of its own until the pod is done, within the bounds above.
+pub(super) fn hold(exchange: &mut Exchange) {
+    let given_up = Instant::now();
+    let slot = exchange.slot.take();
+    let connection = exchange.connection.take();
+    let progress = mem::replace(&mut exchange.progress, Progress::Idle);
+    let terms = exchange.terms.clone();
+    let pool = exchange.pool.clone();
+    let deadline = exchange.sent_at.unwrap_or(given_up) + terms.request_timeout;
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        // The runtime is gone (shutdown): nothing is left to wait with.
+        return;
+    };
+    runtime.spawn(async move {
+        let outcome = match progress {
+            Progress::Waiting(response) => {
+                let bound = given_up + terms.request_timeout;
+                match tokio::time::timeout_at(bound.into(), drain(response)).await {
+                    Ok(Drained::Ended) => {
+                        if let Some(connection) = connection {
+                            pool.put(connection);
+                        }
+                        AbandonOutcome::Drained
+                    }
+                    Ok(Drained::Broken) => AbandonOutcome::Failed,
+                    Ok(Drained::Cut) => {
+                        tokio::time::sleep_until(deadline.into()).await;
+                        AbandonOutcome::Closed
+                    }
+                    Err(_) => AbandonOutcome::Closed,
+                }
+            }
+            Progress::Reading(body) => {
+                drop((body, connection));
+                tokio::time::sleep_until(deadline.into()).await;
+                AbandonOutcome::Closed
+            }
+            Progress::Cut | Progress::Idle => {
+                tokio::time::sleep_until(deadline.into()).await;
+                AbandonOutcome::Closed
+            }
+        };
+        drop(slot);
+        terms.metrics.abandoned(outcome, given_up.elapsed());
+    });
+}
+
+/// How reading an abandoned response ended.
+enum Drained {
+    /// Read to its end: the pod is done and the connection is clean.
+    Ended,
+    /// The pod broke the connection: it is done.
+    Broken,
+    /// The request body broke while it was sent: the router closed the connection.
+    Cut,
+}
+
+/// Waits for the response head, then reads the body to its end, discarding it.
+async fn drain(response: PendingResponse) -> Drained {
+    let mut body = match response.await {
+        Ok(response) => response.into_body(),
+        Err(Unanswered::Failed(error)) if RequestBodyError::find(&error).is_some() => {
+            return Drained::Cut
+        }
+        Err(_) => return Drained::Broken,
+    };
+    while let Some(frame) = body.frame().await {
+        if frame.is_err() {
+            return Drained::Broken;
+        }
+    }
+    Drained::Ended
+}
