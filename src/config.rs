@@ -342,6 +342,13 @@ pub struct LimitsConfig {
     /// A request body that makes no progress for this long gets 408 `BodyTimeout` (its first
     /// `request_buffer_bytes` must arrive within it; after that, no pause may last longer).
     pub body_timeout_ms: u64,
+    /// A client that accepts no response bytes for this long is disconnected (nginx
+    /// `send_timeout`, HAProxy `timeout client`); on HTTP/2, one stream stalled by flow control
+    /// this long closes the connection too.
+    pub send_timeout_ms: u64,
+    /// Accepted HTTP/2 streams a client may reset (or abandon) per second on one connection, on
+    /// average, with bursts of ten times as many; beyond, GOAWAY `ENHANCE_YOUR_CALM`.
+    pub h2_reset_streams_per_second: u32,
 }
 
 impl Default for LimitsConfig {
@@ -359,6 +366,8 @@ impl Default for LimitsConfig {
             h2_max_local_error_reset_streams: 256,
             request_buffer_bytes: 1024 * 1024,
             body_timeout_ms: 60_000,
+            send_timeout_ms: 60_000,
+            h2_reset_streams_per_second: 50,
         }
     }
 }
@@ -773,11 +782,17 @@ impl LimitsConfig {
                 "must be at least 1",
             ));
         }
-        if self.body_timeout_ms == 0 {
-            return Err(ConfigError::field(
-                "limits.body_timeout_ms",
-                "must be at least 1",
-            ));
+        for (field, value) in [
+            ("limits.body_timeout_ms", self.body_timeout_ms),
+            ("limits.send_timeout_ms", self.send_timeout_ms),
+            (
+                "limits.h2_reset_streams_per_second",
+                u64::from(self.h2_reset_streams_per_second),
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::field(field, "must be at least 1"));
+            }
         }
         Ok(())
     }

@@ -219,14 +219,16 @@ impl<'c> Startup<'c> {
             Some(kube) => Some(crate::k8s::client(kube.kubeconfig.as_deref()).await?),
             None => None,
         };
+        let metrics = Metrics::new();
+        let settings = Arc::new(ConnectionSettings::new(&config.limits, &metrics));
         Ok(Startup {
             config,
-            metrics: Metrics::new(),
+            metrics,
             table: TableHandle::default(),
             readiness: Readiness::default(),
             lifecycle: Lifecycle::default(),
             kube_client,
-            settings: Arc::new(ConnectionSettings::new(&config.limits)),
+            settings,
             tasks: Tasks::default(),
         })
     }

@@ -1,8 +1,10 @@
 //! One client connection: pick the protocol, serve it with hyper, and end it on drain or idle.
 //!
 //! HTTP/2 is chosen by ALPN on TLS and by the connection preface on plain TCP (h2c with prior
-//! knowledge); everything else is HTTP/1.1 behind the [`GuardedIo`] framing guard. On drain,
-//! HTTP/2 gets GOAWAY and HTTP/1.1 answers its current request with `Connection: close`.
+//! knowledge); everything else is HTTP/1.1 behind the [`GuardedIo`] framing guard. HTTP/2 runs
+//! behind [`H2Io`] and its [`H2Watch`] (stalled streams, reset floods). Every write is timed
+//! ([`SendTimeout`]). On drain, HTTP/2 gets GOAWAY and HTTP/1.1 answers its current request
+//! with `Connection: close`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,9 +24,12 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::guard::{Activity, ActivityGuard, GuardSettings, GuardedIo};
+use super::h2::{H2Io, H2Watch, StreamGuard};
+use super::send_timeout::SendTimeout;
 use crate::config::LimitsConfig;
 use crate::http1::framing::HeadLimits;
 use crate::proxy::{ClientConn, Proxy, ResponseBody};
+use crate::telemetry::{names, Metrics};
 
 /// The HTTP/2 connection preface.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -35,11 +40,16 @@ pub struct ConnectionSettings {
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     guard: GuardSettings,
     pub(super) max_connections: usize,
+    send_timeout: Duration,
+    h2_reset_streams_per_second: u32,
+    send_timeouts: metrics::Counter,
+    reset_floods: metrics::Counter,
 }
 
 impl ConnectionSettings {
-    /// Settings from the configured limits.
-    pub fn new(limits: &LimitsConfig) -> Self {
+    /// Settings from the configured limits; connections closed for their client's sake are
+    /// counted in `metrics`.
+    pub fn new(limits: &LimitsConfig, metrics: &Metrics) -> Self {
         let guard = GuardSettings {
             limits: HeadLimits {
                 max_header_bytes: limits.max_header_bytes,
@@ -73,7 +83,16 @@ impl ConnectionSettings {
             http2,
             guard,
             max_connections: limits.max_connections,
+            send_timeout: Duration::from_millis(limits.send_timeout_ms),
+            h2_reset_streams_per_second: limits.h2_reset_streams_per_second,
+            send_timeouts: metrics.counter(names::CLIENT_SEND_TIMEOUTS, &[]),
+            reset_floods: metrics.counter(names::H2_RESET_FLOODS, &[]),
         }
+    }
+
+    /// `io` with its writes timed by the send timeout.
+    fn timed<IO>(&self, io: IO) -> SendTimeout<IO> {
+        SendTimeout::new(io, self.send_timeout, self.send_timeouts.clone())
     }
 
     /// Time a client has for its TLS handshake or first bytes.
@@ -175,10 +194,12 @@ pub async fn refuse_plain_http(mut stream: TcpStream, deadline: tokio::time::Ins
     let _ = stream.shutdown().await;
 }
 
-/// A response body that marks its request finished when it ends or is dropped.
+/// A response body that marks its request finished when it ends or is dropped; on HTTP/2, it
+/// also tells the connection's watch when the body waits for the client.
 pub struct TrackedBody {
     inner: ResponseBody,
     activity: Option<ActivityGuard>,
+    stream: Option<StreamGuard>,
 }
 
 impl Body for TrackedBody {
@@ -190,9 +211,16 @@ impl Body for TrackedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
-            || self.inner.is_end_stream()
-        {
+        let ended = matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
+            || self.inner.is_end_stream();
+        if let Some(stream) = &mut self.stream {
+            if ended {
+                stream.finished();
+            } else {
+                stream.polled(polled.is_ready());
+            }
+        }
+        if ended {
             self.activity = None;
         }
         polled
@@ -204,6 +232,15 @@ impl Body for TrackedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        // A body with nothing to send is never polled: its stream has ended all the same.
+        if let (Some(stream), true) = (&mut self.stream, self.inner.is_end_stream()) {
+            stream.finished();
+        }
     }
 }
 
@@ -298,12 +335,14 @@ where
 type ServiceFuture =
     Pin<Box<dyn Future<Output = Result<http::Response<TrackedBody>, Infallible>> + Send>>;
 
-/// Serves an HTTP/2 connection until it closes, is idle for the keep-alive timeout, or `drain`
-/// asks it to finish (GOAWAY).
+/// Serves an HTTP/2 connection until it closes, is idle (no stream yet for the header timeout,
+/// none for the keep-alive timeout), a stream stalls for the send timeout, its client resets
+/// too many streams (GOAWAY `ENHANCE_YOUR_CALM`), or `drain` asks it to finish (GOAWAY).
 async fn serve_http2<IO, S>(
-    io: IO,
+    io: H2Io<SendTimeout<IO>>,
     service: S,
     activity: &Activity,
+    watch: &H2Watch,
     settings: &ConnectionSettings,
     drain: CancellationToken,
 ) -> Result<(), hyper::Error>
@@ -315,11 +354,16 @@ where
 {
     let connection = settings.http2.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
-    let keep_alive = settings.guard.keep_alive_timeout;
+    let send_timeout = settings.send_timeout;
+    let mut calming = false;
     loop {
-        let idle_deadline = match activity.in_progress() {
-            0 => activity.last_done() + keep_alive,
-            _ => tokio::time::Instant::now() + keep_alive,
+        let idle = match activity.started() {
+            0 => settings.guard.header_timeout,
+            _ => settings.guard.keep_alive_timeout,
+        };
+        let next_check = match activity.in_progress() {
+            0 => activity.last_done() + idle,
+            _ => tokio::time::Instant::now() + (send_timeout / 4).min(idle),
         };
         tokio::select! {
             result = connection.as_mut() => break result,
@@ -327,10 +371,22 @@ where
                 connection.as_mut().graceful_shutdown();
                 break connection.await;
             }
-            _ = tokio::time::sleep_until(idle_deadline) => {
-                if activity.in_progress() == 0 && activity.last_done() + keep_alive <= tokio::time::Instant::now() {
+            _ = watch.calm_requested(), if !calming => {
+                // hyper's GOAWAY is written as ENHANCE_YOUR_CALM by `H2Io`, which then ends the
+                // connection.
+                calming = true;
+                settings.reset_floods.increment(1);
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep_until(next_check) => {
+                let now = tokio::time::Instant::now();
+                if activity.in_progress() == 0 && activity.last_done() + idle <= now {
                     connection.as_mut().graceful_shutdown();
                     break connection.await;
+                }
+                if activity.in_progress() > 0 && watch.stalled(send_timeout) {
+                    settings.send_timeouts.increment(1);
+                    break Ok(());
                 }
             }
         }
@@ -352,29 +408,41 @@ pub async fn serve<IO>(
 {
     let activity = Activity::new(accepted);
     let service_activity = activity.clone();
+    let watch =
+        (protocol == Protocol::Http2).then(|| H2Watch::new(settings.h2_reset_streams_per_second));
+    let service_watch = watch.clone();
     let remote = conn.remote;
     let service = service_fn(move |request: Request<Incoming>| {
         let (proxy, conn) = (proxy.clone(), conn.clone());
         let guard = service_activity.begin();
+        let mut stream = service_watch.as_ref().map(|watch| watch.stream());
         // Boxed: hyper keeps one service future per connection for the connection's whole
         // life; boxing makes the request path's state (about 4 KiB) live only while a request
         // does, so idle keep-alive connections stay small.
         let handled: ServiceFuture = Box::pin(async move {
             let response = proxy.handle(request, conn).await;
+            if let Some(stream) = &mut stream {
+                stream.responding();
+            }
             Ok::<_, Infallible>(response.map(|inner| TrackedBody {
                 inner,
                 activity: Some(guard),
+                stream,
             }))
         });
         handled
     });
-    let result = match protocol {
-        Protocol::Http1 => {
-            let io = GuardedIo::new(io, settings.guard, activity.clone());
+    let result = match (protocol, watch) {
+        (Protocol::Http2, Some(watch)) => {
+            let io = H2Io::new(settings.timed(io), watch.clone());
+            // Boxed so that HTTP/1 connections do not carry HTTP/2's state.
+            let served = serve_http2(io, service, &activity, &watch, settings, drain);
+            Box::pin(served).await
+        }
+        _ => {
+            let io = GuardedIo::new(settings.timed(io), settings.guard, activity.clone());
             serve_http1(io, service, &activity, settings, drain).await
         }
-        // Boxed so that HTTP/1 connections do not carry HTTP/2's state.
-        Protocol::Http2 => Box::pin(serve_http2(io, service, &activity, settings, drain)).await,
     };
     if let Err(e) = result {
         tracing::debug!(client = %remote, error = %e, "client connection ended with an error");

@@ -8,7 +8,8 @@
 //! * the keep-alive timeout: an idle connection between requests is closed quietly.
 //!
 //! Both only run while no response is in progress ([`Activity`]), so a slow model or a long
-//! stream never counts against the client. When a head is refused, the router writes its own
+//! stream never counts against the client. (Writes are timed beneath, by
+//! `server::send_timeout`.) When a head is refused, the router writes its own
 //! JSON error and returns end-of-file to hyper, which therefore never parses the request.
 
 use std::future::Future;

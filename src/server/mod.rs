@@ -9,6 +9,8 @@
 
 pub mod connection;
 pub mod guard;
+pub mod h2;
+pub mod send_timeout;
 
 use std::io;
 use std::net::SocketAddr;
@@ -38,15 +40,45 @@ pub struct Lifecycle {
     pub shutting_down: CancellationToken,
 }
 
-/// Binds a listener with `SO_REUSEADDR` and a deep accept backlog.
+/// TCP keepalive on client connections: a client that vanished without closing (a lost
+/// network, a crashed host) is noticed after about 60 s idle and 3 probes 10 s apart.
+pub const TCP_KEEPALIVE: socket2::TcpKeepalive = crate::upstream::connection::TCP_KEEPALIVE;
+
+/// Binds a listener with `SO_REUSEADDR`, a deep accept backlog and TCP keepalive, which the
+/// connections it accepts inherit (Linux copies the listener's socket options).
 pub fn bind(address: SocketAddr) -> io::Result<TcpListener> {
     let socket = match address {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
     socket.set_reuseaddr(true)?;
+    socket2::SockRef::from(&socket).set_tcp_keepalive(&TCP_KEEPALIVE)?;
     socket.bind(address)?;
     socket.listen(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_keep_the_listeners_tcp_keepalive() {
+        let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let address = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let socket = socket2::SockRef::from(&accepted);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(
+            socket.tcp_keepalive_time().unwrap(),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(10)
+        );
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 3);
+    }
 }
 
 /// What a listener speaks.

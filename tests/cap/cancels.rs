@@ -264,3 +264,28 @@ async fn a_slow_mirror_never_exceeds_a_cap_of_one() {
 async fn a_slow_mirror_never_exceeds_a_cap_of_four() {
     a_slow_mirror_keeps_its_cap(4).await;
 }
+
+/// Beyond the reset budget, the connection gets GOAWAY `ENHANCE_YOUR_CALM` and is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_connection_that_resets_too_fast_is_told_to_calm_down() {
+    let pod = SampleModel::start_local("blue").await.unwrap();
+    pod.stats().set_delay(Duration::from_millis(200));
+    let settings =
+        "max_concurrent_requests_per_instance: 4, max_queue_wait_ms: 30000, max_queue_length: 1000";
+    let h = Harness::start_with(&simple_routes("ep-one", &[pod.address()], settings), |c| {
+        c.limits.h2_reset_streams_per_second = 2
+    })
+    .await;
+    let ended = reset_h2_streams(&h, 200, 10).await;
+    let error = ended.expect("the router ended the connection");
+    assert!(error.is_go_away(), "{error:?}");
+    assert_eq!(
+        error.reason(),
+        Some(h2::Reason::ENHANCE_YOUR_CALM),
+        "{error:?}"
+    );
+    h.wait_metric("scoregate_h2_reset_floods_total", &[], |v| v == 1.0)
+        .await;
+    assert!(pod.stats().peak_concurrency() <= 4);
+    serves_again(&h, &pod).await;
+}
