@@ -130,7 +130,7 @@ impl Forwarder {
             Err(SendError::Failed(e)) => Err(failed(&e)),
             Err(SendError::NotSent { error, .. }) => {
                 deployment.metrics.connect_errors().increment(1);
-                tracing::debug!(pod = %exchange.pod().address(), %error, "connecting to the retry pod failed");
+                tracing::debug!(pod = %exchange.address(), %error, "connecting to the retry pod failed");
                 Err(RouterError::UpstreamConnectFailed)
             }
         }

@@ -30,7 +30,7 @@ pub fn respond(forwarded: Forwarded, deployment: &Deployment, ids: &RequestIds) 
         exchange,
         upstream_time,
     } = forwarded;
-    let pod = exchange.pod().address();
+    let pod = exchange.address();
     let mut response = exchange.respond(head);
     let headers = response.headers_mut();
     headers::strip_hop_by_hop(headers);

@@ -121,9 +121,14 @@ impl Exchange {
         }
     }
 
-    /// The pod this exchange is with.
+    /// The pod this exchange is with, while the exchange holds its slot.
     pub fn pod(&self) -> &Arc<Pod> {
         self.slot().pod()
+    }
+
+    /// The pod's address (also once the exchange has ended).
+    pub fn address(&self) -> std::net::SocketAddr {
+        self.pool.address()
     }
 
     /// The pod's `ip:port`, for a request that names no host.

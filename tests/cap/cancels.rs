@@ -289,3 +289,30 @@ async fn an_h2_connection_that_resets_too_fast_is_told_to_calm_down() {
     assert!(pod.stats().peak_concurrency() <= 4);
     serves_again(&h, &pod).await;
 }
+
+/// Answers without a body (OPTIONS with `content-length: 0`, anything to HEAD) end their
+/// exchange with the head: the slot is free before the client has read anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_without_a_body_end_their_exchange_at_the_head() {
+    let (pod, h) = slow_pod(1, 0, 5_000).await;
+    let auth = format!("Bearer {KEY}");
+    for method in [
+        http::Method::OPTIONS,
+        http::Method::HEAD,
+        http::Method::OPTIONS,
+    ] {
+        let url = h.url("ep-one", "/score");
+        let r = send(
+            &h.client,
+            method.clone(),
+            &url,
+            &[("authorization", &auth)],
+            empty(),
+        )
+        .await;
+        assert!(r.body.is_empty(), "{method}: {r:?}");
+        assert_eq!(r.deployment(), Some("blue"), "{method}: {r:?}");
+    }
+    h.wait_in_flight("ep-one", "blue", 0).await;
+    assert_eq!(pod.stats().requests(), 3);
+}
