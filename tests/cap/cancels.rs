@@ -99,6 +99,63 @@ async fn two_hundred_http1_cancels_never_exceed_a_cap_of_four() {
     http1_cancels_keep_the_cap(4).await;
 }
 
+/// A cap-1 pod taking 300 ms whose slot is held after each cancel for as long as the pod works,
+/// and a patient client beside the cancelling ones that may wait 20 s in the queue. The hold
+/// bound (`request_timeout_ms`) is 120 s: a slot kept to its bound rather than to the end of the
+/// pod's work would turn the patient client's requests into 503 `QueueTimeout`.
+async fn patient_beside_cancels() -> (SampleModel, Harness, Load) {
+    let pod = SampleModel::start_local("blue").await.unwrap();
+    pod.stats().set_delay(Duration::from_millis(300));
+    let settings = "request_timeout_ms: 120000, max_concurrent_requests_per_instance: 1, \
+                    max_queue_wait_ms: 20000, max_queue_length: 1000";
+    let h = Harness::start(&simple_routes("ep-one", &[pod.address()], settings)).await;
+    let patient = Load::start(&[h.url("ep-one", "/score")], 1);
+    (pod, h, patient)
+}
+
+/// The patient client was never refused and was served meanwhile; the pod never had two.
+async fn the_patient_client_was_never_refused(pod: &SampleModel, h: &Harness, patient: Load) {
+    let served = patient.ok();
+    eventually(
+        "the patient client to be served after the cancels",
+        || async { patient.ok() > served },
+    )
+    .await;
+    let (ok, failures) = patient.finish().await;
+    assert!(failures.is_empty(), "the patient client: {failures:?}");
+    assert!(ok >= 1);
+    assert_eq!(
+        pod.stats().peak_concurrency(),
+        1,
+        "the pod's peak is its cap"
+    );
+    h.wait_in_flight("ep-one", "blue", 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_cancels_keep_others_waiting_no_longer_than_the_pod_works() {
+    let (pod, h, patient) = patient_beside_cancels().await;
+    cancel_http1(&h, 60, 10).await;
+    let gone = answers("499", "ClientClosedRequest");
+    h.wait_metric("scoregate_requests_total", &gone, |v| v == 60.0)
+        .await;
+    the_patient_client_was_never_refused(&pod, &h, patient).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_resets_keep_others_waiting_no_longer_than_the_pod_works() {
+    let (pod, h, patient) = patient_beside_cancels().await;
+    let ended = reset_h2_streams(&h, 60, 10).await;
+    assert!(
+        ended.is_none(),
+        "60 resets are within the budget: {ended:?}"
+    );
+    let gone = answers("499", "ClientClosedRequest");
+    h.wait_metric("scoregate_requests_total", &gone, |v| v == 60.0)
+        .await;
+    the_patient_client_was_never_refused(&pod, &h, patient).await;
+}
+
 /// `n` streams on one HTTP/2 connection, `parallel` at a time, each reset 50 ms after it was
 /// opened. Returns how the connection ended (still open: `None`).
 async fn reset_h2_streams(h: &Harness, n: usize, parallel: usize) -> Option<h2::Error> {
