@@ -9,8 +9,9 @@
 //! - a one-way cut between the owner and one other replica only (the third reaches both).
 //!
 //! Each asserts that no pod ever ran two requests at once, that the replicas' own figure
-//! (`scoregate_cluster_pod_peak_in_flight`) matches what the pods saw, and prints the time
-//! without service through the replicas on the majority side (never asserted).
+//! (`scoregate_cluster_pod_peak_in_flight`) matches what the pods saw (or exceeds it only by
+//! slots held for requests given up during the fault), and prints the time without service
+//! through the replicas on the majority side (never asserted).
 //!
 //! Needs root, iproute2 and nftables (`.ci/run` runs as root); elsewhere each test says why it
 //! skips. The namespaces are removed when a test ends, failed or not, and leftovers of a killed
@@ -122,17 +123,45 @@ async fn scenario(what: &str, fault: impl Fn(&Network, usize), heal: impl Fn(&Ne
         "{what}: a pod of cap 1 ran {peaks:?} requests at once\n{}",
         logs()
     );
+    // A replica keeps a slot until it has seen the pod finish (issue 13): a request given up
+    // during the fault (a 504, or its client gone) whose answer the cut kept from the replica
+    // holds its slot, and the owner counts it when it is reported at the handover. The
+    // replicas' figure may then exceed what the pods saw by at most those requests, and never
+    // fall below it.
     let known: Vec<u32> = known.iter().map(|k| *k as u32).collect();
-    assert_eq!(
-        known,
-        peaks,
-        "{what}: the replicas' figure differs\n{}",
-        logs()
-    );
+    let given_up = given_up_requests(&client, &all).await;
+    for (pod, (known, seen)) in known.iter().zip(&peaks).enumerate() {
+        assert!(
+            known >= seen && f64::from(*known) <= f64::from(*seen) + given_up,
+            "{what}: pod {pod}: the replicas' figure {known} differs from the pod's {seen} \
+             ({given_up} requests given up)\n{}",
+            logs()
+        );
+    }
     assert!(
         failed.is_empty(),
         "{what}: requests through the majority failed: {failed:?}"
     );
+}
+
+/// Requests the replicas gave up on while their pod was busy (504 `UpstreamTimeout`, 499
+/// `ClientClosedRequest`), summed over `replicas`.
+async fn given_up_requests(client: &Client, replicas: &[&Replica]) -> f64 {
+    let mut given_up = 0.0;
+    for replica in replicas {
+        let text = replica.metrics(client).await;
+        for (code, error) in [("504", "UpstreamTimeout"), ("499", "ClientClosedRequest")] {
+            let labels = [
+                ("endpoint", "credit"),
+                ("deployment", "blue"),
+                ("code", code),
+                ("source", "router"),
+                ("error", error),
+            ];
+            given_up += metric_value(&text, "scoregate_requests_total", &labels).unwrap_or(0.0);
+        }
+    }
+    given_up
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
