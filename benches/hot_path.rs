@@ -3,6 +3,9 @@
 //! - `request_path`: step 1 (target parse) + 2 (snapshot) + 3 (key auth) + 4 (weighted choice)
 //!   + 5 (admission, fast path) and the slot's release, on a table of 10,000 endpoints.
 //! - `p2c_admission`: taking and releasing a slot among 1,000 pods, idle and loaded.
+//! - `picking`: what each routing policy costs to choose among 1,000 pods, half of them busy
+//!   (the choice only: admission's slot is measured above), and prefix affinity's key of a
+//!   4 KiB chat-completions body.
 //! - `http1_codec`: the byte-level HTTP/1 path's pieces on a typical scoring exchange: the
 //!   request head checked and indexed in one pass, rewritten for the pod, the pod's response
 //!   head parsed and written for the client, and a chunked body decoded and re-chunked.
@@ -23,15 +26,19 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue};
 
-use scoregate::admission::{DeploymentAdmission, Pod};
+use scoregate::admission::{Candidates, DeploymentAdmission, Pod, Policy, PowerOfTwoChoices};
 use scoregate::http1::body::{BodyDecoder, BodyEncoder};
 use scoregate::http1::chunked::Chunk;
 use scoregate::http1::head::{HeadLimits, RequestHead, Version};
 use scoregate::http1::response::{Parsed, ResponseHead};
 use scoregate::http1::write::{self, ClientSide};
+use scoregate::model::PrefixSettings;
 use scoregate::model::{
     AuthMode, DeploymentSpec, EndpointKeys, EndpointSpec, OutlierDetection, PodSpec,
     RequestSettings, RouteSpec,
+};
+use scoregate::picking::{
+    LeastOutstanding, PodLoadAware, PodLoads, PrefixAffinity, PrefixKey, Report,
 };
 use scoregate::proxy::target;
 use scoregate::table::{TableBuilder, TableHandle};
@@ -211,6 +218,74 @@ fn p2c_admission(c: &mut Criterion) {
     drop((held, held_full));
 }
 
+fn picking(c: &mut Criterion) {
+    const PODS: usize = 1_000;
+    const CAP: u32 = 8;
+    let mut group = c.benchmark_group("picking");
+    group.throughput(Throughput::Elements(1));
+    let pods = pods(PODS);
+    let admission = DeploymentAdmission::new(CAP, None);
+    admission.update(CAP, None, pods.clone());
+    // Half the pods busy, 1 to 7 requests each.
+    let mut held = Vec::new();
+    for (i, pod) in pods.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+        for _ in 0..(1 + i % 7) {
+            held.push(
+                admission
+                    .try_acquire(std::slice::from_ref(pod))
+                    .expect("free"),
+            );
+        }
+    }
+    let candidates = Candidates::new(&pods, CAP, None);
+    let loads = PodLoads::new(Duration::from_secs(2), Duration::from_secs(5));
+    loads.publish(
+        pods.iter()
+            .enumerate()
+            .map(|(i, pod)| {
+                let report = Report {
+                    running: (i % 5) as f64,
+                    waiting: (i % 3) as f64,
+                    kv_usage: Some(0.5),
+                    ours_at_scrape: pod.in_flight(),
+                    at: std::time::Instant::now(),
+                };
+                (pod.address(), report)
+            })
+            .collect(),
+    );
+    let policies: [(&str, Box<dyn Policy>); 3] = [
+        ("power_of_two_choices", Box::new(PowerOfTwoChoices)),
+        ("least_outstanding", Box::new(LeastOutstanding)),
+        ("pod_load", Box::new(PodLoadAware::new(loads.clone()))),
+    ];
+    for (name, policy) in &policies {
+        group.bench_function(format!("1000_pods/{name}"), |b| {
+            b.iter(|| black_box(policy.choose(&candidates)))
+        });
+    }
+    let key = PrefixKey::of(&PrefixSettings::default());
+    let system = "You are a helpful assistant for a bank. ".repeat(80);
+    let body = serde_json::json!({"model": "m", "stream": true, "messages": [
+        {"role": "system", "content": system}, {"role": "user", "content": "What is my balance?"}]})
+    .to_string();
+    group.bench_function("prefix_key/4KiB_chat_body", |b| {
+        b.iter(|| black_box(key.body_blocks(black_box(body.as_bytes()))))
+    });
+    let affinity = PrefixAffinity::new(65_536, Some(loads));
+    for conversation in 0..2_000u64 {
+        let blocks: Vec<u64> = (0..16).map(|b| conversation * 1_000 + b).collect();
+        affinity.served(&blocks, &pods[conversation as usize % PODS]);
+    }
+    let blocks = key.body_blocks(body.as_bytes());
+    affinity.served(&blocks, &pods[1]);
+    group.bench_function("1000_pods/prefix_affinity", |b| {
+        b.iter(|| black_box(affinity.pick(&candidates, black_box(&blocks))))
+    });
+    group.finish();
+    drop(held);
+}
+
 fn table_rebuild(c: &mut Criterion) {
     const PODS: usize = 10;
     let before = route_spec(ENDPOINTS, &[("blue", 100)], PODS, 1);
@@ -356,6 +431,7 @@ criterion_group!(
     benches,
     request_path,
     p2c_admission,
+    picking,
     http1_codec,
     table_rebuild
 );

@@ -4,9 +4,15 @@
 //! Names, defaults and rules follow Azure ML's online endpoints
 //! (`docs/ARCHITECTURE.md`, "The contract": scoring URIs, traffic and mirroring, request settings).
 
+pub mod routing;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+
+pub use routing::{
+    MetricNames, MetricsPreset, PodMetricsSettings, PolicyKind, PrefixSettings, RoutingSettings,
+};
 
 /// Azure ML's default `request_timeout_ms`.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 5_000;
