@@ -131,10 +131,19 @@ pub async fn sniff_plain(stream: &TcpStream, timeout: Duration) -> Protocol {
             return Protocol::Http2;
         }
         let more = tokio::time::timeout_at(deadline, more_than(stream, n)).await;
-        if !matches!(more, Ok(Ok(()))) {
+        if !matches!(more, Ok(Ok(More::Arrived))) {
             return Protocol::Http1;
         }
     }
+}
+
+/// What waiting for more of a partial preface ended with.
+#[derive(Debug, PartialEq, Eq)]
+enum More {
+    /// The socket holds more bytes than were seen.
+    Arrived,
+    /// The peer closed its side: no more bytes will come.
+    Closed,
 }
 
 /// Waits until the socket holds more than `seen` bytes, or its peer closed.
@@ -143,21 +152,24 @@ pub async fn sniff_plain(stream: &TcpStream, timeout: Duration) -> Protocol {
 /// alone would return at once, again and again. Each check peeks inside `try_io`: when nothing
 /// new has arrived, the readiness is cleared — unless a new event came in meanwhile, which tokio
 /// keeps (its readiness carries a tick), so bytes that arrive during the check are not missed.
-async fn more_than(stream: &TcpStream, seen: usize) -> std::io::Result<()> {
+/// A peer's close is a final readiness that cannot be cleared (and waiting for readiness does
+/// not yield to the scheduler): once it is seen, nothing more can come and the wait ends.
+async fn more_than(stream: &TcpStream, seen: usize) -> std::io::Result<More> {
     let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); 24];
     loop {
-        stream.readable().await?;
+        let ready = stream.ready(tokio::io::Interest::READABLE).await?;
+        let peer_closed = ready.is_read_closed();
         let checked = stream.try_io(
             tokio::io::Interest::READABLE,
             || match socket2::SockRef::from(stream).peek(&mut scratch)? {
-                n if n == 0 || n > seen => Ok(()),
+                n if n > seen => Ok(More::Arrived),
+                n if n == 0 || peer_closed => Ok(More::Closed),
                 _ => Err(std::io::ErrorKind::WouldBlock.into()),
             },
         );
         match checked {
-            Ok(()) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
+            outcome => return outcome,
         }
     }
 }
@@ -478,6 +490,34 @@ mod tests {
         let sniffed = sniff_plain(&server, Duration::from_secs(30)).await;
         assert_eq!(sniffed, Protocol::Http2);
         drop(rest.await.unwrap());
+    }
+
+    /// A client that sends part of the preface and closes its side: the socket's closed
+    /// readiness cannot be cleared, so the sniff must end there rather than wait (and spin)
+    /// until the header timeout. Run on a thread of its own, so a spin fails the test instead
+    /// of hanging it.
+    #[test]
+    fn a_partial_preface_whose_client_closes_is_http1_at_once() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let sniffed = runtime.block_on(async {
+                let (mut client, server) = pair().await;
+                client.write_all(&H2_PREFACE[..16]).await.unwrap();
+                client.shutdown().await.unwrap();
+                let sniffed = sniff_plain(&server, Duration::from_secs(3600)).await;
+                drop(client);
+                sniffed
+            });
+            let _ = done.send(sniffed);
+        });
+        let sniffed = finished
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the sniff of a closed connection ends before its hour-long timeout");
+        assert_eq!(sniffed, Protocol::Http1);
     }
 
     #[tokio::test]
