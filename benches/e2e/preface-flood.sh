@@ -6,13 +6,13 @@
 #   SCOREGATE_BIN=path benches/e2e/preface-flood.sh   # a binary you already have
 #   CONNS=5000 SECONDS_MEASURED=10                    # the defaults
 #
-# scoregate runs with its default header timeout (10 s), which closes the connections at the
-# end; the measurement covers 7 s before that, when every connection waits for the rest of its
-# preface. Everything listens on 127.0.0.1 and is stopped at the end.
+# scoregate runs with a header timeout 5 s longer than the measurement, so every connection
+# waits for the rest of its preface throughout it; the timeout closes them afterwards.
+# Everything listens on 127.0.0.1 and is stopped at the end.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 CONNS=${CONNS:-5000}
-SECONDS_MEASURED=${SECONDS_MEASURED:-7}
+SECONDS_MEASURED=${SECONDS_MEASURED:-10}
 PORT=18383
 ADMIN=18384
 
@@ -34,6 +34,9 @@ trap cleanup EXIT
 ulimit -n $((CONNS * 2 + 1024)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 rustc --edition 2021 -O -o "$WORK/prefaceflood" "$ROOT/benches/e2e/prefaceflood.rs"
+cat >"$WORK/config.yaml" <<EOF
+limits: { header_read_timeout_ms: $(((SECONDS_MEASURED + 5) * 1000)) }
+EOF
 cat >"$WORK/routes.yaml" <<'EOF'
 endpoints:
   - name: flood
@@ -44,7 +47,7 @@ deployments:
     endpoint: flood
     pods: ["127.0.0.1:1"]
 EOF
-"$SCOREGATE_BIN" serve --routes "$WORK/routes.yaml" --listen "127.0.0.1:$PORT" \
+"$SCOREGATE_BIN" serve --config "$WORK/config.yaml" --routes "$WORK/routes.yaml" --listen "127.0.0.1:$PORT" \
     --admin-listen "127.0.0.1:$ADMIN" --allow-insecure-connections --access-log off \
     >"$WORK/scoregate.log" 2>&1 &
 SG_PID=$!
