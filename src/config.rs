@@ -422,9 +422,15 @@ pub struct AutoscaleConfig {
     /// on). With a `cluster` section each deployment's owner acts for it, and only that replica;
     /// without one, every replica that runs it acts on every deployment: run one.
     pub enabled: bool,
-    /// Decision intervals the desired replica count must stay below the current one before one
-    /// replica is removed (Azure ML: "around 20 times" the scale-up interval); default 20.
+    /// The stabilisation period before a scale-down, in decision intervals: every recommendation
+    /// in it must ask for fewer replicas (Azure ML: "around 20 times" the scale-up interval);
+    /// default 20.
     pub scale_down_intervals: u32,
+    /// The stable window busy slots are averaged over, in ms (Knative's KPA: 60 s); default
+    /// 60000.
+    pub stable_window_ms: u64,
+    /// The panic window demand is averaged over, in ms (KPA: 6 s); default 6000.
+    pub panic_window_ms: u64,
     /// The field manager of the autoscaler's writes (scale and status); default
     /// `scoregate-autoscaler`.
     pub field_manager: String,
@@ -448,6 +454,16 @@ impl AutoscaleConfig {
                  intervals before removing a replica)",
             ));
         }
+        if self.panic_window_ms < 100 || self.stable_window_ms < self.panic_window_ms {
+            return Err(ConfigError::field(
+                "autoscale.panic_window_ms",
+                format!(
+                    "the panic window ({} ms) must be at least 100 ms and no longer than the \
+                     stable window ({} ms); Knative's defaults are 6000 and 60000",
+                    self.panic_window_ms, self.stable_window_ms
+                ),
+            ));
+        }
         let manager = &self.field_manager;
         if manager.is_empty() || manager.len() > 128 || manager.chars().any(char::is_control) {
             return Err(ConfigError::field(
@@ -467,6 +483,8 @@ impl Default for AutoscaleConfig {
         AutoscaleConfig {
             enabled: false,
             scale_down_intervals: 20,
+            stable_window_ms: 60_000,
+            panic_window_ms: 6_000,
             field_manager: "scoregate-autoscaler".into(),
         }
     }

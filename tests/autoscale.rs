@@ -1,13 +1,15 @@
-//! Request-based autoscaling (issue 8) against the fake API server, with sample model pods and
-//! real routers: a load step scales the target Deployment up within two decision intervals and
-//! the queued requests are served as the new pods turn ready; without load it comes back down one
-//! replica per hysteresis window, never below `minInstances`; with three router replicas only the
-//! owner writes; an HPA on the Deployment stops the autoscaler with a clear status.
+//! Request-based autoscaling (issues 8 and 14) against the fake API server, with sample model
+//! pods and real routers: a load step panics the autoscaler into scaling the target Deployment up
+//! while the queued requests wait, and they are served as the new pods turn ready; without load
+//! it comes back down after the stable window, at most halving per step, never below
+//! `minInstances`; the Deployment's replicas come from its watch (no GET of the scale, ever);
+//! with three router replicas only the owner writes, also when one of them has the wrong cluster
+//! credential; an HPA on the Deployment stops the autoscaler with a clear status.
 //!
 //! A small "Deployment controller" in the test stands in for Kubernetes: when the Deployment's
 //! `spec.replicas` changes it waits a moment (pods starting) and rewrites the EndpointSlice with
-//! that many ready pods. Timings are counted in decision intervals (GETs of the scale
-//! subresource) from the fake's request log, never asserted in wall time.
+//! that many ready pods. Time is never asserted as an upper bound; the decision's timing over
+//! minutes of load is tested on a virtual clock in `tests/autoscale_traces.rs`.
 
 mod support;
 
@@ -38,26 +40,11 @@ const BURST: usize = 5;
 /// single request already asks for ceil(100 / 30) = 4 replicas, so whichever moment of a burst a
 /// decision samples, it scales 1 → 3 in one step.
 fn autoscaled(port: u16) -> Value {
-    json!({
-        "apiVersion": "scoregate.io/v1", "kind": "OnlineDeployment",
-        "metadata": {"name": "ep-blue", "namespace": NS},
-        "spec": {"endpointName": "my-ep", "deploymentName": "blue", "serviceName": "svc-blue", "port": port,
-            "requestSettings": {"maxConcurrentRequestsPerInstance": 1, "maxQueueWaitMs": 6000,
-                "maxQueueLength": 20},
-            "scaleSettings": {"type": "targetUtilization", "minInstances": 1, "maxInstances": 3,
-                "targetUtilizationPercentage": 30, "pollingInterval": 1,
-                "targetDeployment": "ep-blue"}},
-    })
-}
-
-/// The apps/v1 Deployment `ep-blue` with `replicas`.
-fn apps_deployment(replicas: u32) -> Value {
-    json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "ep-blue", "namespace": NS},
-        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "blue"}},
-            "template": {"metadata": {"labels": {"app": "blue"}}, "spec": {"containers": []}}},
-    })
+    autoscaled_blue(
+        port,
+        json!({"maxConcurrentRequestsPerInstance": 1, "maxQueueWaitMs": 6000, "maxQueueLength": 20}),
+        json!({"minInstances": 1, "maxInstances": 3, "targetUtilizationPercentage": 30}),
+    )
 }
 
 fn slice_of(pods: &Pods, ready: usize) -> Value {
@@ -78,7 +65,7 @@ async fn world() -> (FakeApiServer, Pods) {
     fake.apply(endpoint(NS, "my-ep", "ep-keys", &[("blue", 100)]))
         .unwrap();
     fake.apply(autoscaled(port)).unwrap();
-    fake.apply(apps_deployment(1)).unwrap();
+    fake.apply(apps_deployment_blue(1)).unwrap();
     fake.apply(slice_of(&pods, 1)).unwrap();
     (fake, pods)
 }
@@ -131,12 +118,30 @@ fn scale_requests(fake: &FakeApiServer, method: &str) -> Vec<RecordedRequest> {
         .collect()
 }
 
-/// Decision intervals (scale reads) between `from` and `to`, both included.
-fn intervals_between(fake: &FakeApiServer, from: SystemTime, to: SystemTime) -> usize {
-    scale_requests(fake, "GET")
-        .iter()
-        .filter(|r| r.at >= from && r.at <= to)
-        .count()
+/// Time between two recorded requests (0 when out of order).
+fn between(from: &RecordedRequest, to: &RecordedRequest) -> Duration {
+    to.at.duration_since(from.at).unwrap_or_default()
+}
+
+/// The decisions `router` made as the owner so far.
+fn decisions(router: &Router) -> f64 {
+    metric(&router.metrics().render(), autoscale::names::DECISIONS).unwrap_or(0.0)
+}
+
+/// The scale subresource and the Deployment itself were never read one by one (the watch
+/// supplies the replicas).
+fn assert_no_scale_reads(fake: &FakeApiServer) {
+    let reads = reads_of_blue_deployment(fake);
+    assert!(
+        reads.is_empty(),
+        "reads of the Deployment or its scale: {reads:?}"
+    );
+    assert!(
+        fake.requests()
+            .iter()
+            .any(|r| r.is_watch() && r.path.starts_with("/apis/apps/v1/")),
+        "the Deployments are watched"
+    );
 }
 
 fn autoscale_status(fake: &FakeApiServer) -> Value {
@@ -163,16 +168,21 @@ async fn router(
     router
 }
 
+/// The autoscaler on, with short windows (a stable window of 3 s, a panic window of 1 s) so a
+/// test in real time sees a whole cycle in seconds; `scale_down_intervals` decisions of
+/// stabilisation.
 fn enabled(scale_down_intervals: u32, field_manager: &str) -> AutoscaleConfig {
     AutoscaleConfig {
         enabled: true,
         scale_down_intervals,
+        stable_window_ms: 3_000,
+        panic_window_ms: 1_000,
         field_manager: field_manager.into(),
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_load_step_scales_up_at_once_and_down_after_the_hysteresis() {
+async fn a_load_step_scales_up_at_once_and_down_after_the_windows_without_reading_the_scale() {
     let (fake, pods) = world().await;
     let (fake, pods) = (Arc::new(fake), Arc::new(pods));
     let dir = tempfile::tempdir().unwrap();
@@ -180,8 +190,8 @@ async fn a_load_step_scales_up_at_once_and_down_after_the_hysteresis() {
     let addr = router.http_addr().unwrap();
     let history = pod_controller(fake.clone(), pods.clone());
 
-    // Load step: one pod busy, four requests queued (5 pods of load at 30 %: above max, so 3).
-    let started = SystemTime::now();
+    // Load step: one pod busy, four requests queued: 5 slots of demand on 1 slot, a panic
+    // (5 / 0.3 pods wanted: above max, so 3).
     let requests = burst(addr, BURST);
     eventually("the Deployment to be scaled up", || async {
         replicas(&fake) == 3
@@ -193,11 +203,10 @@ async fn a_load_step_scales_up_at_once_and_down_after_the_hysteresis() {
         first_write.field_manager.as_deref(),
         Some("scoregate-autoscaler")
     );
-    let intervals = intervals_between(&fake, started, first_write.at);
-    assert!(
-        (1..=2).contains(&intervals),
-        "scaled up at the decision interval {intervals} after the load step"
-    );
+    eventually("the status of the panic", || async {
+        autoscale_status(&fake)["reason"] == "Panic"
+    })
+    .await;
 
     // The queue waits while the new pods start, and they serve it.
     for request in requests {
@@ -209,23 +218,22 @@ async fn a_load_step_scales_up_at_once_and_down_after_the_hysteresis() {
         pods.requests()
     );
 
-    // No load: one replica per window of 3 intervals, down to minInstances and no further.
+    // No load: the panic holds for a stable window (3 s) after the burst, then down by at
+    // most half a step, to minInstances and no further.
     eventually("the Deployment to be scaled down to 1", || async {
         replicas(&fake) == 1
     })
     .await;
     let writes = scale_requests(&fake, "PUT");
     assert_eq!(writes.len(), 3, "1 → 3, 3 → 2, 2 → 1: {writes:?}");
-    for pair in writes.windows(2) {
-        let between = intervals_between(&fake, pair[0].at, pair[1].at);
-        assert!(
-            between >= 3,
-            "a scale-down step after {between} reads (the window is 3 intervals after the write)"
-        );
-    }
-    let settled = SystemTime::now();
+    assert!(
+        between(&writes[0], &writes[1]) >= Duration::from_secs(3),
+        "down {:?} after the scale-up, within the panic's stable window",
+        between(&writes[0], &writes[1])
+    );
+    let settled = decisions(&router);
     eventually("four more decision intervals", || async {
-        intervals_between(&fake, settled, SystemTime::now()) >= 4
+        decisions(&router) >= settled + 4.0
     })
     .await;
     assert_eq!(
@@ -234,6 +242,7 @@ async fn a_load_step_scales_up_at_once_and_down_after_the_hysteresis() {
         "never below minInstances"
     );
     assert_eq!(*history.lock(), [1, 3, 2, 1]);
+    assert_no_scale_reads(&fake);
 
     let status = autoscale_status(&fake);
     assert_eq!(status["reason"], "Steady", "{status}");
@@ -351,10 +360,11 @@ async fn with_three_replicas_only_the_owner_writes_even_as_ownership_moves() {
     assert!(scales.iter().all(|r| r.status == 200), "{scales:?}");
     for pair in scales.windows(2) {
         assert!(
-            intervals_between(&fake, pair[0].at, pair[1].at) >= 2,
-            "two scale writes within one interval: {pair:?}"
+            between(pair[0], pair[1]) >= Duration::from_millis(900),
+            "two scale writes within one decision interval: {pair:?}"
         );
     }
+    assert_no_scale_reads(&fake);
     let by = |manager: &str| -> Vec<&RecordedRequest> {
         writes
             .iter()
@@ -476,10 +486,10 @@ async fn an_hpa_on_the_deployment_stops_the_autoscaler_with_a_clear_status() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scale_write_that_loses_a_race_is_read_again_not_retried() {
+async fn a_scale_write_that_loses_a_race_is_decided_again_not_retried() {
     let (fake, pods) = world().await;
     let (fake, pods) = (Arc::new(fake), Arc::new(pods));
-    // The first scale write finds the Deployment changed since it was read (409 Conflict).
+    // The first scale write finds the Deployment changed since its watch saw it (409 Conflict).
     fake.fail_next_writes(SCALE_PATH, 409, 1);
     let dir = tempfile::tempdir().unwrap();
     let router = router(&fake, &dir, enabled(3, "scoregate-autoscaler")).await;
@@ -497,9 +507,10 @@ async fn a_scale_write_that_loses_a_race_is_read_again_not_retried() {
         "{writes:?}"
     );
     assert!(
-        intervals_between(&fake, writes[0].at, writes[1].at) >= 1,
-        "the scale was read again before the second write: {writes:?}"
+        between(&writes[0], &writes[1]) >= Duration::from_millis(900),
+        "the second write waited for the next decision: {writes:?}"
     );
+    assert_no_scale_reads(&fake);
     let text = router.metrics().render();
     assert_eq!(
         metric(&text, autoscale::names::CONFLICTS),
@@ -515,40 +526,66 @@ async fn a_scale_write_that_loses_a_race_is_read_again_not_retried() {
 /// Three routers coordinating admission (issue 7) with their autoscalers on: load through all
 /// three lands in the owner's queue, the owner alone scales, once, and no pod ever holds more
 /// than its one slot.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn coordinated_replicas_scale_once_through_the_owner_with_load_on_every_replica() {
-    let (fake, pods) = world().await;
-    let (fake, pods) = (Arc::new(fake), Arc::new(pods));
-    let dir = tempfile::tempdir().unwrap();
+/// Three routers coordinating admission on `fake`, their autoscalers on (field managers
+/// `replica-0..2`); the first `wrong` of them have a cluster secret the others do not share.
+/// Returns them once the others are ready, see each other and route the first pod, with their
+/// cluster addresses.
+async fn cluster_of_three(
+    fake: &FakeApiServer,
+    dir: &tempfile::TempDir,
+    wrong: usize,
+) -> (Vec<Router>, Vec<SocketAddr>) {
     let secret = dir.path().join("cluster-secret");
     std::fs::write(&secret, "autoscale-cluster-secret-0123456789").unwrap();
+    let other = dir.path().join("other-secret");
+    std::fs::write(&other, "a-different-cluster-secret-987654321").unwrap();
     let addresses: Vec<SocketAddr> = (0..3)
         .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
         .collect();
     let mut routers = Vec::new();
     for (i, me) in addresses.iter().enumerate() {
-        let mut config = router_config(&fake, &[NS], &dir);
+        let mut config = router_config(fake, &[NS], dir);
         config.autoscale = enabled(100, &format!("replica-{i}"));
         config.cluster = Some(scoregate::config::ClusterConfig {
             listen: *me,
             peers: addresses.clone(),
-            secret_file: Some(secret.clone()),
+            secret_file: Some(if i < wrong { &other } else { &secret }.clone()),
             ..Default::default()
         });
         // Started together, as a Deployment's replicas are: one alone has no majority yet.
         routers.push(Router::start(config).await.expect("router starts"));
     }
+    let members = 3 - wrong;
     eventually(
         "the replicas to be ready, see each other and the first pod",
         || async {
-            routers.iter().all(|r| {
+            routers[wrong..].iter().all(|r| {
                 r.is_ready()
-                    && r.cluster().unwrap().view().members().len() == 3
+                    && r.cluster().unwrap().view().members().len() == members
                     && routable(r, "my-ep").iter().any(|(_, p)| !p.is_empty())
             })
         },
     )
     .await;
+    (routers, addresses)
+}
+
+/// The autoscaler's writes to the scale and status of the OnlineDeployment (not the Ready
+/// conditions, field manager scoregate-status).
+fn autoscaler_writes(fake: &FakeApiServer) -> Vec<RecordedRequest> {
+    fake.requests()
+        .into_iter()
+        .filter(|r| r.method != "GET" && (r.path == SCALE_PATH || r.path == STATUS_PATH))
+        .filter(|r| r.field_manager.as_deref() != Some("scoregate-status"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinated_replicas_scale_once_through_the_owner_with_load_on_every_replica() {
+    let (fake, pods) = world().await;
+    let (fake, pods) = (Arc::new(fake), Arc::new(pods));
+    let dir = tempfile::tempdir().unwrap();
+    let (routers, addresses) = cluster_of_three(&fake, &dir, 0).await;
     // Before the replicas reach each other, each owns everything in its own view and may write
     // a first status: from here on, only the owner acts.
     let converged = SystemTime::now();
@@ -571,13 +608,7 @@ async fn coordinated_replicas_scale_once_through_the_owner_with_load_on_every_re
     for request in requests {
         assert_eq!(request.await.unwrap(), StatusCode::OK);
     }
-    let writes: Vec<RecordedRequest> = fake
-        .requests()
-        .into_iter()
-        .filter(|r| r.method != "GET" && (r.path == SCALE_PATH || r.path == STATUS_PATH))
-        // The autoscaler's writes: not the Ready conditions (field manager scoregate-status).
-        .filter(|r| r.field_manager.as_deref() != Some("scoregate-status"))
-        .collect();
+    let writes = autoscaler_writes(&fake);
     let owner_manager = format!("replica-{owner}");
     assert!(
         writes
@@ -600,6 +631,64 @@ async fn coordinated_replicas_scale_once_through_the_owner_with_load_on_every_re
             pod.stats().peak_concurrency()
         );
     }
+    for router in routers {
+        router.shutdown().await;
+    }
+}
+
+/// One replica of three has the wrong cluster credential (issue 14): it is not ready, admits
+/// under `fallback: local`, and, having no majority, never acts for the deployment; the two
+/// others agree on one owner, and that one alone scales and writes the status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_wrong_credential_on_one_replica_there_is_one_writer() {
+    let (fake, pods) = world().await;
+    let (fake, pods) = (Arc::new(fake), Arc::new(pods));
+    let dir = tempfile::tempdir().unwrap();
+    let (routers, _) = cluster_of_three(&fake, &dir, 1).await;
+    assert!(
+        !routers[0].is_ready(),
+        "the misconfigured replica is not ready"
+    );
+    let converged = SystemTime::now();
+    let _history = pod_controller(fake.clone(), pods.clone());
+
+    // Load through every replica, the misconfigured one included (a client that reaches it
+    // directly: the Service would not send it requests while it is not ready).
+    let mut requests = Vec::new();
+    for router in &routers {
+        requests.extend(burst(router.http_addr().unwrap(), 2));
+    }
+    eventually("the Deployment to be scaled up", || async {
+        replicas(&fake) == 3
+    })
+    .await;
+    for request in requests {
+        assert_eq!(request.await.unwrap(), StatusCode::OK);
+    }
+    // Some decisions later, still one writer.
+    let made = decisions(&routers[1]) + decisions(&routers[2]);
+    eventually("three more decisions", || async {
+        decisions(&routers[1]) + decisions(&routers[2]) >= made + 3.0
+    })
+    .await;
+    let writes: Vec<RecordedRequest> = autoscaler_writes(&fake)
+        .into_iter()
+        .filter(|w| w.at > converged)
+        .collect();
+    let managers: std::collections::BTreeSet<&str> = writes
+        .iter()
+        .filter_map(|w| w.field_manager.as_deref())
+        .collect();
+    assert_eq!(managers.len(), 1, "one writer: {writes:?}");
+    assert!(!managers.contains("replica-0"), "{writes:?}");
+    assert_eq!(
+        decisions(&routers[0]),
+        0.0,
+        "the misconfigured replica never decides"
+    );
+    let scales = writes.iter().filter(|w| w.path == SCALE_PATH).count();
+    assert_eq!(scales, 1, "one decision, 1 → 3: {writes:?}");
+    assert_no_scale_reads(&fake);
     for router in routers {
         router.shutdown().await;
     }

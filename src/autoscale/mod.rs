@@ -1,37 +1,42 @@
-//! Request-based autoscaling of model deployments, as azureml-fe does it
-//! (`docs/ARCHITECTURE.md`, "Autoscaling"): for each OnlineDeployment with
-//! `scaleSettings.type: targetUtilization` and a `targetDeployment`, the router replica that owns
-//! the deployment samples its load every `pollingInterval` seconds, decides a replica count and
-//! sets it through the scale subresource of that apps/v1 Deployment. It never scales nodes.
+//! Request-based autoscaling of model deployments, as azureml-fe does it, with the decision of
+//! Knative's Pod Autoscaler (`docs/ARCHITECTURE.md`, "Autoscaling"): for each OnlineDeployment
+//! with `scaleSettings.type: targetUtilization` and a `targetDeployment`, the router replica that
+//! owns the deployment samples its load every 200 ms, decides a replica count every
+//! `pollingInterval` seconds from averages over a stable and a panic window, and sets it through
+//! the scale subresource of that apps/v1 Deployment. It never scales nodes.
 //!
 //! | module | concern |
 //! |---|---|
-//! | [`decide`] | the pure decision: formula, rounding, bounds, scale-down hysteresis |
+//! | [`window`] | load samples averaged over sliding windows of time |
+//! | [`decide`] | the pure decision: stable and panic windows, tolerance, stabilised scale-down |
+//! | [`scaler`] | one deployment: ownership, HPA conflict, the decision, writes, reports |
 //! | [`ownership`] | which replica acts for a deployment ([`Ownership`], [`SingleReplica`]) |
-//! | [`objects`] | reflectors of OnlineDeployments and HorizontalPodAutoscalers; targets |
+//! | [`objects`] | reflectors of OnlineDeployments, HPAs and Deployments; targets; replicas |
 //! | [`writes`] | the scale subresource (with `resourceVersion`) and `status.autoscale` |
 //! | [`report`] | metrics and the status content |
-//! | [`controller`] | the supervisor and the per-deployment loop |
+//! | [`controller`] | the supervisor and the per-deployment loop on the monotonic clock |
 //!
 //! Inputs: requests in flight and queued from the deployment's
 //! [`crate::admission::DeploymentAdmission::stats`] on this replica (on the coordination owner of a
-//! deployment these are cluster-wide), and the Deployment's `spec.replicas`.
+//! deployment these are cluster-wide: remote grants hold slots there, grant requests queue there,
+//! fallback admissions are reported there), and the Deployment's `spec.replicas`,
+//! `status.readyReplicas` and `resourceVersion` from its watch: steady state reads nothing.
 //!
 //! One replica acts per deployment: [`Ownership::owns`] is asked every interval and again right
 //! before every write (scale and status), and the scale is replaced with the `resourceVersion`
-//! that was read, so a write racing with another writer gets a 409 and is not retried: the next
-//! interval reads again. A new owner starts its scale-down window afresh.
+//! the watch last saw, so a write racing with another writer gets a 409 and is not retried: the
+//! next interval decides on what the watch shows then. A new owner starts from no history.
 //!
 //! An HPA whose `scaleTargetRef` is the target Deployment stops the autoscaler for that
 //! deployment (status reason `HpaConflict`, metric `scoregate_autoscale_refused{reason="hpa"}`)
 //! until the HPA is deleted.
 //!
-//! Decisions are logged with their inputs (busy and queued pods, current, desired, reason): at
-//! info level when the reason or a replica count changes, at debug level otherwise; the status
-//! is written only then too.
+//! Decisions are logged with their inputs (stable busy, panic demand, current, ready, desired,
+//! reason): at info level when the reason or a replica count changes, at debug level otherwise;
+//! the status is written only then too.
 //!
-//! RBAC: `get`, `list`, `watch` on `onlinedeployments` and `horizontalpodautoscalers`
-//! (autoscaling); `get`, `update`, `patch` on `deployments/scale` (apps); `patch` on
+//! RBAC: `get`, `list`, `watch` on `onlinedeployments`, `horizontalpodautoscalers` (autoscaling)
+//! and `deployments` (apps); `get`, `update`, `patch` on `deployments/scale` (apps); `patch` on
 //! `onlinedeployments/status`.
 
 pub mod controller;
@@ -39,6 +44,8 @@ pub mod decide;
 pub mod objects;
 pub mod ownership;
 pub mod report;
+pub mod scaler;
+pub mod window;
 pub mod writes;
 
 use std::sync::Arc;
@@ -74,7 +81,7 @@ pub fn spawn(
         watches: objects::Watches::start(&client, &scopes),
         table,
         ownership,
-        scale_down_intervals: config.scale_down_intervals.max(1),
+        windows: scaler::Windows::of(config),
         metrics: metrics.clone(),
     });
     tokio::spawn(controller::supervise(shared))
@@ -105,6 +112,15 @@ mod tests {
             .unwrap_err()
             .0
             .contains("at least 1"));
+        let panic_longer = AutoscaleConfig {
+            panic_window_ms: 61_000,
+            ..on.clone()
+        };
+        assert!(panic_longer
+            .validate(true)
+            .unwrap_err()
+            .0
+            .contains("no longer than the stable window"));
         let no_manager = AutoscaleConfig {
             field_manager: String::new(),
             ..on
@@ -118,5 +134,7 @@ mod tests {
             serde_yaml::from_str("autoscale: { enabled: true, scale_down_intervals: 5 }").unwrap();
         assert_eq!(yaml.autoscale.scale_down_intervals, 5);
         assert_eq!(yaml.autoscale.field_manager, "scoregate-autoscaler");
+        assert_eq!(yaml.autoscale.stable_window_ms, 60_000);
+        assert_eq!(yaml.autoscale.panic_window_ms, 6_000);
     }
 }

@@ -1,6 +1,8 @@
 //! What the autoscaler reads from the API server: OnlineDeployments (which deployments to scale,
-//! and how) and HorizontalPodAutoscalers (which Deployments it must leave alone), each kept in a
-//! reflector store per watched namespace (or one cluster-wide) by a [`crate::k8s::watch`].
+//! and how), HorizontalPodAutoscalers (which Deployments it must leave alone) and the apps/v1
+//! Deployments themselves (their replicas: the autoscaler never reads a scale subresource), each
+//! kept in a reflector store per watched namespace (or one cluster-wide) by a
+//! [`crate::k8s::watch`].
 //!
 //! OnlineDeployments are watched as dynamic objects and parsed one by one, so one malformed object
 //! is skipped (with a warning) instead of failing the whole list.
@@ -8,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::watcher;
@@ -39,10 +42,22 @@ pub struct Target {
 /// The key of a target: `(namespace, OnlineDeployment name)`.
 pub type TargetKey = (String, String);
 
-/// The watches of OnlineDeployments and HPAs (dropping them stops them).
+/// The replicas of an apps/v1 Deployment, as its watch last saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replicas {
+    /// `spec.replicas` (1 when unset, as Kubernetes defaults it).
+    pub desired: u32,
+    /// `status.readyReplicas`.
+    pub ready: u32,
+    /// The object's `resourceVersion` (the scale write's precondition).
+    pub resource_version: String,
+}
+
+/// The watches of OnlineDeployments, HPAs and Deployments (dropping them stops them).
 pub struct Watches {
     deployments: Vec<Watch<DynamicObject>>,
     hpas: Vec<Watch<HorizontalPodAutoscaler>>,
+    apps: Vec<Watch<Deployment>>,
 }
 
 impl Watches {
@@ -52,6 +67,7 @@ impl Watches {
         let mut watches = Watches {
             deployments: Vec::new(),
             hpas: Vec::new(),
+            apps: Vec::new(),
         };
         let resource = OnlineDeployment::api_resource();
         for scope in scopes {
@@ -89,8 +105,44 @@ impl Watches {
             watches
                 .hpas
                 .push(k8s::start_store(client, api, (), spec, &health));
+
+            let ns = scope.clone();
+            let api = move |client| match &ns {
+                Some(ns) => Api::namespaced(client, ns),
+                None => Api::all(client),
+            };
+            let spec = Spec {
+                name: format!("deployments in {place} (autoscaler)"),
+                resource: "deployments",
+                config: watcher::Config::default(),
+                trim: trim_deployment,
+            };
+            watches
+                .apps
+                .push(k8s::start_store(client, api, (), spec, &health));
         }
         watches
+    }
+
+    /// The replicas of the apps/v1 Deployment `namespace/name`, when it exists.
+    pub fn replicas(&self, namespace: &str, name: &str) -> Option<Replicas> {
+        self.apps.iter().find_map(|watch| {
+            let found = watch.store().state().into_iter().find(|d| {
+                d.metadata.name.as_deref() == Some(name)
+                    && d.metadata.namespace.as_deref() == Some(namespace)
+            })?;
+            let desired = found.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let ready = found
+                .status
+                .as_ref()
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0);
+            Some(Replicas {
+                desired: u32::try_from(desired).unwrap_or(0),
+                ready: u32::try_from(ready).unwrap_or(0),
+                resource_version: found.metadata.resource_version.clone().unwrap_or_default(),
+            })
+        })
     }
 
     /// Waits until every store has its first complete list.
@@ -99,6 +151,9 @@ impl Watches {
             let _ = watch.store().wait_until_ready().await;
         }
         for watch in &self.hpas {
+            let _ = watch.store().wait_until_ready().await;
+        }
+        for watch in &self.apps {
             let _ = watch.store().wait_until_ready().await;
         }
     }
@@ -183,6 +238,20 @@ pub fn target_of(object: &DynamicObject) -> Result<Option<Target>, String> {
             .max_concurrent_requests_per_instance
             .max(1),
     }))
+}
+
+/// Keeps what the autoscaler reads of a Deployment: its identity, `spec.replicas` and status
+/// counts; the pod template (most of the object) goes.
+fn trim_deployment(deployment: &mut Deployment) {
+    k8s::trim::metadata(&mut deployment.metadata);
+    deployment.metadata.labels = None;
+    if let Some(spec) = deployment.spec.as_mut() {
+        spec.template = Default::default();
+        spec.selector = Default::default();
+    }
+    if let Some(status) = deployment.status.as_mut() {
+        status.conditions = None;
+    }
 }
 
 /// Keeps what the autoscaler reads of an HPA: its identity and `scaleTargetRef`.

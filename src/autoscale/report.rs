@@ -3,7 +3,7 @@
 
 use metrics::{Counter, Gauge};
 
-use super::decide::{utilization_percent, Decision, Policy, Sample};
+use super::decide::{slots_per_pod_at_target, Decision, Policy, Reason};
 use crate::crd::AutoscaleStatus;
 use crate::telemetry::Metrics;
 
@@ -15,6 +15,8 @@ pub mod names {
     pub const CURRENT_REPLICAS: &str = "scoregate_autoscale_current_replicas";
     /// Replicas added or removed, by `direction` (`up`, `down`).
     pub const SCALE_EVENTS: &str = "scoregate_autoscale_scale_events_total";
+    /// Decisions made as the deployment's owner.
+    pub const DECISIONS: &str = "scoregate_autoscale_decisions_total";
     /// 1 while the autoscaler leaves the deployment alone, by `reason` (`hpa`).
     pub const REFUSED: &str = "scoregate_autoscale_refused";
     /// Times the autoscaler started refusing, by `reason` (`hpa`).
@@ -33,6 +35,8 @@ pub struct TargetMetrics {
     pub current: Gauge,
     /// 1 while an HPA keeps the autoscaler away.
     pub refused: Gauge,
+    /// Decisions made.
+    pub decisions: Counter,
     /// Replicas added (by decision).
     pub scaled_up: Counter,
     /// Replicas removed (by decision).
@@ -59,6 +63,7 @@ impl TargetMetrics {
         TargetMetrics {
             desired: metrics.gauge(names::DESIRED_REPLICAS, &labels),
             current: metrics.gauge(names::CURRENT_REPLICAS, &labels),
+            decisions: metrics.counter(names::DECISIONS, &labels),
             refused: metrics.gauge(names::REFUSED, &with("reason", "hpa")),
             scaled_up: metrics.counter(names::SCALE_EVENTS, &with("direction", "up")),
             scaled_down: metrics.counter(names::SCALE_EVENTS, &with("direction", "down")),
@@ -78,35 +83,35 @@ impl TargetMetrics {
     }
 }
 
-/// The status of a decision, with the numbers that led to it in the message.
+/// The status of a decision over `current` replicas, with the numbers that led to it in the
+/// message.
 pub fn decision_status(
-    sample: Sample,
+    current: u32,
     policy: &Policy,
     decision: &Decision,
     replicas_now: u32,
     last_scale_time: Option<String>,
 ) -> AutoscaleStatus {
-    let utilization = utilization_percent(sample, policy)
-        .map_or_else(|| "no replicas".to_string(), |u| format!("{u}%"));
+    let per_pod = slots_per_pod_at_target(policy);
     let message = format!(
-        "load {busy:.2} busy + {queued:.2} queued pods on {current} replicas = {utilization} \
-         (target {target}%): {desired} wanted within {min}..{max}; {action}",
-        busy = pods(sample.in_flight, policy),
-        queued = pods(sample.queued, policy),
-        current = sample.current,
+        "load {busy:.2} busy pods over {stable}s, {demand:.2} busy + queued over {panic}s, on \
+         {current} replicas (target {target}%: {per_pod:.2} busy slots a pod): {desired} wanted \
+         within {min}..{max}; {action}",
+        busy = decision.stable_busy / f64::from(policy.max_concurrent.max(1)),
+        stable = policy.stable_window.as_secs_f64(),
+        demand = decision.panic_demand / f64::from(policy.max_concurrent.max(1)),
+        panic = policy.panic_window.as_secs_f64(),
         target = policy.target_percent,
         desired = decision.desired,
         min = policy.min,
         max = policy.max.max(policy.min),
-        action = if replicas_now != sample.current {
-            format!("set {replicas_now} replicas")
-        } else if decision.state.below_for > 0 {
-            format!(
-                "lower for {} of {} intervals before removing one",
-                decision.state.below_for, policy.scale_down_intervals
-            )
-        } else {
-            format!("kept {replicas_now} replicas")
+        action = match decision.reason {
+            _ if replicas_now != current => format!("set {replicas_now} replicas"),
+            Reason::WaitingToScaleDown => format!(
+                "fewer wanted; kept {current} until {}s of recommendations ask for fewer",
+                policy.stabilisation.as_secs_f64()
+            ),
+            _ => format!("kept {replicas_now} replicas"),
         },
     );
     AutoscaleStatus {
@@ -116,11 +121,6 @@ pub fn decision_status(
         reason: decision.reason.as_str().to_string(),
         message,
     }
-}
-
-/// A count of slots as pods (`slots / maxConcurrentRequestsPerInstance`).
-pub fn pods(slots: u32, policy: &Policy) -> f64 {
-    f64::from(slots) / f64::from(policy.max_concurrent.max(1))
 }
 
 /// Whether a new status says something the last written one did not (the message alone, whose
@@ -150,8 +150,10 @@ pub fn now_rfc3339() -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
-    use crate::autoscale::decide::{decide, State};
+    use crate::autoscale::decide::{Load, Scaler};
 
     #[test]
     fn the_status_says_why() {
@@ -160,20 +162,28 @@ mod tests {
             max: 4,
             target_percent: 70,
             max_concurrent: 2,
-            scale_down_intervals: 20,
+            stable_window: Duration::from_secs(60),
+            panic_window: Duration::from_secs(6),
+            panic_threshold: 2.0,
+            tolerance: 0.1,
+            stabilisation: Duration::from_secs(20),
         };
-        let sample = Sample {
-            current: 1,
-            in_flight: 2,
-            queued: 3,
-        };
-        let decision = decide(State::default(), sample, &policy);
-        let status = decision_status(sample, &policy, &decision, 4, Some("t".into()));
-        assert_eq!(status.reason, "ScaledUp");
+        let mut scaler = Scaler::new(&policy);
+        for second in 0..6 {
+            let load = Load {
+                in_flight: 2,
+                queued: 3,
+            };
+            scaler.record(Duration::from_secs(second), load);
+        }
+        let decision = scaler.decide(Duration::from_secs(6), 1, 1, &policy);
+        let status = decision_status(1, &policy, &decision, 4, Some("t".into()));
+        assert_eq!(status.reason, "Panic");
         assert_eq!(status.desired_replicas, Some(4));
         assert!(
             status.message.starts_with(
-                "load 1.00 busy + 1.50 queued pods on 1 replicas = 250% (target 70%): 4 wanted"
+                "load 0.10 busy pods over 60s, 2.50 busy + queued over 6s, on 1 replicas \
+                 (target 70%: 1.40 busy slots a pod): 4 wanted within 1..4; set 4 replicas"
             ),
             "{}",
             status.message

@@ -1,7 +1,8 @@
-//! What the autoscaler asks of the API server: the scale subresource of the target Deployment
-//! (read, then replaced with the `resourceVersion` that was read, so a concurrent change by
-//! anyone else is a 409 rather than overwritten) and the OnlineDeployment's `status.autoscale`
-//! (a merge patch). Every write carries the autoscaler's field manager.
+//! What the autoscaler writes through the API server: the scale subresource of the target
+//! Deployment (replaced with the `resourceVersion` the Deployment's watch last saw, so a
+//! concurrent change by anyone else is a 409 rather than overwritten; nothing is read first) and
+//! the OnlineDeployment's `status.autoscale` (a merge patch). Every write carries the
+//! autoscaler's field manager.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v1::{Scale, ScaleSpec};
@@ -41,30 +42,28 @@ impl Writer {
         }
     }
 
-    /// The scale subresource of Deployment `namespace/name`.
-    pub async fn read_scale(&self, namespace: &str, name: &str) -> Result<Scale, ScaleError> {
-        let api: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
-        api.get_scale(name)
-            .await
-            .map_err(|e| classify(e, namespace, name, "read"))
-    }
-
-    /// Sets Deployment `namespace/name` to `replicas`, on the condition that its scale is still
-    /// `read` (same `resourceVersion`).
+    /// Sets Deployment `namespace/name` to `replicas`, on the condition that it is still at
+    /// `resource_version` (what its watch last saw).
     pub async fn write_scale(
         &self,
         namespace: &str,
         name: &str,
-        read: &Scale,
+        resource_version: &str,
         replicas: u32,
     ) -> Result<Scale, ScaleError> {
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
-        let mut scale = read.clone();
-        scale.metadata.managed_fields = None;
-        scale.spec = Some(ScaleSpec {
-            replicas: Some(i32::try_from(replicas).unwrap_or(i32::MAX)),
-        });
-        scale.status = None;
+        let scale = Scale {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some(namespace.to_owned()),
+                resource_version: Some(resource_version.to_owned()),
+                ..Default::default()
+            },
+            spec: Some(ScaleSpec {
+                replicas: Some(i32::try_from(replicas).unwrap_or(i32::MAX)),
+            }),
+            status: None,
+        };
         let params = PostParams {
             dry_run: false,
             field_manager: Some(self.field_manager.clone()),
@@ -116,7 +115,8 @@ fn classify(error: kube::Error, namespace: &str, name: &str, verb: &str) -> Scal
         kube::Error::Api(status) if status.code == 409 => ScaleError::Conflict(deployment),
         kube::Error::Api(status) if status.code == 403 => ScaleError::Other(format!(
             "not allowed to {verb} deployments/scale of {deployment} ({}): grant the router's \
-             ServiceAccount get, update and patch on deployments/scale (the installer's ClusterRole does)",
+             ServiceAccount update on deployments/scale and get, list, watch on deployments \
+             (the installer's ClusterRole does)",
             status.message
         )),
         _ => ScaleError::Other(format!(

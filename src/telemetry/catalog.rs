@@ -139,6 +139,8 @@ pub const CATALOG: &[Entry] = &[
         "Replicas of the target Deployment after the last decision."),
     entry("scoregate_autoscale_scale_events_total", Counter, &["endpoint", "deployment", "direction"],
         "Replica changes made, by direction (up, down)."),
+    entry("scoregate_autoscale_decisions_total", Counter, ED,
+        "Decisions made by this replica as the deployment's owner (one per pollingInterval)."),
     entry("scoregate_autoscale_refused", Gauge, &["endpoint", "deployment", "reason"],
         "1 while the autoscaler leaves the deployment alone, by reason (hpa)."),
     entry("scoregate_autoscale_refusals_total", Counter, &["endpoint", "deployment", "reason"],

@@ -422,3 +422,39 @@ pub fn requests_between(
 pub fn is_list(request: &scoregate_fake_kube::RecordedRequest) -> bool {
     request.method == "GET" && !request.is_watch()
 }
+
+/// An OnlineDeployment `ep-blue` (deployment `blue` of endpoint `my-ep`, Service `svc-blue` on
+/// `port`) with `request_settings`, autoscaled by the router under `scale_settings` (`type`
+/// `targetUtilization`, a decision a second and the apps/v1 Deployment `ep-blue` as the target
+/// are filled in).
+pub fn autoscaled_blue(port: u16, request_settings: Value, mut scale_settings: Value) -> Value {
+    scale_settings["type"] = json!("targetUtilization");
+    scale_settings["pollingInterval"] = json!(1);
+    scale_settings["targetDeployment"] = json!("ep-blue");
+    json!({
+        "apiVersion": "scoregate.io/v1", "kind": "OnlineDeployment",
+        "metadata": {"name": "ep-blue", "namespace": NS},
+        "spec": {"endpointName": "my-ep", "deploymentName": "blue", "serviceName": "svc-blue",
+            "port": port, "requestSettings": request_settings, "scaleSettings": scale_settings},
+    })
+}
+
+/// The apps/v1 Deployment `ep-blue` with `replicas`, all ready.
+pub fn apps_deployment_blue(replicas: u32) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "ep-blue", "namespace": NS},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "blue"}},
+            "template": {"metadata": {"labels": {"app": "blue"}}, "spec": {"containers": []}}},
+        "status": {"replicas": replicas, "readyReplicas": replicas},
+    })
+}
+
+/// GETs of the Deployment `ep-blue` or its scale subresource (an autoscaler that takes the
+/// replicas from its watch makes none).
+pub fn reads_of_blue_deployment(fake: &FakeApiServer) -> Vec<scoregate_fake_kube::RecordedRequest> {
+    fake.requests_with_prefix("/apis/apps/v1/namespaces/models/deployments/ep-blue")
+        .into_iter()
+        .filter(|r| r.method == "GET")
+        .collect()
+}

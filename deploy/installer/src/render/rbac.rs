@@ -32,10 +32,11 @@ pub const WATCHED: &[(&str, &[&str])] = &[
 pub const VERBS: &[&str] = &["get", "list", "watch"];
 
 /// What the request-based autoscaler needs, as `(API group, resources, verbs)`: it sets the
-/// replicas of model Deployments through their scale subresource and stays away from Deployments
-/// an HPA scales.
+/// replicas of model Deployments through their scale subresource, reads their replicas from a
+/// watch of Deployments, and stays away from Deployments an HPA scales.
 pub const AUTOSCALER: &[(&str, &[&str], &[&str])] = &[
     ("apps", &["deployments/scale"], &["get", "update", "patch"]),
+    ("apps", &["deployments"], &["get", "list", "watch"]),
     (
         "autoscaling",
         &["horizontalpodautoscalers"],
