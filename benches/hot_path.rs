@@ -367,6 +367,7 @@ fn http1_codec(c: &mut Criterion) {
                 &mut out,
                 black_box(&head),
                 &[path.as_bytes()],
+                head.body(),
                 |name| name.eq_ignore_ascii_case(b"authorization"),
                 |w| {
                     w.field(b"x-forwarded-for", b"10.1.2.3");

@@ -13,6 +13,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 REQUESTS=5000
 KEY=bench-key-0123456789abcdef
+PROTO=${PROTO:-http}
 WORK=$(mktemp -d)
 trap 'pkill -f "$WORK" 2>/dev/null || true; sleep 1; [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"' EXIT
 
@@ -30,6 +31,17 @@ if [ -z "${SCOREGATE_BIN:-}" ]; then
 fi
 
 echo '{"data": [[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]]}' > "$WORK/body.json"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+  -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
+if [ "$PROTO" = https ]; then
+  PROXY_LISTEN="ssl; ssl_certificate $WORK/cert.pem; ssl_certificate_key $WORK/key.pem; ssl_protocols TLSv1.3; ssl_session_cache off; ssl_session_tickets off"
+  SG_LISTEN=(--tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem" --tls-listen 127.0.0.1:18282
+    --listen 127.0.0.1:18284 --tls-session-resumption false)
+else
+  PROXY_LISTEN=""
+  SG_LISTEN=(--listen 127.0.0.1:18282)
+fi
 nginx_conf() { # name listen body
   cat > "$WORK/$1.conf" <<EOF
 worker_processes 1;
@@ -44,14 +56,14 @@ http {
   client_body_temp_path $WORK/$1-body;
   upstream backend { server 127.0.0.1:18280; keepalive 128; keepalive_requests 100000000; keepalive_timeout 75s; }
   server {
-    listen 127.0.0.1:$2;
+    listen 127.0.0.1:$2 ${4:-};
     $3
   }
 }
 EOF
 }
 nginx_conf backend 18280 "location = /score { default_type application/json; return 200 '{\"predictions\": [0.1234, 0.5678], \"model\": \"bench\", \"version\": \"1.0.0\", \"latency_ms\": 0.1}'; }"
-nginx_conf proxy 18281 'location = /api/v1/endpoint/bench/score { proxy_pass http://backend/score; proxy_http_version 1.1; proxy_set_header Connection ""; }'
+nginx_conf proxy 18281 'location = /api/v1/endpoint/bench/score { proxy_pass http://backend/score; proxy_http_version 1.1; proxy_set_header Connection ""; }' "$PROXY_LISTEN"
 cat > "$WORK/routes.yaml" <<EOF
 endpoints:
   - name: bench
@@ -71,7 +83,7 @@ profile() {
   shift 2
   valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.$label.%p" "$@" > "$WORK/$label.log" 2>&1 &
   for _ in $(seq 1 120); do
-    curl -s -o /dev/null -X POST "$url" && break
+    curl -sk -o /dev/null -X POST "$url" && break
     sleep 1
   done
   local load=(h2load --h1 -c 8 -d "$WORK/body.json" -H "Authorization: Bearer $KEY" "$url")
@@ -99,9 +111,9 @@ profile() {
   PROFILE_OUT=$out
 }
 
-profile nginx http://127.0.0.1:18281/api/v1/endpoint/bench/score nginx -c "$WORK/proxy.conf" -e "$WORK/proxy-error.log"
-profile scoregate http://127.0.0.1:18282/api/v1/endpoint/bench/score "$SCOREGATE_BIN" serve \
-  --routes "$WORK/routes.yaml" --listen 127.0.0.1:18282 --admin-listen 127.0.0.1:18283 \
+profile nginx "$PROTO://127.0.0.1:18281/api/v1/endpoint/bench/score" nginx -c "$WORK/proxy.conf" -e "$WORK/proxy-error.log"
+profile scoregate "$PROTO://127.0.0.1:18282/api/v1/endpoint/bench/score" "$SCOREGATE_BIN" serve \
+  --routes "$WORK/routes.yaml" "${SG_LISTEN[@]}" --admin-listen 127.0.0.1:18283 \
   --allow-insecure-connections --workers 1 --access-log off
 echo
 python3 "$ROOT/benches/profile/by_crate.py" "$PROFILE_OUT" "$REQUESTS"

@@ -110,7 +110,7 @@ impl Framing {
                             continue;
                         }
                         // The usual case: the whole head is in this read; check it in place.
-                        match find_head_end(data, 0) {
+                        match head::find_end(data, 0) {
                             Ok(Some(end)) if end <= self.limits.max_header_bytes => {
                                 match body_state(&data[..end], self.limits) {
                                     Ok(next) => self.state = next,
@@ -178,7 +178,7 @@ impl Framing {
         let window = &data[..data.len().min(room)];
         self.head.extend_from_slice(window);
         // Rescan the last bytes already held: a CRLFCRLF may straddle the two reads.
-        match find_head_end(&self.head, already.saturating_sub(3))? {
+        match head::find_end(&self.head, already.saturating_sub(3))? {
             Some(end) => {
                 self.head.truncate(end);
                 Ok((end - already, true))
@@ -203,20 +203,6 @@ fn bad_chunk(undispatched: Option<usize>, chunk_start: usize) -> Scan {
         Some(request_start) => refused(request_start, Violation::InvalidChunk, true),
         None => refused(chunk_start, Violation::InvalidChunk, false),
     }
-}
-
-/// The end (exclusive) of the first CRLFCRLF in `bytes` at or after `from`, checking on the way
-/// that every LF ends a CRLF.
-fn find_head_end(bytes: &[u8], from: usize) -> Result<Option<usize>, Violation> {
-    for i in memchr::memchr_iter(b'\n', &bytes[from..]).map(|i| i + from) {
-        if i == 0 || bytes[i - 1] != b'\r' {
-            return Err(Violation::BareLineFeed);
-        }
-        if i >= 3 && bytes[i - 3..=i] == *b"\r\n\r\n" {
-            return Ok(Some(i + 1));
-        }
-    }
-    Ok(None)
 }
 
 /// Checks one complete head and returns the state its body puts the stream in.

@@ -159,6 +159,20 @@ impl HeadIndex {
     }
 }
 
+/// The end (exclusive) of the first CRLFCRLF in `bytes` at or after `from`, checking on the way
+/// that every LF ends a CRLF.
+pub fn find_end(bytes: &[u8], from: usize) -> Result<Option<usize>, Violation> {
+    for i in memchr::memchr_iter(b'\n', &bytes[from..]).map(|i| i + from) {
+        if i == 0 || bytes[i - 1] != b'\r' {
+            return Err(Violation::BareLineFeed);
+        }
+        if i >= 3 && bytes[i - 3..=i] == *b"\r\n\r\n" {
+            return Ok(Some(i + 1));
+        }
+    }
+    Ok(None)
+}
+
 /// Checks one complete head (`head` starts with the request line and ends with the empty line;
 /// every LF in it follows a CR) and indexes it.
 pub fn inspect(head: &[u8], limits: HeadLimits) -> Result<HeadIndex, Violation> {

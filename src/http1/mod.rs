@@ -1,5 +1,5 @@
 //! HTTP/1.1 on the wire, below both legs of the proxy. Nothing here depends on the rest of the
-//! crate.
+//! crate; the byte-level path of `docs/ARCHITECTURE.md` is built from these pieces.
 //!
 //! | module | concern |
 //! |---|---|
@@ -8,17 +8,21 @@
 //! | [`chunked`] | the chunked coding, decoded incrementally and written |
 //! | [`body`] | bodies read with the framing they came with and written with the other side's |
 //! | [`response`] | pod response heads parsed once, with their body's framing |
+//! | [`wire`] | a connection read through a buffer: request and response heads split off it |
+//! | [`copy`] | bodies copied between connections in the request's own task |
 //! | [`write`] | the heads the byte-level path writes: the request for the pod, the response for the client |
 //! | [`violation`] | why a request is refused, with its status and message |
 //! | [`encode`] | writing a response as bytes |
 
 pub mod body;
 pub mod chunked;
+pub mod copy;
 pub mod encode;
 pub mod framing;
 pub mod head;
 pub mod response;
 pub mod violation;
+pub mod wire;
 pub mod write;
 
 #[cfg(test)]

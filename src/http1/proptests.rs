@@ -304,16 +304,24 @@ proptest! {
     ) {
         let request = RequestHead::parse(Bytes::from(head), LIMITS).unwrap();
         let mut out = Vec::new();
-        write::forward_request(&mut out, &request, &[b"/score"], |_| false, |w| {
+        write::forward_request(&mut out, &request, &[b"/score"], request.body(), |_| false, |w| {
             w.field(b"x-forwarded-proto", b"http");
         });
         let forwarded = httparse_view(&out).expect("the forwarded head parses");
         prop_assert_eq!(forwarded.1, "/score");
         let kept = router_view(&request).2.into_iter().filter(|(n, _)| {
-            super::head::Known::of(n.as_bytes()).is_none_or(|k| !k.is_hop_by_hop())
+            super::head::Known::of(n.as_bytes())
+                .is_none_or(|k| !k.is_hop_by_hop() && k != super::head::Known::ContentLength)
                 && !request.is_connection_listed(n.as_bytes())
         });
         let mut expected: Vec<_> = kept.collect();
+        match request.body() {
+            super::head::BodyFraming::Length(n) => expected.push(("content-length".into(), n.to_string().into_bytes())),
+            super::head::BodyFraming::Empty if request.get_known(super::head::Known::ContentLength).is_some() => {
+                expected.push(("content-length".into(), b"0".to_vec()))
+            }
+            _ => {}
+        }
         expected.push(("x-forwarded-proto".into(), b"http".to_vec()));
         prop_assert_eq!(forwarded.2, expected);
 

@@ -5,7 +5,8 @@
 //! the caller names the fields it replaces and writes its own.
 //!
 //! The choices hyper made on this path before, kept: requests go out as HTTP/1.1; a chunked
-//! request body is sent chunked, without its extensions and trailers; a response is written in
+//! request body is sent chunked, without its extensions and trailers (a chunked `GET` body too,
+//! which hyper dropped); a body of known length goes with `content-length`; a response is written in
 //! the client's version with the pod's status and reason phrase, `Content-Length` when the pod
 //! framed the body by length (`content-length: 0` when it has none), chunked otherwise (or
 //! until close for an HTTP/1.0 client), the pod's `Content-Length` as it is for `HEAD`, none for
@@ -86,7 +87,7 @@ impl<'a> HeadWriter<'a> {
         for field in head.fields() {
             let line = field.line_range();
             let keep = match field.known() {
-                Some(Known::TransferEncoding) => false,
+                Some(Known::ContentLength) => false,
                 Some(known) if known.is_hop_by_hop() => false,
                 _ => {
                     let name = field.name(bytes);
@@ -140,24 +141,34 @@ impl<'a> HeadWriter<'a> {
 }
 
 /// Writes the head of `request` as the pod gets it: the method, `target` (in parts) and the
-/// fields that may cross a proxy, except those `replaced` names; the body's framing field;
-/// then `extra` adds the caller's fields. Returns how the body is written.
+/// fields that may cross a proxy, except those `replaced` names; the framing field of `body`,
+/// the body as it is sent (a client's `Content-Length: 0` is kept); then `extra` adds the
+/// caller's fields. Returns how the body is written.
 pub fn forward_request(
     out: &mut Vec<u8>,
     request: &RequestHead,
     target: &[&[u8]],
+    body: BodyFraming,
     replaced: impl FnMut(&[u8]) -> bool,
     extra: impl FnOnce(&mut HeadWriter<'_>),
 ) -> BodyEncoder {
     let mut head = HeadWriter::request(out, request.method(), target);
     head.request_fields(request, replaced);
-    let encoder = match request.body() {
+    let encoder = match body {
         BodyFraming::Chunked => {
             head.field(b"transfer-encoding", b"chunked");
             BodyEncoder::Chunked
         }
-        // `Content-Length` was copied with the fields.
-        BodyFraming::Length(_) | BodyFraming::Empty => BodyEncoder::Length,
+        BodyFraming::Length(n) => {
+            head.field(b"content-length", itoa::Buffer::new().format(n).as_bytes());
+            BodyEncoder::Length
+        }
+        BodyFraming::Empty => {
+            if request.get_known(Known::ContentLength).is_some() {
+                head.field(b"content-length", b"0");
+            }
+            BodyEncoder::Length
+        }
     };
     extra(&mut head);
     head.finish();
@@ -291,6 +302,7 @@ mod tests {
             &mut out,
             &head,
             &[b"/score", b"?", b"a=1"],
+            head.body(),
             |name| name.eq_ignore_ascii_case(b"authorization"),
             |w| {
                 w.field(b"x-forwarded-proto", b"http");
@@ -304,13 +316,20 @@ mod tests {
         );
         let head = request("GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n");
         let mut out = Vec::new();
-        assert_eq!(
-            forward_request(&mut out, &head, &[b"/"], |_| false, |_| {}),
-            BodyEncoder::Length
-        );
+        let encoder = forward_request(&mut out, &head, &[b"/"], head.body(), |_| false, |_| {});
+        assert_eq!(encoder, BodyEncoder::Length);
         assert_eq!(
             out,
-            b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n"
+            b"GET / HTTP/1.1\r\nHost: h\r\ncontent-length: 0\r\n\r\n"
+        );
+        let head = request("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let mut out = Vec::new();
+        let framing = BodyFraming::Length(3);
+        let encoder = forward_request(&mut out, &head, &[b"/"], framing, |_| false, |_| {});
+        assert_eq!(encoder, BodyEncoder::Length);
+        assert_eq!(
+            out,
+            b"POST / HTTP/1.1\r\nHost: h\r\ncontent-length: 3\r\n\r\n"
         );
     }
 
