@@ -111,8 +111,9 @@ pub enum SendError {
     Pod(io::Error),
 }
 
-/// Sees every piece of a body as it passes.
-pub type Tap<'a> = &'a mut dyn FnMut(&[u8]);
+/// Sees every piece of a body as it passes; `Send`, so a request future that copies a body can
+/// run on any worker.
+pub type Tap<'a> = &'a mut (dyn FnMut(&[u8]) + Send);
 
 /// What a request body passes through on its way to the pod.
 pub struct Outbound<'a> {
