@@ -113,6 +113,23 @@ impl BodyEncoder {
     }
 }
 
+/// Decodes a whole chunked body from `input`: its data, and the bytes after it (for tests).
+#[cfg(test)]
+pub(crate) fn decode_chunked(input: &[u8]) -> (Vec<u8>, &[u8]) {
+    let mut decoder = BodyDecoder::chunked(64);
+    let (mut data, mut input) = (Vec::new(), input);
+    loop {
+        let (used, found) = decoder.decode(input).expect("a well-formed chunked body");
+        if let Chunk::Data(d) = found {
+            data.extend_from_slice(d);
+        }
+        input = &input[used..];
+        if found == Chunk::End {
+            return (data, input);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

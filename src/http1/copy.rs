@@ -318,6 +318,7 @@ mod tests {
     use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     use super::*;
+    use crate::http1::body::decode_chunked;
 
     /// A client wire whose peer sends `pieces`, one write each, then closes unless `hold`.
     fn client_sending(pieces: Vec<&'static [u8]>, hold: bool) -> Wire<DuplexStream> {
@@ -386,19 +387,7 @@ mod tests {
             text.starts_with("HEAD\r\n\r\n") && text.ends_with("0\r\n\r\n"),
             "{text:?}"
         );
-        let mut decoder = BodyDecoder::chunked(64);
-        let mut data = Vec::new();
-        let mut input = &text.as_bytes()[8..];
-        loop {
-            let (used, found) = decoder.decode(input).unwrap();
-            if let Chunk::Data(d) = found {
-                data.extend_from_slice(d);
-            }
-            input = &input[used..];
-            if found == Chunk::End {
-                break;
-            }
-        }
+        let (data, _) = decode_chunked(&text.as_bytes()[8..]);
         assert_eq!(data, b"hello!!!");
     }
 
@@ -520,18 +509,7 @@ mod tests {
         pending.write_to(&mut client).await.unwrap();
         drop(client);
         let received = reader.await.unwrap();
-        let mut decoder = BodyDecoder::chunked(64);
-        let (mut data, mut input) = (Vec::new(), received.as_slice());
-        loop {
-            let (used, found) = decoder.decode(input).unwrap();
-            if let Chunk::Data(d) = found {
-                data.extend_from_slice(d);
-            }
-            input = &input[used..];
-            if found == Chunk::End {
-                break;
-            }
-        }
+        let (data, _) = decode_chunked(&received);
         assert_eq!(data, body);
     }
 
