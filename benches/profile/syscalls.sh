@@ -4,16 +4,13 @@
 # connections (h2load --h1) after 200 unrecorded ones. Says whether a proxy writes each response
 # once (one TLS record, one flush) or in pieces.
 #
-#   benches/profile/syscalls.sh               # plain HTTP; builds scoregate in release
+#   benches/profile/syscalls.sh               # plain HTTP; builds scoregate as callgrind.sh does
 #   PROTO=https benches/profile/syscalls.sh   # over TLS 1.3 (both proxies terminate TLS)
 #   SCOREGATE_BIN=path benches/profile/syscalls.sh
 #
 # Needs strace, h2load (nghttp2-client) and nginx; installs them with apt-get when missing.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-REQUESTS=5000
-KEY=bench-key-0123456789abcdef
-PROTO=${PROTO:-http}
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -23,64 +20,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-missing=()
-for tool in strace:strace h2load:nghttp2-client nginx:nginx-light; do
-  command -v "${tool%%:*}" >/dev/null || missing+=("${tool##*:}")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
-fi
-if [ -z "${SCOREGATE_BIN:-}" ]; then
-  (cd "$ROOT" && CARGO_TARGET_DIR="$ROOT/target/bench-release" \
-    cargo build --release --quiet -p scoregate --bin scoregate)
-  SCOREGATE_BIN=$ROOT/target/bench-release/release/scoregate
-fi
-
-echo '{"data": [[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]]}' > "$WORK/body.json"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-  -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
-  -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
-if [ "$PROTO" = https ]; then
-  PROXY_LISTEN="ssl; ssl_certificate $WORK/cert.pem; ssl_certificate_key $WORK/key.pem; ssl_protocols TLSv1.3; ssl_session_cache off; ssl_session_tickets off"
-  SG_LISTEN=(--tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem" --tls-listen 127.0.0.1:28382
-    --listen 127.0.0.1:28384 --tls-session-resumption false)
-else
-  PROXY_LISTEN=""
-  SG_LISTEN=(--listen 127.0.0.1:28382)
-fi
-nginx_conf() { # name listen body [listen options]
-  cat > "$WORK/$1.conf" <<EOF
-worker_processes 1;
-master_process off;
-daemon off;
-error_log $WORK/$1-error.log;
-pid $WORK/$1.pid;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 100000000;
-  client_body_temp_path $WORK/$1-body;
-  upstream backend { server 127.0.0.1:28380; keepalive 128; keepalive_requests 100000000; keepalive_timeout 75s; }
-  server {
-    listen 127.0.0.1:$2 ${4:-};
-    $3
-  }
-}
-EOF
-}
-nginx_conf backend 28380 "location = /score { default_type application/json; return 200 '{\"predictions\": [0.1234, 0.5678], \"model\": \"bench\", \"version\": \"1.0.0\", \"latency_ms\": 0.1}'; }"
-nginx_conf proxy 28381 'location = /api/v1/endpoint/bench/score { proxy_pass http://backend/score; proxy_http_version 1.1; proxy_set_header Connection ""; }' "$PROXY_LISTEN"
-cat > "$WORK/routes.yaml" <<EOF
-endpoints:
-  - name: bench
-    keys: { primary: "$KEY" }
-    traffic: { blue: 100 }
-deployments:
-  - name: blue
-    endpoint: bench
-    pods: ["127.0.0.1:28380"]
-    request_settings: { max_concurrent_requests_per_instance: 1000, max_queue_length: 1000 }
-EOF
+BASE=28380
+TOOLS="strace:strace"
+# shellcheck source=benches/profile/setup.sh
+source "$ROOT/benches/profile/setup.sh"
 nginx -c "$WORK/backend.conf" -e "$WORK/backend-error.log" &
 PIDS+=($!)
 
@@ -91,10 +34,7 @@ count() {
   "$@" > "$WORK/$label.log" 2>&1 &
   local pid=$!
   PIDS+=("$pid")
-  for _ in $(seq 1 60); do
-    curl -sk -o /dev/null -X POST "$url" && break
-    sleep 0.5
-  done
+  wait_ready "$url"
   local load=(h2load --h1 -c 8 -d "$WORK/body.json" -H "Authorization: Bearer $KEY" "$url")
   "${load[@]}" -n 200 > /dev/null
   strace -c -f -p "$pid" -o "$WORK/$label.strace" 2>/dev/null &
@@ -110,7 +50,5 @@ count() {
     printf "  %-14s %.2f\n", $NF, $4 / n }' "$WORK/$label.strace"
 }
 
-count nginx "$PROTO://127.0.0.1:28381/api/v1/endpoint/bench/score" nginx -c "$WORK/proxy.conf" -e "$WORK/proxy-error.log"
-count scoregate "$PROTO://127.0.0.1:28382/api/v1/endpoint/bench/score" "$SCOREGATE_BIN" serve \
-  --routes "$WORK/routes.yaml" "${SG_LISTEN[@]}" --admin-listen 127.0.0.1:28383 \
-  --allow-insecure-connections --workers 1 --access-log off
+count nginx "$NGINX_URL" "${NGINX_CMD[@]}"
+count scoregate "$SCOREGATE_URL" "${SCOREGATE_CMD[@]}"
