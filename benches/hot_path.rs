@@ -97,6 +97,7 @@ fn route_spec(endpoints: usize, deployments: &[(&str, u8)], pods: usize, cap: u3
                         ..RequestSettings::default()
                     },
                     outlier_detection: OutlierDetection::default(),
+                    routing: Default::default(),
                 },
             );
         }

@@ -41,9 +41,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::model::{
-    OutlierDetection, RequestSettings, DEFAULT_MAX_CONCURRENT_REQUESTS_PER_INSTANCE,
-    DEFAULT_MAX_QUEUE_WAIT_MS, DEFAULT_MODEL_PORT, DEFAULT_REQUEST_TIMEOUT_MS,
-    MAX_BASE_EJECTION_MS, MAX_MIRROR_PERCENT, MAX_REQUEST_TIMEOUT_MS,
+    OutlierDetection, RequestSettings, RoutingSettings,
+    DEFAULT_MAX_CONCURRENT_REQUESTS_PER_INSTANCE, DEFAULT_MAX_QUEUE_WAIT_MS, DEFAULT_MODEL_PORT,
+    DEFAULT_REQUEST_TIMEOUT_MS, MAX_BASE_EJECTION_MS, MAX_MIRROR_PERCENT, MAX_REQUEST_TIMEOUT_MS,
 };
 
 /// The API group of scoregate's custom resources.
@@ -251,6 +251,14 @@ pub struct OnlineDeploymentSpec {
     /// Autoscaling settings, stored for the request-based autoscaler (not used for routing).
     #[serde(default)]
     pub scale_settings: ScaleSettingsSpec,
+    /// How requests are spread over the pods (scoregate's): the picking policy, the prefix key
+    /// of `prefix_affinity`, and scraping of the pods' own metrics.
+    #[serde(default, skip_serializing_if = "is_default_routing")]
+    pub routing: RoutingSettings,
+}
+
+fn is_default_routing(routing: &RoutingSettings) -> bool {
+    *routing == RoutingSettings::default()
 }
 
 impl OnlineDeploymentSpec {

@@ -105,6 +105,8 @@ pub struct DeploymentSpec {
     pub settings: RequestSettings,
     /// When pods whose connections keep failing leave the rotation.
     pub outlier_detection: OutlierDetection,
+    /// How requests are spread over the pods.
+    pub routing: RoutingSettings,
 }
 
 /// One model pod address and its state, as an EndpointSlice reports it.
@@ -443,6 +445,9 @@ impl DeploymentSpec {
                 format!("{} is above 100: lower it", o.max_ejection_percent),
             );
         }
+        for (field, message) in self.routing.problems() {
+            err(&format!(".routing{field}"), message);
+        }
         let mut seen = std::collections::HashSet::new();
         for pod in &self.pods {
             if !seen.insert(pod.address) {
@@ -479,6 +484,7 @@ mod tests {
             pods: vec![PodSpec::ready("127.0.0.1:5001".parse().unwrap())],
             settings: RequestSettings::default(),
             outlier_detection: OutlierDetection::default(),
+            routing: RoutingSettings::default(),
         }
     }
 

@@ -21,7 +21,11 @@ use http::HeaderValue;
 
 use crate::admission::{DeploymentAdmission, OutlierSettings, Pod, Target};
 use crate::auth::Authenticator;
-use crate::model::{DeploymentSpec, EndpointSpec, OutlierDetection, RequestSettings, RouteSpec};
+use crate::model::{
+    DeploymentSpec, EndpointSpec, OutlierDetection, RequestSettings, RouteSpec, RoutingSettings,
+};
+use crate::picking::scrape::Plan;
+use crate::picking::{Picking, PrefixKey, Switch};
 use crate::telemetry::{DeploymentMetrics, Metrics, StatusCounters};
 
 /// One deployment as the proxy sees it.
@@ -40,6 +44,9 @@ pub struct Deployment {
     pub admission: Arc<DeploymentAdmission>,
     /// Metric handles.
     pub metrics: Arc<DeploymentMetrics>,
+    /// How a request is keyed for prefix affinity (only with that policy): the request path
+    /// computes the key before admission, reading the body only when the key is in it.
+    pub prefix: Option<PrefixKey>,
 }
 
 impl Deployment {
@@ -51,6 +58,7 @@ impl Deployment {
             pods: &self.pods,
             accounting: &self.admission,
             request_timeout: self.settings.request_timeout,
+            prefix: &[],
         }
     }
 }
@@ -213,6 +221,38 @@ struct DeploymentEntry {
     metrics: Arc<DeploymentMetrics>,
     pods: HashMap<SocketAddr, Arc<Pod>>,
     built: Option<Arc<Deployment>>,
+    routing: Routing,
+}
+
+/// A deployment's picking state that outlives builds while its routing settings stay the same.
+#[derive(Default)]
+struct Routing {
+    /// The policy the deployment's admission holds.
+    policy: Switch,
+    /// The settings it was made from; `None` before the first build.
+    settings: Option<RoutingSettings>,
+    prefix: Option<PrefixKey>,
+    /// The pods' metrics scraping, running while this is held.
+    scrape: Option<Arc<Plan>>,
+}
+
+impl Routing {
+    /// Rebuilds the picking when `settings` changed: a new policy for admission, the prefix key,
+    /// and scraping (a new board: reports made under the old settings do not carry over).
+    fn sync(&mut self, settings: &RoutingSettings) {
+        if self.settings.as_ref() == Some(settings) {
+            return;
+        }
+        let picking = Picking::of(settings);
+        self.policy.set(picking.policy);
+        self.scrape = settings
+            .pod_metrics
+            .as_ref()
+            .zip(picking.loads)
+            .map(|(metrics, loads)| Plan::start(metrics, loads));
+        self.prefix = picking.prefix;
+        self.settings = Some(settings.clone());
+    }
 }
 
 /// What an endpoint looked like at the last build.
@@ -424,20 +464,24 @@ impl TableBuilder {
     fn sync_deployment(&mut self, key: (String, String), deployment: &DeploymentSpec) -> bool {
         let entry = self.deployments.entry(key).or_insert_with_key(|key| {
             let s = deployment.settings;
+            let routing = Routing::default();
             DeploymentEntry {
                 spec: deployment.clone(),
-                admission: DeploymentAdmission::new(
+                admission: DeploymentAdmission::with_policy(
                     s.max_concurrent_requests_per_instance,
                     s.max_queue_length,
+                    Box::new(routing.policy.clone()),
                 ),
                 metrics: Arc::new(DeploymentMetrics::new(&self.metrics, &key.0, &key.1)),
                 pods: HashMap::new(),
                 built: None,
+                routing,
             }
         });
         if entry.built.is_some() && entry.spec == *deployment {
             return false;
         }
+        entry.routing.sync(&deployment.routing);
         entry.spec = deployment.clone();
         entry.built = Some(Arc::new(build_deployment(entry)));
         true
@@ -602,6 +646,9 @@ fn build_deployment(entry: &mut DeploymentEntry) -> Deployment {
             routable.push(pod);
         }
     }
+    if let Some(plan) = &entry.routing.scrape {
+        plan.set_pods(routable.clone().into_boxed_slice());
+    }
     Deployment {
         name: spec.name.as_str().into(),
         name_header: HeaderValue::from_str(&spec.name)
@@ -611,6 +658,7 @@ fn build_deployment(entry: &mut DeploymentEntry) -> Deployment {
         pods: routable.into_boxed_slice(),
         admission: entry.admission.clone(),
         metrics: entry.metrics.clone(),
+        prefix: entry.routing.prefix.clone(),
     }
 }
 
@@ -647,6 +695,7 @@ mod tests {
                     pods: pods.clone(),
                     settings: RequestSettings::default(),
                     outlier_detection: OutlierDetection::default(),
+                    routing: Default::default(),
                 },
             );
         }

@@ -97,6 +97,20 @@ async fn every_request_gets_one_access_log_line_with_its_request_id() {
         assert!(line[field].is_number(), "{field}: {line}");
     }
     assert!(line.get("code").is_none(), "the model answered: {line}");
+    assert!(
+        line.get("ttft_ms").is_none(),
+        "a body of known length: {line}"
+    );
+
+    // A streamed answer (server-sent events) is timed: first byte, chunks, longest gap.
+    let streamed = h
+        .score("ep-one", "?stream_events=3&event_interval_ms=20")
+        .await;
+    let line = the_line_for(streamed.header("x-request-id").unwrap()).await;
+    assert!(line["ttft_ms"].as_f64().unwrap() > 0.0, "{line}");
+    let chunks = line["chunks"].as_u64().unwrap();
+    assert!((1..=3).contains(&chunks), "{line}");
+    assert!(line["max_gap_ms"].is_number(), "{line}");
 
     let failed = h.score("ep-one", "?fail=1").await;
     let line = the_line_for(failed.header("x-request-id").unwrap()).await;

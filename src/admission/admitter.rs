@@ -26,6 +26,8 @@ pub struct Target<'a> {
     pub accounting: &'a Arc<DeploymentAdmission>,
     /// How long the pod has for one request: a slot held much longer has been lost.
     pub request_timeout: Duration,
+    /// The request's prefix key, for a policy that routes on it (empty otherwise).
+    pub prefix: &'a [u64],
 }
 
 /// A boxed future of a coordinator's answer.
@@ -58,7 +60,10 @@ impl Admitter {
     #[inline]
     pub async fn admit(&self, target: Target<'_>, max_wait: Duration) -> Result<Slot, AdmitError> {
         match self {
-            Admitter::Local => target.accounting.admit(target.pods, max_wait).await,
+            Admitter::Local => {
+                let (pods, prefix) = (target.pods, target.prefix);
+                target.accounting.admit_keyed(pods, prefix, max_wait).await
+            }
             Admitter::Coordinated(coordinator) => coordinator.admit(target, max_wait).await,
         }
     }

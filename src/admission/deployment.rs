@@ -137,6 +137,14 @@ impl DeploymentAdmission {
         Some(Slot::new(pod, self.clone()))
     }
 
+    /// Like [`Self::try_acquire`], for a request with a prefix key (the policy may prefer the
+    /// pod that served the prefix).
+    pub fn try_acquire_keyed(self: &Arc<Self>, pods: &[Arc<Pod>], prefix: &[u64]) -> Option<Slot> {
+        let candidates = Candidates::new(pods, self.cap(), None).with_prefix(prefix);
+        let pod = self.take(&candidates)?;
+        Some(Slot::new(pod, self.clone()))
+    }
+
     /// Takes a slot on `pod` whatever its count: a request the deployment's owner already
     /// admitted, or one a replica reports after ownership moved. Also says whether the pod is
     /// now above its cap (an over-admission, for the caller to count).
@@ -152,12 +160,23 @@ impl DeploymentAdmission {
         pods: &[Arc<Pod>],
         max_wait: Duration,
     ) -> Result<Slot, AdmitError> {
+        self.admit_keyed(pods, &[], max_wait).await
+    }
+
+    /// Like [`Self::admit`] for a request with a prefix key. The key steers the choice of a free
+    /// slot only: a request that waits in the queue gets the first slot freed, as any other.
+    pub async fn admit_keyed(
+        self: &Arc<Self>,
+        pods: &[Arc<Pod>],
+        prefix: &[u64],
+        max_wait: Duration,
+    ) -> Result<Slot, AdmitError> {
         if pods.is_empty() {
             return Err(AdmitError::NoReadyPod);
         }
         // Newcomers only take the fast path when nobody is waiting, so the queue stays FIFO.
         if !self.queue.is_waiting() {
-            if let Some(slot) = self.try_acquire(pods) {
+            if let Some(slot) = self.try_acquire_keyed(pods, prefix) {
                 return Ok(slot);
             }
         }
@@ -199,10 +218,17 @@ impl DeploymentAdmission {
         );
     }
 
+    /// A slot taken on a pod of `candidates` (see [`Self::choose_and_take`]), told to the policy.
+    fn take(&self, candidates: &Candidates<'_>) -> Option<Arc<Pod>> {
+        let pod = self.choose_and_take(candidates)?;
+        self.policy.admitted(candidates, &pod);
+        Some(pod)
+    }
+
     /// The policy's choice, with the slot taken; when that fails (the choice lost the last slot
     /// to a concurrent request, or the policy found nothing), every pod from a random start, so
     /// a free slot is never missed.
-    fn take(&self, candidates: &Candidates<'_>) -> Option<Arc<Pod>> {
+    fn choose_and_take(&self, candidates: &Candidates<'_>) -> Option<Arc<Pod>> {
         let cap = self.cap();
         if let Some(i) = self.policy.choose(candidates) {
             let pod = candidates.pod(i);

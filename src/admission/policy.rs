@@ -10,12 +10,14 @@ use std::sync::Arc;
 
 use super::pod::Pod;
 
-/// The pods a policy chooses among: the deployment's routable pods in the request's snapshot.
+/// The pods a policy chooses among: the deployment's routable pods in the request's snapshot,
+/// and the request's prefix key when its deployment routes on one (opaque block hashes here).
 #[derive(Clone, Copy, Debug)]
 pub struct Candidates<'a> {
     pods: &'a [Arc<Pod>],
     cap: u32,
     excluded: Option<&'a Arc<Pod>>,
+    prefix: &'a [u64],
 }
 
 impl<'a> Candidates<'a> {
@@ -25,7 +27,23 @@ impl<'a> Candidates<'a> {
             pods,
             cap,
             excluded,
+            prefix: &[],
         }
+    }
+
+    /// The same candidates for a request keyed by `prefix`.
+    pub fn with_prefix(self, prefix: &'a [u64]) -> Self {
+        Candidates { prefix, ..self }
+    }
+
+    /// The request's prefix key (empty when it has none, or its deployment does not use one).
+    pub fn prefix(&self) -> &'a [u64] {
+        self.prefix
+    }
+
+    /// Slots per pod.
+    pub fn cap(&self) -> u32 {
+        self.cap
     }
 
     /// How many pods there are (with room or not).
@@ -56,6 +74,12 @@ pub trait Policy: Send + Sync + std::fmt::Debug {
     /// room. The answer is a preference: admission takes the slot, and scans for another pod
     /// if it cannot.
     fn choose(&self, candidates: &Candidates<'_>) -> Option<usize>;
+
+    /// Told after admission took a slot on `pod` for a request of `candidates` (whichever pod
+    /// it ended up on), so a policy can learn from it; nothing by default.
+    fn admitted(&self, candidates: &Candidates<'_>, pod: &Pod) {
+        let _ = (candidates, pod);
+    }
 }
 
 /// Power of two choices: sample two distinct pods, prefer the one with fewer requests in flight,

@@ -88,7 +88,7 @@ impl Cluster {
         }
         let wait = deadline.saturating_duration_since(Instant::now());
         let admitted = tokio::select! {
-            admitted = target.accounting.admit(target.pods, wait) => admitted,
+            admitted = target.accounting.admit_keyed(target.pods, target.prefix, wait) => admitted,
             () = self.stops_granting(view.id()) => return Step::Again,
         };
         let mut slot = match admitted {
@@ -112,7 +112,10 @@ impl Cluster {
             FallbackMode::Reject => Err(AdmitError::OwnerUnreachable),
             FallbackMode::Local => {
                 let wait = deadline.saturating_duration_since(Instant::now());
-                let mut slot = target.accounting.admit(target.pods, wait).await?;
+                let mut slot = target
+                    .accounting
+                    .admit_keyed(target.pods, target.prefix, wait)
+                    .await?;
                 self.hold_own(&mut slot, target);
                 self.peaks.record(slot.pod());
                 // Reported to whoever owns the deployment and can be reached, so the owner

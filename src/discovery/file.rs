@@ -20,6 +20,8 @@
 //!       consecutive_failures: 5
 //!       base_ejection_ms: 30000
 //!       max_ejection_percent: 50
+//!     routing:                    # scoregate's; see model::routing (policy, prefix, pod_metrics)
+//!       policy: prefix_affinity
 //! ```
 //!
 //! The file is watched as [`crate::watch`] describes, so editors' atomic renames and every symlink
@@ -38,7 +40,7 @@ use serde::Deserialize;
 use super::Publisher;
 use crate::model::{
     AuthMode, DeploymentSpec, EndpointKeys, EndpointSpec, OutlierDetection, PodSpec,
-    RequestSettings, RouteSpec, DEFAULT_MODEL_PORT,
+    RequestSettings, RouteSpec, RoutingSettings, DEFAULT_MODEL_PORT,
 };
 use crate::watch::FileWatcher;
 
@@ -117,6 +119,8 @@ struct DeploymentEntry {
     request_settings: RequestSettingsEntry,
     #[serde(default)]
     outlier_detection: OutlierDetectionEntry,
+    #[serde(default)]
+    routing: RoutingSettings,
 }
 
 #[derive(Deserialize, Default)]
@@ -277,6 +281,7 @@ pub fn parse_routes(text: &str) -> Result<RouteSpec, Vec<String>> {
                     max_queue_length: s.max_queue_length,
                 },
                 outlier_detection: d.outlier_detection.into(),
+                routing: d.routing,
             },
         );
     }

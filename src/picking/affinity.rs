@@ -152,7 +152,11 @@ fn within_bound(
 
 impl Policy for PrefixAffinity {
     fn choose(&self, candidates: &Candidates<'_>) -> Option<usize> {
-        self.pick(candidates, &[])
+        self.pick(candidates, candidates.prefix())
+    }
+
+    fn admitted(&self, candidates: &Candidates<'_>, pod: &Pod) {
+        self.served(candidates.prefix(), pod);
     }
 }
 

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::admission::{Candidates, Policy, PowerOfTwoChoices};
+use crate::admission::{Candidates, Pod, Policy, PowerOfTwoChoices};
 use crate::model::{PolicyKind, RoutingSettings};
 
 pub use affinity::PrefixAffinity;
@@ -98,6 +98,10 @@ impl Policy for Switch {
     fn choose(&self, candidates: &Candidates<'_>) -> Option<usize> {
         self.current.load().choose(candidates)
     }
+
+    fn admitted(&self, candidates: &Candidates<'_>, pod: &Pod) {
+        self.current.load().admitted(candidates, pod);
+    }
 }
 
 #[cfg(test)]
@@ -105,7 +109,7 @@ pub(crate) mod tests {
     use std::net::SocketAddr;
 
     use super::*;
-    use crate::admission::{DeploymentAdmission, Pod, Slot};
+    use crate::admission::{DeploymentAdmission, Slot};
 
     /// `n` pods on 127.0.0.1.
     pub fn pods(n: u16) -> Vec<Arc<Pod>> {

@@ -95,6 +95,9 @@ impl Body for ResponseBody {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Some(data) = frame.data_ref() {
                             s.bytes += data.len() as u64;
+                            if let Some(record) = &mut s.record {
+                                record.chunk(data.len());
+                            }
                         }
                         if s.inner.is_end_stream() {
                             s.log(true);

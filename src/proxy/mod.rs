@@ -142,9 +142,10 @@ impl Proxy {
         let received = receive::receive(body, cx.started, &self.settings)
             .await
             .map_err(rejected)?;
+        let prefix = admit::key(deployment, &parts.headers, &received.body);
         let request = Request::from_parts(parts, received.body);
         let since = received.waited_until.unwrap_or(cx.started);
-        let admitted = admit::admit(&self.admitter, deployment, since)
+        let admitted = admit::admit(&self.admitter, deployment, since, &prefix)
             .await
             .map_err(|e| rejected(e).after(Attempt::queued(since.elapsed())))?;
         let (pod, queue_wait) = (admitted.slot.pod().address(), admitted.queue_wait);

@@ -12,6 +12,7 @@ use http::header::USER_AGENT;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request};
 
+use super::stream::StreamStats;
 use crate::trace::export::{Exporter, RequestSpans};
 use crate::trace::TraceContext;
 
@@ -156,6 +157,8 @@ pub struct AccessLine<'a> {
     pub started: Instant,
     /// Response body bytes sent, and whether the body reached its end (routed requests).
     pub body: Option<(u64, bool)>,
+    /// How a streamed body was timed (streamed responses only).
+    pub stream: Option<StreamStats>,
 }
 
 impl AccessLine<'_> {
@@ -180,6 +183,9 @@ impl AccessLine<'_> {
             total_ms = ms(self.started.elapsed()),
             response_bytes = self.body.map(|(bytes, _)| bytes),
             complete = self.body.map(|(_, complete)| complete),
+            ttft_ms = self.stream.and_then(|s| s.first_byte).map(ms),
+            chunks = self.stream.map(|s| s.chunks),
+            max_gap_ms = self.stream.map(|s| ms(s.longest_gap)),
             "{}",
             self.message
         );
@@ -221,8 +227,8 @@ pub struct RequestRecord {
 
 impl RequestRecord {
     /// Writes the access-log line and exports the spans, as wanted: `complete` says whether the
-    /// body reached its end.
-    pub fn finish(self, response_bytes: u64, complete: bool) {
+    /// body reached its end; `stream`, how a streamed body was timed.
+    pub fn finish(self, response_bytes: u64, complete: bool, stream: Option<StreamStats>) {
         if let Some(export) = &self.export {
             export.record(&RequestSpans {
                 trace: self.trace,
@@ -258,6 +264,7 @@ impl RequestRecord {
             upstream: Some(self.upstream),
             started: self.started,
             body: Some((response_bytes, complete)),
+            stream,
         }
         .write();
     }

@@ -132,6 +132,9 @@ pub struct DeploymentMetrics {
     queue_wait: OnceLock<Histogram>,
     request_size: OnceLock<Histogram>,
     response_size: OnceLock<Histogram>,
+    first_byte: OnceLock<Histogram>,
+    chunk_gap: OnceLock<Histogram>,
+    chunks: OnceLock<Histogram>,
     connect_errors: OnceLock<Counter>,
     retries: OnceLock<Counter>,
     mirror: [OnceLock<Counter>; MIRROR_RESULTS.len()],
@@ -189,6 +192,9 @@ impl DeploymentMetrics {
             queue_wait: OnceLock::new(),
             request_size: OnceLock::new(),
             response_size: OnceLock::new(),
+            first_byte: OnceLock::new(),
+            chunk_gap: OnceLock::new(),
+            chunks: OnceLock::new(),
             connect_errors: OnceLock::new(),
             retries: OnceLock::new(),
             mirror: Default::default(),
@@ -238,6 +244,22 @@ impl DeploymentMetrics {
     /// A response body's length as streamed to the client, in bytes.
     pub fn response_size(&self) -> &Histogram {
         self.histogram(&self.response_size, names::RESPONSE_SIZE)
+    }
+
+    /// A streamed response's time from the request's arrival to its body's first byte, in
+    /// seconds.
+    pub fn first_byte(&self) -> &Histogram {
+        self.histogram(&self.first_byte, names::RESPONSE_FIRST_BYTE)
+    }
+
+    /// The time between two chunks of a streamed response, in seconds.
+    pub fn chunk_gap(&self) -> &Histogram {
+        self.histogram(&self.chunk_gap, names::RESPONSE_CHUNK_GAP)
+    }
+
+    /// Chunks of a streamed response.
+    pub fn chunks(&self) -> &Histogram {
+        self.histogram(&self.chunks, names::RESPONSE_CHUNKS)
     }
 
     /// Failed connects to pods.

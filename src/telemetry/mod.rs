@@ -20,6 +20,7 @@ pub mod catalog;
 pub mod handles;
 pub mod logging;
 pub mod process;
+pub mod stream;
 
 use std::sync::Arc;
 
@@ -59,6 +60,12 @@ pub mod names {
     pub const REQUEST_SIZE: &str = "scoregate_request_size_bytes";
     /// Response bodies streamed from pods, in bytes.
     pub const RESPONSE_SIZE: &str = "scoregate_response_size_bytes";
+    /// Streamed responses: arrival to the body's first byte (time to first token), seconds.
+    pub const RESPONSE_FIRST_BYTE: &str = "scoregate_response_first_byte_seconds";
+    /// Streamed responses: time between two chunks of a body, seconds.
+    pub const RESPONSE_CHUNK_GAP: &str = "scoregate_response_chunk_gap_seconds";
+    /// Streamed responses: chunks per body.
+    pub const RESPONSE_CHUNKS: &str = "scoregate_response_chunks";
     /// 1, labelled with the version and the git revision of the build.
     pub const BUILD_INFO: &str = "scoregate_build_info";
     /// Writes of `status.conditions`, by kind and result.
@@ -125,6 +132,11 @@ const SIZE_BUCKETS: &[f64] = &[
     104857600.0,
 ];
 
+/// Buckets for chunks per streamed response: 1 to 10,000.
+const CHUNK_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+];
+
 /// A router's metrics registry.
 #[derive(Clone)]
 pub struct Metrics {
@@ -157,6 +169,8 @@ impl Metrics {
             )
             .expect("the bucket list is not empty")
             .set_buckets_for_metric(Matcher::Suffix("_size_bytes".into()), SIZE_BUCKETS)
+            .expect("the bucket list is not empty")
+            .set_buckets_for_metric(Matcher::Full(names::RESPONSE_CHUNKS.into()), CHUNK_BUCKETS)
             .expect("the bucket list is not empty")
             .build_recorder();
         catalog::describe(&recorder);

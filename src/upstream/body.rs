@@ -121,6 +121,12 @@ impl RequestBody {
         }
     }
 
+    /// The whole body as one buffer, when it was received whole before admission (no copy
+    /// when it came in one frame); `None` when part of it is still to be streamed.
+    pub fn whole_bytes(&self) -> Option<Bytes> {
+        self.rest.is_none().then(|| self.received.to_bytes())
+    }
+
     /// A body already in memory (mirrored requests, tests).
     pub fn full(bytes: Bytes) -> Self {
         let mut received = Frames::default();

@@ -741,6 +741,7 @@ impl Cluster {
                     pods: Vec::new(),
                     settings: spec.request_settings.into(),
                     outlier_detection: spec.outlier_detection.into(),
+                    routing: spec.routing.clone(),
                 },
                 service: spec.service_name.clone(),
                 port: spec.port,
