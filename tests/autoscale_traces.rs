@@ -19,9 +19,10 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use scoregate::autoscale::controller::{Shared, SAMPLE_EVERY};
+use scoregate::autoscale::controller::SAMPLE_EVERY;
 use scoregate::autoscale::decide::{Decision, Load, Reason};
 use scoregate::autoscale::objects::Watches;
+use scoregate::autoscale::scaler::Shared;
 use scoregate::autoscale::scaler::{TargetScaler, Windows};
 use scoregate::autoscale::writes::Writer;
 use scoregate::autoscale::SingleReplica;

@@ -11,13 +11,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::task::AbortOnDropHandle;
 
 use super::decide::Load;
-use super::objects::{Target, TargetKey, Watches};
-use super::ownership::Ownership;
+use super::objects::{Target, TargetKey};
 use super::report::TargetMetrics;
-use super::scaler::{TargetScaler, Windows};
-use super::writes::Writer;
-use crate::table::TableHandle;
-use crate::telemetry::Metrics;
+use super::scaler::{Shared, TargetScaler};
 
 /// How often the supervisor looks for added, changed and removed targets.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
@@ -26,22 +22,6 @@ const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
 /// average the samples over time, so a decision sees the load between its intervals too, not
 /// the one moment a sample taken at the interval would catch.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(200);
-
-/// What every actor shares.
-pub struct Shared {
-    /// Reads and writes through the API server.
-    pub writer: Writer,
-    /// OnlineDeployments, HPAs and the target Deployments.
-    pub watches: Watches,
-    /// The routing table (admission state per deployment).
-    pub table: TableHandle,
-    /// Who acts for which deployment.
-    pub ownership: Arc<dyn Ownership>,
-    /// The decision's windows.
-    pub windows: Windows,
-    /// The metrics registry.
-    pub metrics: Metrics,
-}
 
 /// Runs the supervisor until aborted (which drops and so aborts every actor and watch).
 pub async fn supervise(shared: Arc<Shared>) {

@@ -76,7 +76,7 @@ pub fn spawn(
     if scopes.is_empty() {
         scopes.push(None);
     }
-    let shared = Arc::new(controller::Shared {
+    let shared = Arc::new(scaler::Shared {
         writer: writes::Writer::new(client.clone(), config.field_manager.clone()),
         watches: objects::Watches::start(&client, &scopes),
         table,

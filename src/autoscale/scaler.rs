@@ -8,13 +8,32 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::controller::Shared;
 use super::decide::{Decision, Load, Policy, Scaler};
+use super::objects::Watches;
 use super::objects::{Replicas, Target};
+use super::ownership::Ownership;
 use super::report::{self, TargetMetrics};
-use super::writes::{replicas_of, ScaleError};
+use super::writes::{replicas_of, ScaleError, Writer};
 use crate::config::AutoscaleConfig;
 use crate::crd::AutoscaleStatus;
+use crate::table::TableHandle;
+use crate::telemetry::Metrics;
+
+/// What every actor shares.
+pub struct Shared {
+    /// Reads and writes through the API server.
+    pub writer: Writer,
+    /// OnlineDeployments, HPAs and the target Deployments.
+    pub watches: Watches,
+    /// The routing table (admission state per deployment).
+    pub table: TableHandle,
+    /// Who acts for which deployment.
+    pub ownership: Arc<dyn Ownership>,
+    /// The decision's windows.
+    pub windows: Windows,
+    /// The metrics registry.
+    pub metrics: Metrics,
+}
 
 /// The router-wide settings of every deployment's decision (the `autoscale` section).
 #[derive(Clone, Copy, Debug, PartialEq)]

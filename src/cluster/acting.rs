@@ -26,7 +26,8 @@ use parking_lot::Mutex;
 
 use super::announce::Announce;
 use super::peers::Peer;
-use super::view::{View, ViewId};
+use super::view::View;
+use super::view_id::ViewId;
 
 /// How long this replica's lease on its view lasts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::held::HoldOpen;
 use super::peers::Peer;
-use super::view::{Owner, View, ViewId};
+use super::view::{Owner, View};
+use super::view_id::ViewId;
 use super::{protocol, Cluster};
 use crate::admission::{AdmitError, Coordinator, Pending, Pod, Slot, Target};
 use crate::config::FallbackMode;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::protocol::{READY, VIEW};
-use super::view::ViewId;
+use super::view_id::ViewId;
 
 /// This process's random instance number (a replica restarted at the same address has another).
 pub static INSTANCE: HeaderName = HeaderName::from_static("x-scoregate-instance");

@@ -38,6 +38,7 @@ pub mod reports;
 pub mod ring;
 pub mod server;
 pub mod view;
+pub mod view_id;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -486,7 +487,7 @@ impl Cluster {
     }
 
     /// Records that `peer` reported its slots for `view` (its `/v1/synced`).
-    pub(crate) fn peer_synced(&self, peer: &str, view: view::ViewId) {
+    pub(crate) fn peer_synced(&self, peer: &str, view: view_id::ViewId) {
         self.inbound.synced(peer, view);
         self.recompute();
     }

@@ -21,7 +21,7 @@ use super::announce::Announce;
 use super::credential::{Credential, NONCE, PROOF};
 use super::held::HoldOpen;
 use super::protocol;
-use super::view::ViewId;
+use super::view_id::ViewId;
 
 /// A request sender on a peer's connection.
 pub type Sender = http2::SendRequest<HoldOpen>;

@@ -58,7 +58,7 @@ pub static REASON: HeaderName = HeaderName::from_static("x-scoregate-reason");
 pub static PEER: HeaderName = HeaderName::from_static("x-scoregate-peer");
 /// `true` when the sender may own deployments (routes loaded, not draining).
 pub static READY: HeaderName = HeaderName::from_static("x-scoregate-ready");
-/// A view, `epoch.hash` ([`super::view::ViewId::encode`]).
+/// A view, `epoch.hash` ([`super::view_id::ViewId::encode`]).
 pub static VIEW: HeaderName = HeaderName::from_static("x-scoregate-view");
 
 /// The deployment has no routable pod.

@@ -24,7 +24,7 @@ use parking_lot::Mutex;
 use super::lease::{Held, HoldOpen};
 use super::peers::Peer;
 use super::view::owner_among as owner_in;
-use super::view::ViewId;
+use super::view_id::ViewId;
 use super::{protocol, Cluster};
 
 /// Time a report (its response head) may take.
