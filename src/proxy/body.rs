@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use super::record::Finish;
+use super::finish::Finish;
 use crate::upstream::PodBody;
 
 /// A response body from a pod, with what to log when it ends.

@@ -18,6 +18,7 @@ pub mod admit;
 pub mod body;
 pub mod context;
 pub mod error;
+pub mod finish;
 pub mod forward;
 pub mod headers;
 pub mod mirror;

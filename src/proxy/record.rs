@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use http::header::CONTENT_TYPE;
 use http::Response;
-use metrics::Histogram;
 
 use super::body::ResponseBody;
 use super::context::Context;
 use super::error::{Rejection, RouterError, Scope};
+use super::finish::Finish;
 use super::respond::Responded;
 use super::target;
 use crate::table::Deployment;
@@ -21,48 +21,6 @@ use crate::telemetry::access::AccessLine;
 use crate::telemetry::stream::StreamTiming;
 use crate::telemetry::{AccessLog, RequestRecord, Source, StatusCounters};
 use crate::trace::export::{Exporter, RequestSpans};
-
-/// What a response body does as it goes and when it ends, fails or is dropped: times a streamed
-/// body's chunks, counts its size and writes the access-log line (when the policy wants one).
-pub struct Finish {
-    response_size: Histogram,
-    record: Option<Box<RequestRecord>>,
-    /// Boxed: only streamed responses pay for it.
-    stream: Option<Box<Streamed>>,
-}
-
-/// A streamed body's timing and where it goes.
-struct Streamed {
-    timing: StreamTiming,
-    first_byte: Histogram,
-    chunks: Histogram,
-}
-
-impl Finish {
-    /// One data chunk of `len` bytes goes to the client now.
-    #[inline]
-    pub fn chunk(&mut self, len: usize) {
-        if let Some(stream) = &mut self.stream {
-            stream.timing.chunk(len);
-        }
-    }
-
-    /// Records a body of `response_bytes`; `complete` says whether it reached its end.
-    pub fn finish(self, response_bytes: u64, complete: bool) {
-        self.response_size.record(response_bytes as f64);
-        let stats = self.stream.map(|s| {
-            let stats = s.timing.stats();
-            if let Some(first) = stats.first_byte {
-                s.first_byte.record(first.as_secs_f64());
-            }
-            s.chunks.record(stats.chunks as f64);
-            stats
-        });
-        if let Some(record) = self.record {
-            record.finish(response_bytes, complete, stats);
-        }
-    }
-}
 
 /// Whether a response streams: server-sent events, or a body whose length is not known ahead
 /// (chunked, or HTTP/2 without `content-length`).
@@ -116,18 +74,9 @@ pub fn routed(
             client: cx.conn.remote,
         })
     });
-    let stream = is_streamed(&responded.response).then(|| {
-        Box::new(Streamed {
-            timing: StreamTiming::new(cx.started, metrics.chunk_gap().clone()),
-            first_byte: metrics.first_byte().clone(),
-            chunks: metrics.chunks().clone(),
-        })
-    });
-    let finish = Finish {
-        response_size: metrics.response_size().clone(),
-        record,
-        stream,
-    };
+    let stream = is_streamed(&responded.response)
+        .then(|| StreamTiming::new(cx.started, metrics.chunk_gap().clone()));
+    let finish = Finish::new(metrics, record, stream);
     responded
         .response
         .map(|body| ResponseBody::streaming(body, Some(finish)))

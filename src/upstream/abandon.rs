@@ -27,7 +27,7 @@ use http_body_util::BodyExt;
 
 use super::body::RequestBodyError;
 use super::connection::{PendingResponse, Unanswered};
-use super::exchange::{Exchange, Progress};
+use super::exchange::{Ending, Exchange, Progress};
 use crate::telemetry::AbandonOutcome;
 
 /// Takes what `exchange` has in progress (its slot, connection and response) and holds it in a
@@ -103,4 +103,18 @@ async fn drain(response: PendingResponse) -> Drained {
         }
     }
     Drained::Ended
+}
+
+/// An exchange dropped with its request in progress is abandoned: its slot is held until the
+/// pod is done ([`hold`]); one dropped idle is discarded at once.
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if self.slot.is_none() {
+            return;
+        }
+        match self.progress {
+            Progress::Idle => self.finish(Ending::Discarded),
+            Progress::Waiting(_) | Progress::Reading(_) | Progress::Cut => hold(self),
+        }
+    }
 }

@@ -30,7 +30,6 @@ use http::{HeaderValue, Request};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::abandon;
 use super::body::{RequestBody, RequestBodyError};
 use super::connection::{self, PendingResponse, PodConnection, Unanswered};
 use super::pool::PodPool;
@@ -236,12 +235,6 @@ impl Exchange {
         SendError::Failed(error)
     }
 
-    /// The response head `head` with the pod's body, read ahead of the client up to the
-    /// response buffer (`upstream::readahead`).
-    pub fn respond(self, head: Parts) -> http::Response<super::PodBody> {
-        http::Response::from_parts(head, super::readahead::read_ahead(self))
-    }
-
     /// The next frame of the pod's response body; the exchange ends with the body (returned),
     /// or when the pod breaks it (discarded).
     pub(super) fn poll_frame(
@@ -273,7 +266,7 @@ impl Exchange {
 
     /// Ends the exchange now: the connection goes back to the pod's pool when `ending` is
     /// [`Ending::Returned`]; the slot is released.
-    fn finish(&mut self, ending: Ending) {
+    pub(super) fn finish(&mut self, ending: Ending) {
         self.progress = Progress::Idle;
         let connection = self.connection.take();
         if let (Ending::Returned, Some(connection)) = (ending, connection) {
@@ -299,18 +292,6 @@ impl Exchange {
             "pod ejected from the rotation: its connections failed {} times in a row",
             ejection.failures,
         );
-    }
-}
-
-impl Drop for Exchange {
-    fn drop(&mut self) {
-        if self.slot.is_none() {
-            return;
-        }
-        match self.progress {
-            Progress::Idle => self.finish(Ending::Discarded),
-            Progress::Waiting(_) | Progress::Reading(_) | Progress::Cut => abandon::hold(self),
-        }
     }
 }
 
