@@ -17,6 +17,10 @@
 //!
 //! What the pod showed — it answered, or its connection failed — is reported to admission's
 //! outlier detection ([`crate::admission::outlier`]).
+//!
+//! Two of its methods live with the modules that carry them out, so neither imports back into
+//! this one: its `Drop` (abandon or discard) in `upstream::abandon`, and `Exchange::respond`
+//! (the pod's body read ahead) in `upstream::readahead`.
 
 use std::future::poll_fn;
 use std::io;
