@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use scoregate::sample_model::SampleModel;
 use support::load::Load;
-use support::replica::{known_peaks, start_cluster, wait_members, Place, Replica, Start};
+use support::replica::{known_peaks, logs_of, start_cluster, wait_members, Place, Replica, Start};
 use support::*;
 
 /// How long the stopped replica stays stopped.
@@ -115,13 +115,7 @@ fn check(what: &str, outcome: &Outcome, replicas: &[Replica]) {
         outcome.known,
         outcome.over
     );
-    let logs = || {
-        replicas
-            .iter()
-            .map(|r| r.log_text())
-            .collect::<Vec<_>>()
-            .join("\n----\n")
-    };
+    let logs = || logs_of(replicas);
     assert!(
         outcome.peaks.iter().all(|p| *p == 1),
         "{what}: a pod of cap 1 ran {:?} requests at once\n{}",

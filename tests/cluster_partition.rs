@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use scoregate::sample_model::SampleModel;
 use support::load::Load;
 use support::netns::{network_or_skip, Network};
-use support::replica::{known_peaks, start_cluster, wait_members, Place, Replica};
+use support::replica::{known_peaks, logs_of, start_cluster, wait_members, Place, Replica};
 use support::*;
 
 /// How long each fault lasts.
@@ -108,13 +108,7 @@ async fn scenario(what: &str, fault: impl Fn(&Network, usize), heal: impl Fn(&Ne
         failed.len(),
         failed_on_owner.first()
     );
-    let logs = || {
-        replicas
-            .iter()
-            .map(|r| r.log_text())
-            .collect::<Vec<_>>()
-            .join("\n----\n")
-    };
+    let logs = || logs_of(&replicas);
     if std::env::var_os("SCOREGATE_TEST_LOGS").is_some() {
         println!("{}", logs());
     }

@@ -247,6 +247,15 @@ impl Replica {
     }
 }
 
+/// Every replica's log so far, one after the other, for a failed assertion's message.
+pub fn logs_of(replicas: &[Replica]) -> String {
+    replicas
+        .iter()
+        .map(Replica::log_text)
+        .collect::<Vec<_>>()
+        .join("\n----\n")
+}
+
 impl Drop for Replica {
     fn drop(&mut self) {
         // A stopped process ignores SIGKILL only until it is continued; SIGKILL works on it.
