@@ -125,8 +125,10 @@ pub struct Cluster {
     /// (namespace, Secret) → OnlineEndpoint names.
     endpoints_using: HashMap<Ref, BTreeSet<String>>,
     dirty: BTreeSet<String>,
-    services_added: BTreeSet<Ref>,
-    services_removed: BTreeSet<Ref>,
+    /// Services whose use changed since [`Cluster::take_service_changes`] last ran, each with
+    /// whether a deployment named it then: a batch can add, drop and add a Service again (a
+    /// deployment listed, then modified), and only the net change counts.
+    services_touched: BTreeMap<Ref, bool>,
     /// Problems of objects that belong to no endpoint (an OnlineDeployment whose endpoint cannot
     /// be read, an EndpointSlice with addresses that are not IPs), by subject.
     reports: BTreeMap<String, Problem>,
@@ -373,12 +375,15 @@ impl Cluster {
 
     /// Services (namespace, name) that deployments started or stopped naming since the last call.
     pub fn take_service_changes(&mut self) -> (BTreeSet<Ref>, BTreeSet<Ref>) {
-        let added = std::mem::take(&mut self.services_added);
-        let removed = std::mem::take(&mut self.services_removed);
-        (
-            added.difference(&removed).cloned().collect(),
-            removed.difference(&added).cloned().collect(),
-        )
+        let (mut added, mut removed) = (BTreeSet::new(), BTreeSet::new());
+        for (service, was_used) in std::mem::take(&mut self.services_touched) {
+            match (was_used, self.deployments_using.contains_key(&service)) {
+                (false, true) => added.insert(service),
+                (true, false) => removed.insert(service),
+                _ => false,
+            };
+        }
+        (added, removed)
     }
 
     /// Every Service deployments name now.
@@ -508,7 +513,7 @@ impl Cluster {
         if let Some(service) = &service {
             let service = (key.0.clone(), service.clone());
             if index_add(&mut self.deployments_using, service.clone(), &key.1) {
-                self.services_added.insert(service);
+                self.services_touched.entry(service).or_insert(false);
             }
         }
         self.deployments.insert(
@@ -545,7 +550,7 @@ impl Cluster {
         if let Some(service) = &old.service {
             let service = (key.0.clone(), service.clone());
             if index_remove(&mut self.deployments_using, &service, &key.1) {
-                self.services_removed.insert(service);
+                self.services_touched.entry(service).or_insert(true);
             }
         }
     }
@@ -1118,6 +1123,51 @@ mod tests {
             &id(Kind::Secrets),
         );
         assert!(c.take_dirty().is_empty());
+    }
+
+    #[test]
+    fn a_service_named_listed_and_changed_in_one_batch_counts_once_as_added() {
+        // The deployment arrives in a list and is modified (its status written) before the
+        // changes are taken: its Service is added, not cancelled out by the re-apply.
+        let spec = json!({"endpointName": "my-endpoint", "serviceName": "blue-svc"});
+        let mut c = Cluster::default();
+        c.replace(
+            &id(Kind::Deployments),
+            vec![deployment("ns", "blue", spec.clone(), "2")],
+        );
+        c.apply(
+            deployment("ns", "blue", spec.clone(), "3"),
+            &id(Kind::Deployments),
+        );
+        let blue_svc = ("ns".to_string(), "blue-svc".to_string());
+        assert_eq!(
+            c.take_service_changes(),
+            (BTreeSet::from([blue_svc.clone()]), BTreeSet::new())
+        );
+
+        // Deleted and created again in one batch: no change either way.
+        c.delete(Kind::Deployments, &("ns".to_string(), "blue".to_string()));
+        c.apply(
+            deployment("ns", "blue", spec.clone(), "4"),
+            &id(Kind::Deployments),
+        );
+        assert_eq!(c.take_service_changes(), (BTreeSet::new(), BTreeSet::new()));
+
+        // Moved to another Service and back, then away: only the net change.
+        let green = json!({"endpointName": "my-endpoint", "serviceName": "green-svc"});
+        c.apply(
+            deployment("ns", "blue", green.clone(), "5"),
+            &id(Kind::Deployments),
+        );
+        c.apply(deployment("ns", "blue", spec, "6"), &id(Kind::Deployments));
+        c.apply(deployment("ns", "blue", green, "7"), &id(Kind::Deployments));
+        assert_eq!(
+            c.take_service_changes(),
+            (
+                BTreeSet::from([("ns".to_string(), "green-svc".to_string())]),
+                BTreeSet::from([blue_svc])
+            )
+        );
     }
 
     #[test]
