@@ -29,11 +29,17 @@ pub use super::{
 pub const NS: &str = "models";
 
 /// Installs the crypto provider kube's client needs (once per process), and logs to the test
-/// output at the level `TEST_LOG` names (e.g. `TEST_LOG=scoregate=debug`; errors only without).
+/// output at the level `TEST_LOG` names (e.g. `TEST_LOG=scoregate=debug`). Without it, the
+/// router's own info lines and everyone's warnings: the test harness shows them only for a test
+/// that failed, where they say what the router saw (e.g. "first complete list published …
+/// endpoint_slices=0").
 pub fn crypto() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TEST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,scoregate=info"));
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("TEST_LOG"))
+        .with_env_filter(filter)
+        .with_ansi(false)
         .with_test_writer()
         .try_init();
 }
