@@ -615,7 +615,8 @@ pub struct ClusterConfig {
     /// own cap (the cap may then be exceeded cluster-wide), `reject` answers 503
     /// `OwnerUnreachable`. An isolated replica is not ready either way.
     pub fallback: FallbackMode,
-    /// A lease a requester never released expires this long after `request_timeout_ms`.
+    /// A lease a requester never released expires this long after twice `request_timeout_ms`
+    /// (the longest an abandoned request keeps its slot).
     pub lease_margin_ms: u64,
     /// Time between two hellos to each peer.
     pub heartbeat_ms: u64,

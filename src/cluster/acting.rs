@@ -163,6 +163,11 @@ impl Inbound {
         }
     }
 
+    /// The view `peer` last reported its slots for.
+    pub fn synced_for(&self, peer: &str) -> Option<ViewId> {
+        self.entries.lock().get(peer).and_then(|e| e.synced)
+    }
+
     /// The replicas that may hold slots and have not reported for `view`: the members other
     /// than `me`, and every replica that said hello within `recent`.
     pub fn unreported(

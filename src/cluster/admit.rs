@@ -84,7 +84,7 @@ impl Cluster {
 
     /// As the owner: the local queue, once this replica acts (lease, settled, reports in).
     async fn admit_as_owner(&self, target: Target<'_>, view: &View, deadline: Instant) -> Step {
-        if !self.grants_in(view.id()) {
+        if !self.grants_in(view.id()) || self.holds_back(target) {
             return Step::Again;
         }
         let wait = deadline.saturating_duration_since(Instant::now());
@@ -100,10 +100,16 @@ impl Cluster {
         if !self.grants_in(view.id()) {
             return Step::Again;
         }
-        self.hold_own(&mut slot, target);
+        self.hold_own(&mut slot, target, false);
         self.peaks.record(slot.pod());
         self.metrics.owner.increment(1);
         Step::Admitted(slot)
+    }
+
+    /// Whether the target's deployment is held back from grants here ([`Cluster::held_back`]).
+    fn holds_back(&self, target: Target<'_>) -> bool {
+        self.held_back(target.endpoint, target.deployment, target.request_timeout)
+            .is_some()
     }
 
     /// Admits under `cluster.fallback`: this replica's own cap, or 503.
@@ -117,7 +123,7 @@ impl Cluster {
                     .accounting
                     .admit_keyed(target.pods, target.prefix, wait)
                     .await?;
-                self.hold_own(&mut slot, target);
+                self.hold_own(&mut slot, target, true);
                 self.peaks.record(slot.pod());
                 // Reported to whoever owns the deployment and can be reached, so the owner
                 // counts it (and sees the over-admission, if it is one).
@@ -128,14 +134,16 @@ impl Cluster {
         }
     }
 
-    /// Records `slot`, admitted from this replica's own accounting, as held.
-    fn hold_own(&self, slot: &mut Slot, target: Target<'_>) {
+    /// Records `slot`, admitted from this replica's own accounting (as the owner, or under the
+    /// fallback), as held.
+    fn hold_own(&self, slot: &mut Slot, target: Target<'_>, fallback: bool) {
         self.hold(
             slot,
             target,
             self.me.clone(),
             None,
             CancellationToken::new(),
+            fallback,
         );
     }
 
@@ -230,7 +238,14 @@ impl Cluster {
             .cloned()
             .unwrap_or_else(|| Arc::new(Pod::new(address)));
         let (mut slot, _) = target.accounting.force_acquire(&pod);
-        self.hold(&mut slot, target, peer.id.clone(), Some(lease), released);
+        self.hold(
+            &mut slot,
+            target,
+            peer.id.clone(),
+            Some(lease),
+            released,
+            false,
+        );
         if self.view.load().id() != asked {
             // Dropping the slot ends the lease stream: the owner frees it.
             return None;
@@ -359,7 +374,7 @@ impl Cluster {
         if self.health.is_isolated() {
             return match self.settings.fallback {
                 FallbackMode::Reject => None,
-                FallbackMode::Local => self.retry_here(target, failed),
+                FallbackMode::Local => self.retry_here(target, failed, true),
             };
         }
         let view = self.view.load_full();
@@ -379,16 +394,18 @@ impl Cluster {
                     .ok()?;
                 self.take_granted(target, &peer, address, released, view.id(), asked_in)
             }
-            Owner::Me if self.grants_in(view.id()) => self.retry_here(target, failed),
+            Owner::Me if self.grants_in(view.id()) && !self.holds_back(target) => {
+                self.retry_here(target, failed, false)
+            }
             Owner::Me | Owner::Nobody => None,
         }
     }
 
-    fn retry_here(&self, target: Target<'_>, failed: &Arc<Pod>) -> Option<Slot> {
+    fn retry_here(&self, target: Target<'_>, failed: &Arc<Pod>, fallback: bool) -> Option<Slot> {
         let mut slot = target
             .accounting
             .try_acquire_excluding(target.pods, Some(failed))?;
-        self.hold_own(&mut slot, target);
+        self.hold_own(&mut slot, target, fallback);
         self.peaks.record(slot.pod());
         Some(slot)
     }

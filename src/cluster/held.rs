@@ -87,6 +87,8 @@ pub struct Held {
     pub grantor: Arc<str>,
     /// The grantor's number for the lease, when another replica granted it.
     pub lease: Option<u64>,
+    /// Admitted under `cluster.fallback`, outside any owner's accounting.
+    pub fallback: bool,
     /// The connection to the grantor broke: the grantor may have let the lease go or be
     /// keeping it only until it expires, so it is reported to the grantor again.
     pub orphaned: bool,

@@ -10,8 +10,9 @@
 //!   what it still holds ([`Leases::claim`], [`Leases::release_stale`]), or the connection broke
 //!   because this replica itself was stopped ([`Leases::after_own_stall`]: the holders are alive
 //!   and have reported their slots to whoever owned the deployment meanwhile);
-//! - the lease expires: `request_timeout_ms + lease_margin_ms` after the grant (for a report,
-//!   the time the reporter had left).
+//! - the lease expires: `2 × request_timeout_ms + lease_margin_ms` after the grant, as long as
+//!   an abandoned request can keep its slot (`Settings::slot_life`; for a report, the time the
+//!   reporter had left).
 
 use std::collections::HashMap;
 use std::future::Future as _;

@@ -22,7 +22,7 @@ pub mod names {
     pub const HANDOVERS: &str = "scoregate_cluster_handovers_total";
     /// Held slots reported to a new owner after ownership moved.
     pub const LEASES_REPORTED: &str = "scoregate_cluster_leases_reported_total";
-    /// Slots taken over a pod's cap: reported slots that did not fit, cluster-wide.
+    /// Slots taken over a pod's cap: reported fallback admissions that did not fit.
     pub const OVER_ADMISSIONS: &str = "scoregate_cluster_over_admissions_total";
     /// Leases that expired before their requester released them.
     pub const LEASE_EXPIRIES: &str = "scoregate_cluster_lease_expiries_total";
@@ -44,7 +44,9 @@ pub mod names {
     pub const STALE_GRANTS: &str = "scoregate_cluster_stale_grants_total";
     /// Per pod (`endpoint`, `deployment`, `pod`): the most requests this replica counted on it
     /// at once when it admitted or granted for it as the owner (its own, the ones it granted and
-    /// the ones reported to it: every replica's) or under the fallback.
+    /// the ones reported to it: every replica's) or under the fallback. A reported slot that an
+    /// owner granted is not sampled when it lands above the cap (`docs/ARCHITECTURE.md`,
+    /// "Reports and the peak figure").
     pub const POD_PEAK: &str = "scoregate_cluster_pod_peak_in_flight";
 }
 

@@ -11,6 +11,7 @@
 //! | [`membership`] | the members: the largest group that all reach each other; majorities |
 //! | [`view`], [`ring`] | a view (epoch, members) and the owner of each deployment in it |
 //! | [`acting`] | fencing: the lease, the settling time and the reports an owner needs to act |
+//! | [`takeover`] | deployments of an owner that left the view alive: held until it is done |
 //! | [`reports`] | reporting held slots to the replicas that own them in their views |
 //! | [`health`] | stalls, refused credentials, isolation and the readiness reason |
 //! | [`admit`] | the request path: own, ask the owner, wait, or fall back |
@@ -37,6 +38,7 @@ pub mod protocol;
 pub mod reports;
 pub mod ring;
 pub mod server;
+pub mod takeover;
 pub mod view;
 pub mod view_id;
 
@@ -79,6 +81,16 @@ struct Settings {
 }
 
 impl Settings {
+    /// The longest a slot of a deployment whose `request_timeout_ms` is `request_timeout` can
+    /// stay taken anywhere in the cluster: an abandoned request keeps its slot until the pod is
+    /// done, at most twice its timeout (`upstream::abandon`), and a lease a holder never
+    /// released outlives that by `lease_margin_ms`. A lease must not expire before its holder
+    /// can still be using the pod, and a new owner waits this long for the slots of an owner
+    /// that left alive (`docs/ARCHITECTURE.md`, "Coordinated admission").
+    fn slot_life(&self, request_timeout: Duration) -> Duration {
+        request_timeout * 2 + self.lease_margin
+    }
+
     fn of(config: &ClusterConfig) -> Settings {
         Settings {
             fallback: config.fallback,
@@ -108,6 +120,7 @@ pub struct Cluster {
     leases: Arc<Leases>,
     next_lease: std::sync::atomic::AtomicU64,
     inbound: Inbound,
+    suspects: takeover::Suspects,
     rounds: Rounds,
     health: Health,
     changes: watch::Sender<u64>,
@@ -187,6 +200,7 @@ impl Cluster {
                 }),
                 next_lease: std::sync::atomic::AtomicU64::new(1),
                 inbound: Inbound::default(),
+                suspects: takeover::Suspects::default(),
                 rounds: Rounds::default(),
                 health: Health::default(),
                 changes: watch::Sender::new(0),
@@ -273,7 +287,32 @@ impl Cluster {
     /// the view: this replica grants slots of the deployment now.
     pub fn grants(&self, endpoint: &str, deployment: &str) -> bool {
         let view = self.view.load();
-        matches!(view.owner(endpoint, deployment), Owner::Me) && self.grants_in(view.id())
+        let timeout = self
+            .table
+            .load()
+            .endpoint(endpoint)
+            .and_then(|e| e.deployment_named(deployment.as_bytes()))
+            .map_or(Duration::ZERO, |d| d.settings.request_timeout);
+        matches!(view.owner(endpoint, deployment), Owner::Me)
+            && self.grants_in(view.id())
+            && self.held_back(endpoint, deployment, timeout).is_none()
+    }
+
+    /// Until when this replica, the owner, must not grant slots of `endpoint/deployment`
+    /// (whose `request_timeout_ms` is `request_timeout`): an owner that left the view alive
+    /// may still have requests on its pods ([`takeover`]). `None` when it may.
+    pub(crate) fn held_back(
+        &self,
+        endpoint: &str,
+        deployment: &str,
+        request_timeout: Duration,
+    ) -> Option<Instant> {
+        if self.suspects.is_empty() {
+            return None;
+        }
+        let life = self.settings.slot_life(request_timeout);
+        self.suspects
+            .hold_until(&self.me, endpoint, deployment, life)
     }
 
     /// Starts the heartbeat check. Peers come from [`Cluster::set_peers`].
@@ -347,6 +386,7 @@ impl Cluster {
                 self.view.store(Arc::new(new));
             }
             self.update_acting(&all);
+            self.clear_suspects(&all);
         }
         self.start_rounds();
     }
@@ -385,7 +425,46 @@ impl Cluster {
         (!old.same_peers(live) || old.has_quorum() != quorum).then(|| old.refreshed(live, quorum))
     }
 
+    /// Forgets the replicas that left the view alive ([`takeover`]) once they are done: back
+    /// in the view, reported for it, known to have died, off the replica list, or gone so long
+    /// that no slot of theirs can be left.
+    fn clear_suspects(&self, all: &[Arc<Peer>]) {
+        if self.suspects.is_empty() {
+            return;
+        }
+        let view = self.view.load();
+        let longest = self
+            .settings
+            .slot_life(Duration::from_millis(crate::model::MAX_REQUEST_TIMEOUT_MS))
+            + self.settings.peer_timeout;
+        let cleared = self.suspects.clear(|suspect| {
+            let peer = all.iter().find(|p| p.id == suspect.id);
+            if view.members().contains(&suspect.id) {
+                Some("it is back in the view (and reports before anything is granted)")
+            } else if self.inbound.synced_for(&suspect.id) == Some(view.id()) {
+                Some("it reported the slots it holds")
+            } else if peer.is_none() {
+                Some("it left the replica list")
+            } else if peer.is_some_and(|p| p.is_gone()) {
+                Some("its port refuses connections: it died, and only what it had on the pods then may still run")
+            } else if suspect.since.elapsed() > longest {
+                Some("no slot of its can be left")
+            } else {
+                None
+            }
+        });
+        if cleared {
+            self.notify();
+        }
+    }
+
     fn view_changed(&self, old: &View, new: &View) {
+        let left = old
+            .members()
+            .iter()
+            .filter(|m| **m != self.me && !new.members().contains(m))
+            .cloned();
+        self.suspects.left(left);
         let taken_over = self.taken_over(old, new);
         if taken_over > 0 {
             self.metrics.handovers.increment(taken_over as u64);
@@ -434,6 +513,9 @@ impl Cluster {
             self.settings.peer_timeout,
             unreported,
         );
+        if let Some(from) = acting.from {
+            self.suspects.settled(from);
+        }
         let old = self.acting.load();
         let changed = old.view != acting.view
             || old.from != acting.from
@@ -501,7 +583,8 @@ impl Cluster {
     }
 
     /// Records `slot` as held from `grantor` (under its lease number `lease` when another
-    /// replica granted it); `released` ends the streams that report it.
+    /// replica granted it; `fallback` when admitted under `cluster.fallback`); `released` ends
+    /// the streams that report it.
     fn hold(
         &self,
         slot: &mut Slot,
@@ -509,8 +592,10 @@ impl Cluster {
         grantor: Arc<str>,
         lease: Option<u64>,
         released: CancellationToken,
+        fallback: bool,
     ) {
-        let expires = Instant::now() + target.request_timeout + self.settings.lease_margin;
+        // As long as the owner keeps the lease (`Settings::slot_life`).
+        let expires = Instant::now() + self.settings.slot_life(target.request_timeout);
         let guard = self.held.insert(Held {
             id: 0,
             key: protocol::key(target.endpoint, target.deployment).into(),
@@ -519,6 +604,7 @@ impl Cluster {
             released,
             grantor,
             lease,
+            fallback,
             orphaned: false,
             reported_to: Vec::new(),
         });

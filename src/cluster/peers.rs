@@ -94,6 +94,8 @@ pub struct Peer {
     addr: SocketAddr,
     sender: ArcSwapOption<Sender>,
     live: AtomicBool,
+    /// Its port refused the last connection attempt: its process is gone.
+    gone: AtomicBool,
     heard: ArcSwapOption<Heard>,
     problem: Mutex<Option<Problem>>,
     hello_now: Notify,
@@ -108,6 +110,7 @@ impl Peer {
             addr,
             sender: ArcSwapOption::empty(),
             live: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
             heard: ArcSwapOption::empty(),
             problem: Mutex::new(None),
             hello_now: Notify::new(),
@@ -118,6 +121,12 @@ impl Peer {
     /// Whether the peer is connected, authenticated, answering and may own deployments.
     pub fn is_live(&self) -> bool {
         self.live.load(Ordering::Acquire)
+    }
+
+    /// Whether its port refused the last connection attempt: the process is gone (a replica
+    /// partitioned or stopped does not refuse: the attempt times out).
+    pub fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Acquire)
     }
 
     /// A sender on the peer's connection, when it is connected and authenticated.
@@ -195,8 +204,11 @@ impl Peer {
         let stream =
             tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(self.addr))
                 .await
-                .map_err(|_| "connect timed out".to_string())?
-                .map_err(|e| e.to_string())?;
+                .map_err(|_| "connect timed out".to_string())?;
+        let refused =
+            matches!(&stream, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused);
+        self.gone.store(refused, Ordering::Release);
+        let stream = stream.map_err(|e| e.to_string())?;
         let _ = stream.set_nodelay(true);
         let (mut sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())

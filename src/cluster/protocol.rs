@@ -39,6 +39,10 @@ pub const SYNCED: &str = "/v1/synced";
 /// Every slot the receiver granted that the sender still holds has been reported again.
 pub const RECONCILED: &str = "/v1/reconciled";
 
+/// On a report: the slot was admitted under `cluster.fallback` (outside any owner's accounting),
+/// so a count above the cap at the new owner is an over-admission.
+pub static FALLBACK: HeaderName = HeaderName::from_static("x-scoregate-fallback");
+
 /// `endpoint/deployment`.
 pub static DEPLOYMENT: HeaderName = HeaderName::from_static("x-scoregate-deployment");
 /// Milliseconds the requester can wait in the owner's queue.

@@ -179,12 +179,16 @@ impl Cluster {
             return false;
         };
         let remaining = held.expires.saturating_duration_since(Instant::now());
-        let request = self
+        let mut request = self
             .request(protocol::ADOPT)
             .header(&protocol::DEPLOYMENT, &*held.key)
             .header(&protocol::POD, held.pod.to_string())
             .header(&protocol::LEASE_MS, remaining.as_millis().to_string())
-            .header(&protocol::LEASE, held.lease_for(&peer.id))
+            .header(&protocol::LEASE, held.lease_for(&peer.id));
+        if held.fallback {
+            request = request.header(&protocol::FALLBACK, "1");
+        }
+        let request = request
             .body(HoldOpen::until(held.released.clone()))
             .expect("valid request");
         let sent = tokio::time::timeout(REPORT_TIMEOUT, async {

@@ -42,6 +42,15 @@ pub fn owner<S: AsRef<str>>(peers: &[S], endpoint: &str, deployment: &str) -> Op
     best.map(|(i, _)| i)
 }
 
+/// Whether `a` wins `endpoint/deployment` over `b` (as [`owner`] decides between the two).
+pub fn beats(a: &str, b: &str, endpoint: &str, deployment: &str) -> bool {
+    let (wa, wb) = (
+        weight(a, endpoint, deployment),
+        weight(b, endpoint, deployment),
+    );
+    wa > wb || (wa == wb && a > b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -277,8 +277,12 @@ async fn grant(
     cluster.metrics.served.increment(1);
     cluster.peaks.record(slot.pod());
     let pod = HeaderValue::from_str(&slot.pod().address().to_string()).expect("an address");
-    let expires =
-        Instant::now() + deployment.settings.request_timeout + cluster.settings.lease_margin;
+    // The holder may keep the slot as long as any slot lives (`Settings::slot_life`, issue 13):
+    // a lease that expired sooner would free a pod an abandoned request still runs on.
+    let expires = Instant::now()
+        + cluster
+            .settings
+            .slot_life(deployment.settings.request_timeout);
     let lease = cluster.next_lease.fetch_add(1, Ordering::Relaxed) & !REPORTED_LEASE;
     let holder = holder_of(&request, lease);
     let body = LeaseBody::new(
@@ -319,7 +323,9 @@ async fn grant_slot(
         if asker.is_some_and(|asker| asker.epoch > view.id().epoch) {
             return Err(conflict(view.id(), protocol::REASON_STALE_VIEW));
         }
-        if !cluster.grants_in(view.id()) {
+        let timeout = deployment.settings.request_timeout;
+        let held_back = cluster.held_back(endpoint, name, timeout).is_some();
+        if !cluster.grants_in(view.id()) || held_back {
             if Instant::now() >= deadline {
                 let (code, reason) = protocol::refusal(AdmitError::QueueTimeout);
                 return Err(status(code, Some(reason)));
@@ -397,8 +403,20 @@ fn adopt(cluster: &Arc<Cluster>, state: &ConnectionState, request: Request<Incom
         Some(slot) => (slot, false),
         None => deployment.admission.force_acquire(pod),
     };
-    cluster.peaks.record(pod);
-    if over {
+    // A slot an owner granted (or took as owner) was within that owner's cap when it was
+    // taken: counted above the cap here, it overlaps a slot whose release is still on its way
+    // (its grantor freed and granted it again). Only a fallback admission can be a real one.
+    let fallback = request.headers().contains_key(&protocol::FALLBACK);
+    if over && !fallback {
+        tracing::debug!(
+            pod = %pod.address(),
+            holder = %holder.id,
+            "a reported slot overlaps a release still on its way; not an over-admission"
+        );
+    } else {
+        cluster.peaks.record(pod);
+    }
+    if over && fallback {
         cluster.metrics.over_admissions.increment(1);
         tracing::warn!(
             endpoint = %deployment.endpoint,
@@ -408,7 +426,7 @@ fn adopt(cluster: &Arc<Cluster>, state: &ConnectionState, request: Request<Incom
             lease = holder.lease,
             in_flight = pod.in_flight(),
             cap = deployment.admission.cap(),
-            "a reported slot puts the pod above its cap: it was over-admitted during the handover"
+            "a slot admitted under cluster.fallback puts the pod above its cap: it was over-admitted while its replica was isolated"
         );
     }
     let body = LeaseBody::new(
