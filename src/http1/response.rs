@@ -170,6 +170,11 @@ impl ResponseHead {
         self.status
     }
 
+    /// Whether the pod answered in HTTP/1.0.
+    pub fn is_http10(&self) -> bool {
+        self.http10
+    }
+
     /// The reason phrase as the pod sent it (empty when it sent none).
     pub fn reason<'h>(&self, head: &'h [u8]) -> &'h [u8] {
         &head[self.reason.0 as usize..self.reason.1 as usize]

@@ -113,6 +113,17 @@ impl<IO> Wire<IO> {
         self.scanned = self.scanned.saturating_sub(n);
     }
 
+    /// Splits `len` bytes off the buffer after skipping `skip`, then drops what is left of the
+    /// first `used` bytes (a piece of body data and the framing around it): the data, without a
+    /// copy.
+    pub fn split_data(&mut self, skip: usize, len: usize, used: usize) -> Bytes {
+        self.consume(skip);
+        let data = self.buf.split_to(len).freeze();
+        self.scanned = self.scanned.saturating_sub(len);
+        self.consume(used - skip - len);
+        data
+    }
+
     /// Gives the buffer's memory back when nothing is buffered (an idle connection keeps none).
     pub fn release_buffer(&mut self) {
         if self.buf.is_empty() {

@@ -80,7 +80,7 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = crate::upstream::PodError;
 
     fn poll_frame(
         self: Pin<&mut Self>,

@@ -19,7 +19,7 @@ use super::route::UpstreamTarget;
 use super::{headers, mirror};
 use crate::admission::{Admitter, Slot};
 use crate::table::Deployment;
-use crate::upstream::{Exchange, RequestBody, RequestBodyError, SendError, Upstream};
+use crate::upstream::{Exchange, PodError, RequestBody, RequestBodyError, SendError, Upstream};
 
 /// A request the pod has answered: its response head, on the exchange that holds the slot and
 /// the connection until the body has been read.
@@ -138,12 +138,12 @@ impl Forwarder {
 }
 
 /// Whose fault a failed send was: the client's body (413, 408, 400) or the pod (502).
-fn failed(error: &hyper::Error) -> RouterError {
-    match RequestBodyError::find(error) {
-        Some(RequestBodyError::TooLarge { .. }) => RouterError::PayloadTooLarge,
-        Some(RequestBodyError::Timeout(_)) => RouterError::BodyTimeout,
-        Some(RequestBodyError::Client(_)) => RouterError::BadRequestBody,
-        None => RouterError::UpstreamFailed,
+fn failed(error: &PodError) -> RouterError {
+    match error {
+        PodError::Body(RequestBodyError::TooLarge { .. }) => RouterError::PayloadTooLarge,
+        PodError::Body(RequestBodyError::Timeout(_)) => RouterError::BodyTimeout,
+        PodError::Body(RequestBodyError::Client(_)) => RouterError::BadRequestBody,
+        _ => RouterError::UpstreamFailed,
     }
 }
 

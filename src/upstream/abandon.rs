@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | before the response head | keeps waiting for the head and reads the whole response, discarding it | when the response has ended (the connection then goes back to the pool), or the pod breaks the connection — at most `request_timeout_ms` after giving up; then the connection is closed |
 //! | during the response body (larger than the response buffer, or a stream) | closes the connection: the pod sees it at its next write | at the request's deadline (`request_timeout_ms` after it was sent), or at once if that has passed |
-//! | while sending the request body (it broke: the router closed the connection) | — | at the request's deadline, as above |
+//! | while sending the request (given up, or its body broke) | closes the connection: the pod may have part of the request | at the request's deadline, as above |
 //!
 //! The bounds: an abandoned request holds its slot at most `request_timeout_ms` after the router
 //! gave up (a 504'd request: at most twice its timeout in all). A pod still busy after that —
@@ -23,10 +23,7 @@
 use std::mem;
 use std::time::Instant;
 
-use http_body_util::BodyExt;
-
-use super::body::RequestBodyError;
-use super::connection::{PendingResponse, Unanswered};
+use super::connection::{PodConnection, PodError};
 use super::exchange::{Ending, Exchange, Progress};
 use crate::telemetry::AbandonOutcome;
 
@@ -45,30 +42,22 @@ pub(super) fn hold(exchange: &mut Exchange) {
         return;
     };
     runtime.spawn(async move {
-        let outcome = match progress {
-            Progress::Waiting(response) => {
+        let outcome = match (progress, connection) {
+            (Progress::Waiting { to_head }, Some(mut connection)) => {
                 let bound = given_up + terms.request_timeout;
-                match tokio::time::timeout_at(bound.into(), drain(response)).await {
-                    Ok(Drained::Ended) => {
-                        if let Some(connection) = connection {
-                            pool.put(connection);
-                        }
+                let drained = drain(&mut connection, to_head);
+                match tokio::time::timeout_at(bound.into(), drained).await {
+                    Ok(Ok(())) => {
+                        pool.put(connection);
                         AbandonOutcome::Drained
                     }
-                    Ok(Drained::Broken) => AbandonOutcome::Failed,
-                    Ok(Drained::Cut) => {
-                        tokio::time::sleep_until(deadline.into()).await;
-                        AbandonOutcome::Closed
-                    }
+                    Ok(Err(_)) => AbandonOutcome::Failed,
                     Err(_) => AbandonOutcome::Closed,
                 }
             }
-            Progress::Reading(body) => {
-                drop((body, connection));
-                tokio::time::sleep_until(deadline.into()).await;
-                AbandonOutcome::Closed
-            }
-            Progress::Cut | Progress::Idle => {
+            // Reading the body, sending the request, or cut: the connection is closed now.
+            (_, connection) => {
+                drop(connection);
                 tokio::time::sleep_until(deadline.into()).await;
                 AbandonOutcome::Closed
             }
@@ -78,31 +67,10 @@ pub(super) fn hold(exchange: &mut Exchange) {
     });
 }
 
-/// How reading an abandoned response ended.
-enum Drained {
-    /// Read to its end: the pod is done and the connection is clean.
-    Ended,
-    /// The pod broke the connection: it is done.
-    Broken,
-    /// The request body broke while it was sent: the router closed the connection.
-    Cut,
-}
-
 /// Waits for the response head, then reads the body to its end, discarding it.
-async fn drain(response: PendingResponse) -> Drained {
-    let mut body = match response.await {
-        Ok(response) => response.into_body(),
-        Err(Unanswered::Failed(error)) if RequestBodyError::find(&error).is_some() => {
-            return Drained::Cut
-        }
-        Err(_) => return Drained::Broken,
-    };
-    while let Some(frame) = body.frame().await {
-        if frame.is_err() {
-            return Drained::Broken;
-        }
-    }
-    Drained::Ended
+async fn drain(connection: &mut PodConnection, to_head: bool) -> Result<(), PodError> {
+    let (_, _, decoder) = connection.response_head(to_head).await?;
+    connection.discard_body(decoder).await
 }
 
 /// An exchange dropped with its request in progress is abandoned: its slot is held until the
@@ -114,7 +82,7 @@ impl Drop for Exchange {
         }
         match self.progress {
             Progress::Idle => self.finish(Ending::Discarded),
-            Progress::Waiting(_) | Progress::Reading(_) | Progress::Cut => hold(self),
+            _ => hold(self),
         }
     }
 }

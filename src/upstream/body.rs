@@ -33,20 +33,6 @@ pub enum RequestBodyError {
     Client(#[from] hyper::Error),
 }
 
-impl RequestBodyError {
-    /// The request-body error behind a failed exchange, if the body is what failed it.
-    pub fn find(error: &hyper::Error) -> Option<&RequestBodyError> {
-        let mut source = std::error::Error::source(error);
-        while let Some(cause) = source {
-            if let Some(body_error) = cause.downcast_ref::<RequestBodyError>() {
-                return Some(body_error);
-            }
-            source = cause.source();
-        }
-        None
-    }
-}
-
 /// A copy of a request body for a mirror, kept while the original streams.
 pub struct MirrorTee {
     frames: Frames,
@@ -125,6 +111,11 @@ impl RequestBody {
     /// when it came in one frame); `None` when part of it is still to be streamed.
     pub fn whole_bytes(&self) -> Option<Bytes> {
         self.rest.is_none().then(|| self.received.to_bytes())
+    }
+
+    /// The whole body as one buffer, like [`Self::whole_bytes`], when it is at most `max` bytes.
+    pub fn whole_up_to(&self, max: u64) -> Option<Bytes> {
+        (self.rest.is_none() && self.received.bytes() <= max).then(|| self.received.to_bytes())
     }
 
     /// A body already in memory (mirrored requests, tests).

@@ -1,20 +1,32 @@
-//! One keep-alive HTTP/1.1 connection to a pod: hyper's client connection, whose task drives
-//! the socket while the [`PodConnection`] handle sends requests on it. This is the only module
-//! that knows hyper's client; the exchange sees a request handed over and a [`PendingResponse`].
+//! One keep-alive HTTP/1.1 connection to a pod, driven in the task of the request that uses
+//! it: no task of its own, no channel. The request is written as bytes (`upstream::codec`), the
+//! response head parsed once (`http1::wire`), the body decoded with the framing it came with
+//! (`http1::body`) into frames that share the read buffer.
+//!
+//! A connection is reused only when the last exchange on it ended cleanly: the request was
+//! sent whole, the pod kept the connection open (HTTP/1.1 without `Connection: close`, a body
+//! not ended by the close) and sent nothing after its response. An idle pooled connection that
+//! the pod closed (or sent anything on) is noticed when it is taken ([`PodConnection::is_idle`])
+//! without a system call: the runtime has seen the socket turn readable.
 
-use std::future::Future;
+use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use bytes::Bytes;
+use http_body::Body;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::body::RequestBody;
+use super::body::{RequestBody, RequestBodyError};
+use crate::http1::body::{BodyDecoder, BodyEncoder, BodyError};
+use crate::http1::chunked::Chunk;
+use crate::http1::copy::Pending;
+use crate::http1::response::{ResponseFraming, ResponseHead};
+use crate::http1::wire::{ResponseHeadError, Wire};
 
 /// TCP keepalive on pod connections: a pod that vanished without closing (node lost, network
 /// cut) is noticed after about 60 s idle + 3 probes 10 s apart.
@@ -22,6 +34,13 @@ pub const TCP_KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
     .with_time(Duration::from_secs(60))
     .with_interval(Duration::from_secs(10))
     .with_retries(3);
+
+/// Largest trailer section accepted at the end of a pod's chunked body (trailers are read and
+/// dropped, as before: the client never asked for them).
+const MAX_TRAILER_BYTES: usize = 16 * 1024;
+
+/// Request bodies received whole up to this size go out in the same write as the head.
+const COALESCE_BODY: u64 = 64 * 1024;
 
 /// How pod connections are made and kept.
 #[derive(Clone, Copy, Debug)]
@@ -32,52 +51,194 @@ pub(super) struct Timeouts {
     pub(super) idle: Duration,
 }
 
-/// A handle that sends requests on one connection to a pod.
-pub type PodConnection = http1::SendRequest<RequestBody>;
-
-/// Why a request handed to a connection got no response head.
-pub(super) enum Unanswered {
-    /// The connection could not take it (it was closing): the request is handed back whole.
-    Unsent(Box<Request<RequestBody>>),
-    /// It was (at least partly) sent, and the exchange failed.
-    Failed(hyper::Error),
+/// Why an exchange with a pod failed once the request was (at least partly) written.
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    /// The request body failed while it was sent (too large, stalled, or the client's broke):
+    /// the router closed the connection.
+    #[error(transparent)]
+    Body(#[from] RequestBodyError),
+    /// Writing the request to the pod failed.
+    #[error("writing the request to the pod failed: {0}")]
+    Write(io::Error),
+    /// No valid response head came.
+    #[error(transparent)]
+    Head(#[from] ResponseHeadError),
+    /// The pod's response body is malformed or ended early.
+    #[error("the pod's response body broke: {0}")]
+    BrokenBody(#[from] BodyError),
+    /// Reading the pod's response body failed.
+    #[error("reading the pod's response body failed: {0}")]
+    Read(io::Error),
 }
 
-/// The response head a request handed to a connection is waiting for. Boxed: it is kept in the
-/// exchange, which may outlive the request's own task (see `upstream::abandon`).
-pub(super) type PendingResponse =
-    Pin<Box<dyn Future<Output = Result<Response<Incoming>, Unanswered>> + Send>>;
+/// How far a request body went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Sent {
+    /// All of it.
+    Complete,
+    /// The pod answered (or closed) before all of it was sent: the connection carries nothing
+    /// after this response.
+    PodAnswered,
+}
 
-/// Hands `request` to `connection` (it is queued on the connection at once) and returns the
-/// response to wait for.
-pub(super) fn start(
-    connection: &mut PodConnection,
-    request: Request<RequestBody>,
-) -> PendingResponse {
-    let response = connection.try_send_request(request);
-    Box::pin(async move {
-        response.await.map_err(|mut e| match e.take_message() {
-            Some(request) => Unanswered::Unsent(Box::new(request)),
-            None => Unanswered::Failed(e.into_error()),
+/// One connection to a pod, with its read buffer.
+#[derive(Debug)]
+pub struct PodConnection {
+    wire: Wire<TcpStream>,
+    /// Whether the connection can carry another request once the current response has ended.
+    reusable: bool,
+}
+
+impl PodConnection {
+    /// Whether the idle connection is still usable: the pod has not closed it, reset it, or
+    /// sent anything unasked. Costs no system call unless the socket turned readable.
+    pub(super) fn is_idle(&self) -> bool {
+        if !self.wire.buffered().is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.wire.get_ref().try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Whether the connection may go back to the pool now that its response has ended.
+    pub(super) fn is_reusable(&self) -> bool {
+        self.reusable && self.wire.buffered().is_empty()
+    }
+
+    /// Gives back the read buffer's memory while the connection is idle in a pool.
+    pub(super) fn release_buffer(&mut self) {
+        self.wire.release_buffer();
+    }
+
+    /// Writes all of `bytes` (a request head, possibly followed by a whole body).
+    pub(super) async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.wire.get_mut().write_all(bytes).await
+    }
+
+    /// Sends `body` after the head, framed by `encoder`, while watching the pod: it stops when
+    /// the pod answers (or closes) before the body has been sent.
+    pub(super) async fn send_body(
+        &mut self,
+        body: &mut RequestBody,
+        encoder: BodyEncoder,
+    ) -> Result<Sent, PodError> {
+        let mut out = Pending::default();
+        let mut ended = false;
+        let sent = poll_fn(|cx| loop {
+            match out.poll_write_to(self.wire.get_mut(), cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(PodError::Write(e))),
+                Poll::Pending => return self.poll_answered(cx),
+            }
+            if ended {
+                return Poll::Ready(Ok(Sent::Complete));
+            }
+            match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers of a request body are dropped, as hyper's client did.
+                    if let Some(data) = frame.data_ref() {
+                        encoder.encode(data, out.buf());
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(PodError::Body(e))),
+                Poll::Ready(None) => {
+                    encoder.finish(out.buf());
+                    ended = true;
+                }
+                Poll::Pending => return self.poll_answered(cx),
+            }
         })
-    })
+        .await?;
+        if sent == Sent::PodAnswered {
+            self.reusable = false;
+        }
+        Ok(sent)
+    }
+
+    /// While the request is still being sent: ready when the pod has sent something or closed.
+    fn poll_answered(&mut self, cx: &mut Context<'_>) -> Poll<Result<Sent, PodError>> {
+        self.wire.poll_fill(cx).map(|_| Ok(Sent::PodAnswered))
+    }
+
+    /// Reads the final response head (interim 1xx responses skipped) to a request whose method
+    /// was `HEAD` when `to_head`, and how its body is read. Cancel-safe: what was read stays in
+    /// the buffer.
+    pub(super) async fn response_head(
+        &mut self,
+        to_head: bool,
+    ) -> Result<(ResponseHead, Bytes, BodyDecoder), PodError> {
+        let (head, bytes) = self.wire.response_head(to_head).await?;
+        if !head.keep_alive() {
+            self.reusable = false;
+        }
+        let decoder = match head.framing() {
+            ResponseFraming::Empty => BodyDecoder::length(0),
+            ResponseFraming::Length(n) => BodyDecoder::length(n),
+            ResponseFraming::Chunked => BodyDecoder::chunked(MAX_TRAILER_BYTES),
+            ResponseFraming::UntilClose => BodyDecoder::UntilClose,
+        };
+        Ok((head, bytes, decoder))
+    }
+
+    /// The next piece of the response body `decoder` reads: `None` at its end. The data shares
+    /// the read buffer's memory (no copy).
+    pub(super) fn poll_data(
+        &mut self,
+        decoder: &mut BodyDecoder,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Bytes>, PodError>> {
+        loop {
+            let input = self.wire.buffered();
+            let (used, found) = decoder.decode(input)?;
+            match found {
+                Chunk::Data(data) => {
+                    let skip = data.as_ptr() as usize - input.as_ptr() as usize;
+                    let len = data.len();
+                    return Poll::Ready(Ok(Some(self.wire.split_data(skip, len, used))));
+                }
+                Chunk::End => {
+                    self.wire.consume(used);
+                    return Poll::Ready(Ok(None));
+                }
+                Chunk::More => self.wire.consume(used),
+            }
+            match ready!(self.wire.poll_fill(cx)) {
+                Ok(0) => {
+                    decoder.at_eof()?;
+                    return Poll::Ready(Ok(None));
+                }
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(PodError::Read(e))),
+            }
+        }
+    }
+
+    /// Reads the response body `decoder` reads to its end, discarding it.
+    pub(super) async fn discard_body(&mut self, mut decoder: BodyDecoder) -> Result<(), PodError> {
+        while poll_fn(|cx| self.poll_data(&mut decoder, cx))
+            .await?
+            .is_some()
+        {}
+        Ok(())
+    }
 }
 
-/// Connects to `address` within `timeout` and starts the connection's task.
+/// The request body, when it was received whole and is small enough to go out in the same
+/// write as the head.
+pub(super) fn coalesced_body(body: &RequestBody) -> Option<Bytes> {
+    body.whole_up_to(COALESCE_BODY)
+}
+
+/// Connects to `address` within `timeout`.
 pub(super) async fn connect(address: SocketAddr, timeout: Duration) -> io::Result<PodConnection> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     stream.set_nodelay(true)?;
     socket2::SockRef::from(&stream).set_tcp_keepalive(&TCP_KEEPALIVE)?;
-    let (sender, connection) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(io::Error::other)?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(%address, error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
+    Ok(PodConnection {
+        wire: Wire::new(stream),
+        reusable: true,
+    })
 }

@@ -22,7 +22,6 @@
 //! this one: its `Drop` (abandon or discard) in `upstream::abandon`, and `Exchange::respond`
 //! (the pod's body read ahead) in `upstream::readahead`.
 
-use std::future::poll_fn;
 use std::io;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -30,14 +29,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::response::Parts;
-use http::{HeaderValue, Request};
-use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
+use http::{HeaderValue, Method, Request};
+use http_body::{Frame, SizeHint};
 
-use super::body::{RequestBody, RequestBodyError};
-use super::connection::{self, PendingResponse, PodConnection, Unanswered};
+use super::body::RequestBody;
+use super::codec::{self, Outgoing};
+use super::connection::{self, PodConnection, PodError};
 use super::pool::PodPool;
 use crate::admission::{Pod, Slot};
+use crate::http1::body::BodyDecoder;
+use crate::http1::wire::ResponseHeadError;
 use crate::telemetry::DeploymentMetrics;
 
 /// How an exchange ended.
@@ -64,7 +65,7 @@ pub enum SendError {
         error: io::Error,
     },
     /// The request was (at least partly) sent and the exchange failed.
-    Failed(hyper::Error),
+    Failed(PodError),
 }
 
 /// What an exchange needs to know of its deployment and of the router.
@@ -92,10 +93,16 @@ impl std::fmt::Debug for Terms {
 pub(super) enum Progress {
     /// Nothing: not sent yet, or done.
     Idle,
-    /// Handed to the connection; waiting for the response head.
-    Waiting(PendingResponse),
-    /// The head arrived; the body is being read.
-    Reading(Incoming),
+    /// The request is being written: the pod may have part of it.
+    Sending,
+    /// Sent (or the pod answered before all of it was): waiting for the response head to a
+    /// request whose method was `HEAD` when `to_head`.
+    Waiting {
+        /// The request's method was `HEAD` (its response has no body).
+        to_head: bool,
+    },
+    /// The head arrived; the body is being read with this decoder.
+    Reading(BodyDecoder),
     /// The router closed the connection while the request was being sent (its body broke): the
     /// pod may have started on it.
     Cut,
@@ -158,68 +165,83 @@ impl Exchange {
     /// Sends `request` on a pooled connection to the pod, or a new one, and waits for the
     /// response head; the body stays in the exchange ([`Exchange::respond`]). A pooled
     /// connection that turns out to be closed is skipped without losing the request; only a
-    /// failure to connect at all is [`SendError::NotSent`]. If this future is dropped while the
-    /// pod has the request, the exchange keeps waiting for it when dropped in turn (abandoned).
-    pub async fn send(&mut self, mut request: Request<RequestBody>) -> Result<Parts, SendError> {
+    /// failure to connect at all (or a new connection that fails at once) is
+    /// [`SendError::NotSent`]. If this future is dropped while the pod has the request, the
+    /// exchange keeps waiting for it when dropped in turn (abandoned).
+    pub async fn send(&mut self, request: Request<RequestBody>) -> Result<Parts, SendError> {
+        let (parts, mut body) = request.into_parts();
+        let mut head = Vec::with_capacity(512);
+        let mut outgoing = codec::request_head(&parts, &body, &mut head);
+        if let Outgoing::Body(_) = outgoing {
+            if let Some(whole) = connection::coalesced_body(&body) {
+                head.extend_from_slice(&whole);
+                outgoing = Outgoing::Nothing;
+            }
+        }
+        if let Err(error) = self.write_head(&head).await {
+            return Err(self.not_sent(Box::new(Request::from_parts(parts, body)), error));
+        }
+        let to_head = parts.method == Method::HEAD;
+        if let Outgoing::Body(encoder) = outgoing {
+            let connection = self
+                .connection
+                .as_mut()
+                .expect("the head was written on it");
+            if let Err(error) = connection.send_body(&mut body, encoder).await {
+                return Err(self.failed(error));
+            }
+        }
+        drop(body);
+        self.await_head(to_head).await.map_err(|e| self.failed(e))
+    }
+
+    /// Writes `head` on a live pooled connection, or a new one, which the exchange then keeps.
+    /// A pooled connection whose write fails (the pod closed it meanwhile) is skipped.
+    async fn write_head(&mut self, head: &[u8]) -> io::Result<()> {
         let timeouts = self.pool.timeouts();
-        while let Some(mut connection) = self.pool.take(timeouts.idle) {
-            if connection.ready().await.is_err() {
-                continue;
-            }
-            match self.answer(connection, request).await {
-                Ok(head) => return Ok(head),
-                Err(Unanswered::Unsent(unsent)) => request = *unsent,
-                Err(Unanswered::Failed(error)) => return Err(self.failed(error)),
-            }
-        }
-        let connection = match connection::connect(self.pool.address(), timeouts.connect).await {
-            Ok(connection) => connection,
-            Err(error) => return Err(self.not_sent(Box::new(request), error)),
-        };
-        match self.answer(connection, request).await {
-            Ok(head) => Ok(head),
-            Err(Unanswered::Unsent(request)) => {
-                let error = io::Error::new(io::ErrorKind::ConnectionAborted, "closed at once");
-                Err(self.not_sent(request, error))
-            }
-            Err(Unanswered::Failed(error)) => Err(self.failed(error)),
-        }
-    }
-
-    /// Hands `request` to `connection` and waits for the head, keeping both in the exchange.
-    async fn answer(
-        &mut self,
-        mut connection: PodConnection,
-        request: Request<RequestBody>,
-    ) -> Result<Parts, Unanswered> {
-        self.progress = Progress::Waiting(connection::start(&mut connection, request));
-        self.connection = Some(connection);
-        self.sent_at = Some(Instant::now());
-        poll_fn(|cx| self.poll_head(cx)).await
-    }
-
-    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<Parts, Unanswered>> {
-        let Progress::Waiting(response) = &mut self.progress else {
-            unreachable!("a head is awaited only while the request is waiting for it");
-        };
-        let answered = ready!(response.as_mut().poll(cx));
-        self.progress = Progress::Idle;
-        Poll::Ready(match answered {
-            Ok(response) => {
-                let (head, body) = response.into_parts();
-                self.report(true);
-                if body.is_end_stream() {
-                    self.finish(Ending::Returned);
-                } else {
-                    self.progress = Progress::Reading(body);
+        loop {
+            let (mut connection, pooled) = match self.pool.take(timeouts.idle) {
+                Some(connection) => (connection, true),
+                None => (
+                    connection::connect(self.pool.address(), timeouts.connect).await?,
+                    false,
+                ),
+            };
+            self.progress = Progress::Sending;
+            self.sent_at = Some(Instant::now());
+            let written = connection.write_all(head).await;
+            match written {
+                Ok(()) => {
+                    self.connection = Some(connection);
+                    return Ok(());
                 }
-                Ok(head)
+                Err(_) if pooled => self.progress = Progress::Idle,
+                Err(error) => {
+                    self.progress = Progress::Idle;
+                    return Err(error);
+                }
             }
-            Err(unanswered) => {
-                self.connection = None;
-                Err(unanswered)
-            }
-        })
+        }
+    }
+
+    /// Waits for the response head on the exchange's connection; a body to read stays in the
+    /// exchange, an empty one ends it.
+    async fn await_head(&mut self, to_head: bool) -> Result<Parts, PodError> {
+        self.progress = Progress::Waiting { to_head };
+        let connection = self
+            .connection
+            .as_mut()
+            .expect("the request was sent on it");
+        let (head, bytes, decoder) = connection.response_head(to_head).await?;
+        let parts = codec::response_parts(&head, &bytes)
+            .map_err(|e| PodError::Head(ResponseHeadError::Invalid(e)))?;
+        self.report(true);
+        if decoder.is_done() {
+            self.finish(Ending::Returned);
+        } else {
+            self.progress = Progress::Reading(decoder);
+        }
+        Ok(parts)
     }
 
     /// Connecting failed: nothing reached the pod.
@@ -228,12 +250,15 @@ impl Exchange {
         SendError::NotSent { request, error }
     }
 
-    /// The request was sent and the exchange failed: the pod's doing (counted against it), or
-    /// the request body's (the router closed the connection: the pod may be working on it).
-    fn failed(&mut self, error: hyper::Error) -> SendError {
-        if RequestBodyError::find(&error).is_some() {
+    /// The request was sent and the exchange failed: the pod's doing (counted against it; the
+    /// connection is closed), or the request body's (the router closed the connection: the
+    /// pod may be working on it).
+    fn failed(&mut self, error: PodError) -> SendError {
+        self.connection = None;
+        if let PodError::Body(_) = error {
             self.progress = Progress::Cut;
         } else {
+            self.progress = Progress::Idle;
             self.report(false);
         }
         SendError::Failed(error)
@@ -244,26 +269,40 @@ impl Exchange {
     pub(super) fn poll_frame(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let Progress::Reading(body) = &mut self.progress else {
+    ) -> Poll<Option<Result<Frame<Bytes>, PodError>>> {
+        let Progress::Reading(decoder) = &mut self.progress else {
             return Poll::Ready(None);
         };
-        let polled = ready!(std::pin::Pin::new(&mut *body).poll_frame(cx));
-        match &polled {
-            Some(Ok(_)) if !body.is_end_stream() => {}
-            Some(Ok(_)) | None => self.finish(Ending::Returned),
-            Some(Err(_)) => {
+        let connection = self
+            .connection
+            .as_mut()
+            .expect("a body is read on its connection");
+        let polled = ready!(connection.poll_data(decoder, cx));
+        let ended = decoder.is_done();
+        Poll::Ready(match polled {
+            Ok(Some(data)) => {
+                if ended {
+                    self.finish(Ending::Returned);
+                }
+                Some(Ok(Frame::data(data)))
+            }
+            Ok(None) => {
+                self.finish(Ending::Returned);
+                None
+            }
+            Err(error) => {
                 self.report(false);
                 self.finish(Ending::Discarded);
+                Some(Err(error))
             }
-        }
-        Poll::Ready(polled)
+        })
     }
 
-    /// What is left of the pod's response body, as hyper knows it.
+    /// What is left of the pod's response body.
     pub(super) fn body_size_hint(&self) -> SizeHint {
         match &self.progress {
-            Progress::Reading(body) => body.size_hint(),
+            Progress::Reading(BodyDecoder::Length(left)) => SizeHint::with_exact(*left),
+            Progress::Reading(_) => SizeHint::new(),
             _ => SizeHint::with_exact(0),
         }
     }
@@ -303,7 +342,8 @@ impl std::fmt::Debug for Exchange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let progress = match self.progress {
             Progress::Idle => "idle",
-            Progress::Waiting(_) => "waiting for the head",
+            Progress::Sending => "sending",
+            Progress::Waiting { .. } => "waiting for the head",
             Progress::Reading(_) => "reading the body",
             Progress::Cut => "cut",
         };

@@ -1,12 +1,13 @@
 //! Upstream: everything about talking to model pods. Pods' connection pools keyed by pod,
-//! checkout and return, the HTTP/1.1 client connection, and the [`Exchange`] that owns one
+//! checkout and return, the HTTP/1.1 client connection (byte-level, no task of its own), and the [`Exchange`] that owns one
 //! request's slot and connection until it ends explicitly.
 //!
 //! | module | concern |
 //! |---|---|
 //! | [`body`] | the request body sent to a pod (received whole, or received in part and streamed with a limit and a timeout) |
 //! | [`frames`] | body frames held in memory, never copied |
-//! | [`connection`] | connecting to a pod; hyper's HTTP/1.1 client connection (the only hyper-specific part) |
+//! | `codec` | the request head written as bytes (framing as hyper's client chose it), the pod's response head as `http` parts |
+//! | [`connection`] | one connection to a pod, driven in the request's own task: the request and its body written, the response head and body read through one buffer |
 //! | `pool` | idle keep-alive connections per pod, expiry, the sweep |
 //! | [`exchange`] | one request's slot and connection, the send and its retry-safe failure, what the pod showed (for outlier detection) |
 //! | [`readahead`] | the pod's response read ahead of the client up to the response buffer, so the pod is freed at its own speed |
@@ -16,6 +17,7 @@
 
 mod abandon;
 pub mod body;
+mod codec;
 pub mod connection;
 pub mod exchange;
 pub mod frames;
@@ -26,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use body::{RequestBody, RequestBodyError};
-pub use connection::PodConnection;
+pub use connection::{PodConnection, PodError};
 pub use exchange::{Ending, Exchange, SendError, Terms};
 pub use frames::Frames;
 pub use readahead::PodBody;

@@ -55,10 +55,11 @@ impl PodPool {
     }
 
     /// Takes back a connection whose exchange ended cleanly.
-    pub(super) fn put(&self, connection: PodConnection) {
-        if connection.is_closed() {
+    pub(super) fn put(&self, mut connection: PodConnection) {
+        if !connection.is_reusable() {
             return;
         }
+        connection.release_buffer();
         let mut idle = self.idle.lock();
         if idle.len() < MAX_IDLE_PER_POD {
             idle.push((connection, Instant::now()));
@@ -71,7 +72,7 @@ impl PodPool {
         let mut idle = self.idle.lock();
         close_expired(&mut idle, idle_timeout);
         while let Some((connection, _)) = idle.pop() {
-            if !connection.is_closed() {
+            if connection.is_idle() {
                 return Some(connection);
             }
         }
@@ -82,7 +83,7 @@ impl PodPool {
     fn sweep(&self, idle_timeout: Duration) -> bool {
         let mut idle = self.idle.lock();
         close_expired(&mut idle, idle_timeout);
-        idle.retain(|(connection, _)| !connection.is_closed());
+        idle.retain(|(connection, _)| connection.is_idle());
         idle.is_empty()
     }
 }

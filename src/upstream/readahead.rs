@@ -22,6 +22,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
 
+use super::connection::PodError;
 use super::exchange::Exchange;
 use super::frames::Frames;
 
@@ -35,7 +36,7 @@ enum Kind {
     /// The whole body, read before the client got the head; the exchange has ended.
     Whole {
         frames: Frames,
-        error: Option<hyper::Error>,
+        error: Option<PodError>,
     },
     /// The body as a pump task reads it from the pod.
     Pumped(Arc<Shared>),
@@ -65,7 +66,7 @@ pub(super) fn read_ahead(mut exchange: Exchange) -> PodBody {
 }
 
 impl PodBody {
-    fn whole(frames: Frames, error: Option<hyper::Error>, hint: SizeHint) -> Self {
+    fn whole(frames: Frames, error: Option<PodError>, hint: SizeHint) -> Self {
         let hint = match error {
             None => SizeHint::with_exact(frames.bytes()),
             Some(_) => hint,
@@ -108,7 +109,7 @@ impl PodBody {
 
 impl Body for PodBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = PodError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -158,7 +159,7 @@ enum End {
     /// The pod's body ended.
     Complete,
     /// The pod broke it; the error is handed to the client once.
-    Failed(Option<hyper::Error>),
+    Failed(Option<PodError>),
 }
 
 /// The queue between the pump and the client's body.
@@ -177,7 +178,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn poll_read(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_read(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, PodError>>> {
         let mut queue = self.queue.lock();
         if let Some(frame) = queue.frames.pop() {
             if queue.frames.bytes() < self.bound {

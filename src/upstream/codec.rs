@@ -1,0 +1,199 @@
+//! The HTTP/1.1 client codec of pod connections: the request head written as bytes, and the
+//! pod's response head turned into `http` parts for the proxy's response phase.
+//!
+//! The request's framing follows the choices hyper's client made on this path before, so pods
+//! see what they saw:
+//!
+//! | request body | framing written |
+//! |---|---|
+//! | none (ended before it started) | none added; a `Content-Length` the request has is kept |
+//! | a `Content-Length` in the request | that length |
+//! | length known | `content-length` |
+//! | length unknown, `GET`, `HEAD` or `CONNECT` | none: the body is not sent |
+//! | length unknown, any other method | `transfer-encoding: chunked` |
+//!
+//! A `Transfer-Encoding` the request carries is never copied (the body is re-framed here).
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::request::Parts;
+use http::{HeaderName, HeaderValue, Method, StatusCode, Version};
+use http_body::Body;
+
+use super::body::RequestBody;
+use crate::http1::body::BodyEncoder;
+use crate::http1::head::Known;
+use crate::http1::response::{InvalidResponse, ResponseHead};
+
+/// How a request body goes to the pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Outgoing {
+    /// Nothing is sent after the head (no body, or one hyper's client never sent either).
+    Nothing,
+    /// The body, written with this framing.
+    Body(BodyEncoder),
+}
+
+/// Writes the head of the request `parts`, whose body is `body`, into `out`: the request line
+/// (origin form), every field as it is (names lowercase, in the map's order), and the framing
+/// of the table above. Returns how the body goes.
+pub(super) fn request_head(parts: &Parts, body: &RequestBody, out: &mut Vec<u8>) -> Outgoing {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in parts.headers.iter() {
+        if name != TRANSFER_ENCODING {
+            field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    let outgoing = framing(parts, body, out);
+    out.extend_from_slice(b"\r\n");
+    outgoing
+}
+
+/// The body's framing, its field added to `out` when the request has none.
+fn framing(parts: &Parts, body: &RequestBody, out: &mut Vec<u8>) -> Outgoing {
+    if body.is_end_stream() {
+        return Outgoing::Nothing;
+    }
+    if parts.headers.contains_key(CONTENT_LENGTH) {
+        return Outgoing::Body(BodyEncoder::Length);
+    }
+    match body.size_hint().exact() {
+        Some(length) => {
+            field(
+                out,
+                b"content-length",
+                itoa::Buffer::new().format(length).as_bytes(),
+            );
+            Outgoing::Body(BodyEncoder::Length)
+        }
+        None if matches!(parts.method, Method::GET | Method::HEAD | Method::CONNECT) => {
+            Outgoing::Nothing
+        }
+        None => {
+            field(out, b"transfer-encoding", b"chunked");
+            Outgoing::Body(BodyEncoder::Chunked)
+        }
+    }
+}
+
+fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.reserve(name.len() + value.len() + 4);
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The pod's response `head`, parsed from `bytes`, as `http` parts: its status, version and
+/// every field as the pod sent it (values share `bytes`) but a `Content-Length` beside a
+/// `Transfer-Encoding`, and a reason phrase that is not the
+/// status's canonical one kept as hyper's [`hyper::ext::ReasonPhrase`] (the client gets it).
+pub(super) fn response_parts(
+    head: &ResponseHead,
+    bytes: &Bytes,
+) -> Result<http::response::Parts, InvalidResponse> {
+    let malformed = |e| InvalidResponse::Malformed(e);
+    let status =
+        StatusCode::from_u16(head.status()).map_err(|_| malformed(httparse::Error::Status))?;
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = status;
+    parts.version = if head.is_http10() {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    parts.headers.reserve(head.fields().len());
+    // A body framed by Transfer-Encoding is re-framed for the client: a Content-Length sent
+    // with it is wrong for the body the client gets (RFC 9112 §6.3), so it is not passed on.
+    let encoded = head
+        .fields()
+        .iter()
+        .any(|f| f.known() == Some(Known::TransferEncoding));
+    for f in head.fields() {
+        if encoded && f.known() == Some(Known::ContentLength) {
+            continue;
+        }
+        let name = HeaderName::from_bytes(f.name(bytes))
+            .map_err(|_| malformed(httparse::Error::HeaderName))?;
+        let value = bytes.slice_ref(f.value(bytes));
+        let value = HeaderValue::from_maybe_shared(value)
+            .map_err(|_| malformed(httparse::Error::HeaderValue))?;
+        parts.headers.append(name, value);
+    }
+    let reason = head.reason(bytes);
+    if !reason.is_empty() && status.canonical_reason().map(str::as_bytes) != Some(reason) {
+        if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(bytes.slice_ref(reason)) {
+            parts.extensions.insert(reason);
+        }
+    }
+    Ok(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http1::response::Parsed;
+    use crate::upstream::Frames;
+
+    fn head_of(request: http::Request<RequestBody>) -> (String, Outgoing) {
+        let (parts, body) = request.into_parts();
+        let mut out = Vec::new();
+        let outgoing = request_head(&parts, &body, &mut out);
+        (String::from_utf8(out).unwrap(), outgoing)
+    }
+
+    #[test]
+    fn request_framing_follows_the_body() {
+        let post = |body| {
+            http::Request::post("/score?x=1")
+                .header("host", "h")
+                .header("transfer-encoding", "gzip")
+                .body(body)
+                .unwrap()
+        };
+        let (text, outgoing) = head_of(post(RequestBody::full(Bytes::from_static(b"{}"))));
+        assert_eq!(
+            text,
+            "POST /score?x=1 HTTP/1.1\r\nhost: h\r\ncontent-length: 2\r\n\r\n"
+        );
+        assert_eq!(outgoing, Outgoing::Body(BodyEncoder::Length));
+        let (text, outgoing) = head_of(post(RequestBody::whole(Frames::default())));
+        assert_eq!(text, "POST /score?x=1 HTTP/1.1\r\nhost: h\r\n\r\n");
+        assert_eq!(outgoing, Outgoing::Nothing);
+        let declared = http::Request::put("/")
+            .header("content-length", "2")
+            .body(RequestBody::full(Bytes::from_static(b"{}")))
+            .unwrap();
+        let (text, outgoing) = head_of(declared);
+        assert_eq!(text, "PUT / HTTP/1.1\r\ncontent-length: 2\r\n\r\n");
+        assert_eq!(outgoing, Outgoing::Body(BodyEncoder::Length));
+    }
+
+    #[test]
+    fn response_parts_keep_every_field_and_an_unusual_reason() {
+        let pod = Bytes::from_static(
+            b"HTTP/1.1 200 Fine Thanks\r\nX-A: 1\r\nx-a: 2\r\nContent-Length: 0\r\n\r\n",
+        );
+        let Parsed::Complete(head, _) = ResponseHead::parse(&pod, false).unwrap() else {
+            panic!("a whole head")
+        };
+        let parts = response_parts(&head, &pod).unwrap();
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(parts.version, Version::HTTP_11);
+        let values: Vec<_> = parts.headers.get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        let reason = parts.extensions.get::<hyper::ext::ReasonPhrase>().unwrap();
+        assert_eq!(reason.as_bytes(), b"Fine Thanks");
+        let pod = Bytes::from_static(b"HTTP/1.0 404 Not Found\r\n\r\n");
+        let Parsed::Complete(head, _) = ResponseHead::parse(&pod, false).unwrap() else {
+            panic!("a whole head")
+        };
+        let parts = response_parts(&head, &pod).unwrap();
+        assert_eq!(parts.version, Version::HTTP_10);
+        assert!(parts.extensions.get::<hyper::ext::ReasonPhrase>().is_none());
+    }
+}
