@@ -381,10 +381,15 @@ async fn no_load_takes_ten_replicas_to_one_within_the_windows_and_a_few_steps() 
 async fn fluctuating_load_near_the_target_does_not_flap() {
     let mut world = World::start(3).await;
     // Three pods at the target carry 2.1 busy slots: 105 requests a second of 20 ms, swinging
-    // ±10 % over 40 s periods (70-77 % busy), for 5 minutes. Measured over seeds 1-24: one
-    // (seed 18) panics once, on a queue burst that holds 2× the pods' slots for 6 s; with ±20 %
-    // swings (up to 84 % busy) half the seeds do. Near saturation the queue is bursty, and the
-    // panic window counts it (as Knative's does).
+    // ±10 % over 40 s periods (70-77 % busy), for 5 minutes. Measured over seeds 1-24: none
+    // panics; one (seed 8) scales 3→4 once on the stable window (its average of 200 ms samples
+    // of a 20 ms service read 2.31 busy slots for about 2.14 offered, some 3 standard errors, over
+    // the tolerance band) and back after the stabilisation period. A panic needs the latest
+    // sample over the threshold too: before, a one-second burst (seed 24: 157 requests in a
+    // second against 150 of capacity) queued 20 requests that alone lifted the 6 s average over
+    // 2× after the queue had drained, and the scaler went from 3 pods to 10. With ±20 % swings
+    // (up to 84 % busy) 5 seeds of 24 still panic (half did before): near saturation the queue
+    // stays long for seconds.
     let rate = |t: f64| 105.0 * (1.0 + 0.1 * (t * std::f64::consts::TAU / 40.0).sin());
     let trace = Trace::poisson(4, 116.0, 0.0, 300.0, rate);
     world.run(&trace, secs(300)).await;

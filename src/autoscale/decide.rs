@@ -10,9 +10,13 @@
 //!   the target: `ceil(average busy / per pod)`, unless that is within the tolerance band of the
 //!   replicas there are (±10 %), which keeps them.
 //! - **Panic.** Over the panic window (6 s) demand counts queued requests too; when it reaches
-//!   `panic_threshold` (2×) the capacity of the ready pods (their slots), the scaler panics: it
-//!   scales at once to what the short window asks at the target and never down, until the demand
-//!   has stayed under the threshold for a whole stable window.
+//!   `panic_threshold` (2×) the capacity of the ready pods (their slots), and the latest sample
+//!   does too (the burst is still there), the scaler panics: it scales at once to what the short
+//!   window asks at the target and never down, until the demand has stayed under the threshold
+//!   for a whole stable window. Without the latest sample, a one-second Poisson burst near
+//!   saturation (157 requests in a second against 150 of capacity) built a queue of 20 that
+//!   alone lifted the 6 s average over 2× after the queue had drained, and the scaler went from
+//!   3 pods to 10.
 //! - **Up** at once. **Down** only once every recommendation of the stabilisation period asked
 //!   for fewer, then to the highest of them, at most halving per step; never before the stable
 //!   window is covered by samples (a new owner first watches a full window).
@@ -165,7 +169,14 @@ impl Scaler {
             panic_demand,
         };
         let (min, max) = (policy.min.max(1), policy.max.max(policy.min.max(1)));
-        let panicking = self.panic(at, panic_demand, ready, policy);
+        let demand_now = self.window.average(at, Duration::ZERO, |s| s.demand);
+        let panicking = self.panic(
+            at,
+            panic_demand.min(demand_now),
+            panic_demand,
+            ready,
+            policy,
+        );
         let recommended = if panicking {
             self.panic_peak.max(current)
         } else {
@@ -211,10 +222,18 @@ impl Scaler {
         self.scale_down(at, current, policy, decision)
     }
 
-    /// Updates the panic state from the short window's `demand` (slots); whether it panics now.
-    fn panic(&mut self, at: Duration, demand: f64, ready: u32, policy: &Policy) -> bool {
+    /// Updates the panic state from `sustained`, the demand (slots) both over the short window
+    /// and in the latest sample, and `demand`, the short window's; whether it panics now.
+    fn panic(
+        &mut self,
+        at: Duration,
+        sustained: f64,
+        demand: f64,
+        ready: u32,
+        policy: &Policy,
+    ) -> bool {
         let capacity = f64::from(ready.max(1)) * f64::from(policy.max_concurrent.max(1));
-        if demand >= policy.panic_threshold * capacity {
+        if sustained >= policy.panic_threshold * capacity {
             self.panic_seen = Some(at);
             let pods = demand / slots_per_pod_at_target(policy);
             self.panic_peak = self.panic_peak.max(ceil(pods));
@@ -413,6 +432,33 @@ mod tests {
                 "more than halved: {steps:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_burst_that_has_drained_does_not_panic() {
+        let p = policy();
+        let mut s = Scaler::new(&p);
+        let mut replicas = 3;
+        let steady = Load {
+            in_flight: 2,
+            queued: 0,
+        };
+        run(&mut s, &p, 0, 100, steady, &mut replicas);
+        let burst = Load {
+            in_flight: 3,
+            queued: 30,
+        };
+        run(&mut s, &p, 100, 101, burst, &mut replicas);
+        let mut at = Duration::from_secs(101);
+        s.record(at, steady);
+        at += Duration::from_millis(250);
+        let decision = s.decide(at, replicas, replicas, &p);
+        assert!(decision.panic_demand >= 6.0, "{decision:?}");
+        assert_eq!(decision.reason, Reason::Steady, "{decision:?}");
+        s.record(at, burst);
+        at += Duration::from_millis(250);
+        let decision = s.decide(at, replicas, replicas, &p);
+        assert_eq!(decision.reason, Reason::Panic, "still there: {decision:?}");
     }
 
     #[test]
