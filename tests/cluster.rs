@@ -380,7 +380,7 @@ async fn a_lease_never_released_expires() {
     let (router, me) = alone(dir.path(), &pods, 300, 100).await;
 
     // A peer takes the only slot and never releases it: the lease runs out by itself
-    // (request_timeout_ms + lease_margin_ms) and the waiting request gets the pod.
+    // (2 × request_timeout_ms + lease_margin_ms) and the waiting request gets the pod.
     let (mut peer, _connection) = authenticated_peer(me, SECRET).await;
     let (granted, _kept_open) = grant(&mut peer, me, "credit/blue").await;
     assert_eq!(granted.status(), 200);

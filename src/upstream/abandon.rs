@@ -17,8 +17,8 @@
 //! (`scoregate_abandoned_requests_total`, `scoregate_abandoned_slot_hold_seconds`).
 //!
 //! With coordinated admission the slot is the deployment owner's lease, released with it; the
-//! owner expires a lease `request_timeout_ms + cluster.lease_margin_ms` after granting it
-//! (`docs/ARCHITECTURE.md`, invariants).
+//! owner expires a lease `2 × request_timeout_ms + cluster.lease_margin_ms` after granting it,
+//! after the longest hold above (`docs/ARCHITECTURE.md`, invariants).
 
 use std::mem;
 use std::time::Instant;
