@@ -166,7 +166,7 @@ pub const CATALOG: &[Entry] = &[
     entry("scoregate_cluster_leases_reported_total", Counter, &[],
         "Held slots reported to the replica that owns them in its view."),
     entry("scoregate_cluster_over_admissions_total", Counter, &[],
-        "Slots taken over a pod's cap: reported slots that did not fit."),
+        "Slots taken over a pod's cap: reported fallback admissions that did not fit."),
     entry("scoregate_cluster_lease_expiries_total", Counter, &[],
         "Leases that expired before their holder released them."),
     entry("scoregate_cluster_leases_vanished_total", Counter, &[],
