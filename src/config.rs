@@ -623,7 +623,9 @@ pub struct ClusterConfig {
     /// A peer that does not answer a hello within this is not live; also the length of a lease
     /// on a view: an owner that has not heard its members for this long stops granting, and a
     /// new owner waits this long after every member took the new view. Failover after an owner
-    /// stops takes about twice this, plus a heartbeat.
+    /// dies takes about twice this, plus a heartbeat; an owner stopped or partitioned but alive
+    /// keeps its deployments until it is back or its slots have provably ended
+    /// (`docs/ARCHITECTURE.md`, "Coordinated admission").
     pub peer_timeout_ms: u64,
     /// A replica without an agreed view of a majority of the replicas for this long (running
     /// time, not time stopped) is isolated: not ready, admitting only under `fallback`. Before
