@@ -402,3 +402,42 @@ async fn request_bodies_are_framed_by_length_or_chunked_as_they_stream() {
     assert_eq!(data, "{\"a\":2}", "{body:?}");
     assert_eq!(seen[0].connection, seen[1].connection);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_bodys_trailers_reach_an_http2_client() {
+    let pod = ScriptedPod::start(|_, _| {
+        let reply = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n\
+                     2\r\n{}\r\n0\r\nx-checksum: abc\r\nx-more: 1\r\n\r\n";
+        (reply.as_bytes().to_vec(), Then::Stay)
+    })
+    .await;
+    let h = router_for(&pod).await;
+    let h2c: Client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let auth = format!("Bearer {KEY}");
+    let url = h.url("ep-wire", "/score");
+    for _ in 0..2 {
+        let headers = [("authorization", auth.as_str())];
+        let response = guard(
+            "the h2c request",
+            h2c.request(request(Method::POST, &url, &headers, full("{}"))),
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.status(), 200);
+        let collected = guard("the body", response.into_body().collect())
+            .await
+            .unwrap();
+        let trailers = collected.trailers().cloned().expect("the pod's trailers");
+        assert_eq!(trailers["x-checksum"], "abc");
+        assert_eq!(trailers["x-more"], "1");
+        assert_eq!(collected.to_bytes(), "{}");
+    }
+    assert_eq!(
+        pod.connections(),
+        1,
+        "the connection is reused after trailers"
+    );
+}

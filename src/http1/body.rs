@@ -47,6 +47,14 @@ impl BodyDecoder {
         }
     }
 
+    /// Bytes of a chunked body's trailer section consumed so far (0 for other bodies).
+    pub fn trailer_len(&self) -> usize {
+        match self {
+            BodyDecoder::Chunked(decoder) => decoder.trailer_len(),
+            _ => 0,
+        }
+    }
+
     /// Consumes bytes of `input` up to and including the next piece of body data, the end of
     /// the body, or the end of `input`: the bytes consumed and what ended the call. Bytes after
     /// the body's end are never consumed.

@@ -5,8 +5,9 @@
 //! response bodies. It refuses what the framing table of `docs/ARCHITECTURE.md` refuses: a
 //! chunk size that is not hex or is longer than 16 digits, whitespace after the size without an
 //! extension, an extension longer than 4 KiB, a chunk not ended by CRLF, a bare LF anywhere,
-//! trailers larger than the head limit. Extensions and trailer fields are read and dropped: the
-//! router never forwards them.
+//! trailers larger than the head limit. Extensions are read and dropped; trailer fields are
+//! consumed like the rest, and [`ChunkedDecoder::trailer_len`] says how many bytes they took, so
+//! a caller that forwards them can keep them.
 
 /// Most hex digits in a chunk size (64 bits).
 const MAX_CHUNK_SIZE_DIGITS: u8 = 16;
@@ -55,6 +56,8 @@ pub struct BadChunk {
 pub struct ChunkedDecoder {
     state: State,
     max_trailer_bytes: usize,
+    /// Bytes of the trailer section consumed so far (its final CRLF included once done).
+    trailer_len: usize,
 }
 
 fn size_line() -> State {
@@ -72,12 +75,19 @@ impl ChunkedDecoder {
         ChunkedDecoder {
             state: size_line(),
             max_trailer_bytes,
+            trailer_len: 0,
         }
     }
 
     /// Whether the last chunk and the trailers have been read.
     pub fn is_done(&self) -> bool {
         self.state == State::Done
+    }
+
+    /// Bytes of the trailer section (the fields after the last chunk and the empty line that
+    /// ends them) consumed so far; they are always the last bytes a call consumed.
+    pub fn trailer_len(&self) -> usize {
+        self.trailer_len
     }
 
     /// Consumes framing bytes from `input` up to and including the next piece of chunk data,
@@ -98,7 +108,11 @@ impl ChunkedDecoder {
             if self.state == State::Done {
                 return Ok((at, Chunk::End));
             }
+            let in_trailers = matches!(self.state, State::Trailers { .. });
             self.state = self.step(input[at]).ok_or(BadChunk { at })?;
+            if in_trailers {
+                self.trailer_len += 1;
+            }
             at += 1;
         }
         let found = if self.state == State::Done {
@@ -284,6 +298,13 @@ mod tests {
         assert_eq!(&body[end..], b"NEXT", "nothing after the body is consumed");
         let (data, end) = decode_all_ways(b"A\r\n0123456789\r\n0\r\n\r\n").unwrap();
         assert_eq!((data.len(), end), (10, 20));
+        let mut decoder = ChunkedDecoder::new(64);
+        let mut at = 0;
+        while !decoder.is_done() {
+            let (used, _) = decoder.decode(&body[at..at + 1]).unwrap();
+            at += used;
+        }
+        assert_eq!(decoder.trailer_len(), "X-Trailer: 1\r\n\r\n".len());
     }
 
     #[test]

@@ -17,7 +17,8 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body::Body;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use http_body::{Body, Frame};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -25,7 +26,7 @@ use super::body::{RequestBody, RequestBodyError};
 use crate::http1::body::{BodyDecoder, BodyEncoder, BodyError};
 use crate::http1::chunked::Chunk;
 use crate::http1::copy::Pending;
-use crate::http1::response::{ResponseFraming, ResponseHead};
+use crate::http1::response::{ResponseFraming, ResponseHead, MAX_FIELDS};
 use crate::http1::wire::{ResponseHeadError, Wire};
 
 /// TCP keepalive on pod connections: a pod that vanished without closing (node lost, network
@@ -35,8 +36,7 @@ pub const TCP_KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
     .with_interval(Duration::from_secs(10))
     .with_retries(3);
 
-/// Largest trailer section accepted at the end of a pod's chunked body (trailers are read and
-/// dropped, as before: the client never asked for them).
+/// Largest trailer section accepted at the end of a pod's chunked body.
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
 
 /// Request bodies received whole up to this size go out in the same write as the head.
@@ -88,6 +88,8 @@ pub struct PodConnection {
     wire: Wire<TcpStream>,
     /// Whether the connection can carry another request once the current response has ended.
     reusable: bool,
+    /// The trailer section of the chunked body being read, as it arrives.
+    trailers: Vec<u8>,
 }
 
 impl PodConnection {
@@ -169,6 +171,7 @@ impl PodConnection {
         to_head: bool,
     ) -> Result<(ResponseHead, Bytes, BodyDecoder), PodError> {
         let (head, bytes) = self.wire.response_head(to_head).await?;
+        self.trailers.clear();
         if !head.keep_alive() {
             self.reusable = false;
         }
@@ -181,25 +184,31 @@ impl PodConnection {
         Ok((head, bytes, decoder))
     }
 
-    /// The next piece of the response body `decoder` reads: `None` at its end. The data shares
-    /// the read buffer's memory (no copy).
-    pub(super) fn poll_data(
+    /// The next frame of the response body `decoder` reads: data (sharing the read buffer's
+    /// memory, no copy), then the trailers of a chunked body when the pod sent any, as hyper's
+    /// client passed them on; `None` at the end.
+    pub(super) fn poll_frame(
         &mut self,
         decoder: &mut BodyDecoder,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<Option<Bytes>, PodError>> {
+    ) -> Poll<Result<Option<Frame<Bytes>>, PodError>> {
         loop {
             let input = self.wire.buffered();
+            let trailers_before = decoder.trailer_len();
             let (used, found) = decoder.decode(input)?;
+            let trailer_bytes = decoder.trailer_len() - trailers_before;
+            self.trailers
+                .extend_from_slice(&input[used - trailer_bytes..used]);
             match found {
                 Chunk::Data(data) => {
                     let skip = data.as_ptr() as usize - input.as_ptr() as usize;
                     let len = data.len();
-                    return Poll::Ready(Ok(Some(self.wire.split_data(skip, len, used))));
+                    let data = self.wire.split_data(skip, len, used);
+                    return Poll::Ready(Ok(Some(Frame::data(data))));
                 }
                 Chunk::End => {
                     self.wire.consume(used);
-                    return Poll::Ready(Ok(None));
+                    return Poll::Ready(self.take_trailers().map(|t| t.map(Frame::trailers)));
                 }
                 Chunk::More => self.wire.consume(used),
             }
@@ -214,9 +223,31 @@ impl PodConnection {
         }
     }
 
+    /// The trailer fields gathered at the end of a chunked body, if it had any.
+    fn take_trailers(&mut self) -> Result<Option<HeaderMap>, PodError> {
+        let section = std::mem::take(&mut self.trailers);
+        if section.len() <= 2 {
+            return Ok(None);
+        }
+        let broken = || PodError::BrokenBody(BodyError::BadChunk(0));
+        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+        let Ok(httparse::Status::Complete((_, fields))) =
+            httparse::parse_headers(&section, &mut fields)
+        else {
+            return Err(broken());
+        };
+        let mut trailers = HeaderMap::with_capacity(fields.len());
+        for field in fields {
+            let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| broken())?;
+            let value = HeaderValue::from_bytes(field.value).map_err(|_| broken())?;
+            trailers.append(name, value);
+        }
+        Ok(Some(trailers))
+    }
+
     /// Reads the response body `decoder` reads to its end, discarding it.
     pub(super) async fn discard_body(&mut self, mut decoder: BodyDecoder) -> Result<(), PodError> {
-        while poll_fn(|cx| self.poll_data(&mut decoder, cx))
+        while poll_fn(|cx| self.poll_frame(&mut decoder, cx))
             .await?
             .is_some()
         {}
@@ -240,5 +271,6 @@ pub(super) async fn connect(address: SocketAddr, timeout: Duration) -> io::Resul
     Ok(PodConnection {
         wire: Wire::new(stream),
         reusable: true,
+        trailers: Vec::new(),
     })
 }

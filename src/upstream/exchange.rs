@@ -277,14 +277,14 @@ impl Exchange {
             .connection
             .as_mut()
             .expect("a body is read on its connection");
-        let polled = ready!(connection.poll_data(decoder, cx));
+        let polled = ready!(connection.poll_frame(decoder, cx));
         let ended = decoder.is_done();
         Poll::Ready(match polled {
-            Ok(Some(data)) => {
+            Ok(Some(frame)) => {
                 if ended {
                     self.finish(Ending::Returned);
                 }
-                Some(Ok(Frame::data(data)))
+                Some(Ok(frame))
             }
             Ok(None) => {
                 self.finish(Ending::Returned);
