@@ -89,10 +89,13 @@ impl Forwarder {
         request: Request<RequestBody>,
     ) -> Result<Forwarded, RouterError> {
         let timeout = deployment.settings.request_timeout;
-        let (head, exchange) =
-            tokio::time::timeout(timeout, self.send(deployment, exchange, request))
-                .await
-                .map_err(|_| RouterError::UpstreamTimeout)??;
+        // Boxed: the send (the exchange's request, its body and the pod's response head) is the
+        // largest state of the request's future; kept apart, it is not copied with the phases
+        // around it each time they move.
+        let send = Box::pin(self.send(deployment, exchange, request));
+        let (head, exchange) = tokio::time::timeout(timeout, send)
+            .await
+            .map_err(|_| RouterError::UpstreamTimeout)??;
         let upstream_time = exchange.sent_at().map_or(Duration::ZERO, |at| at.elapsed());
         Ok(Forwarded {
             head,
