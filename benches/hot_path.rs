@@ -248,6 +248,8 @@ fn picking(c: &mut Criterion) {
                     running: (i % 5) as f64,
                     waiting: (i % 3) as f64,
                     kv_usage: Some(0.5),
+                    token_latency: None,
+                    seconds_per_token: Some(0.02 + (i % 4) as f64 * 0.01),
                     ours_at_scrape: pod.in_flight(),
                     at: std::time::Instant::now(),
                 };

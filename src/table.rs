@@ -238,8 +238,9 @@ struct Routing {
 
 impl Routing {
     /// Rebuilds the picking when `settings` changed: a new policy for admission, the prefix key,
-    /// and scraping (a new board: reports made under the old settings do not carry over).
-    fn sync(&mut self, settings: &RoutingSettings) {
+    /// and scraping (a new board: reports made under the old settings do not carry over),
+    /// counted in the deployment's `metrics`.
+    fn sync(&mut self, settings: &RoutingSettings, metrics: &Arc<DeploymentMetrics>) {
         if self.settings.as_ref() == Some(settings) {
             return;
         }
@@ -249,7 +250,7 @@ impl Routing {
             .pod_metrics
             .as_ref()
             .zip(picking.loads)
-            .map(|(metrics, loads)| Plan::start(metrics, loads));
+            .map(|(scrape, loads)| Plan::start(scrape, loads, metrics.clone()));
         self.prefix = picking.prefix;
         self.settings = Some(settings.clone());
     }
@@ -481,7 +482,7 @@ impl TableBuilder {
         if entry.built.is_some() && entry.spec == *deployment {
             return false;
         }
-        entry.routing.sync(&deployment.routing);
+        entry.routing.sync(&deployment.routing, &entry.metrics);
         entry.spec = deployment.clone();
         entry.built = Some(Arc::new(build_deployment(entry)));
         true

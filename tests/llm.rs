@@ -251,3 +251,41 @@ async fn streaming_metrics_against_a_pod_with_known_delays() {
     assert!((3.0..=4.0).contains(&chunks), "{chunks} chunks");
     assert_eq!(value("scoregate_response_chunks_count"), 1.0);
 }
+
+#[tokio::test]
+async fn pod_scrapes_are_counted_by_outcome_and_a_failing_pod_never_blocks_routing() {
+    let pods = llm_pods(1, fast()).await;
+    let dead = dead_address();
+    let routing = "{ policy: pod_load, pod_metrics: { preset: vllm, interval_ms: 100 } }";
+    let routes = routes(
+        &[endpoint("chat", &["traffic: { blue: 100 }"])],
+        &[llm_deployment(
+            "blue",
+            "chat",
+            &[pods[0].address(), dead],
+            routing,
+        )],
+    );
+    let h = Harness::start(&routes).await;
+    let labels = |outcome| {
+        [
+            ("endpoint", "chat"),
+            ("deployment", "blue"),
+            ("outcome", outcome),
+        ]
+    };
+    let name = "scoregate_pod_scrapes_total";
+    // The live pod's page is read, the dead address's refused, round after round.
+    h.wait_metric(name, &labels("ok"), |n| n >= 2.0).await;
+    h.wait_metric(name, &labels("failed"), |n| n >= 2.0).await;
+    assert_eq!(h.metric_or_zero(name, &labels("timeout")).await, 0.0);
+    // Requests are still routed: to the live pod, or, for the dead one, retried on the live one.
+    let url = h.url("chat", "/v1/chat/completions");
+    for turn in 0..4 {
+        let question = format!("Question {turn}?");
+        assert_eq!(
+            chat(&h.client, &url, &[("user", &question)]).await,
+            pods[0].address().to_string()
+        );
+    }
+}

@@ -2,7 +2,7 @@
 //! same multi-turn chat workload, side by side, with one pod slowed down 3× as a second scenario.
 //!
 //! ```text
-//! benches/llm/run.sh            # or: cargo bench --bench llm -- [--duration 60] [--rate 20] [--out FILE]
+//! benches/llm/run.sh            # or: cargo bench --bench llm -- [--duration 60] [--load 0.7] [--out FILE]
 //! ```
 //!
 //! One process runs a router (in-process, from a routes file), one endpoint per scenario with
@@ -10,6 +10,11 @@
 //! (`workload.rs`); scenarios run one after another with the same seed. Each request is a
 //! streamed chat completion; time to first token is measured at the client, from sending the
 //! request to the first content event.
+//!
+//! The load is calibrated first: the same workload, closed-loop with enough requests in flight
+//! to fill every pod's batch twice over, through P2C on four fresh equal pods, measures what the
+//! pods sustain; the scenarios then run Poisson arrivals at `--load` (default 0.7) of that
+//! (`--rate` sets the rate directly and skips the calibration).
 
 mod workload;
 
@@ -33,6 +38,20 @@ use workload::{Shape, Turn, Workload};
 const KEY: &str = "bench-key-0123456789abcdef";
 const PODS: usize = 4;
 const SLOWDOWN: f64 = 3.0;
+/// The router's cap per pod (twice the simulated pod's batch: the pods queue the rest).
+const CAP: u32 = 32;
+/// Requests in flight while measuring capacity: every pod's batch filled twice over (the
+/// router's cap of all four pods).
+const CLOSED_LOOP: usize = PODS * CAP as usize;
+/// How long the capacity is measured, after the warm-up.
+const CALIBRATION_TIME: Duration = Duration::from_secs(20);
+
+/// The calibration's endpoint: equal pods, P2C.
+const CALIBRATION: Scenario = Scenario {
+    name: "capacity",
+    routing: "{ policy: power_of_two_choices }",
+    slow_pod: false,
+};
 
 /// One scenario: a policy, and whether one pod is slowed down.
 struct Scenario {
@@ -87,7 +106,8 @@ const SCENARIOS: [Scenario; 8] = [
 struct Options {
     duration: Duration,
     warmup: Duration,
-    rate: f64,
+    rate: Option<f64>,
+    load: f64,
     seed: u64,
     out: Option<PathBuf>,
     only: Option<String>,
@@ -97,7 +117,8 @@ fn options() -> Options {
     let mut o = Options {
         duration: Duration::from_secs(60),
         warmup: Duration::from_secs(10),
-        rate: 16.0,
+        rate: None,
+        load: 0.7,
         seed: 18,
         out: None,
         only: None,
@@ -111,7 +132,8 @@ fn options() -> Options {
                 o.duration = Duration::from_secs(value.parse().expect("--duration SECONDS"))
             }
             "--warmup" => o.warmup = Duration::from_secs(value.parse().expect("--warmup SECONDS")),
-            "--rate" => o.rate = value.parse().expect("--rate REQUESTS_PER_SECOND"),
+            "--rate" => o.rate = Some(value.parse().expect("--rate REQUESTS_PER_SECOND")),
+            "--load" => o.load = value.parse().expect("--load SHARE_OF_CAPACITY"),
             "--seed" => o.seed = value.parse().expect("--seed N"),
             "--out" => o.out = Some(PathBuf::from(value)),
             "--only" => o.only = Some(value),
@@ -218,32 +240,66 @@ fn content_of(event: &[u8]) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Runs the workload against `url` and returns every measured sample after the warm-up.
-async fn drive(client: &HttpClient, url: &str, o: &Options) -> (Vec<Sample>, Duration) {
+/// How requests arrive.
+#[derive(Clone, Copy)]
+enum Arrivals {
+    /// Poisson arrivals at this many per second.
+    Open(f64),
+    /// A new request as soon as one ends, this many in flight.
+    Closed(usize),
+}
+
+/// Sends `turn` in its own task; its result comes back on `done`.
+fn launch(client: &HttpClient, url: &str, turn: Turn, done: &mpsc::UnboundedSender<Done>) {
+    let (client, url, done) = (client.clone(), url.to_owned(), done.clone());
+    tokio::spawn(async move {
+        let (answer, sample) = send(&client, &url, &turn).await;
+        let _ = done.send((turn, answer, sample));
+    });
+}
+
+type Done = (Turn, String, Sample);
+
+/// Runs the workload against `url` for the warm-up and `duration`; returns every sample sent
+/// after the warm-up.
+async fn drive(
+    client: &HttpClient,
+    url: &str,
+    o: &Options,
+    arrivals: Arrivals,
+    duration: Duration,
+) -> Vec<Sample> {
     let mut workload = Workload::new(Shape::default(), o.seed);
-    let (done, mut finished) = mpsc::unbounded_channel::<(Turn, String, Sample)>();
+    let (done, mut finished) = mpsc::unbounded_channel::<Done>();
     let start = Instant::now();
-    let end = start + o.warmup + o.duration;
+    let end = start + o.warmup + duration;
     let mut next = start;
     let mut in_flight = 0usize;
     let mut samples = Vec::new();
-    let mut record = |workload: &mut Workload, (turn, answer, sample): (Turn, String, Sample)| {
+    let mut record = |workload: &mut Workload, (turn, answer, sample): Done| {
         if sample.sent >= start + o.warmup && sample.sent < end {
             samples.push(sample);
         }
         workload.answered(turn, answer);
     };
     while Instant::now() < end {
+        let arrival = match arrivals {
+            Arrivals::Open(_) => next,
+            Arrivals::Closed(n) => {
+                while in_flight < n {
+                    launch(client, url, workload.next_turn(), &done);
+                    in_flight += 1;
+                }
+                end
+            }
+        };
         tokio::select! {
-            _ = tokio::time::sleep_until(next.into()) => {
-                next += Duration::from_secs_f64(workload.gap(o.rate));
-                let turn = workload.next_turn();
-                let (client, url, done) = (client.clone(), url.to_owned(), done.clone());
-                in_flight += 1;
-                tokio::spawn(async move {
-                    let (answer, sample) = send(&client, &url, &turn).await;
-                    let _ = done.send((turn, answer, sample));
-                });
+            _ = tokio::time::sleep_until(arrival.into()) => {
+                if let Arrivals::Open(rate) = arrivals {
+                    next += Duration::from_secs_f64(workload.gap(rate));
+                    launch(client, url, workload.next_turn(), &done);
+                    in_flight += 1;
+                }
             }
             Some(result) = finished.recv() => {
                 in_flight -= 1;
@@ -258,7 +314,7 @@ async fn drive(client: &HttpClient, url: &str, o: &Options) -> (Vec<Sample>, Dur
         in_flight -= 1;
         record(&mut workload, result);
     }
-    (samples, o.duration)
+    samples
 }
 
 fn figures(samples: &[Sample], window: Duration, pods: &[SampleLlm]) -> Figures {
@@ -296,13 +352,14 @@ fn routes(pods: &BTreeMap<&str, Vec<SocketAddr>>) -> String {
         );
     }
     yaml += "deployments:\n";
-    for scenario in SCENARIOS.iter().filter(|s| pods.contains_key(s.name)) {
+    let all = std::iter::once(&CALIBRATION).chain(&SCENARIOS);
+    for scenario in all.filter(|s| pods.contains_key(s.name)) {
         let list: Vec<String> = pods[scenario.name]
             .iter()
             .map(|a| format!("\"{a}\""))
             .collect();
         yaml += &format!(
-            "  - name: chat\n    endpoint: {}\n    pods: [{}]\n    request_settings: {{ request_timeout_ms: 300000, max_concurrent_requests_per_instance: 32, max_queue_wait_ms: 60000 }}\n    routing: {}\n",
+            "  - name: chat\n    endpoint: {}\n    pods: [{}]\n    request_settings: {{ request_timeout_ms: 300000, max_concurrent_requests_per_instance: {CAP}, max_queue_wait_ms: 60000 }}\n    routing: {}\n",
             scenario.name,
             list.join(", "),
             scenario.routing
@@ -311,18 +368,59 @@ fn routes(pods: &BTreeMap<&str, Vec<SocketAddr>>) -> String {
     yaml
 }
 
-fn report(o: &Options, rows: &[(&Scenario, Figures)]) -> String {
+/// What the run was: load, pods, workload, machine.
+struct Setting {
+    rate: f64,
+    capacity: Option<f64>,
+    load_average: (String, String),
+}
+
+fn report(o: &Options, setting: &Setting, rows: &[(&Scenario, Figures)]) -> String {
+    let p = LlmProfile::default();
     let mut out = String::new();
-    out += &format!(
-        "{} simulated pods (prefill 0.1 ms per uncached token, decode 10 ms per step, batches of 16, \
-         4,096-block prefix cache), {:.0} requests/s Poisson, {} s measured after {} s warm-up, seed {}.\n\n",
-        PODS, o.rate, o.duration.as_secs(), o.warmup.as_secs(), o.seed
-    );
-    out += "| scenario | policy | requests | errors | TTFT p50 ms | TTFT p99 ms | e2e p50 ms | req/s | tokens/s | pod prefix-cache hits |\n";
-    out += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
-    for (s, f) in rows {
+    if let Some(capacity) = setting.capacity {
         out += &format!(
-            "| {} | `{}` | {} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} % |\n",
+            "Capacity: {capacity:.1} requests/s (closed loop, {CLOSED_LOOP} in flight, P2C, 4 equal pods); \
+             load: {:.0} % of it, {:.1} requests/s Poisson, the same rate in every scenario (with one pod 3× \
+             slower, the pods can do less: about {:.0} % of theirs).\n\n",
+            o.load * 100.0,
+            setting.rate,
+            setting.rate / (capacity * (PODS as f64 - 1.0 + 1.0 / SLOWDOWN) / PODS as f64) * 100.0
+        );
+    } else {
+        out += &format!(
+            "Load: {:.1} requests/s Poisson (set with --rate, not calibrated).\n\n",
+            setting.rate
+        );
+    }
+    out += &format!(
+        "{PODS} simulated pods: prefill {} µs per uncached prompt token (not chunked), decode step {} ms, \
+         batches of {}, prefix cache of {} blocks of {} tokens; router cap {CAP} per pod. \
+         {} s measured after {} s of warm-up per scenario, seed {}; load average {} before, {} after.\n\n",
+        p.prefill_per_token.as_micros(),
+        p.decode_step.as_millis(),
+        p.max_batch,
+        p.cache_blocks,
+        p.block_tokens,
+        o.duration.as_secs(),
+        o.warmup.as_secs(),
+        o.seed,
+        setting.load_average.0,
+        setting.load_average.1,
+    );
+    out += "| scenario | policy | requests | errors | TTFT p50 ms | vs P2C | TTFT p99 ms | vs P2C | e2e p50 ms | req/s | tokens/s | pod prefix-cache hits |\n";
+    out += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    for (s, f) in rows {
+        let base = rows
+            .iter()
+            .find(|(b, _)| b.slow_pod == s.slow_pod && b.routing == SCENARIOS[0].routing)
+            .map(|(_, f)| f);
+        let versus = |mine: f64, theirs: Option<f64>| match theirs {
+            Some(theirs) if theirs > 0.0 => format!("{:+.0} %", (mine / theirs - 1.0) * 100.0),
+            _ => "".into(),
+        };
+        out += &format!(
+            "| {} | `{}` | {} | {} | {:.0} | {} | {:.0} | {} | {:.0} | {:.1} | {:.0} | {:.0} % |\n",
             if s.slow_pod {
                 "one pod 3× slower"
             } else {
@@ -332,7 +430,9 @@ fn report(o: &Options, rows: &[(&Scenario, Figures)]) -> String {
             f.requests,
             f.errors,
             f.ttft_p50,
+            versus(f.ttft_p50, base.map(|b| b.ttft_p50)),
             f.ttft_p99,
+            versus(f.ttft_p99, base.map(|b| b.ttft_p99)),
             f.e2e_p50,
             f.throughput,
             f.tokens_per_s,
@@ -340,6 +440,46 @@ fn report(o: &Options, rows: &[(&Scenario, Figures)]) -> String {
         );
     }
     out
+}
+
+/// The 1- and 5-minute load averages now.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" / "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Four fresh pods, the last one slowed down when `slow`.
+async fn start_pods(slow: bool) -> Vec<SampleLlm> {
+    let mut pods = Vec::new();
+    for i in 0..PODS {
+        let pod = SampleLlm::start_local(LlmProfile::default())
+            .await
+            .expect("a pod starts");
+        if slow && i == PODS - 1 {
+            pod.engine().set_slowdown(SLOWDOWN);
+        }
+        pods.push(pod);
+    }
+    pods
+}
+
+/// A router in this process, routing `pods` (endpoints named after the scenarios).
+async fn start_router(pods: &BTreeMap<&str, Vec<SampleLlm>>, dir: &std::path::Path) -> Router {
+    let addresses = pods
+        .iter()
+        .map(|(k, v)| (*k, v.iter().map(SampleLlm::address).collect()))
+        .collect();
+    let routes_file = dir.join("routes.yaml");
+    std::fs::write(&routes_file, routes(&addresses)).expect("the routes file is written");
+    let mut config = RouterConfig {
+        allow_insecure_connections: true,
+        ..RouterConfig::default()
+    };
+    config.listen.http = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.listen.admin = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.discovery.routes_file = Some(routes_file);
+    Router::start(config).await.expect("the router starts")
 }
 
 #[tokio::main]
@@ -354,56 +494,66 @@ async fn main() {
         })
         .collect();
     let mut all_pods: BTreeMap<&str, Vec<SampleLlm>> = BTreeMap::new();
-    for s in &scenarios {
-        let mut pods = Vec::new();
-        for i in 0..PODS {
-            let pod = SampleLlm::start_local(LlmProfile::default())
-                .await
-                .expect("a pod starts");
-            if s.slow_pod && i == PODS - 1 {
-                pod.engine().set_slowdown(SLOWDOWN);
-            }
-            pods.push(pod);
-        }
-        all_pods.insert(s.name, pods);
+    if o.rate.is_none() {
+        all_pods.insert(CALIBRATION.name, start_pods(false).await);
     }
-    let addresses = all_pods
-        .iter()
-        .map(|(k, v)| (*k, v.iter().map(SampleLlm::address).collect()))
-        .collect();
+    for s in &scenarios {
+        all_pods.insert(s.name, start_pods(s.slow_pod).await);
+    }
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let routes_file = dir.path().join("routes.yaml");
-    std::fs::write(&routes_file, routes(&addresses)).expect("the routes file is written");
-    let mut config = RouterConfig {
-        allow_insecure_connections: true,
-        ..RouterConfig::default()
-    };
-    config.listen.http = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.listen.admin = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.discovery.routes_file = Some(routes_file);
-    let router = Router::start(config).await.expect("the router starts");
+    let router = start_router(&all_pods, dir.path()).await;
     let http = router.http_addr().expect("an HTTP listener");
+    let url = |name: &str| format!("http://{http}/api/v1/endpoint/{name}/v1/chat/completions");
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(1024)
         .build(connector);
+    let before = load_average();
+    let (rate, capacity) = match o.rate {
+        Some(rate) => (rate, None),
+        None => {
+            eprintln!("llm bench: capacity ({CLOSED_LOOP} in flight, closed loop, P2C)");
+            let arrivals = Arrivals::Closed(CLOSED_LOOP);
+            let samples = drive(
+                &client,
+                &url(CALIBRATION.name),
+                &o,
+                arrivals,
+                CALIBRATION_TIME,
+            )
+            .await;
+            let f = figures(&samples, CALIBRATION_TIME, &all_pods[CALIBRATION.name]);
+            let rate = f.throughput * o.load;
+            eprintln!(
+                "  capacity {:.1} requests/s ({} errors): running at {:.0} % of it, {rate:.1} requests/s",
+                f.throughput,
+                f.errors,
+                o.load * 100.0
+            );
+            (rate, Some(f.throughput))
+        }
+    };
     let mut rows = Vec::new();
     for s in scenarios {
-        let url = format!(
-            "http://{http}/api/v1/endpoint/{}/v1/chat/completions",
-            s.name
+        eprintln!(
+            "llm bench: {} ({}), {rate:.1} requests/s",
+            s.name, s.routing
         );
-        eprintln!("llm bench: {} ({})", s.name, s.routing);
-        let (samples, window) = drive(&client, &url, &o).await;
-        let f = figures(&samples, window, &all_pods[s.name]);
+        let samples = drive(&client, &url(s.name), &o, Arrivals::Open(rate), o.duration).await;
+        let f = figures(&samples, o.duration, &all_pods[s.name]);
         eprintln!(
             "  {} requests, {} errors, TTFT p50 {:.0} ms p99 {:.0} ms, {:.1} req/s, cache hits {:.0} %",
             f.requests, f.errors, f.ttft_p50, f.ttft_p99, f.throughput, f.cache_hit
         );
         rows.push((s, f));
     }
-    let text = report(&o, &rows);
+    let setting = Setting {
+        rate,
+        capacity,
+        load_average: (before, load_average()),
+    };
+    let text = report(&o, &setting, &rows);
     println!("{text}");
     if let Some(out) = &o.out {
         std::fs::write(out, &text).expect("the report is written");

@@ -169,6 +169,9 @@ pub struct MetricNames {
     pub waiting: Vec<String>,
     /// KV-cache usage, 0 to 1.
     pub kv_usage: Vec<String>,
+    /// The histogram of time per output token (its `_sum` and `_count` are read): the preset's
+    /// only, none for Triton.
+    pub token_latency: Vec<String>,
 }
 
 impl PodMetricsSettings {
@@ -195,16 +198,25 @@ impl PodMetricsSettings {
                 running: list(&["vllm:num_requests_running"]),
                 waiting: list(&["vllm:num_requests_waiting"]),
                 kv_usage: list(&["vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"]),
+                token_latency: list(&[
+                    "vllm:inter_token_latency_seconds",
+                    "vllm:time_per_output_token_seconds",
+                ]),
             },
             MetricsPreset::Sglang => MetricNames {
                 running: list(&["sglang:num_running_reqs"]),
                 waiting: list(&["sglang:num_queue_reqs"]),
                 kv_usage: list(&["sglang:token_usage"]),
+                token_latency: list(&[
+                    "sglang:inter_token_latency_seconds",
+                    "sglang:time_per_output_token_seconds",
+                ]),
             },
             MetricsPreset::Tgi => MetricNames {
                 running: list(&["tgi_batch_current_size"]),
                 waiting: list(&["tgi_queue_size"]),
                 kv_usage: Vec::new(),
+                token_latency: list(&["tgi_request_mean_time_per_token_duration"]),
             },
             MetricsPreset::Triton => MetricNames {
                 running: list(&["nv_trt_llm_request_metrics{request_type=\"active\"}"]),
@@ -212,6 +224,7 @@ impl PodMetricsSettings {
                 kv_usage: list(&[
                     "nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type=\"fraction\"}",
                 ]),
+                token_latency: Vec::new(),
             },
         };
         let or =
@@ -220,6 +233,7 @@ impl PodMetricsSettings {
             running: or(&self.running, preset.running),
             waiting: or(&self.waiting, preset.waiting),
             kv_usage: or(&self.kv_usage, preset.kv_usage),
+            token_latency: preset.token_latency,
         }
     }
 }

@@ -1,20 +1,29 @@
 //! Load as the pods report it, combined with this router's own counts.
 //!
 //! The router's in-flight count of a pod is exact for its own requests and immediate; what the
-//! pod reports (requests running and waiting, KV-cache use) also covers other routers' requests
-//! but is as old as the last scrape. They are combined as
+//! pod reports (requests running and waiting, KV-cache use, time per output token) also covers
+//! other routers' requests but is as old as the last scrape. They are combined as
 //!
 //! ```text
-//! others  = max(0, running + waiting − ours at the scrape)     requests of other routers
-//! kv      = max(1, running + waiting) × clamp((kv_usage − 0.9) / 0.1, 0, 1)
-//!                                                  a full KV cache doubles the reported load
-//! score   = ours now + freshness × (others + kv)
+//! others   = max(0, running + waiting − ours at the scrape)    requests of other routers
+//! kv       = max(1, running + waiting) × clamp((kv_usage − 0.9) / 0.1, 0, 1)
+//!                                                   a full KV cache doubles the reported load
+//! slowness = clamp(time per token / the median pod's, 1, 10)   from the pods' histograms
+//! score    = (ours now + 1 + freshness × (others + kv)) × (1 + freshness × (slowness − 1))
 //! ```
 //!
-//! where `freshness` is 1 while the report is younger than two scrape intervals and falls
-//! linearly to 0 at the report's maximum age, after which only the router's own count is used.
-//! So a stale or missing report degrades to least-outstanding, never to a wrong preference,
-//! and the router's own requests are never counted twice.
+//! The first factor is the requests a new one would share the pod with, itself included; the
+//! second how much slower than the median pod each of them is served: the score estimates the
+//! new request's wait in units of the median pod's time. A pod three times slower with one
+//! request of ours scores like a median pod with five. Times per token are the pods' own
+//! histograms' means between two scrapes, smoothed (see [`super::scrape::text`]); the median,
+//! not the fastest, is the reference, so that the spread of equal pods' batches makes none of
+//! them look slow (`benches/llm` with one pod 3× slower, one 20 s run each: against the
+//! fastest pod, TTFT p50 60 ms and p99 496 ms; against the median, smoothed, 48 and 362 ms).
+//! `freshness` is 1 while the report is younger than two scrape intervals and falls linearly
+//! to 0 at the report's maximum age, after which only the router's own count is used. So a stale or missing report degrades to
+//! least-outstanding, never to a wrong preference, and the router's own requests are never
+//! counted twice.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,6 +36,33 @@ use crate::admission::{Candidates, Policy};
 
 /// KV-cache usage above which a pod counts as more loaded.
 const KV_PRESSURE_FROM: f64 = 0.9;
+/// The largest slowness a pod is given (beyond it, a pod is not worth waiting for anyway).
+const MAX_SLOWNESS: f64 = 10.0;
+
+/// A pod's time-per-output-token histogram as scraped: cumulative, since the pod started.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TokenLatency {
+    /// Seconds, summed over every token.
+    pub sum: f64,
+    /// Tokens.
+    pub count: f64,
+}
+
+impl TokenLatency {
+    /// Seconds per token since the pod started.
+    pub fn mean(&self) -> Option<f64> {
+        (self.count > 0.0).then(|| self.sum / self.count)
+    }
+
+    /// Seconds per token since `earlier` (the whole mean when the pod restarted since).
+    pub fn mean_since(&self, earlier: &TokenLatency) -> Option<f64> {
+        let tokens = self.count - earlier.count;
+        if tokens < 0.0 || self.sum < earlier.sum {
+            return self.mean();
+        }
+        (tokens > 0.0).then(|| (self.sum - earlier.sum) / tokens)
+    }
+}
 
 /// What one pod reported at one scrape.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -37,6 +73,11 @@ pub struct Report {
     pub waiting: f64,
     /// KV-cache usage, 0 to 1, when the pod reports it.
     pub kv_usage: Option<f64>,
+    /// The pod's time-per-output-token histogram, when it reports one.
+    pub token_latency: Option<TokenLatency>,
+    /// Seconds per output token since the previous scrape (the last estimate when the pod
+    /// made no token since).
+    pub seconds_per_token: Option<f64>,
     /// This router's requests in flight on the pod when the scrape was sent.
     pub ours_at_scrape: u32,
     /// When the scrape was answered.
@@ -75,43 +116,77 @@ impl Report {
 /// without locks by the request path.
 #[derive(Debug)]
 pub struct PodLoads {
-    reports: ArcSwap<HashMap<SocketAddr, Report>>,
+    board: ArcSwap<Board>,
     fresh_for: Duration,
     max_age: Duration,
+}
+
+/// One round's reports, and the median time per token among the fresh ones.
+#[derive(Debug, Default)]
+struct Board {
+    reports: Arc<HashMap<SocketAddr, Report>>,
+    reference: Option<f64>,
+}
+
+impl Board {
+    /// How many times slower than the median pod `report`'s pod makes tokens (1 when unknown
+    /// or faster).
+    fn slowness(&self, report: &Report) -> f64 {
+        match (report.seconds_per_token, self.reference) {
+            (Some(pod), Some(median)) if median > 0.0 => (pod / median).clamp(1.0, MAX_SLOWNESS),
+            _ => 1.0,
+        }
+    }
 }
 
 impl PodLoads {
     /// An empty board whose reports count fully for `fresh_for` and not at all from `max_age`.
     pub fn new(fresh_for: Duration, max_age: Duration) -> Arc<Self> {
         Arc::new(PodLoads {
-            reports: ArcSwap::from_pointee(HashMap::new()),
+            board: ArcSwap::from_pointee(Board::default()),
             fresh_for,
             max_age,
         })
     }
 
-    /// Replaces the reports (the scraper, after each round).
+    /// Replaces the reports (the scraper, after each round). The median time per token is
+    /// taken over the reports still fresh.
     pub fn publish(&self, reports: HashMap<SocketAddr, Report>) {
-        self.reports.store(Arc::new(reports));
+        let now = Instant::now();
+        let mut times: Vec<f64> = reports
+            .values()
+            .filter(|r| r.freshness(now, self.fresh_for, self.max_age) > 0.0)
+            .filter_map(|r| r.seconds_per_token)
+            .filter(|s| *s > 0.0)
+            .collect();
+        times.sort_by(f64::total_cmp);
+        // The lower median: with two pods, the faster one.
+        let reference = times.get(times.len().saturating_sub(1) / 2).copied();
+        self.board.store(Arc::new(Board {
+            reports: Arc::new(reports),
+            reference,
+        }));
     }
 
     /// The reports now.
     pub fn reports(&self) -> Arc<HashMap<SocketAddr, Report>> {
-        self.reports.load_full()
+        self.board.load().reports.clone()
     }
 
-    /// The score of every candidate (lower is less loaded), from one read of the board.
+    /// The score of every candidate (lower is less loaded; the module's formula), from one read
+    /// of the board.
     pub fn scorer<'c>(&self, candidates: &'c Candidates<'_>) -> impl Fn(usize) -> f64 + 'c {
-        let reports = self.reports.load_full();
+        let board = self.board.load_full();
         let (now, fresh_for, max_age) = (Instant::now(), self.fresh_for, self.max_age);
         move |i| {
             let pod = candidates.pod(i);
-            let ours = f64::from(pod.in_flight());
-            match reports.get(&pod.address()) {
+            let ours = f64::from(pod.in_flight()) + 1.0;
+            match board.reports.get(&pod.address()) {
                 None => ours,
                 Some(report) => {
                     let weight = report.freshness(now, fresh_for, max_age);
-                    ours + weight * (report.others() + report.kv_pressure())
+                    let sharing = ours + weight * (report.others() + report.kv_pressure());
+                    sharing * (1.0 + weight * (board.slowness(report) - 1.0))
                 }
             }
         }
@@ -168,6 +243,8 @@ mod tests {
             running,
             waiting,
             kv_usage: None,
+            token_latency: None,
+            seconds_per_token: None,
             ours_at_scrape: ours,
             at: Instant::now() - age,
         }
@@ -221,6 +298,47 @@ mod tests {
         drop(held);
         // A report older than its maximum age no longer counts: ties are spread again.
         loads.publish(busy(Duration::from_secs(10)));
+        let mut seen = [false; 2];
+        for _ in 0..200 {
+            seen[policy.choose(&candidates).unwrap()] = true;
+        }
+        assert_eq!(seen, [true, true]);
+    }
+
+    #[test]
+    fn a_slower_pod_is_weighed_by_how_much_slower_it_makes_tokens() {
+        let pods = pods(2);
+        let loads = PodLoads::new(Duration::from_secs(2), Duration::from_secs(6));
+        let policy = PodLoadAware::new(loads.clone());
+        let timed = |seconds_per_token, age| Report {
+            seconds_per_token: Some(seconds_per_token),
+            ..report(0.0, 0.0, 0, age)
+        };
+        // Pod 1 makes tokens three times slower than pod 0.
+        let both = |age| {
+            HashMap::from([
+                (pods[0].address(), timed(0.01, age)),
+                (pods[1].address(), timed(0.03, age)),
+            ])
+        };
+        loads.publish(both(Duration::ZERO));
+        let candidates = Candidates::new(&pods, 16, None);
+        // Pod 0 with 1 in flight (2 × 1) beats an idle pod 1 (1 × 3) …
+        let mut held = take(&pods[0], 1);
+        assert_eq!(policy.choose(&candidates), Some(0));
+        // … and with 2 in flight (3 × 1) ties with it; with 3 (4 × 1), pod 1 (1 × 3) is chosen.
+        held.extend(take(&pods[0], 2));
+        assert_eq!(policy.choose(&candidates), Some(1));
+        // Once the reports age out, only the counts matter.
+        loads.publish(both(Duration::from_secs(10)));
+        assert_eq!(policy.choose(&candidates), Some(1));
+        drop(held);
+        // The median is found among fresh reports only: a stale fast one does not make a
+        // fresh pod look slow.
+        loads.publish(HashMap::from([
+            (pods[0].address(), timed(0.01, Duration::from_secs(10))),
+            (pods[1].address(), timed(0.03, Duration::ZERO)),
+        ]));
         let mut seen = [false; 2];
         for _ in 0..200 {
             seen[policy.choose(&candidates).unwrap()] = true;

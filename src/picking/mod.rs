@@ -6,8 +6,8 @@
 //! |---|---|---|---|
 //! | `power_of_two_choices` (default) | [`crate::admission::policy`] | the less loaded of two random pods | O(1) |
 //! | `least_outstanding` | [`least`] | the pod with the fewest of this router's requests in flight | O(pods) |
-//! | `pod_load` | [`load`] | the lowest of this router's count combined with the pod's scraped load | O(pods) |
-//! | `prefix_affinity` | [`affinity`] | the pod that served the longest prefix of the prompt ([`prefix`]), within a load bound | O(pods + blocks) |
+//! | `pod_load` | [`load`] | the lowest estimated wait: this router's count with the pod's scraped load, times the pod's slowness | O(pods) |
+//! | `prefix_affinity` | [`affinity`] | a pod that served the longest prefix of the prompt ([`prefix`]), within a load bound | O(pods + blocks) |
 //!
 //! Pods' metrics are scraped by [`scrape`] into a [`load::PodLoads`] per deployment.
 

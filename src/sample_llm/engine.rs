@@ -10,12 +10,13 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify};
 
 use super::cache::{block_hashes, PrefixCache, BYTES_PER_TOKEN};
+use super::histogram::Histogram;
 
 /// How fast the simulated model is and how much it holds.
 #[derive(Clone, Debug)]
@@ -70,6 +71,8 @@ pub struct EngineStats {
     cached_tokens: AtomicU64,
     generated_tokens: AtomicU64,
     finished: AtomicU64,
+    first_token: Histogram,
+    token_gap: Histogram,
 }
 
 impl EngineStats {
@@ -107,6 +110,17 @@ impl EngineStats {
     pub fn finished(&self) -> u64 {
         self.finished.load(Ordering::Relaxed)
     }
+
+    /// Time from a job's submission to its first token, seconds (vLLM's
+    /// `time_to_first_token_seconds`).
+    pub fn first_token(&self) -> &Histogram {
+        &self.first_token
+    }
+
+    /// Time between two tokens of a sequence, seconds (vLLM's `time_per_output_token_seconds`).
+    pub fn token_gap(&self) -> &Histogram {
+        &self.token_gap
+    }
 }
 
 /// The handle requests submit jobs through.
@@ -119,7 +133,7 @@ pub struct Engine {
 struct Shared {
     profile: LlmProfile,
     stats: EngineStats,
-    waiting: Mutex<VecDeque<Job>>,
+    waiting: Mutex<VecDeque<(Instant, Job)>>,
     wake: Notify,
     /// The slowdown factor as `f64` bits.
     slowdown: AtomicU64,
@@ -132,6 +146,7 @@ struct Sequence {
     text: Vec<u8>,
     prompt_tokens: usize,
     generated: u32,
+    submitted: Instant,
 }
 
 impl Engine {
@@ -150,7 +165,7 @@ impl Engine {
 
     /// Queues a job; its tokens arrive on the job's channel.
     pub fn submit(&self, job: Job) {
-        self.inner.waiting.lock().push_back(job);
+        self.inner.waiting.lock().push_back((Instant::now(), job));
         self.inner.stats.waiting.fetch_add(1, Ordering::Relaxed);
         self.inner.wake.notify_one();
     }
@@ -200,8 +215,9 @@ async fn run(shared: std::sync::Weak<Shared>) {
         let profile = &shared.profile;
         let step = profile.decode_step + profile.prefill_per_token * prefill_tokens as u32;
         let slowdown = f64::from_bits(shared.slowdown.load(Ordering::Relaxed));
+        let started = Instant::now();
         tokio::time::sleep(step.mul_f64(slowdown)).await;
-        decode_one(&shared, cache, &mut batch);
+        decode_one(&shared, cache, &mut batch, started.elapsed());
     }
 }
 
@@ -211,7 +227,7 @@ fn admit(shared: &Shared, cache: &mut PrefixCache, batch: &mut Vec<Sequence>) ->
     let mut prefill = 0;
     let mut waiting = shared.waiting.lock();
     while batch.len() < profile.max_batch {
-        let Some(job) = waiting.pop_front() else {
+        let Some((submitted, job)) = waiting.pop_front() else {
             break;
         };
         shared.stats.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -240,6 +256,7 @@ fn admit(shared: &Shared, cache: &mut PrefixCache, batch: &mut Vec<Sequence>) ->
             job,
             prompt_tokens,
             generated: 0,
+            submitted,
         });
     }
     shared
@@ -249,10 +266,16 @@ fn admit(shared: &Shared, cache: &mut PrefixCache, batch: &mut Vec<Sequence>) ->
     prefill
 }
 
-/// One token for every sequence in the batch; ends the finished ones, caching their text.
-fn decode_one(shared: &Shared, cache: &mut PrefixCache, batch: &mut Vec<Sequence>) {
+/// One token for every sequence in the batch, after a step that lasted `step`; ends the
+/// finished ones, caching their text.
+fn decode_one(shared: &Shared, cache: &mut PrefixCache, batch: &mut Vec<Sequence>, step: Duration) {
     let stats = &shared.stats;
     batch.retain_mut(|seq| {
+        if seq.generated == 0 {
+            stats.first_token.observe(seq.submitted.elapsed());
+        } else {
+            stats.token_gap.observe(step);
+        }
         let token = token_text(seq.generated);
         seq.generated += 1;
         seq.text.extend_from_slice(token.as_bytes());

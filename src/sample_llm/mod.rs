@@ -2,7 +2,8 @@
 //! `/v1/completions`, streamed as server-sent events or answered whole) in front of a simulated
 //! engine ([`engine`]) with continuous batching and a bounded prefix cache ([`cache`]), and a
 //! vLLM-style `/metrics` (`vllm:num_requests_running`, `vllm:num_requests_waiting`,
-//! `vllm:gpu_cache_usage_perc`, prefix-cache counters).
+//! `vllm:gpu_cache_usage_perc`, prefix-cache counters, and the time-to-first-token and
+//! time-per-output-token histograms).
 //!
 //! A chat prompt is what the engine sees: every message as `role\ncontent\n`, in order, so a
 //! conversation's next turn (earlier messages, the assistant's answer as it was streamed, a new
@@ -10,6 +11,7 @@
 
 pub mod cache;
 pub mod engine;
+pub mod histogram;
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -147,7 +149,9 @@ struct Message {
     content: String,
 }
 
-/// The prompt text a chat request's messages make (`role\ncontent\n` each).
+/// The prompt text a chat request's messages make: `role\ncontent\n` each, then the generation
+/// prompt `assistant\n` (as chat templates add it), so the answer the engine generates, and
+/// caches, is the text the conversation's next turn repeats.
 pub fn chat_prompt<'a>(messages: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<u8> {
     let mut prompt = Vec::new();
     for (role, content) in messages {
@@ -156,6 +160,7 @@ pub fn chat_prompt<'a>(messages: impl IntoIterator<Item = (&'a str, &'a str)>) -
         prompt.extend_from_slice(content.as_bytes());
         prompt.push(b'\n');
     }
+    prompt.extend_from_slice(b"assistant\n");
     prompt
 }
 
@@ -272,6 +277,19 @@ fn exposition(engine: &Engine) -> String {
         "counter",
         "Prompt tokens found in the prefix cache.",
         stats.cached_tokens() as f64,
+    );
+    let labels = "model_name=\"sample-llm\"";
+    stats.first_token().write(
+        &mut out,
+        "vllm:time_to_first_token_seconds",
+        "Time from a request's arrival to its first token, seconds.",
+        labels,
+    );
+    stats.token_gap().write(
+        &mut out,
+        "vllm:time_per_output_token_seconds",
+        "Time between two output tokens of a request, seconds.",
+        labels,
     );
     out
 }

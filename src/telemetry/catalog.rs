@@ -103,6 +103,8 @@ pub const CATALOG: &[Entry] = &[
         "Pods taken out of the rotation by passive outlier detection (consecutive connection failures)."),
     entry("scoregate_ejected_pods", Gauge, ED,
         "Pods out of the rotation now (ejected by outlier detection); appears with the deployment's first ejection."),
+    entry("scoregate_pod_scrapes_total", Counter, &["endpoint", "deployment", "outcome"],
+        "Scrapes of the pods' own metrics (routing podMetrics) by outcome: ok, failed (refused, an error status, or a page without the load metrics), timeout. A failed pod keeps its last report, which ages out."),
     entry("scoregate_mirror_requests_total", Counter, &["endpoint", "deployment", "result"],
         "Mirrored copies by result: sent, skipped (body over the mirror cap), dropped (no free slot), failed."),
     entry("scoregate_table_reloads_total", Counter, &["source", "result"],

@@ -141,6 +141,7 @@ pub struct DeploymentMetrics {
     abandoned: [OnceLock<Counter>; ABANDON_OUTCOMES.len()],
     abandoned_hold: OnceLock<Histogram>,
     ejections: OnceLock<Counter>,
+    scrapes: [OnceLock<Counter>; SCRAPE_OUTCOMES.len()],
     ejected_pods: OnceLock<Gauge>,
     in_flight: Gauge,
     queue_depth: Gauge,
@@ -153,6 +154,20 @@ const MIRROR_RESULTS: [&str; 4] = ["sent", "skipped", "dropped", "failed"];
 
 /// The `outcome` label values of `scoregate_abandoned_requests_total`.
 const ABANDON_OUTCOMES: [&str; 3] = ["drained", "closed", "failed"];
+
+/// The `outcome` label values of `scoregate_pod_scrapes_total`.
+const SCRAPE_OUTCOMES: [&str; 3] = ["ok", "failed", "timeout"];
+
+/// How one scrape of a pod's own metrics went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScrapeOutcome {
+    /// The page was read and had the load metrics.
+    Ok = 0,
+    /// The pod refused, answered an error, or its page had none of the metrics.
+    Failed = 1,
+    /// The pod did not answer in time.
+    Timeout = 2,
+}
 
 /// How the slot of a request the router gave up on was freed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,6 +216,7 @@ impl DeploymentMetrics {
             abandoned: Default::default(),
             abandoned_hold: OnceLock::new(),
             ejections: OnceLock::new(),
+            scrapes: Default::default(),
             ejected_pods: OnceLock::new(),
             in_flight: metrics.gauge(names::IN_FLIGHT, &labels),
             queue_depth: metrics.gauge(names::QUEUE_DEPTH, &labels),
@@ -325,6 +341,14 @@ impl DeploymentMetrics {
     /// Counts one pod taken out of the rotation by outlier detection.
     pub fn ejection(&self) {
         self.counter(&self.ejections, names::POD_EJECTIONS)
+            .increment(1);
+    }
+
+    /// Counts one scrape of a pod's own metrics.
+    pub fn pod_scrape(&self, outcome: ScrapeOutcome) {
+        let i = outcome as usize;
+        let label = Some(("outcome", SCRAPE_OUTCOMES[i]));
+        self.labelled_counter(&self.scrapes[i], names::POD_SCRAPES, label)
             .increment(1);
     }
 

@@ -31,7 +31,9 @@ use metrics_exporter_prometheus::{
 use parking_lot::Mutex;
 
 pub use access::{ms, AccessLog, AccessLogMode, RequestRecord};
-pub use handles::{AbandonOutcome, DeploymentMetrics, MirrorResult, Source, StatusCounters};
+pub use handles::{
+    AbandonOutcome, DeploymentMetrics, MirrorResult, ScrapeOutcome, Source, StatusCounters,
+};
 pub use logging::{init_logging, LogFormat};
 
 /// Metric names, in one place.
@@ -95,6 +97,8 @@ pub mod names {
     pub const ABANDONED_HOLD: &str = "scoregate_abandoned_slot_hold_seconds";
     /// Pods taken out of the rotation by passive outlier detection.
     pub const POD_EJECTIONS: &str = "scoregate_pod_ejections_total";
+    /// Scrapes of pods' own metrics (routing `podMetrics`), by outcome.
+    pub const POD_SCRAPES: &str = "scoregate_pod_scrapes_total";
     /// Pods out of the rotation now (ejected by outlier detection).
     pub const EJECTED_PODS: &str = "scoregate_ejected_pods";
     /// Client connections closed because the client accepted no response bytes for the send

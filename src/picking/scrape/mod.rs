@@ -6,6 +6,7 @@
 //! Scraping never blocks routing: it runs in its own task, the request path only reads the last
 //! published reports, a pod whose scrape fails keeps its previous report (which ages out, see
 //! [`crate::picking::load`]), and a pod never scraped is weighed on the router's own count.
+//! Every scrape is counted by outcome in `scoregate_pod_scrapes_total`.
 
 pub mod text;
 
@@ -24,6 +25,7 @@ use hyper_util::rt::TokioExecutor;
 use super::{PodLoads, Report};
 use crate::admission::Pod;
 use crate::model::{MetricNames, PodMetricsSettings};
+use crate::telemetry::{DeploymentMetrics, ScrapeOutcome};
 
 /// Largest metrics page read.
 const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -35,7 +37,6 @@ type ScrapeClient = Client<HttpConnector, Empty<Bytes>>;
 
 /// One deployment's scraping: what to read, from which pods, into which board. Its task runs
 /// while the plan is alive (the table holds it), and ends within one interval of its drop.
-#[derive(Debug)]
 pub struct Plan {
     path: String,
     port: Option<u16>,
@@ -43,12 +44,17 @@ pub struct Plan {
     names: MetricNames,
     loads: Arc<PodLoads>,
     pods: ArcSwap<Box<[Arc<Pod>]>>,
+    metrics: Arc<DeploymentMetrics>,
 }
 
 impl Plan {
-    /// A plan for `settings`, publishing into `loads`, with its task started when a Tokio
-    /// runtime is running (table builds always run in one).
-    pub fn start(settings: &PodMetricsSettings, loads: Arc<PodLoads>) -> Arc<Self> {
+    /// A plan for `settings`, publishing into `loads` and counting scrapes in `metrics`, with
+    /// its task started when a Tokio runtime is running (table builds always run in one).
+    pub fn start(
+        settings: &PodMetricsSettings,
+        loads: Arc<PodLoads>,
+        metrics: Arc<DeploymentMetrics>,
+    ) -> Arc<Self> {
         let plan = Arc::new(Plan {
             path: settings.path().to_owned(),
             port: settings.port,
@@ -56,6 +62,7 @@ impl Plan {
             names: settings.names(),
             loads,
             pods: ArcSwap::from_pointee(Box::default()),
+            metrics,
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(run(Arc::downgrade(&plan)));
@@ -71,6 +78,17 @@ impl Plan {
     fn uri(&self, address: SocketAddr) -> Option<Uri> {
         let address = SocketAddr::new(address.ip(), self.port.unwrap_or(address.port()));
         format!("http://{address}{}", self.path).parse().ok()
+    }
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("path", &self.path)
+            .field("port", &self.port)
+            .field("interval", &self.interval)
+            .field("names", &self.names)
+            .finish_non_exhaustive()
     }
 }
 
@@ -98,32 +116,42 @@ async fn run(plan: Weak<Plan>) {
 /// previous reports of pods still listed.
 async fn round(plan: &Plan, client: &ScrapeClient) {
     let pods = plan.pods.load_full();
-    let timeout = plan.interval.min(MAX_SCRAPE_TIME);
-    let scrapes = pods.iter().map(|pod| async move {
-        let ours = pod.in_flight();
-        let result = tokio::time::timeout(timeout, scrape(plan, client, pod.address())).await;
-        let report = match result {
-            Ok(Ok(values)) => Some(values.report(ours)),
-            Ok(Err(e)) => {
-                tracing::debug!(pod = %pod.address(), error = %e, "pod metrics scrape failed");
-                None
-            }
-            Err(_) => {
-                tracing::debug!(pod = %pod.address(), "pod metrics scrape timed out");
-                None
-            }
-        };
-        (pod.address(), report)
-    });
-    let results = futures_util::future::join_all(scrapes).await;
     let previous = plan.loads.reports();
-    let reports: HashMap<SocketAddr, Report> = results
+    let scrapes = pods
+        .iter()
+        .map(|pod| scrape_one(plan, client, pod, previous.get(&pod.address())));
+    let reports: HashMap<SocketAddr, Report> = futures_util::future::join_all(scrapes)
+        .await
         .into_iter()
-        .filter_map(|(address, fresh)| {
-            Some((address, fresh.or_else(|| previous.get(&address).copied())?))
-        })
+        .flatten()
         .collect();
     plan.loads.publish(reports);
+}
+
+/// One pod's report: a fresh one, or its `previous` one when the scrape fails (counted either
+/// way).
+async fn scrape_one(
+    plan: &Plan,
+    client: &ScrapeClient,
+    pod: &Pod,
+    previous: Option<&Report>,
+) -> Option<(SocketAddr, Report)> {
+    let ours = pod.in_flight();
+    let timeout = plan.interval.min(MAX_SCRAPE_TIME);
+    let result = tokio::time::timeout(timeout, scrape(plan, client, pod.address())).await;
+    let (outcome, report) = match result {
+        Ok(Ok(values)) => (ScrapeOutcome::Ok, Some(values.report(ours, previous))),
+        Ok(Err(e)) => {
+            tracing::debug!(pod = %pod.address(), error = %e, "pod metrics scrape failed");
+            (ScrapeOutcome::Failed, previous.copied())
+        }
+        Err(_) => {
+            tracing::debug!(pod = %pod.address(), "pod metrics scrape timed out");
+            (ScrapeOutcome::Timeout, previous.copied())
+        }
+    };
+    plan.metrics.pod_scrape(outcome);
+    Some((pod.address(), report?))
 }
 
 /// Fetches and reads one pod's page.
@@ -212,7 +240,9 @@ mod tests {
         };
         let (fresh_for, max_age) = (Duration::from_millis(200), Duration::from_millis(300));
         let loads = PodLoads::new(fresh_for, max_age);
-        let plan = Plan::start(&settings, loads.clone());
+        let metrics = crate::telemetry::Metrics::new();
+        let counts = Arc::new(DeploymentMetrics::new(&metrics, "e", "d"));
+        let plan = Plan::start(&settings, loads.clone(), counts);
         plan.set_pods(Box::new([
             Arc::new(Pod::new(live)),
             Arc::new(Pod::new(dead)),
@@ -239,5 +269,18 @@ mod tests {
         assert!(kept.at >= last);
         assert_eq!(kept.freshness(Instant::now(), fresh_for, max_age), 0.0);
         drop(plan);
+        // Every scrape was counted: the refused ones and the 500s as failed.
+        let page = metrics.render();
+        let count = |outcome: &str| {
+            let series = format!(
+                "scoregate_pod_scrapes_total{{endpoint=\"e\",deployment=\"d\",outcome=\"{outcome}\"}} "
+            );
+            page.lines()
+                .find_map(|l| l.strip_prefix(&series)?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        assert!(count("ok") >= 1, "{page}");
+        // At least two rounds for the dead pod, one per round while the live one fails.
+        assert!(count("failed") >= 4, "{page}");
     }
 }

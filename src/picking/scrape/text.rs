@@ -11,7 +11,11 @@ use std::time::Instant;
 use prometheus_parse::{Sample, Scrape, Value};
 
 use crate::model::MetricNames;
-use crate::picking::load::Report;
+use crate::picking::load::{Report, TokenLatency};
+
+/// The weight of the latest interval in a pod's time-per-token estimate (the rest is the
+/// previous estimate's): smooths what a batch's make-up does to a short interval.
+const SMOOTHING: f64 = 0.5;
 
 /// What a colon in a metric name becomes before parsing.
 pub const COLON: &str = "__colon__";
@@ -25,18 +29,42 @@ pub struct Values {
     pub waiting: f64,
     /// KV-cache usage, when the page has it.
     pub kv_usage: Option<f64>,
+    /// The time-per-output-token histogram's sum and count, when the page has it.
+    pub token_latency: Option<TokenLatency>,
 }
 
 impl Values {
-    /// The report these values make, with this router's count at the scrape.
-    pub fn report(self, ours_at_scrape: u32) -> Report {
+    /// The report these values make, with this router's count at the scrape and the pod's
+    /// `previous` report: the time per token is the mean since then, averaged with the
+    /// previous estimate ([`SMOOTHING`]).
+    pub fn report(self, ours_at_scrape: u32, previous: Option<&Report>) -> Report {
+        let earlier = previous.and_then(|p| p.token_latency.map(|t| (t, p.seconds_per_token)));
         Report {
             running: self.running,
             waiting: self.waiting,
             kv_usage: self.kv_usage,
+            token_latency: self.token_latency,
+            seconds_per_token: self
+                .token_latency
+                .and_then(|now| seconds_per_token(now, earlier)),
             ours_at_scrape,
             at: Instant::now(),
         }
+    }
+}
+
+/// The time per token since the `earlier` histogram (with the estimate made then), averaged
+/// with that estimate; the whole mean on a first scrape.
+fn seconds_per_token(
+    now: TokenLatency,
+    earlier: Option<(TokenLatency, Option<f64>)>,
+) -> Option<f64> {
+    let Some((before, estimate)) = earlier else {
+        return now.mean();
+    };
+    match (now.mean_since(&before), estimate) {
+        (Some(since), Some(estimate)) => Some(SMOOTHING * since + (1.0 - SMOOTHING) * estimate),
+        (since, estimate) => since.or(estimate),
     }
 }
 
@@ -57,6 +85,21 @@ pub fn read(page: &str, names: &MetricNames) -> Result<Values, String> {
         running: running.unwrap_or(0.0),
         waiting: waiting.unwrap_or(0.0),
         kv_usage: first(&scrape.samples, &names.kv_usage).map(|v| v.clamp(0.0, 1.0)),
+        token_latency: token_latency(&scrape.samples, &names.token_latency),
+    })
+}
+
+/// The sum and count of the first histogram of `names` on the page.
+fn token_latency(samples: &[Sample], names: &[String]) -> Option<TokenLatency> {
+    names.iter().find_map(|name| {
+        let suffixed = |suffix: &str| match name.split_once('{') {
+            Some((base, labels)) => format!("{base}{suffix}{{{labels}"),
+            None => format!("{name}{suffix}"),
+        };
+        Some(TokenLatency {
+            sum: sum(samples, &Selector::parse(&suffixed("_sum")))?,
+            count: sum(samples, &Selector::parse(&suffixed("_count")))?,
+        })
     })
 }
 
@@ -174,9 +217,39 @@ mod tests {
             Values {
                 running: 5.0,
                 waiting: 1.0,
-                kv_usage: Some(0.25)
+                kv_usage: Some(0.25),
+                token_latency: None,
             }
         );
+    }
+
+    #[test]
+    fn reads_the_time_per_token_histogram() {
+        let page = "# TYPE vllm:time_per_output_token_seconds histogram\n\
+                    vllm:time_per_output_token_seconds_bucket{model_name=\"m\",le=\"0.05\"} 30\n\
+                    vllm:time_per_output_token_seconds_bucket{model_name=\"m\",le=\"+Inf\"} 40\n\
+                    vllm:time_per_output_token_seconds_sum{model_name=\"m\"} 1.2\n\
+                    vllm:time_per_output_token_seconds_count{model_name=\"m\"} 40\n\
+                    vllm:num_requests_running{model_name=\"m\"} 3\n";
+        let values = read(page, &names(MetricsPreset::Vllm)).unwrap();
+        let latency = values.token_latency.unwrap();
+        assert_eq!((latency.sum, latency.count), (1.2, 40.0));
+        // The first report's estimate is the page's mean; later ones the mean since the last
+        // (here 2 s over 20 tokens), averaged with the estimate before.
+        let first = values.report(0, None);
+        assert!((first.seconds_per_token.unwrap() - 0.03).abs() < 1e-9);
+        let later = Values {
+            token_latency: Some(TokenLatency {
+                sum: 3.2,
+                count: 60.0,
+            }),
+            ..values
+        };
+        let second = later.report(0, Some(&first));
+        assert!((second.seconds_per_token.unwrap() - 0.065).abs() < 1e-9);
+        // No token since: the last estimate stays.
+        let idle = later.report(0, Some(&second));
+        assert_eq!(idle.seconds_per_token, second.seconds_per_token);
     }
 
     #[test]
