@@ -3,10 +3,13 @@
 # multi-turn chat workload, side by side; then the same with one pod 3× slower. Writes the table
 # into benches/RESULTS.md (section "LLM routing") unless --out says otherwise.
 #
-#   benches/llm/run.sh                    # 60 s per scenario after 10 s of warm-up (~10 minutes)
+#   benches/llm/run.sh                    # capacity first (25 s), then 60 s per scenario after
+#                                         # 10 s of warm-up (~10 minutes, plus the optimised build)
 #   benches/llm/run.sh --duration 20      # shorter
 #
-# Other flags go to the benchmark: --rate R (requests/s, Poisson), --seed N, --only a,b.
+# The load is 70 % of the capacity the run measures first (closed loop, P2C, 4 equal pods). Other
+# flags go to the benchmark: --load SHARE (of that capacity), --rate R (requests/s, Poisson; skips
+# the calibration), --seed N, --only a,b.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
