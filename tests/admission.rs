@@ -4,6 +4,7 @@
 mod support;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::Method;
 use scoregate::sample_model::SampleModel;
@@ -126,34 +127,50 @@ async fn the_queue_is_first_in_first_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_disconnects_mid_stream_frees_its_slot_at_the_requests_deadline() {
+async fn a_client_that_disconnects_mid_stream_frees_its_slot_when_the_pod_has_stopped() {
     let pod = SampleModel::start_local("blue").await.unwrap();
     let h = Harness::start(&simple_routes(
         "ep-one",
         &[pod.address()],
-        "request_timeout_ms: 200, max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 0",
+        "request_timeout_ms: 200, max_concurrent_requests_per_instance: 1, \
+         max_queue_wait_ms: 10000, max_queue_length: 10",
     ))
     .await;
     for round in 1..=3 {
         let mut held = h.hold("ep-one", &[]).await;
         assert!(held.next().await.is_some(), "round {round}: mid-response");
-        // While it is held, the one slot is taken.
-        assert_router_error(&h.score("ep-one", "").await, 503, "QueueTimeout");
+        // While it is held, the one slot is taken: the next request waits for it.
+        let next = h.spawn_score("ep-one", "");
+        h.wait_queue_depth("ep-one", "blue", 1).await;
+        // The client keeps reading past the request's deadline (200 ms), then goes away.
+        let past_deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+        while tokio::time::Instant::now() < past_deadline {
+            assert!(
+                held.next().await.is_some(),
+                "round {round}: the stream goes on"
+            );
+        }
         drop(held);
-        // The pod would stream for 14 hours: the router closes its connection and frees the
-        // slot at the request's deadline (long passed, or 200 ms after it was sent).
-        h.wait_in_flight("ep-one", "blue", 0).await;
-        let closed = [
+        // The pod would stream for 14 hours, past the request's deadline: the router tells it
+        // nothing more is coming (a half-close), the pod stops and closes, and only then is the
+        // slot freed for the waiting request — not at once, while the pod is still on the
+        // stream until its next write.
+        let r = guard("the waiting request", next).await.unwrap();
+        assert_eq!(r.status, 200, "round {round}: {}", r.text());
+        assert_eq!(
+            pod.stats().peak_concurrency(),
+            1,
+            "round {round}: the waiting request reached the pod while it was still streaming"
+        );
+        let pod_closed = [
             ("endpoint", "ep-one"),
             ("deployment", "blue"),
-            ("outcome", "closed"),
+            ("outcome", "failed"),
         ];
-        h.wait_metric("scoregate_abandoned_requests_total", &closed, |v| {
+        h.wait_metric("scoregate_abandoned_requests_total", &pod_closed, |v| {
             v == f64::from(round)
         })
         .await;
-        let r = h.score("ep-one", "").await;
-        assert_eq!(r.status, 200, "round {round}: {}", r.text());
     }
 }
 

@@ -6,7 +6,7 @@
 //! | given up | what the router does | the slot is freed |
 //! |---|---|---|
 //! | before the response head | keeps waiting for the head and reads the whole response, discarding it | when the response has ended (the connection then goes back to the pool), or the pod breaks the connection — at most `request_timeout_ms` after giving up; then the connection is closed |
-//! | during the response body (larger than the response buffer, or a stream) | closes the connection: the pod sees it at its next write | at the request's deadline (`request_timeout_ms` after it was sent), or at once if that has passed |
+//! | during the response body (larger than the response buffer, or a stream) | half-closes the connection (nothing more will be sent) and reads on, discarding: a pod that watches its connection stops and closes it, one that does not finishes its answer | when the pod has closed the connection or its answer has ended — at most `request_timeout_ms` after giving up; then the connection is closed |
 //! | while sending the request (given up, or its body broke) | closes the connection: the pod may have part of the request | at the request's deadline, as above |
 //!
 //! The bounds: an abandoned request holds its slot at most `request_timeout_ms` after the router
@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use super::connection::{PodConnection, PodError};
 use super::exchange::{Ending, Exchange, Progress};
+use crate::http1::body::BodyDecoder;
 use crate::telemetry::AbandonOutcome;
 
 /// Takes what `exchange` has in progress (its slot, connection and response) and holds it in a
@@ -55,7 +56,19 @@ pub(super) fn hold(exchange: &mut Exchange) {
                     Err(_) => AbandonOutcome::Closed,
                 }
             }
-            // Reading the body, sending the request, or cut: the connection is closed now.
+            // Closing the connection here would free the slot before the pod noticed (at its next
+            // write, when it may already have the next request): the pod's own close, or the end
+            // of its answer, says it is done.
+            (Progress::Reading(decoder), Some(mut connection)) => {
+                let bound = given_up + terms.request_timeout;
+                let told = stop_reading(&mut connection, decoder);
+                match tokio::time::timeout_at(bound.into(), told).await {
+                    Ok(Ok(())) => AbandonOutcome::Drained,
+                    Ok(Err(_)) => AbandonOutcome::Failed,
+                    Err(_) => AbandonOutcome::Closed,
+                }
+            }
+            // Sending the request, or cut: the connection is closed now.
             (_, connection) => {
                 drop(connection);
                 tokio::time::sleep_until(deadline.into()).await;
@@ -65,6 +78,17 @@ pub(super) fn hold(exchange: &mut Exchange) {
         drop(slot);
         terms.metrics.abandoned(outcome, given_up.elapsed());
     });
+}
+
+/// Tells the pod nothing more is coming, then reads the rest of its answer, discarding it, until
+/// it ends or the pod closes the connection (an error: the pod stopped).
+async fn stop_reading(
+    connection: &mut PodConnection,
+    decoder: BodyDecoder,
+) -> Result<(), PodError> {
+    // A failed shutdown means the connection is already broken: the read says so.
+    let _ = connection.shutdown_write().await;
+    connection.discard_body(decoder).await
 }
 
 /// Waits for the response head, then reads the body to its end, discarding it.

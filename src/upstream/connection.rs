@@ -118,6 +118,15 @@ impl PodConnection {
         self.wire.get_mut().write_all(bytes).await
     }
 
+    /// Tells the pod the router sends nothing more on this connection (a FIN, the read side stays
+    /// open). A server that watches its connection mid-response (hyper, uvicorn: "client
+    /// disconnected") stops the request and closes; one that does not finishes its answer. The
+    /// connection is not reused.
+    pub(super) async fn shutdown_write(&mut self) -> io::Result<()> {
+        self.reusable = false;
+        self.wire.get_mut().shutdown().await
+    }
+
     /// Sends `body` after the head, framed by `encoder`, while watching the pod: it stops when
     /// the pod answers (or closes) before the body has been sent.
     pub(super) async fn send_body(
