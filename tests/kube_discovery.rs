@@ -305,6 +305,17 @@ async fn keys_rotate_live() {
     router.shutdown().await;
 }
 
+/// Waits until the router's `scoregate_discovery_rejected` gauge reads `n`.
+async fn wait_rejected(client: &Client, router: &scoregate::router::Router, n: f64, what: &str) {
+    eventually(what, || async {
+        metric(
+            &metrics_text(client, router).await,
+            "scoregate_discovery_rejected",
+        ) == Some(n)
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_invalid_endpoint_does_not_hold_back_the_others() {
     let fake = fake().await;
@@ -364,12 +375,12 @@ async fn one_invalid_endpoint_does_not_hold_back_the_others() {
     })
     .await;
     // ep-a's change and ep-b's slice come on different watches: either may be applied first.
-    eventually("ep-a's new declaration to be refused", || async {
-        metric(
-            &metrics_text(&client, &router).await,
-            "scoregate_discovery_rejected",
-        ) == Some(1.0)
-    })
+    wait_rejected(
+        &client,
+        &router,
+        1.0,
+        "ep-a's new declaration to be refused",
+    )
     .await;
     assert_eq!(
         score(&client, addr, "ep-a", KEY, None).await.status,
@@ -412,13 +423,7 @@ async fn one_invalid_endpoint_does_not_hold_back_the_others() {
         score(&client, addr, "ep-c", KEY, None).await.status == StatusCode::OK
     })
     .await;
-    eventually("no endpoint to be refused", || async {
-        metric(
-            &metrics_text(&client, &router).await,
-            "scoregate_discovery_rejected",
-        ) == Some(0.0)
-    })
-    .await;
+    wait_rejected(&client, &router, 0.0, "no endpoint to be refused").await;
     router.shutdown().await;
 }
 
