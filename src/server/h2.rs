@@ -12,12 +12,17 @@
 //!   `limits.h2_reset_streams_per_second`, bursts of ten times as many). Beyond, the connection
 //!   gets GOAWAY `ENHANCE_YOUR_CALM` and closes: hyper only offers a GOAWAY with `NO_ERROR`,
 //!   so [`H2Io`] follows the frame boundaries of what hyper writes, writes the GOAWAY itself at
-//!   the next one, and fails the connection there. (Streams reset before the router accepted
+//!   the next one, and fails the connection there — after a lingering close: it half-closes
+//!   its side and reads and discards what the client still sends, until the client closes or
+//!   [`LINGER`] passes (nginx's `lingering_close`). Closing a socket with unread frames in it
+//!   makes the kernel send a TCP reset, which can reach the client before the GOAWAY is read,
+//!   so the client would see a reset connection instead of the reason. (Streams reset before the router accepted
 //!   them are bounded by h2 itself: `limits.h2_max_pending_accept_reset_streams`.)
 //!
 //! Abandoned streams never over-admit a pod (`upstream::abandon` holds their slots); the bound
 //! keeps one connection from making the pods work for nothing at the rate it can open streams.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -38,6 +43,8 @@ const GOAWAY: u8 = 0x7;
 const ENHANCE_YOUR_CALM: u32 = 0xb;
 /// A stream that is not waiting for the client.
 const NOT_WAITING: u64 = u64::MAX;
+/// The longest a connection told to calm down is read and discarded before it is closed.
+pub const LINGER: Duration = Duration::from_secs(2);
 
 /// Per connection: the reset budget, whether it is spent, and the streams being answered.
 pub struct H2Watch {
@@ -230,6 +237,25 @@ fn goaway_frame(last_stream: u32) -> [u8; 17] {
     frame
 }
 
+/// Reads and discards from `io` until it ends, fails, or `until` passes.
+fn linger<T: AsyncRead + Unpin>(
+    io: &mut T,
+    mut until: Pin<&mut tokio::time::Sleep>,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    let mut discard = [0u8; 4096];
+    loop {
+        if until.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        let mut buf = ReadBuf::new(&mut discard);
+        match ready!(Pin::new(&mut *io).poll_read(cx, &mut buf)) {
+            Ok(()) if !buf.filled().is_empty() => continue,
+            _ => return Poll::Ready(()),
+        }
+    }
+}
+
 /// An HTTP/2 client connection as hyper sees it: frames followed both ways, and a GOAWAY
 /// `ENHANCE_YOUR_CALM` written in place of hyper's next frame when the watch asks.
 pub struct H2Io<T> {
@@ -237,8 +263,32 @@ pub struct H2Io<T> {
     watch: Arc<H2Watch>,
     read: FrameCursor,
     written: FrameCursor,
-    /// The GOAWAY being written, and how much of it is out.
-    goaway: Option<([u8; 17], usize)>,
+    /// The GOAWAY being written, how much of it is out, and the lingering close after it.
+    goaway: Option<Goaway>,
+    /// How long the lingering close lasts at most ([`LINGER`]).
+    linger: Duration,
+}
+
+/// A GOAWAY `ENHANCE_YOUR_CALM` on its way out, then the connection's lingering close.
+struct Goaway {
+    frame: [u8; 17],
+    sent: usize,
+    /// Whether this side is half-closed (the frame is out and flushed).
+    shut: bool,
+    /// When the lingering close ends whatever the client still sends: [`LINGER`] after the
+    /// GOAWAY was due (a slow client's write of it included).
+    until: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Goaway {
+    fn new(last_stream: u32, linger: Duration) -> Self {
+        Goaway {
+            frame: goaway_frame(last_stream),
+            sent: 0,
+            shut: false,
+            until: Box::pin(tokio::time::sleep(linger)),
+        }
+    }
 }
 
 impl<T> H2Io<T> {
@@ -253,22 +303,31 @@ impl<T> H2Io<T> {
             },
             written: FrameCursor::default(),
             goaway: None,
+            linger: LINGER,
         }
     }
 }
 
-impl<T: AsyncWrite + Unpin> H2Io<T> {
-    /// Writes the GOAWAY; once it is out, the connection fails (hyper then closes it).
+impl<T: AsyncRead + AsyncWrite + Unpin> H2Io<T> {
+    /// Writes the GOAWAY, half-closes, and reads and discards what the client still sends
+    /// until it closes or [`LINGER`] passes; then the connection fails (hyper closes it).
     fn poll_goaway(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        let (frame, sent) = self.goaway.as_mut().expect("a GOAWAY is being written");
-        while *sent < frame.len() {
-            match ready!(Pin::new(&mut self.inner).poll_write(cx, &frame[*sent..])) {
+        let goaway = self.goaway.as_mut().expect("a GOAWAY is being written");
+        let inner = &mut self.inner;
+        while goaway.sent < goaway.frame.len() {
+            match ready!(Pin::new(&mut *inner).poll_write(cx, &goaway.frame[goaway.sent..])) {
                 Ok(0) => break,
-                Ok(n) => *sent += n,
+                Ok(n) => goaway.sent += n,
                 Err(e) => return Poll::Ready(e),
             }
         }
-        let _ = ready!(Pin::new(&mut self.inner).poll_flush(cx));
+        if !goaway.shut {
+            if let Err(e) = ready!(Pin::new(&mut *inner).poll_shutdown(cx)) {
+                return Poll::Ready(e);
+            }
+            goaway.shut = true;
+        }
+        ready!(linger(inner, goaway.until.as_mut(), cx));
         Poll::Ready(io::Error::new(
             io::ErrorKind::ConnectionAborted,
             "GOAWAY ENHANCE_YOUR_CALM: too many streams reset",
@@ -288,7 +347,7 @@ impl<T: AsyncWrite + Unpin> H2Io<T> {
             Some(n) => Some(n.min(len)),
             None => {
                 let last = self.watch.last_stream.load(Ordering::Relaxed);
-                self.goaway = Some((goaway_frame(last), 0));
+                self.goaway = Some(Goaway::new(last, self.linger));
                 None
             }
         }
@@ -315,7 +374,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for H2Io<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for H2Io<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for H2Io<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -427,6 +486,31 @@ mod tests {
             goaway_frame(7),
             [0, 0, 8, GOAWAY, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0xb]
         );
+    }
+
+    /// Told to calm down, the connection writes the GOAWAY, half-closes, and reads on until the
+    /// client closes: a client still sending frames is not answered by a TCP reset. (The
+    /// lingering close is made longer than any test: only the client's close ends it.)
+    #[tokio::test]
+    async fn a_connection_told_to_calm_down_closes_lingering() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (router_side, mut client) = tokio::io::duplex(16 * 1024);
+        let watch = H2Watch::new(1);
+        watch.calm.store(true, Ordering::SeqCst);
+        let mut io = H2Io::new(router_side, watch);
+        io.linger = Duration::from_secs(3600);
+        let router = tokio::spawn(async move { io.write_all(&frame(0x0, 1, &[1; 3])).await });
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(
+            got,
+            goaway_frame(0),
+            "the GOAWAY, then the router's end of stream"
+        );
+        client.write_all(&[0; 256 * 1024]).await.unwrap();
+        drop(client);
+        let error = router.await.unwrap().unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionAborted);
     }
 
     #[tokio::test]
