@@ -125,6 +125,9 @@ impl Acting {
 #[derive(Default)]
 pub struct Inbound {
     entries: Mutex<HashMap<Arc<str>, Said>>,
+    /// When a replica said hello with an instance number not heard before (it started or
+    /// restarted: whatever another replica shadowed at its former instance is gone).
+    new_instance_at: Mutex<Option<Instant>>,
 }
 
 #[derive(Clone, Copy)]
@@ -132,6 +135,7 @@ struct Said {
     instance: u64,
     synced: Option<ViewId>,
     last: Instant,
+    own_slots_known: bool,
 }
 
 impl Inbound {
@@ -142,18 +146,39 @@ impl Inbound {
             instance: announce.instance,
             synced: announce.synced,
             last: Instant::now(),
+            own_slots_known: announce.own_slots_known,
         };
-        match entries.get_mut(peer) {
+        let (changed, new_instance) = match entries.get_mut(peer) {
             Some(entry) => {
-                let changed = entry.synced != said.synced || entry.instance != said.instance;
+                let new_instance = entry.instance != said.instance;
+                let changed = entry.synced != said.synced
+                    || new_instance
+                    || entry.own_slots_known != said.own_slots_known;
                 *entry = said;
-                changed
+                (changed, new_instance)
             }
             None => {
                 entries.insert(peer.into(), said);
-                true
+                (true, true)
             }
+        };
+        if new_instance {
+            *self.new_instance_at.lock() = Some(said.last);
         }
+        changed
+    }
+
+    /// Whether every slot `peer` admitted itself is known to other replicas: its last hello
+    /// said so, and no replica has (re)started since `margin` before that hello (a restarted
+    /// replica lost what was shadowed at it; the margin lets the sender notice such a loss
+    /// before it says hello).
+    pub fn own_slots_known(&self, peer: &str, margin: Duration) -> bool {
+        let Some(said) = self.entries.lock().get(peer).copied() else {
+            return false;
+        };
+        let new_instance_at = *self.new_instance_at.lock();
+        said.own_slots_known
+            && new_instance_at.is_none_or(|at| at + margin < said.last)
     }
 
     /// Records that `peer` reported its slots for `view` (its `/v1/synced`).

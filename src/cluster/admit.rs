@@ -18,7 +18,7 @@ use super::held::HoldOpen;
 use super::peers::Peer;
 use super::view::{Owner, View};
 use super::view_id::ViewId;
-use super::{protocol, Cluster};
+use super::{protocol, Cluster, Holding};
 use crate::admission::{AdmitError, Coordinator, Pending, Pod, Slot, Target};
 use crate::config::FallbackMode;
 
@@ -100,10 +100,34 @@ impl Cluster {
         if !self.grants_in(view.id()) {
             return Step::Again;
         }
-        self.hold_own(&mut slot, target, false);
-        self.peaks.record(slot.pod());
+        if !self.own_admission(&mut slot, target, view).await {
+            return Step::Again;
+        }
         self.metrics.owner.increment(1);
         Step::Admitted(slot)
+    }
+
+    /// Records `slot`, just admitted as the owner in `view`, as held, and shadows it at the
+    /// replica that would take over ([`super::shadow`]) before it goes to the pod. False when
+    /// that replica did not take it, or this replica's lease ran out meanwhile: the slot is
+    /// then to be given back.
+    async fn own_admission(&self, slot: &mut Slot, target: Target<'_>, view: &View) -> bool {
+        let held = self.hold(
+            slot,
+            target,
+            Holding {
+                grantor: self.me.clone(),
+                lease: None,
+                released: CancellationToken::new(),
+                fallback: false,
+                shadowing: true,
+            },
+        );
+        if !self.shadow_new(view, held).await || !self.grants_in(view.id()) {
+            return false;
+        }
+        self.peaks.record(slot.pod());
+        true
     }
 
     /// Whether the target's deployment is held back from grants here ([`Cluster::held_back`]).
@@ -123,7 +147,7 @@ impl Cluster {
                     .accounting
                     .admit_keyed(target.pods, target.prefix, wait)
                     .await?;
-                self.hold_own(&mut slot, target, true);
+                self.hold_own(&mut slot, target);
                 self.peaks.record(slot.pod());
                 // Reported to whoever owns the deployment and can be reached, so the owner
                 // counts it (and sees the over-admission, if it is one).
@@ -134,16 +158,18 @@ impl Cluster {
         }
     }
 
-    /// Records `slot`, admitted from this replica's own accounting (as the owner, or under the
-    /// fallback), as held.
-    fn hold_own(&self, slot: &mut Slot, target: Target<'_>, fallback: bool) {
+    /// Records `slot`, admitted from this replica's own accounting under the fallback, as held.
+    fn hold_own(&self, slot: &mut Slot, target: Target<'_>) {
         self.hold(
             slot,
             target,
-            self.me.clone(),
-            None,
-            CancellationToken::new(),
-            fallback,
+            Holding {
+                grantor: self.me.clone(),
+                lease: None,
+                released: CancellationToken::new(),
+                fallback: true,
+                shadowing: false,
+            },
         );
     }
 
@@ -241,10 +267,13 @@ impl Cluster {
         self.hold(
             &mut slot,
             target,
-            peer.id.clone(),
-            Some(lease),
-            released,
-            false,
+            Holding {
+                grantor: peer.id.clone(),
+                lease: Some(lease),
+                released,
+                fallback: false,
+                shadowing: false,
+            },
         );
         if self.view.load().id() != asked {
             // Dropping the slot ends the lease stream: the owner frees it.
@@ -374,7 +403,7 @@ impl Cluster {
         if self.health.is_isolated() {
             return match self.settings.fallback {
                 FallbackMode::Reject => None,
-                FallbackMode::Local => self.retry_here(target, failed, true),
+                FallbackMode::Local => self.retry_fallback(target, failed),
             };
         }
         let view = self.view.load_full();
@@ -395,17 +424,22 @@ impl Cluster {
                 self.take_granted(target, &peer, address, released, view.id(), asked_in)
             }
             Owner::Me if self.grants_in(view.id()) && !self.holds_back(target) => {
-                self.retry_here(target, failed, false)
+                let mut slot = target
+                    .accounting
+                    .try_acquire_excluding(target.pods, Some(failed))?;
+                self.own_admission(&mut slot, target, &view)
+                    .await
+                    .then_some(slot)
             }
             Owner::Me | Owner::Nobody => None,
         }
     }
 
-    fn retry_here(&self, target: Target<'_>, failed: &Arc<Pod>, fallback: bool) -> Option<Slot> {
+    fn retry_fallback(&self, target: Target<'_>, failed: &Arc<Pod>) -> Option<Slot> {
         let mut slot = target
             .accounting
             .try_acquire_excluding(target.pods, Some(failed))?;
-        self.hold_own(&mut slot, target, fallback);
+        self.hold_own(&mut slot, target);
         self.peaks.record(slot.pod());
         Some(slot)
     }

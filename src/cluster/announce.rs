@@ -22,6 +22,8 @@ pub static LIVE: HeaderName = HeaderName::from_static("x-scoregate-live");
 pub static VIEW_AGE_MS: HeaderName = HeaderName::from_static("x-scoregate-view-age-ms");
 /// The receiver's view the sender has reported every slot for, `epoch.hash`.
 pub static SYNCED: HeaderName = HeaderName::from_static("x-scoregate-synced");
+/// `true` when every slot the sender admitted itself is held by another replica too.
+pub static OWN_SLOTS_KNOWN: HeaderName = HeaderName::from_static("x-scoregate-own-slots-known");
 
 /// One replica's state, as it announces it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -42,6 +44,8 @@ pub struct Announce {
     pub age: Duration,
     /// The receiver's view it has reported its slots for.
     pub synced: Option<ViewId>,
+    /// Every slot it admitted itself is held by another replica too ([`super::shadow`]).
+    pub own_slots_known: bool,
 }
 
 impl Announce {
@@ -62,6 +66,7 @@ impl Announce {
         if let Some(synced) = self.synced {
             put(&SYNCED, synced.encode());
         }
+        put(&OWN_SLOTS_KNOWN, self.own_slots_known.to_string());
     }
 
     /// Reads the state from `headers`; `None` when the view is missing or malformed (a replica
@@ -87,6 +92,7 @@ impl Announce {
             live: list(&LIVE),
             age: Duration::from_millis(text(&VIEW_AGE_MS)?.parse().ok()?),
             synced: text(&SYNCED).and_then(ViewId::decode),
+            own_slots_known: text(&OWN_SLOTS_KNOWN) == Some("true"),
         })
     }
 }
@@ -106,6 +112,7 @@ mod tests {
             live: vec!["10.0.0.2:9190".into()],
             age: Duration::from_millis(1500),
             synced: Some(ViewId { epoch: 6, hash: 1 }),
+            own_slots_known: true,
         };
         let mut headers = HeaderMap::new();
         state.write(&mut headers);

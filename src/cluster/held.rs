@@ -94,12 +94,31 @@ pub struct Held {
     pub orphaned: bool,
     /// Other replicas it was reported to (on connections still up), with their instances.
     pub reported_to: Vec<(Arc<str>, u64)>,
+    /// Another replica's own slot that replica shadowed here ([`super::shadow`]): this replica
+    /// holds it only to pass it on to whoever owns the deployment next.
+    pub shadow_of: Option<ShadowOf>,
+    /// An own admission whose shadow is on its way: not written to the pod before it is taken.
+    pub shadowing: bool,
+}
+
+/// Whose own slot a shadow is, under the number that replica gave it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShadowOf {
+    /// The replica that admitted it as owner.
+    pub holder: Arc<str>,
+    /// Its process's instance number.
+    pub instance: u64,
+    /// Its number for the slot ([`Held::lease_for`] on its side).
+    pub lease: u64,
 }
 
 impl Held {
     /// The lease number a report of this slot to `peer` carries: the grantor's own, or one of
     /// this replica's.
     pub fn lease_for(&self, peer: &str) -> u64 {
+        if let Some(shadow) = &self.shadow_of {
+            return shadow.lease;
+        }
         match self.lease {
             Some(lease) if *self.grantor == *peer => lease,
             _ => REPORTED_LEASE | self.id,
@@ -115,17 +134,19 @@ pub struct HeldLeases {
 }
 
 impl HeldLeases {
-    /// Records a held slot; the guard removes it and releases its streams when dropped.
-    pub fn insert(self: &Arc<Self>, mut held: Held) -> LeaseGuard {
+    /// Records a held slot; the guard removes it and releases its streams when dropped. Also
+    /// the entry as recorded (with its number).
+    pub fn insert(self: &Arc<Self>, mut held: Held) -> (LeaseGuard, Held) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) & !REPORTED_LEASE;
         held.id = id;
         let released = held.released.clone();
-        self.entries.lock().insert(id, held);
-        LeaseGuard {
+        self.entries.lock().insert(id, held.clone());
+        let guard = LeaseGuard {
             id,
             registry: self.clone(),
             released,
-        }
+        };
+        (guard, held)
     }
 
     /// Applies `f` to every entry (under the registry's lock: keep `f` short, no awaiting).
@@ -141,8 +162,19 @@ impl HeldLeases {
             if held.grantor == peer {
                 held.orphaned = false;
             }
+            held.shadowing = false;
             held.reported_to.push((peer, instance));
         }
+    }
+
+    /// Whether every slot `me` admitted itself (as owner or under the fallback) is held by
+    /// another replica too, on a stream still open, or is still being shadowed (and so not on
+    /// its pod yet): announced in every hello ([`super::shadow`]).
+    pub fn own_slots_known(&self, me: &str) -> bool {
+        self.entries.lock().values().all(|held| {
+            let own = *held.grantor == *me && held.lease.is_none() && held.shadow_of.is_none();
+            !own || held.shadowing || !held.reported_to.is_empty()
+        })
     }
 
     /// The connection to `peer` broke: the streams that reported slots to it are gone, and the

@@ -76,6 +76,9 @@ struct Cell {
     holder: Holder,
     slot: Mutex<Option<Slot>>,
     vanished_at: Mutex<Option<Instant>>,
+    /// The holder's own slot, shadowed or reported here ([`super::shadow`]): kept when its
+    /// holder vanished until it expires or the holder reports it again, never freed as stale.
+    shadow: bool,
 }
 
 /// What the owner's side of leases counts.
@@ -110,11 +113,12 @@ impl Leases {
     }
 
     /// Registers `slot` as held by `holder`, replacing an older lease with the same number.
-    fn hold(&self, holder: Holder, slot: Slot) -> Arc<Cell> {
+    fn hold(&self, holder: Holder, slot: Slot, shadow: bool) -> Arc<Cell> {
         let cell = Arc::new(Cell {
             holder: holder.clone(),
             slot: Mutex::new(Some(slot)),
             vanished_at: Mutex::new(None),
+            shadow,
         });
         self.cells
             .lock()
@@ -124,15 +128,17 @@ impl Leases {
 
     /// The slot of `holder`'s lease `lease`, if this replica still holds it (live or kept after
     /// its holder vanished): a report of the same slot takes it over, so it is not counted twice.
-    pub fn claim(&self, holder: &str, lease: u64) -> Option<Slot> {
+    /// Also whether it was held as a shadow.
+    pub fn claim(&self, holder: &str, lease: u64) -> Option<(Slot, bool)> {
         let cell = self.cells.lock().remove(&(Arc::from(holder), lease))?;
         let slot = cell.slot.lock().take();
-        slot
+        slot.map(|slot| (slot, cell.shadow))
     }
 
     /// Releases the leases of `holder` (instance `instance`) kept since its connection failed
     /// before `before`: it came back and reported every slot it still holds, so these are
-    /// slots it released meanwhile. Returns how many.
+    /// slots it released meanwhile. Returns how many. Shadows are kept: the holder's own slots
+    /// are not among the ones it reports first ([`super::shadow`]).
     pub fn release_stale(&self, holder: &str, instance: u64, before: Instant) -> usize {
         let stale: Vec<Arc<Cell>> = {
             let mut cells = self.cells.lock();
@@ -140,6 +146,7 @@ impl Leases {
                 .iter()
                 .filter(|(_, c)| {
                     &*c.holder.id == holder
+                        && !c.shadow
                         && c.holder.instance == instance
                         && c.vanished_at.lock().is_some_and(|at| at < before)
                 })
@@ -242,17 +249,17 @@ enum Requester {
 
 impl LeaseBody {
     /// Holds `slot` for `holder` while `requester` (the request's body, on `connection`) is
-    /// open, until `expires`.
+    /// open, until `expires`; `shadow` when it is the holder's own slot.
     pub fn new(
         leases: &Arc<Leases>,
-        holder: Holder,
+        (holder, shadow): (Holder, bool),
         slot: Slot,
         requester: Incoming,
         connection: Arc<ConnectionEnd>,
         expires: Instant,
     ) -> Self {
         LeaseBody {
-            cell: Some(leases.hold(holder, slot)),
+            cell: Some(leases.hold(holder, slot, shadow)),
             leases: leases.clone(),
             requester: Some(requester),
             connection,
@@ -287,6 +294,11 @@ impl LeaseBody {
         if let Some(cell) = self.cell.take() {
             self.leases.end(&cell);
         }
+    }
+
+    /// Ends the lease now, its slot released (it was taken in a view that has since moved on).
+    pub fn give_up(mut self) {
+        self.end();
     }
 }
 

@@ -12,6 +12,7 @@
 //! | [`view`], [`ring`] | a view (epoch, members) and the owner of each deployment in it |
 //! | [`acting`] | fencing: the lease, the settling time and the reports an owner needs to act |
 //! | [`takeover`] | deployments of an owner that left the view alive: held until it is done |
+//! | [`shadow`] | an owner's own slots, known to the replica that would take over |
 //! | [`reports`] | reporting held slots to the replicas that own them in their views |
 //! | [`health`] | stalls, refused credentials, isolation and the readiness reason |
 //! | [`admit`] | the request path: own, ask the owner, wait, or fall back |
@@ -38,6 +39,7 @@ pub mod protocol;
 pub mod reports;
 pub mod ring;
 pub mod server;
+pub mod shadow;
 pub mod takeover;
 pub mod view;
 pub mod view_id;
@@ -437,6 +439,9 @@ impl Cluster {
             .settings
             .slot_life(Duration::from_millis(crate::model::MAX_REQUEST_TIMEOUT_MS))
             + self.settings.peer_timeout;
+        let known_changed = self
+            .suspects
+            .set_known(|suspect| self.slots_known(suspect, &view));
         let cleared = self.suspects.clear(|suspect| {
             let peer = all.iter().find(|p| p.id == suspect.id);
             if view.members().contains(&suspect.id) {
@@ -453,7 +458,7 @@ impl Cluster {
                 None
             }
         });
-        if cleared {
+        if cleared || known_changed {
             self.notify();
         }
     }
@@ -550,6 +555,7 @@ impl Cluster {
             live: view.peers().map(|p| p.id.clone()).collect(),
             age: view.installed().elapsed(),
             synced: peer_instance.and_then(|i| self.rounds.done_for(peer, i)),
+            own_slots_known: self.held.own_slots_known(&self.me),
         }
     }
 
@@ -582,34 +588,41 @@ impl Cluster {
             .header(&announce::INSTANCE, self.instance)
     }
 
-    /// Records `slot` as held from `grantor` (under its lease number `lease` when another
-    /// replica granted it; `fallback` when admitted under `cluster.fallback`); `released` ends
-    /// the streams that report it.
-    fn hold(
-        &self,
-        slot: &mut Slot,
-        target: Target<'_>,
-        grantor: Arc<str>,
-        lease: Option<u64>,
-        released: CancellationToken,
-        fallback: bool,
-    ) {
+    /// Records `slot` as held, obtained as `how` says; returns the registry's entry.
+    fn hold(&self, slot: &mut Slot, target: Target<'_>, how: Holding) -> Held {
         // As long as the owner keeps the lease (`Settings::slot_life`).
         let expires = Instant::now() + self.settings.slot_life(target.request_timeout);
-        let guard = self.held.insert(Held {
+        let (guard, held) = self.held.insert(Held {
             id: 0,
             key: protocol::key(target.endpoint, target.deployment).into(),
             pod: slot.pod().address(),
             expires,
-            released,
-            grantor,
-            lease,
-            fallback,
+            released: how.released,
+            grantor: how.grantor,
+            lease: how.lease,
+            fallback: how.fallback,
             orphaned: false,
             reported_to: Vec::new(),
+            shadow_of: None,
+            shadowing: how.shadowing,
         });
         slot.attach(ReleaseGuard::new(guard));
+        held
     }
+}
+
+/// How a held slot was obtained ([`Cluster::hold`]).
+struct Holding {
+    /// The replica whose accounting counts it (this one for its own admissions).
+    grantor: Arc<str>,
+    /// The grantor's number for the lease, when another replica granted it.
+    lease: Option<u64>,
+    /// Cancelled when the slot is released: ends the streams that report it.
+    released: CancellationToken,
+    /// Admitted under `cluster.fallback`.
+    fallback: bool,
+    /// Admitted as owner just now, its shadow on its way ([`shadow`]).
+    shadowing: bool,
 }
 
 /// A cluster dropped without [`Cluster::stop`] (a router whose start failed later) still

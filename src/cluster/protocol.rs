@@ -12,7 +12,11 @@
 //!   replica does not own the deployment in its view or the asker's epoch is newer than its
 //!   own; 404 when the owner does not know the deployment.
 //! - `POST /v1/adopt` (deployment, pod, time left) → 200 and a lease on a slot the requester
-//!   already holds, reported to the replica that owns it now ([`super::reports`]).
+//!   already holds, reported to the replica that owns it now ([`super::reports`]). With
+//!   `x-scoregate-shadow` the slot is the sender's own (admitted as owner or under the
+//!   fallback), or with `x-scoregate-holder` another replica's own slot passed on; the receiver
+//!   keeps it to pass it on to the next owner ([`super::shadow`]). A shadow of a slot just
+//!   admitted names the owner's view and is refused (409) by a receiver in another view.
 //! - `POST /v1/reconciled` → 204: every slot the receiver granted that the sender still holds
 //!   has been reported again; the receiver frees the leases it kept for the sender since an
 //!   earlier connection failed.
@@ -42,6 +46,16 @@ pub const RECONCILED: &str = "/v1/reconciled";
 /// On a report: the slot was admitted under `cluster.fallback` (outside any owner's accounting),
 /// so a count above the cap at the new owner is an over-admission.
 pub static FALLBACK: HeaderName = HeaderName::from_static("x-scoregate-fallback");
+
+/// On a report: the slot is the sender's own. The sender's view when it was admitted just now
+/// (the receiver takes it only in the same view), or [`SHADOW_HELD`] for a slot already in use.
+pub static SHADOW: HeaderName = HeaderName::from_static("x-scoregate-shadow");
+/// [`SHADOW`] for a slot already in use (shadowed again after a stream to a holder broke).
+pub const SHADOW_HELD: &str = "held";
+/// On a report passed on: the replica whose own slot it is ([`HOLDER_INSTANCE`], [`LEASE`]).
+pub static HOLDER: HeaderName = HeaderName::from_static("x-scoregate-holder");
+/// On a report passed on: the instance number of [`HOLDER`].
+pub static HOLDER_INSTANCE: HeaderName = HeaderName::from_static("x-scoregate-holder-instance");
 
 /// `endpoint/deployment`.
 pub static DEPLOYMENT: HeaderName = HeaderName::from_static("x-scoregate-deployment");
@@ -79,6 +93,8 @@ pub const REASON_UNKNOWN_DEPLOYMENT: &str = "unknown-deployment";
 pub const REASON_NOT_OWNER: &str = "not-owner";
 /// The asker's view is at a newer epoch than the replica's.
 pub const REASON_STALE_VIEW: &str = "stale-view";
+/// A shadow names another view than the receiver's.
+pub const REASON_OTHER_VIEW: &str = "other-view";
 
 /// How a grant refusal travels: the owner's [`AdmitError`], its status and its reason. One table,
 /// read both ways; a refusal means to the asking replica what it means to a client.

@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 
 use super::lease::{Held, HoldOpen};
 use super::peers::Peer;
+use super::ring;
 use super::view::owner_among as owner_in;
 use super::view_id::ViewId;
 use super::{protocol, Cluster};
@@ -141,7 +142,7 @@ impl Cluster {
         self.rounds.generation.fetch_add(1, Ordering::SeqCst);
         let mut due = Vec::new();
         self.held.for_each_mut(|held| {
-            if due_to(held, &peer.id, &members, instance) {
+            if due_to(held, &peer.id, &members, instance, &self.me) {
                 due.push(held.clone());
             }
         });
@@ -175,23 +176,28 @@ impl Cluster {
     /// Reports one held slot to `peer`, keeping the stream open until the slot is released;
     /// true when the peer took it (or needs no report: it no longer routes the pod).
     async fn report(&self, peer: &Arc<Peer>, held: Held, instance: u64) -> bool {
+        self.report_within(peer, held, instance, None, REPORT_TIMEOUT)
+            .await
+    }
+
+    /// [`Cluster::report`] within `timeout`; `admitted_in` for the shadow of a slot just
+    /// admitted as owner in that view ([`super::shadow`]).
+    pub(crate) async fn report_within(
+        &self,
+        peer: &Arc<Peer>,
+        held: Held,
+        instance: u64,
+        admitted_in: Option<ViewId>,
+        timeout: Duration,
+    ) -> bool {
         let Some(mut sender) = peer.sender() else {
             return false;
         };
-        let remaining = held.expires.saturating_duration_since(Instant::now());
-        let mut request = self
-            .request(protocol::ADOPT)
-            .header(&protocol::DEPLOYMENT, &*held.key)
-            .header(&protocol::POD, held.pod.to_string())
-            .header(&protocol::LEASE_MS, remaining.as_millis().to_string())
-            .header(&protocol::LEASE, held.lease_for(&peer.id));
-        if held.fallback {
-            request = request.header(&protocol::FALLBACK, "1");
-        }
-        let request = request
+        let request = self
+            .adopt_request(&held, &peer.id, admitted_in)
             .body(HoldOpen::until(held.released.clone()))
             .expect("valid request");
-        let sent = tokio::time::timeout(REPORT_TIMEOUT, async {
+        let sent = tokio::time::timeout(timeout, async {
             sender.ready().await?;
             sender.send_request(request).await
         })
@@ -216,6 +222,35 @@ impl Cluster {
             self.held.mark_reported(held.id, peer.id.clone(), instance);
         }
         taken
+    }
+
+    /// The head of a report of `held` to `peer`.
+    fn adopt_request(
+        &self,
+        held: &Held,
+        peer: &str,
+        admitted_in: Option<ViewId>,
+    ) -> http::request::Builder {
+        let remaining = held.expires.saturating_duration_since(Instant::now());
+        let mut request = self
+            .request(protocol::ADOPT)
+            .header(&protocol::DEPLOYMENT, &*held.key)
+            .header(&protocol::POD, held.pod.to_string())
+            .header(&protocol::LEASE_MS, remaining.as_millis().to_string())
+            .header(&protocol::LEASE, held.lease_for(peer));
+        if held.fallback {
+            request = request.header(&protocol::FALLBACK, "1");
+        }
+        if let Some(shadow) = &held.shadow_of {
+            request = request
+                .header(&protocol::SHADOW, protocol::SHADOW_HELD)
+                .header(&protocol::HOLDER, &*shadow.holder)
+                .header(&protocol::HOLDER_INSTANCE, shadow.instance);
+        } else if held.grantor == self.me && held.lease.is_none() {
+            let shadow = admitted_in.map_or_else(|| protocol::SHADOW_HELD.to_owned(), |v| v.encode());
+            request = request.header(&protocol::SHADOW, shadow);
+        }
+        request
     }
 
     /// Reports `all` to `peer` at once; true when it took every one.
@@ -249,10 +284,13 @@ impl Cluster {
     }
 }
 
-/// Whether `held` is to be reported to `peer` (instance `instance`, view `members`): the view
-/// gives the deployment to the peer and the peer did not grant it; or the peer granted it but
-/// the connection it was granted on broke. Not when it was reported there already.
-fn due_to(held: &Held, peer: &Arc<str>, members: &[Arc<str>], instance: u64) -> bool {
+/// Whether `held` is to be reported to `peer` (instance `instance`, view `members`), by `me`:
+/// the view gives the deployment to the peer and the peer did not grant it (nor is it the
+/// peer's own slot shadowed here); or the peer granted it but the connection it was granted on
+/// broke; or it is `me`'s own slot, `me` owns the deployment in that view, no other replica
+/// holds it any more, and the peer would take over from `me` ([`super::shadow`]). Not when it
+/// was reported there already.
+fn due_to(held: &Held, peer: &Arc<str>, members: &[Arc<str>], instance: u64, me: &str) -> bool {
     if held
         .reported_to
         .iter()
@@ -260,11 +298,22 @@ fn due_to(held: &Held, peer: &Arc<str>, members: &[Arc<str>], instance: u64) -> 
     {
         return false;
     }
-    if held.grantor == *peer {
-        return held.orphaned;
-    }
     let Some((endpoint, deployment)) = protocol::split_key(&held.key) else {
         return false;
     };
-    owner_in(members, endpoint, deployment) == Some(peer)
+    let owner = owner_in(members, endpoint, deployment);
+    if let Some(shadow) = &held.shadow_of {
+        return shadow.holder != *peer && owner == Some(peer);
+    }
+    if held.grantor == *peer {
+        return held.orphaned;
+    }
+    if owner == Some(peer) {
+        return true;
+    }
+    let own = *held.grantor == *me && held.lease.is_none();
+    let unknown_elsewhere = own && !held.shadowing && held.reported_to.is_empty();
+    unknown_elsewhere
+        && owner.is_some_and(|o| **o == *me)
+        && ring::successor(members, me, endpoint, deployment).map(|i| &members[i]) == Some(peer)
 }

@@ -42,6 +42,24 @@ pub fn owner<S: AsRef<str>>(peers: &[S], endpoint: &str, deployment: &str) -> Op
     best.map(|(i, _)| i)
 }
 
+/// The index of the peer in `peers` that would own `endpoint/deployment` were `me` not among
+/// them: the owner once `me` leaves. `None` when no other peer is there.
+pub fn successor<S: AsRef<str>>(
+    peers: &[S],
+    me: &str,
+    endpoint: &str,
+    deployment: &str,
+) -> Option<usize> {
+    let others: Vec<(usize, &str)> = peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i, p.as_ref()))
+        .filter(|(_, p)| *p != me)
+        .collect();
+    let names: Vec<&str> = others.iter().map(|(_, p)| *p).collect();
+    owner(&names, endpoint, deployment).map(|i| others[i].0)
+}
+
 /// Whether `a` wins `endpoint/deployment` over `b` (as [`owner`] decides between the two).
 pub fn beats(a: &str, b: &str, endpoint: &str, deployment: &str) -> bool {
     let (wa, wb) = (
@@ -89,6 +107,20 @@ mod tests {
             (150..350).contains(&moved),
             "p3 owned {moved} of 1000 keys; a fair share is about 250"
         );
+    }
+
+    #[test]
+    fn the_successor_is_the_owner_once_this_peer_left() {
+        let all = ["p1", "p2", "p3", "p4"];
+        for i in 0..200 {
+            let key = format!("endpoint-{i}");
+            let owner = all[owner(&all, &key, "blue").unwrap()];
+            let next = all[successor(&all, owner, &key, "blue").unwrap()];
+            let without: Vec<&str> = all.iter().copied().filter(|p| *p != owner).collect();
+            assert_eq!(next, without[self::owner(&without, &key, "blue").unwrap()]);
+            assert_ne!(next, owner);
+        }
+        assert_eq!(successor(&["p1"], "p1", "e", "d"), None);
     }
 
     #[test]

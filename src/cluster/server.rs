@@ -287,7 +287,7 @@ async fn grant(
     let holder = holder_of(&request, lease);
     let body = LeaseBody::new(
         &cluster.leases,
-        holder,
+        (holder, false),
         slot,
         request.into_body(),
         state.end.clone(),
@@ -370,6 +370,28 @@ fn conflict(view: ViewId, reason: &'static str) -> Answer {
     response
 }
 
+/// How a reported slot is its holder's own ([`super::shadow`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shadowed {
+    /// It is not (a slot an owner granted the sender).
+    No,
+    /// It is, already in use (or passed on by another replica).
+    Held,
+    /// It was admitted just now by the sender as the owner in this view.
+    AdmittedIn(ViewId),
+}
+
+fn shadowed(request: &Request<Incoming>) -> Shadowed {
+    let headers = request.headers();
+    if headers.contains_key(&protocol::HOLDER) {
+        return Shadowed::Held;
+    }
+    match headers.get(&protocol::SHADOW).and_then(|v| v.to_str().ok()) {
+        None => Shadowed::No,
+        Some(text) => ViewId::decode(text).map_or(Shadowed::Held, Shadowed::AdmittedIn),
+    }
+}
+
 fn adopt(cluster: &Arc<Cluster>, state: &ConnectionState, request: Request<Incoming>) -> Answer {
     let Some(deployment) = deployment_of(cluster, &request) else {
         return status(
@@ -386,27 +408,105 @@ fn adopt(cluster: &Arc<Cluster>, state: &ConnectionState, request: Request<Incom
     let Some(pod) = address.and_then(|a| deployment.pods.iter().find(|p| p.address() == a)) else {
         return status(StatusCode::NOT_FOUND, None);
     };
-    let remaining = millis(&request, &protocol::LEASE_MS).unwrap_or_default();
-    let Some(holder) = request
-        .headers()
-        .get(&protocol::LEASE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(|lease| holder_of(&request, lease))
-    else {
+    let expires = Instant::now() + millis(&request, &protocol::LEASE_MS).unwrap_or_default();
+    let Some(holder) = reported_holder(&request) else {
         return status(StatusCode::BAD_REQUEST, None);
     };
+    let shadowed = shadowed(&request);
+    let in_view = |view: ViewId| cluster.view.load().id() == view;
+    // A shadow of a slot just admitted counts only in the view it was admitted in: a report
+    // round for a later view reads the registry after this replica took that view.
+    if let Shadowed::AdmittedIn(view) = shadowed {
+        if !in_view(view) {
+            return conflict(cluster.view.load().id(), protocol::REASON_OTHER_VIEW);
+        }
+    }
+    let asked_in = cluster.rounds.generation();
+    let reported = Reported {
+        deployment: &deployment,
+        pod,
+        holder: &holder,
+        fallback: request.headers().contains_key(&protocol::FALLBACK),
+        shadow: shadowed != Shadowed::No,
+        expires,
+    };
+    let slot = count_reported(cluster, &reported);
+    let shadow = reported.shadow;
+    let body = LeaseBody::new(
+        &cluster.leases,
+        (holder, shadow),
+        slot,
+        request.into_body(),
+        state.end.clone(),
+        expires,
+    );
+    if let Shadowed::AdmittedIn(view) = shadowed {
+        if !in_view(view) {
+            body.give_up();
+            return conflict(cluster.view.load().id(), protocol::REASON_OTHER_VIEW);
+        }
+    }
+    if shadow && cluster.rounds.generation() != asked_in {
+        // A round read the registry while this shadow was being recorded.
+        cluster.rounds.again();
+        cluster.start_rounds();
+    }
+    Response::new(Either::Right(body))
+}
+
+/// The holder of a reported slot: the sender, or the replica a passed-on shadow names.
+fn reported_holder(request: &Request<Incoming>) -> Option<Holder> {
+    let text = |name: &http::HeaderName| request.headers().get(name)?.to_str().ok();
+    let lease = text(&protocol::LEASE)?.parse::<u64>().ok()?;
+    match text(&protocol::HOLDER) {
+        None => Some(holder_of(request, lease)),
+        Some(id) => Some(Holder {
+            id: id.into(),
+            instance: text(&protocol::HOLDER_INSTANCE)?.parse().ok()?,
+            lease,
+        }),
+    }
+}
+
+/// A slot reported to this replica ([`adopt`]).
+struct Reported<'a> {
+    deployment: &'a Deployment,
+    pod: &'a Arc<crate::admission::Pod>,
+    holder: &'a Holder,
+    /// Admitted under `cluster.fallback`.
+    fallback: bool,
+    /// Its holder's own slot ([`super::shadow`]).
+    shadow: bool,
+    expires: Instant,
+}
+
+/// Counts a reported slot on its pod (or takes over the lease that already counts it), records
+/// a shadow in the registry, and the pod's peak or an over-admission.
+fn count_reported(cluster: &Cluster, reported: &Reported<'_>) -> Slot {
+    let Reported {
+        deployment,
+        pod,
+        holder,
+        fallback,
+        shadow,
+        expires,
+    } = *reported;
     // A slot this replica already counts (it granted it, or took an earlier report of it)
     // is taken over rather than counted twice.
-    let claimed = cluster.leases.claim(&holder.id, holder.lease);
-    let (slot, over) = match claimed {
-        Some(slot) => (slot, false),
-        None => deployment.admission.force_acquire(pod),
+    let (mut slot, over, recorded) = match cluster.leases.claim(&holder.id, holder.lease) {
+        Some((slot, was_shadow)) => (slot, false, was_shadow),
+        None => {
+            let (slot, over) = deployment.admission.force_acquire(pod);
+            (slot, over, false)
+        }
     };
+    if shadow && !recorded {
+        let key = protocol::key(&deployment.endpoint, &deployment.name);
+        cluster.hold_shadow(&mut slot, &key, expires, super::shadow::shadow_of(holder));
+    }
     // A slot an owner granted (or took as owner) was within that owner's cap when it was
     // taken: counted above the cap here, it overlaps a slot whose release is still on its way
     // (its grantor freed and granted it again). Only a fallback admission can be a real one.
-    let fallback = request.headers().contains_key(&protocol::FALLBACK);
     if over && !fallback {
         tracing::debug!(
             pod = %pod.address(),
@@ -429,15 +529,7 @@ fn adopt(cluster: &Arc<Cluster>, state: &ConnectionState, request: Request<Incom
             "a slot admitted under cluster.fallback puts the pod above its cap: it was over-admitted while its replica was isolated"
         );
     }
-    let body = LeaseBody::new(
-        &cluster.leases,
-        holder,
-        slot,
-        request.into_body(),
-        state.end.clone(),
-        Instant::now() + remaining,
-    );
-    Response::new(Either::Right(body))
+    slot
 }
 
 /// The sender reported every slot it holds for this replica's view.

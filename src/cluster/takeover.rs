@@ -14,6 +14,14 @@
 //! - or every slot it can hold has ended: its lease ran out by the time this replica's first
 //!   view without it settled, and a slot lives at most [`super::Cluster::slot_life`] after it
 //!   was taken.
+//!
+//! Unless its slots are all known here ([`Suspect::known`]): every slot it admitted itself was
+//! shadowed at another replica before it went to the pod ([`super::shadow`]), it said in its
+//! last hello that each still is, every other replica is in this replica's view (so has
+//! reported the shadows it holds, and the slots it was granted, before this replica grants),
+//! and no replica restarted since. Then this replica's accounting has every slot the suspect
+//! can hold: the pods they are on stay taken, the others are granted as soon as the view
+//! settles.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +39,9 @@ pub struct Suspect {
     pub since: Instant,
     /// By when its lease had run out: when this replica's first view without it settled.
     pub fenced: Option<Instant>,
+    /// Every slot it can hold is in this replica's accounting (see the module's documentation):
+    /// its deployments are not held as a whole.
+    pub known: bool,
 }
 
 impl Suspect {
@@ -69,6 +80,7 @@ impl Suspects {
                     id,
                     since: Instant::now(),
                     fenced: None,
+                    known: false,
                 });
             }
         }
@@ -91,6 +103,41 @@ impl Suspects {
             })
             .collect();
         self.list.store(Arc::new(list));
+    }
+
+    /// Sets whether each suspect's slots are all known here, from `known`; true when that
+    /// changed for one (logged).
+    pub fn set_known(&self, known: impl Fn(&Suspect) -> bool) -> bool {
+        let list = self.list.load();
+        if list.iter().all(|s| s.known == known(s)) {
+            return false;
+        }
+        let list: Vec<Suspect> = list
+            .iter()
+            .map(|s| {
+                let now_known = known(s);
+                if now_known != s.known {
+                    tracing::info!(
+                        peer = %s.id,
+                        known = now_known,
+                        "cluster: {}",
+                        if now_known {
+                            "every slot of a replica that left the view is known here: only the \
+                             pods it may still be on are held"
+                        } else {
+                            "the slots of a replica that left the view may not all be known here: \
+                             the deployments it owned are held"
+                        }
+                    );
+                }
+                Suspect {
+                    known: now_known,
+                    ..s.clone()
+                }
+            })
+            .collect();
+        self.list.store(Arc::new(list));
+        true
     }
 
     /// Drops the suspects for which `cleared` gives a reason (logged).
@@ -131,7 +178,7 @@ impl Suspects {
         }
         let now = Instant::now();
         list.iter()
-            .filter(|s| ring::beats(&s.id, me, endpoint, deployment))
+            .filter(|s| !s.known && ring::beats(&s.id, me, endpoint, deployment))
             .map(|s| s.busy_until(slot_life, now))
             .filter(|until| *until > now)
             .max()
@@ -177,6 +224,19 @@ mod tests {
             suspects.hold_until("me", "e", &theirs, LIFE).is_none(),
             "every slot it could hold has ended"
         );
+    }
+
+    #[test]
+    fn a_suspect_whose_slots_are_known_holds_nothing() {
+        let suspects = Suspects::default();
+        suspects.left([Arc::<str>::from("old")]);
+        let theirs = owned_by("old", "me");
+        assert!(suspects.hold_until("me", "e", &theirs, LIFE).is_some());
+        assert!(suspects.set_known(|_| true));
+        assert!(!suspects.set_known(|_| true), "no change");
+        assert!(suspects.hold_until("me", "e", &theirs, LIFE).is_none());
+        assert!(suspects.set_known(|_| false));
+        assert!(suspects.hold_until("me", "e", &theirs, LIFE).is_some());
     }
 
     #[test]

@@ -1,0 +1,119 @@
+//! Shadows: the slots an owner admits itself, known to the replica that would take over.
+//!
+//! The slots an owner grants to other replicas are known to them, and they report them to the
+//! next owner. The ones it admits itself are not, unless it says so: before a request it admitted
+//! as owner goes to the pod, the owner reports its slot (`/v1/adopt` with `x-scoregate-shadow`
+//! and its view) to its **successor**, the member that owns the deployment in the same view
+//! without it ([`super::ring::successor`]), and waits for the answer. The successor counts the
+//! slot on the pod and keeps it as the owner's lease on it: released when the owner's stream ends,
+//! kept until it expires when the owner vanishes ([`super::lease`]). It also keeps a record of it
+//! in its registry ([`super::held::Held::shadow_of`]), so its report rounds pass it on to
+//! whoever owns the deployment in a view without the owner ([`super::reports`]). A successor
+//! that does not answer in time, or has another view, refuses: the owner gives the slot back
+//! and the request waits (the owner is about to lose its lease anyway).
+//!
+//! An owner that leaves the view alive is then no reason to hold its deployments as a whole
+//! ([`super::takeover`]): the next owner's accounting has its slots when every other replica is
+//! in its view (each has reported before the first grant, shadows included), the old owner said
+//! in its last hello that every slot it admitted itself is held elsewhere
+//! ([`super::announce::Announce::own_slots_known`]; a stream that broke makes that false until
+//! the slot is shadowed again) and no replica restarted since (a restarted one lost what it
+//! held). The pods those slots are on stay taken; the others are granted once the view settles.
+//! `docs/ARCHITECTURE.md`, "Coordinated admission", has the argument.
+
+use std::time::{Duration, Instant};
+
+use super::held::{Held, ShadowOf};
+use super::lease::LeaseGuard;
+use super::ring;
+use super::takeover::Suspect;
+use super::view::View;
+use super::Cluster;
+use crate::admission::{ReleaseGuard, Slot};
+
+impl Cluster {
+    /// Shadows `held`, just admitted as the owner in `view`, at the successor; true when it
+    /// took it, or when there is none (this replica is the only member).
+    pub(crate) async fn shadow_new(&self, view: &View, held: Held) -> bool {
+        let Some((endpoint, deployment)) = super::protocol::split_key(&held.key) else {
+            return false;
+        };
+        let members = view.members();
+        let Some(next) = ring::successor(members, &self.me, endpoint, deployment) else {
+            return true;
+        };
+        let Some(peer) = view.peer(&members[next]).cloned() else {
+            return false;
+        };
+        let Some(instance) = peer.heard().map(|h| h.state.instance) else {
+            return false;
+        };
+        let timeout = self.settings.peer_timeout;
+        let taken = self
+            .report_within(&peer, held, instance, Some(view.id()), timeout)
+            .await;
+        if !taken {
+            tracing::debug!(peer = %peer.id, "the successor did not take the shadow of a slot; the request waits");
+        }
+        taken
+    }
+
+    /// Records `slot`, `holder`'s own slot of `key` on `pod` shadowed or passed on here, in the
+    /// registry, so report rounds pass it on to the next owner; the entry goes with the slot.
+    pub(crate) fn hold_shadow(
+        &self,
+        slot: &mut Slot,
+        key: &str,
+        expires: Instant,
+        holder: ShadowOf,
+    ) {
+        let (guard, _): (LeaseGuard, Held) = self.held.insert(Held {
+            id: 0,
+            key: key.into(),
+            pod: slot.pod().address(),
+            expires,
+            released: tokio_util::sync::CancellationToken::new(),
+            grantor: self.me.clone(),
+            lease: None,
+            fallback: false,
+            orphaned: false,
+            reported_to: Vec::new(),
+            shadow_of: Some(holder),
+            shadowing: false,
+        });
+        slot.attach(ReleaseGuard::new(guard));
+    }
+
+    /// Whether every slot `suspect` can hold is in this replica's accounting (see the module's
+    /// documentation): every other replica known is a member of `view`, and the suspect's own
+    /// slots were all held elsewhere when it last said hello, with no restart since.
+    pub(crate) fn slots_known(&self, suspect: &Suspect, view: &View) -> bool {
+        let everyone_else_in_view = self
+            .peers
+            .lock()
+            .keys()
+            .all(|id| *id == suspect.id || view.members().contains(id));
+        everyone_else_in_view
+            && view.me_member()
+            && self
+                .inbound
+                .own_slots_known(&suspect.id, self.restart_margin())
+    }
+
+    /// How long before a replica's last hello a restart elsewhere still makes its claim that
+    /// its own slots are held elsewhere doubtful: it notices a broken stream within a peer
+    /// timeout.
+    fn restart_margin(&self) -> Duration {
+        self.settings.peer_timeout * 2
+    }
+}
+
+/// The holder of a shadow, from a report's holder (the sender itself, or the replica named in
+/// a report passed on).
+pub fn shadow_of(holder: &super::lease::Holder) -> ShadowOf {
+    ShadowOf {
+        holder: holder.id.clone(),
+        instance: holder.instance,
+        lease: holder.lease,
+    }
+}
