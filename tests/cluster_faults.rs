@@ -155,6 +155,60 @@ async fn stopping_a_replica_that_does_not_own_the_deployment_never_puts_two_requ
     check("non-owner stopped", &outcome, &replicas);
 }
 
+/// The owner stopped while only the other two have clients: every slot it holds was granted to
+/// them, so the replica that takes over knows them all and serves while the owner is still
+/// stopped. A request timeout of 60 s makes the longest a slot can live (2 × 60 s + 1 s)
+/// outlast the wait: a new owner that held the deployment as a whole until then would fail it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_owner_whose_slots_are_all_known_does_not_stop_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let pods = pods(2).await;
+    let addresses: Vec<SocketAddr> = pods.iter().map(|p| p.address()).collect();
+    let routes = dir.path().join("routes.yaml");
+    let settings = format!("{CAP_ONE}, request_timeout_ms: 60000");
+    std::fs::write(&routes, simple_routes("credit", &addresses, &settings)).unwrap();
+    let places: Vec<Place> = (0..3).map(|_| Place::loopback()).collect();
+    let replicas = start_cluster(dir.path(), &routes, &places, &[]);
+    let ids: Vec<SocketAddr> = replicas.iter().map(|r| r.cluster).collect();
+    let owner = owner_of(&ids, "credit", "blue");
+    let client = client();
+    let all: Vec<&Replica> = replicas.iter().collect();
+    wait_members(&client, &all, 3).await;
+    let urls: Vec<String> = (0..3)
+        .filter(|i| *i != owner)
+        .map(|i| replicas[i].url("?sleep_ms=5"))
+        .collect();
+    let load = Load::start(&urls, 3);
+    // Long enough after the replicas started (about a second) that a start no longer casts
+    // doubt on what the owner says of its slots (`cluster::shadow`).
+    eventually("requests through the others", || async { load.ok() > 300 }).await;
+
+    let paused = Instant::now();
+    replicas[owner].pause();
+    let before = load.ok();
+    eventually(
+        "requests served through the others while the owner is stopped",
+        || async { load.ok() > before + 50 },
+    )
+    .await;
+    let served_after = paused.elapsed();
+    replicas[owner].resume();
+    wait_members(&client, &all, 3).await;
+    let (ok, failed) = load.finish().await;
+    let known = known_peaks(&client, &all, &addresses).await;
+    let peaks: Vec<u32> = pods.iter().map(|p| p.stats().peak_concurrency()).collect();
+    println!(
+        "owner stopped, no clients of its own: 50 more requests served through the others \
+         {served_after:?} after the stop; {ok} served, {} failed; pods' peaks {peaks:?}, known \
+         peaks {known:?}",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(peaks, [1, 1], "{}", logs_of(&replicas));
+    let known: Vec<u32> = known.iter().map(|k| *k as u32).collect();
+    assert_eq!(known, peaks, "{}", logs_of(&replicas));
+}
+
 /// Three replicas of which the last has another cluster credential, all with `fallback`.
 fn one_with_a_wrong_credential(dir: &Path, pods: &[SampleModel], fallback: &str) -> Vec<Replica> {
     let addresses: Vec<SocketAddr> = pods.iter().map(|p| p.address()).collect();

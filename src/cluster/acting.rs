@@ -177,8 +177,7 @@ impl Inbound {
             return false;
         };
         let new_instance_at = *self.new_instance_at.lock();
-        said.own_slots_known
-            && new_instance_at.is_none_or(|at| at + margin < said.last)
+        said.own_slots_known && new_instance_at.is_none_or(|at| at + margin < said.last)
     }
 
     /// Records that `peer` reported its slots for `view` (its `/v1/synced`).

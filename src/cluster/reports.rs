@@ -247,7 +247,8 @@ impl Cluster {
                 .header(&protocol::HOLDER, &*shadow.holder)
                 .header(&protocol::HOLDER_INSTANCE, shadow.instance);
         } else if held.grantor == self.me && held.lease.is_none() {
-            let shadow = admitted_in.map_or_else(|| protocol::SHADOW_HELD.to_owned(), |v| v.encode());
+            let shadow =
+                admitted_in.map_or_else(|| protocol::SHADOW_HELD.to_owned(), |v| v.encode());
             request = request.header(&protocol::SHADOW, shadow);
         }
         request
@@ -316,4 +317,97 @@ fn due_to(held: &Held, peer: &Arc<str>, members: &[Arc<str>], instance: u64, me:
     unknown_elsewhere
         && owner.is_some_and(|o| **o == *me)
         && ring::successor(members, me, endpoint, deployment).map(|i| &members[i]) == Some(peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::held::ShadowOf;
+    use tokio_util::sync::CancellationToken;
+
+    fn ids(list: &[&str]) -> Vec<Arc<str>> {
+        list.iter().map(|s| Arc::<str>::from(*s)).collect()
+    }
+
+    fn held(key: &str, grantor: &str) -> Held {
+        Held {
+            id: 1,
+            key: key.into(),
+            pod: "127.0.0.1:1".parse().unwrap(),
+            expires: Instant::now(),
+            released: CancellationToken::new(),
+            grantor: grantor.into(),
+            lease: None,
+            fallback: false,
+            orphaned: false,
+            reported_to: Vec::new(),
+            shadow_of: None,
+            shadowing: false,
+        }
+    }
+
+    /// A deployment key whose owner among `members` is `owner`.
+    fn owned_by(members: &[Arc<str>], owner: &str) -> String {
+        (0..)
+            .map(|i| format!("e/d{i}"))
+            .find(|k| {
+                let (e, d) = protocol::split_key(k).unwrap();
+                owner_in(members, e, d).is_some_and(|o| &**o == owner)
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn an_owners_own_slot_no_one_else_holds_goes_to_its_successor() {
+        let members = ids(&["a", "b", "c"]);
+        let key = owned_by(&members, "a");
+        let (e, d) = protocol::split_key(&key).unwrap();
+        let next = members[ring::successor(&members, "a", e, d).unwrap()].clone();
+        let other = members
+            .iter()
+            .find(|m| ***m != *"a" && **m != next)
+            .unwrap();
+        let own = held(&key, "a");
+        assert!(due_to(&own, &next, &members, 1, "a"));
+        assert!(!due_to(&own, other, &members, 1, "a"));
+        let in_flight = Held {
+            shadowing: true,
+            ..own.clone()
+        };
+        assert!(
+            !due_to(&in_flight, &next, &members, 1, "a"),
+            "shadowed by the admission itself"
+        );
+        let known = Held {
+            reported_to: vec![(other.clone(), 1)],
+            ..own
+        };
+        assert!(
+            !due_to(&known, &next, &members, 1, "a"),
+            "held elsewhere already"
+        );
+    }
+
+    #[test]
+    fn a_shadow_goes_to_the_next_owner_never_back_to_its_holder() {
+        let without_a = ids(&["b", "c"]);
+        let key = owned_by(&without_a, "c");
+        let shadow = Held {
+            shadow_of: Some(ShadowOf {
+                holder: "a".into(),
+                instance: 7,
+                lease: 42,
+            }),
+            ..held(&key, "b")
+        };
+        assert!(due_to(&shadow, &Arc::from("c"), &without_a, 1, "b"));
+        assert_eq!(shadow.lease_for("c"), 42, "under its holder's number");
+        let with_a = ids(&["a", "b", "c"]);
+        let key = owned_by(&with_a, "a");
+        let back = Held {
+            key: key.into(),
+            ..shadow
+        };
+        assert!(!due_to(&back, &Arc::from("a"), &with_a, 1, "b"));
+    }
 }
