@@ -366,3 +366,73 @@ async fn measure_throughput_and_grant_latency() {
         samples.last().unwrap()
     );
 }
+
+/// `cargo test --test cluster_failover measure_owner_local -- --ignored --nocapture` (with
+/// `SCOREGATE_BIN` for another build, `MEASURE_SECS`, `MEASURE_RATE`): the latency of requests
+/// sent to the owner of the deployment, which it admits itself and shadows at its successor
+/// before they go to the pod (`cluster::shadow`), end to end through a model that answers at
+/// once. Prints the percentiles; asserts nothing but success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run it alone"]
+async fn measure_owner_local_admission_latency() {
+    let var = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    let (seconds, rate) = (var("MEASURE_SECS", 10), var("MEASURE_RATE", 1_000));
+    let client = client();
+    let dir = tempfile::tempdir().unwrap();
+    let pods = pods(2).await;
+    let routes = write_routes(
+        dir.path(),
+        &pods,
+        "max_concurrent_requests_per_instance: 1000, max_queue_wait_ms: 1000",
+    );
+    let three = three_replicas(dir.path(), &routes);
+    wait_members(&client, &three.iter().collect::<Vec<_>>(), 3).await;
+    let addresses: Vec<SocketAddr> = three.iter().map(|r| r.cluster).collect();
+    let url = three[owner_index(&addresses)].url("");
+    let workers = 50u64.min(rate);
+    let stop = Instant::now() + Duration::from_secs(seconds);
+    let samples = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (url, samples) = (url.clone(), samples.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = support::client();
+            let auth = format!("Bearer {KEY}");
+            let mut tick = staggered(w, workers, rate);
+            while Instant::now() < stop {
+                tick.tick().await;
+                let asked = Instant::now();
+                let req = request(
+                    http::Method::POST,
+                    &url,
+                    &[("authorization", &auth)],
+                    full("{}"),
+                );
+                let response = client.request(req).await.unwrap();
+                assert_eq!(response.status(), 200);
+                use http_body_util::BodyExt as _;
+                let _ = response.into_body().collect().await;
+                samples.lock().push(asked.elapsed());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut samples = samples.lock().clone();
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    println!(
+        "through the owner at {rate}/s: {:.0}/s, end to end p50 {:?}, p90 {:?}, p99 {:?}, max {:?}",
+        samples.len() as f64 / seconds as f64,
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        samples.last().unwrap()
+    );
+}
