@@ -37,6 +37,9 @@ pub struct Rounds {
     peers: Mutex<HashMap<Arc<str>, PeerRounds>>,
     /// Bumped when a round starts reading the registry.
     generation: AtomicU64,
+    /// This replica's view when a round for another view last read the registry: a shadow of a
+    /// slot admitted in that view may have come after the read ([`Rounds::read_elsewhere_in`]).
+    read_elsewhere: Mutex<Option<ViewId>>,
 }
 
 #[derive(Default)]
@@ -64,6 +67,13 @@ impl Rounds {
     /// The registry generation (see [`Cluster::hold`]).
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Whether a round for another view than `view` read the registry while this replica was
+    /// in `view`: a shadow of a slot admitted in `view` taken now could be missing from that
+    /// round's reports, so it is refused ([`super::shadow`]).
+    pub fn read_elsewhere_in(&self, view: ViewId) -> bool {
+        *self.read_elsewhere.lock() == Some(view)
     }
 
     /// Marks every peer for one more round (a slot was added that a round may have missed).
@@ -139,6 +149,10 @@ impl Cluster {
             heard.state.members.clone(),
             heard.state.instance,
         );
+        let mine = self.view.load().id();
+        if view != mine {
+            *self.rounds.read_elsewhere.lock() = Some(mine);
+        }
         self.rounds.generation.fetch_add(1, Ordering::SeqCst);
         let mut due = Vec::new();
         self.held.for_each_mut(|held| {

@@ -413,9 +413,11 @@ fn adopt(cluster: &Arc<Cluster>, state: &ConnectionState, request: Request<Incom
         return status(StatusCode::BAD_REQUEST, None);
     };
     let shadowed = shadowed(&request);
-    let in_view = |view: ViewId| cluster.view.load().id() == view;
-    // A shadow of a slot just admitted counts only in the view it was admitted in: a report
-    // round for a later view reads the registry after this replica took that view.
+    // A shadow of a slot just admitted is taken only in the view it was admitted in, and
+    // before any report round for another view read the registry: every round for a later
+    // view then sees it (`docs/ARCHITECTURE.md`, "Coordinated admission").
+    let in_view =
+        |view: ViewId| cluster.view.load().id() == view && !cluster.rounds.read_elsewhere_in(view);
     if let Shadowed::AdmittedIn(view) = shadowed {
         if !in_view(view) {
             return conflict(cluster.view.load().id(), protocol::REASON_OTHER_VIEW);
@@ -440,13 +442,14 @@ fn adopt(cluster: &Arc<Cluster>, state: &ConnectionState, request: Request<Incom
         state.end.clone(),
         expires,
     );
+    let round_read = cluster.rounds.generation() != asked_in;
     if let Shadowed::AdmittedIn(view) = shadowed {
-        if !in_view(view) {
+        if !in_view(view) || round_read {
             body.give_up();
             return conflict(cluster.view.load().id(), protocol::REASON_OTHER_VIEW);
         }
     }
-    if shadow && cluster.rounds.generation() != asked_in {
+    if shadow && round_read {
         // A round read the registry while this shadow was being recorded.
         cluster.rounds.again();
         cluster.start_rounds();
