@@ -37,9 +37,8 @@ pub struct Rounds {
     peers: Mutex<HashMap<Arc<str>, PeerRounds>>,
     /// Bumped when a round starts reading the registry.
     generation: AtomicU64,
-    /// This replica's view when a round for another view last read the registry: a shadow of a
-    /// slot admitted in that view may have come after the read ([`Rounds::read_elsewhere_in`]).
-    read_elsewhere: Mutex<Option<ViewId>>,
+    /// The highest epoch of a view a round read the registry for ([`Rounds::read_for_later`]).
+    read_epoch: AtomicU64,
 }
 
 #[derive(Default)]
@@ -69,11 +68,12 @@ impl Rounds {
         self.generation.load(Ordering::SeqCst)
     }
 
-    /// Whether a round for another view than `view` read the registry while this replica was
-    /// in `view`: a shadow of a slot admitted in `view` taken now could be missing from that
-    /// round's reports, so it is refused ([`super::shadow`]).
-    pub fn read_elsewhere_in(&self, view: ViewId) -> bool {
-        *self.read_elsewhere.lock() == Some(view)
+    /// Whether a round for a view later than `view` (a higher epoch) has read the registry: a
+    /// shadow of a slot admitted in `view` taken now could be missing from what that round
+    /// reported, so it is refused ([`super::shadow`]). Epochs only grow: a view that takes over
+    /// from `view` has a higher one.
+    pub fn read_for_later(&self, view: ViewId) -> bool {
+        self.read_epoch.load(Ordering::SeqCst) > view.epoch
     }
 
     /// Marks every peer for one more round (a slot was added that a round may have missed).
@@ -149,10 +149,9 @@ impl Cluster {
             heard.state.members.clone(),
             heard.state.instance,
         );
-        let mine = self.view.load().id();
-        if view != mine {
-            *self.rounds.read_elsewhere.lock() = Some(mine);
-        }
+        self.rounds
+            .read_epoch
+            .fetch_max(view.epoch, Ordering::SeqCst);
         self.rounds.generation.fetch_add(1, Ordering::SeqCst);
         let mut due = Vec::new();
         self.held.for_each_mut(|held| {

@@ -414,10 +414,10 @@ fn adopt(cluster: &Arc<Cluster>, state: &ConnectionState, request: Request<Incom
     };
     let shadowed = shadowed(&request);
     // A shadow of a slot just admitted is taken only in the view it was admitted in, and
-    // before any report round for another view read the registry: every round for a later
-    // view then sees it (`docs/ARCHITECTURE.md`, "Coordinated admission").
+    // before any report round for a later view read the registry: every round for a later view
+    // then sees it (`docs/ARCHITECTURE.md`, "Coordinated admission").
     let in_view =
-        |view: ViewId| cluster.view.load().id() == view && !cluster.rounds.read_elsewhere_in(view);
+        |view: ViewId| cluster.view.load().id() == view && !cluster.rounds.read_for_later(view);
     if let Shadowed::AdmittedIn(view) = shadowed {
         if !in_view(view) {
             return conflict(cluster.view.load().id(), protocol::REASON_OTHER_VIEW);
