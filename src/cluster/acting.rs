@@ -308,6 +308,40 @@ mod tests {
     }
 
     #[test]
+    fn own_slots_are_known_from_the_last_hello_unless_a_replica_restarted_since() {
+        let inbound = Inbound::default();
+        let says = |known: bool, instance: u64| Announce {
+            instance,
+            own_slots_known: known,
+            ..Announce::default()
+        };
+        let none = Duration::ZERO;
+        assert!(!inbound.own_slots_known("p", none), "never heard");
+        inbound.hello("p", &says(true, 1));
+        inbound.hello("q", &says(true, 2));
+        assert!(
+            !inbound.own_slots_known("p", none),
+            "q started after p's last hello"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+        inbound.hello("p", &says(true, 1));
+        assert!(inbound.own_slots_known("p", none));
+        assert!(
+            !inbound.own_slots_known("p", Duration::from_secs(60)),
+            "a start within the margin before the hello"
+        );
+        inbound.hello("p", &says(false, 1));
+        assert!(
+            !inbound.own_slots_known("p", none),
+            "p says one is not held elsewhere"
+        );
+        inbound.hello("p", &says(true, 1));
+        std::thread::sleep(Duration::from_millis(2));
+        inbound.hello("q", &says(true, 3));
+        assert!(!inbound.own_slots_known("p", none), "q restarted since");
+    }
+
+    #[test]
     fn inbound_reports_count_for_the_view_they_name() {
         let inbound = Inbound::default();
         let view = ViewId { epoch: 3, hash: 7 };

@@ -167,6 +167,14 @@ impl HeldLeases {
         }
     }
 
+    /// Records that entry `id`, admitted as owner, has no replica to shadow it at (this one is
+    /// the only member): it is held nowhere else until a report round shadows it.
+    pub fn shadowed_nowhere(&self, id: u64) {
+        if let Some(held) = self.entries.lock().get_mut(&id) {
+            held.shadowing = false;
+        }
+    }
+
     /// Whether every slot `me` admitted itself (as owner or under the fallback) is held by
     /// another replica too, on a stream still open, or is still being shadowed (and so not on
     /// its pod yet): announced in every hello ([`super::shadow`]).

@@ -40,6 +40,7 @@ impl Cluster {
         };
         let members = view.members();
         let Some(next) = ring::successor(members, &self.me, endpoint, deployment) else {
+            self.held.shadowed_nowhere(held.id);
             return true;
         };
         let Some(peer) = view.peer(&members[next]).cloned() else {
