@@ -130,12 +130,15 @@ pub struct Inbound {
     new_instance_at: Mutex<Option<Instant>>,
 }
 
-#[derive(Clone, Copy)]
+/// Replicas and their instance numbers.
+type Holders = Arc<[(Arc<str>, u64)]>;
+
+#[derive(Clone)]
 struct Said {
     instance: u64,
     synced: Option<ViewId>,
     last: Instant,
-    own_slots_known: bool,
+    own_slots_at: Option<Holders>,
 }
 
 impl Inbound {
@@ -146,14 +149,15 @@ impl Inbound {
             instance: announce.instance,
             synced: announce.synced,
             last: Instant::now(),
-            own_slots_known: announce.own_slots_known,
+            own_slots_at: announce.own_slots_at.as_deref().map(Arc::from),
         };
+        let last = said.last;
         let (changed, new_instance) = match entries.get_mut(peer) {
             Some(entry) => {
                 let new_instance = entry.instance != said.instance;
                 let changed = entry.synced != said.synced
                     || new_instance
-                    || entry.own_slots_known != said.own_slots_known;
+                    || entry.own_slots_at.is_some() != said.own_slots_at.is_some();
                 *entry = said;
                 (changed, new_instance)
             }
@@ -163,21 +167,33 @@ impl Inbound {
             }
         };
         if new_instance {
-            *self.new_instance_at.lock() = Some(said.last);
+            *self.new_instance_at.lock() = Some(last);
         }
         changed
     }
 
-    /// Whether every slot `peer` admitted itself is known to other replicas: its last hello
-    /// said so, and no replica has (re)started since `margin` before that hello (a restarted
-    /// replica lost what was shadowed at it; the margin lets the sender notice such a loss
-    /// before it says hello).
-    pub fn own_slots_known(&self, peer: &str, margin: Duration) -> bool {
-        let Some(said) = self.entries.lock().get(peer).copied() else {
+    /// Whether every slot `peer` admitted itself is held by other replicas whose instances are
+    /// still the ones that took them: its last hello named them, each is the instance heard
+    /// from since (or this replica, `me`), and no replica has (re)started since that hello (a
+    /// restarted replica lost what was shadowed at it).
+    pub fn own_slots_known(&self, peer: &str, me: (&str, u64)) -> bool {
+        let entries = self.entries.lock();
+        let Some(at) = entries
+            .get(peer)
+            .and_then(|s| Some((s.last, s.own_slots_at.clone()?)))
+        else {
             return false;
         };
-        let new_instance_at = *self.new_instance_at.lock();
-        said.own_slots_known && new_instance_at.is_none_or(|at| at + margin < said.last)
+        let (last, holders) = at;
+        let current = |id: &str| {
+            if id == me.0 {
+                Some(me.1)
+            } else {
+                entries.get(id).map(|e| e.instance)
+            }
+        };
+        let restarted_since = self.new_instance_at.lock().is_some_and(|at| at >= last);
+        !restarted_since && holders.iter().all(|(id, i)| current(id) == Some(*i))
     }
 
     /// Records that `peer` reported its slots for `view` (its `/v1/synced`).
@@ -308,37 +324,44 @@ mod tests {
     }
 
     #[test]
-    fn own_slots_are_known_from_the_last_hello_unless_a_replica_restarted_since() {
+    fn own_slots_are_known_where_the_last_hello_says_unless_a_holder_restarted() {
         let inbound = Inbound::default();
-        let says = |known: bool, instance: u64| Announce {
+        let says = |at: Option<Vec<(Arc<str>, u64)>>, instance: u64| Announce {
             instance,
-            own_slots_known: known,
+            own_slots_at: at,
             ..Announce::default()
         };
-        let none = Duration::ZERO;
-        assert!(!inbound.own_slots_known("p", none), "never heard");
-        inbound.hello("p", &says(true, 1));
-        inbound.hello("q", &says(true, 2));
+        let me = ("me", 9);
+        let at_q = || Some(vec![(Arc::from("q"), 2), (Arc::from("me"), 9)]);
+        assert!(!inbound.own_slots_known("p", me), "never heard");
+        inbound.hello("p", &says(at_q(), 1));
+        inbound.hello("q", &says(Some(Vec::new()), 2));
         assert!(
-            !inbound.own_slots_known("p", none),
+            !inbound.own_slots_known("p", me),
             "q started after p's last hello"
         );
         std::thread::sleep(Duration::from_millis(2));
-        inbound.hello("p", &says(true, 1));
-        assert!(inbound.own_slots_known("p", none));
+        inbound.hello("p", &says(at_q(), 1));
+        assert!(inbound.own_slots_known("p", me));
         assert!(
-            !inbound.own_slots_known("p", Duration::from_secs(60)),
-            "a start within the margin before the hello"
+            !inbound.own_slots_known("p", ("me", 10)),
+            "this replica is another instance than the one named"
         );
-        inbound.hello("p", &says(false, 1));
+        inbound.hello("p", &says(None, 1));
         assert!(
-            !inbound.own_slots_known("p", none),
-            "p says one is not held elsewhere"
+            !inbound.own_slots_known("p", me),
+            "one is held nowhere else"
         );
-        inbound.hello("p", &says(true, 1));
+        inbound.hello("p", &says(at_q(), 1));
         std::thread::sleep(Duration::from_millis(2));
-        inbound.hello("q", &says(true, 3));
-        assert!(!inbound.own_slots_known("p", none), "q restarted since");
+        inbound.hello("q", &says(Some(Vec::new()), 3));
+        assert!(!inbound.own_slots_known("p", me), "q restarted since");
+        std::thread::sleep(Duration::from_millis(2));
+        inbound.hello("p", &says(at_q(), 1));
+        assert!(
+            !inbound.own_slots_known("p", me),
+            "p still names q's former instance"
+        );
     }
 
     #[test]

@@ -22,8 +22,9 @@ pub static LIVE: HeaderName = HeaderName::from_static("x-scoregate-live");
 pub static VIEW_AGE_MS: HeaderName = HeaderName::from_static("x-scoregate-view-age-ms");
 /// The receiver's view the sender has reported every slot for, `epoch.hash`.
 pub static SYNCED: HeaderName = HeaderName::from_static("x-scoregate-synced");
-/// `true` when every slot the sender admitted itself is held by another replica too.
-pub static OWN_SLOTS_KNOWN: HeaderName = HeaderName::from_static("x-scoregate-own-slots-known");
+/// Where every slot the sender admitted itself is held besides, `id@instance` comma-separated
+/// (possibly none); absent when one is held nowhere else.
+pub static OWN_SLOTS_AT: HeaderName = HeaderName::from_static("x-scoregate-own-slots-at");
 
 /// One replica's state, as it announces it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -44,8 +45,9 @@ pub struct Announce {
     pub age: Duration,
     /// The receiver's view it has reported its slots for.
     pub synced: Option<ViewId>,
-    /// Every slot it admitted itself is held by another replica too ([`super::shadow`]).
-    pub own_slots_known: bool,
+    /// The replicas (with their instances) that hold the slots it admitted itself, when every
+    /// one is held by another replica too ([`super::shadow`]).
+    pub own_slots_at: Option<Vec<(Arc<str>, u64)>>,
 }
 
 impl Announce {
@@ -66,7 +68,10 @@ impl Announce {
         if let Some(synced) = self.synced {
             put(&SYNCED, synced.encode());
         }
-        put(&OWN_SLOTS_KNOWN, self.own_slots_known.to_string());
+        if let Some(at) = &self.own_slots_at {
+            let list: Vec<String> = at.iter().map(|(id, i)| format!("{id}@{i}")).collect();
+            put(&OWN_SLOTS_AT, list.join(","));
+        }
     }
 
     /// Reads the state from `headers`; `None` when the view is missing or malformed (a replica
@@ -92,9 +97,19 @@ impl Announce {
             live: list(&LIVE),
             age: Duration::from_millis(text(&VIEW_AGE_MS)?.parse().ok()?),
             synced: text(&SYNCED).and_then(ViewId::decode),
-            own_slots_known: text(&OWN_SLOTS_KNOWN) == Some("true"),
+            own_slots_at: text(&OWN_SLOTS_AT).map(holders),
         })
     }
+}
+
+/// `id@instance,…` read back; a malformed entry is left out.
+fn holders(text: &str) -> Vec<(Arc<str>, u64)> {
+    text.split(',')
+        .filter_map(|entry| {
+            let (id, instance) = entry.rsplit_once('@')?;
+            Some((Arc::from(id), instance.parse().ok()?))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -112,7 +127,10 @@ mod tests {
             live: vec!["10.0.0.2:9190".into()],
             age: Duration::from_millis(1500),
             synced: Some(ViewId { epoch: 6, hash: 1 }),
-            own_slots_known: true,
+            own_slots_at: Some(vec![
+                ("10.0.0.2:9190".into(), 5),
+                ("10.0.0.3:9190".into(), 6),
+            ]),
         };
         let mut headers = HeaderMap::new();
         state.write(&mut headers);
@@ -121,7 +139,15 @@ mod tests {
             members: Vec::new(),
             live: Vec::new(),
             synced: None,
-            ..state
+            own_slots_at: Some(Vec::new()),
+            ..state.clone()
+        };
+        let mut headers = HeaderMap::new();
+        alone.write(&mut headers);
+        assert_eq!(Announce::read(&headers), Some(alone.clone()));
+        let alone = Announce {
+            own_slots_at: None,
+            ..alone
         };
         let mut headers = HeaderMap::new();
         alone.write(&mut headers);

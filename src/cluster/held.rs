@@ -175,14 +175,27 @@ impl HeldLeases {
         }
     }
 
-    /// Whether every slot `me` admitted itself (as owner or under the fallback) is held by
-    /// another replica too, on a stream still open, or is still being shadowed (and so not on
-    /// its pod yet): announced in every hello ([`super::shadow`]).
-    pub fn own_slots_known(&self, me: &str) -> bool {
-        self.entries.lock().values().all(|held| {
+    /// Where the slots `me` admitted itself (as owner or under the fallback) are held besides:
+    /// the replicas (and their instances) they were shadowed or reported to, on streams still
+    /// open; `None` when one is held nowhere else (a slot still being shadowed is not on its pod
+    /// yet and does not count). Announced in every hello ([`super::shadow`]).
+    pub fn own_slots_at(&self, me: &str) -> Option<Vec<(Arc<str>, u64)>> {
+        let mut at: Vec<(Arc<str>, u64)> = Vec::new();
+        for held in self.entries.lock().values() {
             let own = *held.grantor == *me && held.lease.is_none() && held.shadow_of.is_none();
-            !own || held.shadowing || !held.reported_to.is_empty()
-        })
+            if !own || held.shadowing {
+                continue;
+            }
+            if held.reported_to.is_empty() {
+                return None;
+            }
+            for holder in &held.reported_to {
+                if !at.contains(holder) {
+                    at.push(holder.clone());
+                }
+            }
+        }
+        Some(at)
     }
 
     /// The connection to `peer` broke: the streams that reported slots to it are gone, and the

@@ -555,7 +555,7 @@ impl Cluster {
             live: view.peers().map(|p| p.id.clone()).collect(),
             age: view.installed().elapsed(),
             synced: peer_instance.and_then(|i| self.rounds.done_for(peer, i)),
-            own_slots_known: self.held.own_slots_known(&self.me),
+            own_slots_at: self.held.own_slots_at(&self.me),
         }
     }
 

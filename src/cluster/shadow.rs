@@ -15,13 +15,13 @@
 //! An owner that leaves the view alive is then no reason to hold its deployments as a whole
 //! ([`super::takeover`]): the next owner's accounting has its slots when every other replica is
 //! in its view (each has reported before the first grant, shadows included), the old owner said
-//! in its last hello that every slot it admitted itself is held elsewhere
-//! ([`super::announce::Announce::own_slots_known`]; a stream that broke makes that false until
-//! the slot is shadowed again) and no replica restarted since (a restarted one lost what it
-//! held). The pods those slots are on stay taken; the others are granted once the view settles.
+//! in its last hello where every slot it admitted itself is held
+//! ([`super::announce::Announce::own_slots_at`]; a stream that broke leaves a slot held nowhere
+//! until it is shadowed again), those replicas are still the instances that took them, and no
+//! replica restarted since (a restarted one lost what it held). The pods those slots are on stay taken; the others are granted once the view settles.
 //! `docs/ARCHITECTURE.md`, "Coordinated admission", has the argument.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::held::{Held, ShadowOf};
 use super::lease::LeaseGuard;
@@ -87,7 +87,8 @@ impl Cluster {
 
     /// Whether every slot `suspect` can hold is in this replica's accounting (see the module's
     /// documentation): every other replica known is a member of `view`, and the suspect's own
-    /// slots were all held elsewhere when it last said hello, with no restart since.
+    /// slots were all held elsewhere, at instances that have not restarted, when it last said
+    /// hello.
     pub(crate) fn slots_known(&self, suspect: &Suspect, view: &View) -> bool {
         let everyone_else_in_view = self
             .peers
@@ -98,14 +99,7 @@ impl Cluster {
             && view.me_member()
             && self
                 .inbound
-                .own_slots_known(&suspect.id, self.restart_margin())
-    }
-
-    /// How long before a replica's last hello a restart elsewhere still makes its claim that
-    /// its own slots are held elsewhere doubtful: it notices a broken stream within a peer
-    /// timeout.
-    fn restart_margin(&self) -> Duration {
-        self.settings.peer_timeout * 2
+                .own_slots_known(&suspect.id, (&self.me, self.instance))
     }
 }
 
