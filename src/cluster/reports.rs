@@ -215,10 +215,17 @@ impl Cluster {
             sender.send_request(request).await
         })
         .await;
+        let mut counted = true;
         let taken = match sent {
             Ok(Ok(response)) if response.status() == StatusCode::OK => true,
-            Ok(Ok(response)) if response.status() == StatusCode::NOT_FOUND => {
+            // A successor that does not route the pod yet cannot count a new admission on it;
+            // a slot it does not count is not held there (`super::shadow`).
+            Ok(Ok(response))
+                if response.status() == StatusCode::NOT_FOUND && admitted_in.is_none() =>
+            {
                 tracing::debug!(peer = %peer.id, key = %held.key, "the owner does not route the reported pod: nothing to count");
+                let own = held.grantor == self.me && held.lease.is_none();
+                counted = !own && held.shadow_of.is_none();
                 true
             }
             Ok(Ok(response)) => {
@@ -230,7 +237,7 @@ impl Cluster {
                 false
             }
         };
-        if taken {
+        if taken && counted {
             self.metrics.reported.increment(1);
             self.held.mark_reported(held.id, peer.id.clone(), instance);
         }

@@ -18,8 +18,9 @@
 //! in its last hello where every slot it admitted itself is held
 //! ([`super::announce::Announce::own_slots_at`]; a stream that broke leaves a slot held nowhere
 //! until it is shadowed again), those replicas are still the instances that took them, and no
-//! replica restarted since (a restarted one lost what it held). The pods those slots are on stay taken; the others are granted once the view settles.
-//! `docs/ARCHITECTURE.md`, "Coordinated admission", has the argument.
+//! replica restarted since (a restarted one lost what it held). The pods those slots are on
+//! stay taken; the others are granted once the view settles. `docs/ARCHITECTURE.md`,
+//! "Coordinated admission", has the argument.
 
 use std::time::Instant;
 
