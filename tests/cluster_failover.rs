@@ -48,6 +48,38 @@ fn three_replicas(dir: &Path, routes: &Path) -> Vec<Replica> {
     start_cluster(dir, routes, &places, &[])
 }
 
+/// The samples the measuring `tasks` took, sorted, once every task is done.
+async fn sorted_when_done(
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    samples: &parking_lot::Mutex<Vec<Duration>>,
+) -> Vec<Duration> {
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut samples = samples.lock().clone();
+    samples.sort();
+    samples
+}
+
+/// Three replicas, all members, over two pods far from their cap (no grant waits in a queue);
+/// with the index of the one that owns the deployment.
+async fn three_replicas_far_from_cap(
+    client: &Client,
+) -> (tempfile::TempDir, Vec<SampleModel>, Vec<Replica>, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let pods = pods(2).await;
+    let routes = write_routes(
+        dir.path(),
+        &pods,
+        "max_concurrent_requests_per_instance: 1000, max_queue_wait_ms: 1000",
+    );
+    let three = three_replicas(dir.path(), &routes);
+    wait_members(client, &three.iter().collect::<Vec<_>>(), 3).await;
+    let addresses: Vec<SocketAddr> = three.iter().map(|r| r.cluster).collect();
+    let owner = owner_index(&addresses);
+    (dir, pods, three, owner)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_owner_moves_ownership_and_no_other_request_fails() {
     let dir = tempfile::tempdir().unwrap();
@@ -252,17 +284,7 @@ async fn measure_throughput_and_grant_latency() {
 
     // 2. Remote grant latency at 5,000 requests/s, sent to the two replicas that do not own
     //    the deployment (pods far from their cap, so no grant waits in a queue).
-    let dir = tempfile::tempdir().unwrap();
-    let pods = pods(2).await;
-    let routes = write_routes(
-        dir.path(),
-        &pods,
-        "max_concurrent_requests_per_instance: 1000, max_queue_wait_ms: 1000",
-    );
-    let three = three_replicas(dir.path(), &routes);
-    wait_members(&client, &three.iter().collect::<Vec<_>>(), 3).await;
-    let addresses: Vec<SocketAddr> = three.iter().map(|r| r.cluster).collect();
-    let owner = owner_index(&addresses);
+    let (_dir, _pods, three, owner) = three_replicas_far_from_cap(&client).await;
     let askers: Vec<&Replica> = (0..3).filter(|i| *i != owner).map(|i| &three[i]).collect();
     let workers = 100u64.min(rate);
     let stop = Instant::now() + Duration::from_secs(if parts.contains('2') { seconds } else { 0 });
@@ -349,11 +371,7 @@ async fn measure_throughput_and_grant_latency() {
             }
         }));
     }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let mut samples = samples.lock().clone();
-    samples.sort();
+    let samples = sorted_when_done(tasks, &samples).await;
     let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
     println!(
         "direct {}: {:.0}/s, round trip p50 {:?}, p90 {:?}, p99 {:?}, p99.9 {:?}, max {:?}",
@@ -383,17 +401,8 @@ async fn measure_owner_local_admission_latency() {
     };
     let (seconds, rate) = (var("MEASURE_SECS", 10), var("MEASURE_RATE", 1_000));
     let client = client();
-    let dir = tempfile::tempdir().unwrap();
-    let pods = pods(2).await;
-    let routes = write_routes(
-        dir.path(),
-        &pods,
-        "max_concurrent_requests_per_instance: 1000, max_queue_wait_ms: 1000",
-    );
-    let three = three_replicas(dir.path(), &routes);
-    wait_members(&client, &three.iter().collect::<Vec<_>>(), 3).await;
-    let addresses: Vec<SocketAddr> = three.iter().map(|r| r.cluster).collect();
-    let url = three[owner_index(&addresses)].url("");
+    let (_dir, _pods, three, owner) = three_replicas_far_from_cap(&client).await;
+    let url = three[owner].url("");
     let workers = 50u64.min(rate);
     let stop = Instant::now() + Duration::from_secs(seconds);
     let samples = Arc::new(parking_lot::Mutex::new(Vec::new()));
@@ -421,11 +430,7 @@ async fn measure_owner_local_admission_latency() {
             }
         }));
     }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let mut samples = samples.lock().clone();
-    samples.sort();
+    let samples = sorted_when_done(tasks, &samples).await;
     let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
     println!(
         "through the owner at {rate}/s: {:.0}/s, end to end p50 {:?}, p90 {:?}, p99 {:?}, max {:?}",

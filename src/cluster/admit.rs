@@ -112,17 +112,7 @@ impl Cluster {
     /// that replica did not take it, or this replica's lease ran out meanwhile: the slot is
     /// then to be given back.
     async fn own_admission(&self, slot: &mut Slot, target: Target<'_>, view: &View) -> bool {
-        let held = self.hold(
-            slot,
-            target,
-            Holding {
-                grantor: self.me.clone(),
-                lease: None,
-                released: CancellationToken::new(),
-                fallback: false,
-                shadowing: true,
-            },
-        );
+        let held = self.hold(slot, target, Holding::own(self.me.clone(), false));
         if !self.shadow_new(view, held).await || !self.grants_in(view.id()) {
             return false;
         }
@@ -160,17 +150,7 @@ impl Cluster {
 
     /// Records `slot`, admitted from this replica's own accounting under the fallback, as held.
     fn hold_own(&self, slot: &mut Slot, target: Target<'_>) {
-        self.hold(
-            slot,
-            target,
-            Holding {
-                grantor: self.me.clone(),
-                lease: None,
-                released: CancellationToken::new(),
-                fallback: true,
-                shadowing: false,
-            },
-        );
+        self.hold(slot, target, Holding::own(self.me.clone(), true));
     }
 
     /// Whether this replica grants in view `view` now.

@@ -625,6 +625,20 @@ struct Holding {
     shadowing: bool,
 }
 
+impl Holding {
+    /// A slot this replica (`me`) admitted from its own accounting: as owner (then shadowed at
+    /// its successor before it goes to the pod), or under `cluster.fallback`.
+    fn own(me: Arc<str>, fallback: bool) -> Self {
+        Holding {
+            grantor: me,
+            lease: None,
+            released: CancellationToken::new(),
+            fallback,
+            shadowing: !fallback,
+        }
+    }
+}
+
 /// A cluster dropped without [`Cluster::stop`] (a router whose start failed later) still
 /// stops reconnecting to its peers.
 impl Drop for Cluster {
