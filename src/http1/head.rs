@@ -458,6 +458,11 @@ impl RequestHead {
         &self.bytes
     }
 
+    /// The head as received, shared (field values can be sliced off it without a copy).
+    pub fn shared(&self) -> &Bytes {
+        &self.bytes
+    }
+
     /// The method.
     pub fn method(&self) -> &[u8] {
         &self.bytes[..self.index.method_end as usize]

@@ -124,6 +124,11 @@ impl<IO> Wire<IO> {
         data
     }
 
+    /// Appends `bytes`, read from the connection elsewhere, to the buffer.
+    pub fn extend_buffered(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
     /// Gives the buffer's memory back when nothing is buffered (an idle connection keeps none).
     pub fn release_buffer(&mut self) {
         if self.buf.is_empty() {

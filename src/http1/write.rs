@@ -57,6 +57,41 @@ impl<'a> HeadWriter<'a> {
         HeadWriter { out }
     }
 
+    /// Goes on with a head whose first line is already in `out`.
+    pub fn continuing(out: &'a mut Vec<u8>) -> Self {
+        HeadWriter { out }
+    }
+
+    /// Adds a field whose `values` are joined on one line with `, `, and `, chunked` after them
+    /// when `add_chunked`.
+    pub fn joined_field<'v>(
+        &mut self,
+        name: &[u8],
+        values: impl Iterator<Item = &'v http::HeaderValue>,
+        add_chunked: bool,
+    ) -> &mut Self {
+        self.out.extend_from_slice(name);
+        self.out.extend_from_slice(b": ");
+        for (i, value) in values.enumerate() {
+            if i > 0 {
+                self.out.extend_from_slice(b", ");
+            }
+            self.out.extend_from_slice(value.as_bytes());
+        }
+        if add_chunked {
+            self.out.extend_from_slice(b", chunked");
+        }
+        self.out.extend_from_slice(b"\r\n");
+        self
+    }
+
+    /// Appends `text` to the value of the field written last.
+    pub fn append_to_last(&mut self, text: &[u8]) -> &mut Self {
+        let end = self.out.len() - 2;
+        self.out.splice(end..end, text.iter().copied());
+        self
+    }
+
     /// Adds a field.
     pub fn field(&mut self, name: &[u8], value: &[u8]) -> &mut Self {
         self.out.reserve(name.len() + value.len() + 4);

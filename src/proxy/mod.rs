@@ -32,8 +32,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Request, Response};
-use http_body::Body as _;
-use hyper::body::Incoming;
 
 use crate::admission::Admitter;
 use crate::table::{Deployment, TableHandle};
@@ -47,6 +45,7 @@ pub use context::{ClientConn, Context, ProxySettings};
 pub use error::{Attempt, Rejection, RouterError};
 use forward::Forwarder;
 use headers::{RequestIds, Tracing};
+pub use receive::ClientBody;
 
 /// The router's request handler.
 pub struct Proxy {
@@ -80,17 +79,22 @@ impl Proxy {
         }
     }
 
+    /// The proxy's settings.
+    pub fn settings(&self) -> &ProxySettings {
+        &self.settings
+    }
+
     /// Answers one request; never fails (errors become responses).
     pub async fn handle(
         self: Arc<Self>,
-        request: Request<Incoming>,
+        request: Request<ClientBody>,
         conn: ClientConn,
     ) -> Response<ResponseBody> {
         let cx = Context {
             started: Instant::now(),
             ids: RequestIds::read(request.headers(), self.tracing()),
             conn,
-            line: RequestLine::of(&request, request.body().size_hint().exact()),
+            line: RequestLine::of(&request, request.body().declared_length()),
         };
         match self.serve(request, &cx).await {
             Ok(response) => response,
@@ -118,7 +122,7 @@ impl Proxy {
     /// counted and logged as 499 ([`record::Pending`]).
     async fn serve(
         &self,
-        request: Request<Incoming>,
+        request: Request<ClientBody>,
         cx: &Context,
     ) -> Result<Response<ResponseBody>, Rejection> {
         let route::Routed { deployment, target } =
@@ -135,7 +139,7 @@ impl Proxy {
         &self,
         deployment: &Arc<Deployment>,
         target: route::UpstreamTarget,
-        request: Request<Incoming>,
+        request: Request<ClientBody>,
         cx: &Context,
     ) -> Result<Response<ResponseBody>, Rejection> {
         let rejected = |error| Rejection::at_deployment(error, deployment);

@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::task::Poll;
 use std::time::Instant;
 
+use bytes::Bytes;
 use http_body::Body;
 use hyper::body::Incoming;
 use tokio::time::Sleep;
@@ -21,6 +22,24 @@ use tokio::time::Sleep;
 use super::context::ProxySettings;
 use super::error::RouterError;
 use crate::upstream::{Frames, RequestBody};
+
+/// A client's request body as the server hands it to the proxy.
+pub enum ClientBody {
+    /// A body hyper reads (HTTP/2, and the HTTP/1 connections hyper serves).
+    Hyper(Incoming),
+    /// A body the byte-level HTTP/1 path (`server::h1`) received whole with its head.
+    Whole(Bytes),
+}
+
+impl ClientBody {
+    /// The body's length when it is known before it is read.
+    pub fn declared_length(&self) -> Option<u64> {
+        match self {
+            ClientBody::Hyper(body) => body.size_hint().exact(),
+            ClientBody::Whole(bytes) => Some(bytes.len() as u64),
+        }
+    }
+}
 
 /// A request body as far as it was received before admission.
 pub struct Received {
@@ -30,8 +49,28 @@ pub struct Received {
     pub waited_until: Option<Instant>,
 }
 
-/// Receives `body` of a request that arrived at `arrived`, under the limits of `settings`.
+/// Receives `body` of a request that arrived at `arrived`, under the limits of `settings`. A body
+/// the server received whole is taken as it is (the route phase refused it if it was declared
+/// over the limit).
 pub async fn receive(
+    body: ClientBody,
+    arrived: Instant,
+    settings: &ProxySettings,
+) -> Result<Received, RouterError> {
+    match body {
+        ClientBody::Hyper(body) => receive_incoming(body, arrived, settings).await,
+        ClientBody::Whole(bytes) if bytes.len() as u64 > settings.max_request_body_bytes => {
+            Err(RouterError::PayloadTooLarge)
+        }
+        ClientBody::Whole(bytes) => Ok(Received {
+            body: RequestBody::full(bytes),
+            waited_until: None,
+        }),
+    }
+}
+
+/// Receives a body hyper reads, frame by frame.
+async fn receive_incoming(
     mut body: Incoming,
     arrived: Instant,
     settings: &ProxySettings,

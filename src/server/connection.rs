@@ -1,7 +1,9 @@
-//! One client connection: pick the protocol, serve it with hyper, and end it on drain or idle.
+//! One client connection: pick the protocol, serve it, and end it on drain or idle.
 //!
 //! HTTP/2 is chosen by ALPN on TLS and by the connection preface on plain TCP (h2c with prior
-//! knowledge); everything else is HTTP/1.1 behind the [`GuardedIo`] framing guard. HTTP/2 runs
+//! knowledge); everything else is HTTP/1.1 behind the [`GuardedIo`] framing guard, served
+//! byte-level by [`super::h1`] until a request needs hyper's server, which then serves the rest
+//! of the connection (`docs/ARCHITECTURE.md`, the request path). HTTP/2 runs
 //! behind [`H2Io`] and its [`H2Watch`] (stalled streams, reset floods). Every write is timed
 //! ([`SendTimeout`]). On drain, HTTP/2 gets GOAWAY and HTTP/1.1 answers its current request
 //! with `Connection: close`.
@@ -24,11 +26,12 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::guard::{Activity, ActivityGuard, GuardSettings, GuardedIo};
+use super::h1;
 use super::h2::{H2Io, H2Watch, StreamGuard};
 use super::send_timeout::SendTimeout;
 use crate::config::LimitsConfig;
 use crate::http1::framing::HeadLimits;
-use crate::proxy::{ClientConn, Proxy, ResponseBody};
+use crate::proxy::{ClientBody, ClientConn, Proxy, ResponseBody};
 use crate::telemetry::{names, Metrics};
 
 /// The HTTP/2 connection preface.
@@ -424,6 +427,7 @@ pub async fn serve<IO>(
         (protocol == Protocol::Http2).then(|| H2Watch::new(settings.h2_reset_streams_per_second));
     let service_watch = watch.clone();
     let remote = conn.remote;
+    let (h1_proxy, h1_conn) = (proxy.clone(), conn.clone());
     let service = service_fn(move |request: Request<Incoming>| {
         let (proxy, conn) = (proxy.clone(), conn.clone());
         let guard = service_activity.begin();
@@ -432,7 +436,7 @@ pub async fn serve<IO>(
         // life; boxing makes the request path's state (about 4 KiB) live only while a request
         // does, so idle keep-alive connections stay small.
         let handled: ServiceFuture = Box::pin(async move {
-            let response = proxy.handle(request, conn).await;
+            let response = proxy.handle(request.map(ClientBody::Hyper), conn).await;
             if let Some(stream) = &mut stream {
                 stream.responding();
             }
@@ -453,7 +457,19 @@ pub async fn serve<IO>(
         }
         _ => {
             let io = GuardedIo::new(settings.timed(io), settings.guard, activity.clone());
-            serve_http1(io, service, &activity, settings, drain).await
+            let serving = h1::Serving {
+                proxy: &h1_proxy,
+                conn: &h1_conn,
+                activity: &activity,
+                limits: settings.guard.limits,
+                drain: &drain,
+            };
+            match h1::serve(io, &serving).await {
+                h1::Served::Closed => Ok(()),
+                h1::Served::ToHyper(io) => {
+                    serve_http1(*io, service, &activity, settings, drain.clone()).await
+                }
+            }
         }
     };
     if let Err(e) = result {

@@ -1,6 +1,7 @@
-//! Client-facing listeners: accept, serve HTTP/1.1 and HTTP/2 on each connection with hyper,
-//! and drain gracefully on shutdown. [`guard`] protects HTTP/1 connections with the framing
-//! rules of [`crate::http1::framing`]; [`connection`] serves one connection.
+//! Client-facing listeners: accept, serve HTTP/1.1 (byte-level, [`h1`], or with hyper) and
+//! HTTP/2 (hyper) on each connection, and drain gracefully on shutdown. [`guard`] protects
+//! HTTP/1 connections with the framing rules of [`crate::http1::framing`]; [`connection`]
+//! serves one connection.
 //!
 //! Shutdown is two steps driven by [`Lifecycle`]: `stop_accepting` closes the listeners, then
 //! `drain` asks every connection to finish what it has (HTTP/2 gets GOAWAY, HTTP/1.1 answers
@@ -9,6 +10,7 @@
 
 pub mod connection;
 pub mod guard;
+pub mod h1;
 pub mod h2;
 pub mod send_timeout;
 

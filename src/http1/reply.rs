@@ -1,0 +1,364 @@
+//! The head of a response written to an HTTP/1.1 client from `http` parts, by the rules hyper's
+//! HTTP/1 server applied on this path before the byte-level server path (`server::h1`) took it
+//! over, so that clients see the same bytes:
+//!
+//! * the status line in the response's version, `HTTP/1.1 200 OK` written at once, a custom
+//!   reason phrase ([`hyper::ext::ReasonPhrase`]) as it is, else the canonical one (`<none>`);
+//! * the fields in the map's order, lowercase names, one line per value, but `Content-Length`
+//!   (kept, once, for a body of known length; dropped for an empty body except in the answer to
+//!   `HEAD`), `Transfer-Encoding` and `Connection` (their values joined on one line);
+//! * the framing when no field gave it: `content-length` for a body of known length
+//!   (`content-length: 0` for none, but for `HEAD`, 204 and 304), `transfer-encoding: chunked`
+//!   otherwise (until the close for an HTTP/1.0 response or where chunks may not go);
+//! * `date` when the response has none; `connection: close` when the connection ends after it.
+
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::response::Parts;
+use http::{HeaderValue, StatusCode, Version};
+
+use super::body::BodyEncoder;
+use super::write::HeadWriter;
+
+/// What is known of the body about to be written, before its first byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyLength {
+    /// It has already ended: nothing to write.
+    Ended,
+    /// Exactly this many bytes.
+    Known(u64),
+    /// Unknown until it ends.
+    Unknown,
+}
+
+/// How the body goes to the client after the head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// Not at all (`HEAD`, 204, 304, or nothing to send): the body is not read.
+    None,
+    /// With the encoder.
+    Body(BodyEncoder),
+}
+
+/// The request's side of the answer.
+#[derive(Clone, Copy, Debug)]
+pub struct Asked {
+    /// Whether the request was `HEAD`.
+    pub head_request: bool,
+    /// Whether the connection stays open after this response (else `connection: close`).
+    pub keep_alive: bool,
+}
+
+/// Writes the head of a response with `parts` and a body of `length` to `out`. Returns how the
+/// body is written, and whether the connection must close after it.
+pub fn response_head(
+    out: &mut Vec<u8>,
+    parts: &Parts,
+    length: BodyLength,
+    asked: Asked,
+) -> (Framing, bool) {
+    status_line(out, parts);
+    let mut writer = HeadWriter::continuing(out);
+    let chunks_allowed = parts.version != Version::HTTP_10 && can_chunk(parts.status, asked);
+    let written = fields(&mut writer, parts, length, asked, chunks_allowed);
+    if !asked.keep_alive && !parts.headers.contains_key(CONNECTION) {
+        writer.field(b"connection", b"close");
+    }
+    let mut framing = match written.framing {
+        Some(encoder) => Framing::Body(encoder),
+        None => implied_framing(&mut writer, parts, length, asked, chunks_allowed),
+    };
+    if !can_chunk(parts.status, asked) || length == BodyLength::Ended {
+        framing = Framing::None;
+    }
+    if !written.date {
+        writer.date();
+    }
+    writer.finish();
+    let until_close = framing == Framing::Body(BodyEncoder::UntilClose);
+    (framing, !asked.keep_alive || written.close || until_close)
+}
+
+/// What writing a response's own fields settled.
+struct Written {
+    /// The framing its fields gave, if any.
+    framing: Option<BodyEncoder>,
+    /// Whether it had a `date`.
+    date: bool,
+    /// Whether its `Connection` field says `close`.
+    close: bool,
+}
+
+/// Writes the response's fields in the map's order; `Connection` gets `close` added when the
+/// connection ends after this response.
+fn fields(
+    writer: &mut HeadWriter<'_>,
+    parts: &Parts,
+    length: BodyLength,
+    asked: Asked,
+    chunks_allowed: bool,
+) -> Written {
+    let mut written = Written {
+        framing: None,
+        date: false,
+        close: false,
+    };
+    for name in parts.headers.keys() {
+        let values = parts.headers.get_all(name);
+        match *name {
+            CONTENT_LENGTH => {
+                let first = values.iter().next().map_or(&b""[..], HeaderValue::as_bytes);
+                match length {
+                    BodyLength::Known(_) | BodyLength::Unknown => {
+                        writer.field(b"content-length", first);
+                    }
+                    BodyLength::Ended if asked.head_request => {
+                        for value in values {
+                            writer.field(b"content-length", value.as_bytes());
+                        }
+                    }
+                    BodyLength::Ended => continue,
+                }
+                written.framing = Some(BodyEncoder::Length);
+            }
+            TRANSFER_ENCODING if chunks_allowed => {
+                let chunked_last = values.iter().next_back().is_some_and(is_chunked);
+                writer.joined_field(b"transfer-encoding", values.iter(), !chunked_last);
+                written.framing = Some(BodyEncoder::Chunked);
+            }
+            TRANSFER_ENCODING => {}
+            CONNECTION => {
+                written.close = values.iter().any(lists_close);
+                let add_close = !asked.keep_alive && !written.close;
+                writer.joined_field(b"connection", values.iter(), false);
+                if add_close {
+                    writer.append_to_last(b", close");
+                }
+            }
+            _ => {
+                written.date |= *name == DATE;
+                for value in values {
+                    writer.field(name.as_str().as_bytes(), value.as_bytes());
+                }
+            }
+        }
+    }
+    written
+}
+
+/// The framing fields of a response whose fields gave none.
+fn implied_framing(
+    writer: &mut HeadWriter<'_>,
+    parts: &Parts,
+    length: BodyLength,
+    asked: Asked,
+    chunks_allowed: bool,
+) -> Framing {
+    let may_have_length = !matches!(
+        parts.status,
+        StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
+    ) && !parts.status.is_informational();
+    match length {
+        BodyLength::Unknown if chunks_allowed => {
+            writer.field(b"transfer-encoding", b"chunked");
+            Framing::Body(BodyEncoder::Chunked)
+        }
+        BodyLength::Unknown => Framing::Body(BodyEncoder::UntilClose),
+        BodyLength::Ended | BodyLength::Known(0) => {
+            if may_have_length && !asked.head_request {
+                writer.field(b"content-length", b"0");
+            }
+            Framing::Body(BodyEncoder::Length)
+        }
+        BodyLength::Known(n) if may_have_length => {
+            writer.field(b"content-length", itoa::Buffer::new().format(n).as_bytes());
+            Framing::Body(BodyEncoder::Length)
+        }
+        BodyLength::Known(_) => Framing::None,
+    }
+}
+
+/// The status line: the response's version, its status, and its reason phrase.
+fn status_line(out: &mut Vec<u8>, parts: &Parts) {
+    let custom = parts.extensions.get::<hyper::ext::ReasonPhrase>();
+    if parts.version != Version::HTTP_10 && parts.status == StatusCode::OK && custom.is_none() {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        return;
+    }
+    out.extend_from_slice(match parts.version {
+        Version::HTTP_10 => b"HTTP/1.0 ",
+        _ => b"HTTP/1.1 ",
+    });
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    match custom {
+        Some(reason) => out.extend_from_slice(reason.as_bytes()),
+        None => {
+            let canonical = parts.status.canonical_reason().unwrap_or("<none>");
+            out.extend_from_slice(canonical.as_bytes());
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Whether a response to the request may carry a body (and so chunks).
+fn can_chunk(status: StatusCode, asked: Asked) -> bool {
+    !asked.head_request
+        && !status.is_informational()
+        && !matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
+}
+
+/// Whether a `Transfer-Encoding` value ends with `chunked`.
+fn is_chunked(value: &HeaderValue) -> bool {
+    value
+        .as_bytes()
+        .rsplit(|b| *b == b',')
+        .next()
+        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// Whether a `Connection` value lists `close`.
+fn lists_close(value: &HeaderValue) -> bool {
+    super::head::tokens(value.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"close"))
+}
+
+#[cfg(test)]
+mod tests {
+    use http::header::{CONTENT_TYPE, RETRY_AFTER};
+
+    use super::*;
+
+    const KEEP: Asked = Asked {
+        head_request: false,
+        keep_alive: true,
+    };
+
+    fn parts(status: u16, fields: &[(&'static str, &'static str)]) -> Parts {
+        let mut response = http::Response::new(());
+        *response.status_mut() = StatusCode::from_u16(status).unwrap();
+        for (name, value) in fields {
+            response
+                .headers_mut()
+                .append(*name, HeaderValue::from_static(value));
+        }
+        response.into_parts().0
+    }
+
+    fn head(parts: &Parts, length: BodyLength, asked: Asked) -> (String, Framing, bool) {
+        let mut out = Vec::new();
+        let (framing, close) = response_head(&mut out, parts, length, asked);
+        let text = String::from_utf8(out).unwrap();
+        let now = |l: &&str| l.starts_with("date: ") && l.len() == 35;
+        let dated = text.split("\r\n").filter(now).count();
+        assert!(dated == 1 || text.contains("date: x"), "{text}");
+        let text = text
+            .split("\r\n")
+            .filter(|l| !now(l))
+            .collect::<Vec<_>>()
+            .join("\r\n");
+        (text, framing, close)
+    }
+
+    #[test]
+    fn a_known_length_is_written_once_and_the_fields_keep_their_order() {
+        let p = parts(
+            200,
+            &[
+                ("content-type", "application/json"),
+                ("set-cookie", "a=1"),
+                ("set-cookie", "b=2"),
+                ("content-length", "2"),
+            ],
+        );
+        let (text, framing, close) = head(&p, BodyLength::Known(2), KEEP);
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nset-cookie: a=1\r\n\
+             set-cookie: b=2\r\ncontent-length: 2\r\n\r\n"
+        );
+        assert_eq!(
+            (framing, close),
+            (Framing::Body(BodyEncoder::Length), false)
+        );
+        let p = parts(503, &[(RETRY_AFTER.as_str(), "1")]);
+        let (text, framing, _) = head(&p, BodyLength::Known(9), KEEP);
+        assert_eq!(
+            text,
+            "HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 9\r\n\r\n"
+        );
+        assert_eq!(framing, Framing::Body(BodyEncoder::Length));
+    }
+
+    #[test]
+    fn an_unknown_length_is_chunked_and_an_ended_body_is_empty() {
+        let p = parts(200, &[(CONTENT_TYPE.as_str(), "text/event-stream")]);
+        let (text, framing, _) = head(&p, BodyLength::Unknown, KEEP);
+        assert!(
+            text.ends_with("transfer-encoding: chunked\r\n\r\n"),
+            "{text}"
+        );
+        assert_eq!(framing, Framing::Body(BodyEncoder::Chunked));
+        let p = parts(200, &[("content-length", "0")]);
+        let (text, framing, _) = head(&p, BodyLength::Ended, KEEP);
+        assert_eq!(text, "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        assert_eq!(framing, Framing::None);
+    }
+
+    #[test]
+    fn head_204_and_304_keep_hypers_rules() {
+        let asked_head = Asked {
+            head_request: true,
+            ..KEEP
+        };
+        let p = parts(200, &[("content-length", "9")]);
+        let (text, framing, _) = head(&p, BodyLength::Ended, asked_head);
+        assert_eq!(text, "HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n");
+        assert_eq!(framing, Framing::None);
+        let p = parts(200, &[]);
+        let (text, ..) = head(&p, BodyLength::Ended, asked_head);
+        assert_eq!(text, "HTTP/1.1 200 OK\r\n\r\n");
+        let p = parts(204, &[("content-length", "9")]);
+        let (text, framing, _) = head(&p, BodyLength::Ended, KEEP);
+        assert_eq!(text, "HTTP/1.1 204 No Content\r\n\r\n");
+        assert_eq!(framing, Framing::None);
+        let p = parts(304, &[]);
+        let (text, framing, _) = head(&p, BodyLength::Known(5), KEEP);
+        assert_eq!(text, "HTTP/1.1 304 Not Modified\r\n\r\n");
+        assert_eq!(framing, Framing::None);
+    }
+
+    #[test]
+    fn closing_custom_reasons_dates_and_http10_responses() {
+        let closing = Asked {
+            keep_alive: false,
+            ..KEEP
+        };
+        let mut p = parts(200, &[("Date", "x")]);
+        p.extensions
+            .insert(hyper::ext::ReasonPhrase::from_static(b"Fine"));
+        let (text, _, close) = head(&p, BodyLength::Known(1), closing);
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 Fine\r\ndate: x\r\nconnection: close\r\ncontent-length: 1\r\n\r\n"
+        );
+        assert!(close);
+        let p = parts(200, &[("connection", "x-hop")]);
+        let (text, _, close) = head(&p, BodyLength::Known(1), closing);
+        assert!(text.contains("\r\nconnection: x-hop, close\r\n"), "{text}");
+        assert!(close);
+        let p = parts(799, &[("connection", "close")]);
+        let (text, _, close) = head(&p, BodyLength::Known(1), KEEP);
+        assert_eq!(
+            text,
+            "HTTP/1.1 799 <none>\r\nconnection: close\r\ncontent-length: 1\r\n\r\n"
+        );
+        assert!(close);
+        let mut p = parts(201, &[]);
+        p.version = Version::HTTP_10;
+        let (text, framing, close) = head(&p, BodyLength::Unknown, KEEP);
+        assert_eq!(text, "HTTP/1.0 201 Created\r\n\r\n");
+        assert_eq!(
+            (framing, close),
+            (Framing::Body(BodyEncoder::UntilClose), true)
+        );
+    }
+}

@@ -1,0 +1,206 @@
+//! The byte-level HTTP/1.1 server path: a client connection (plain or TLS) served in its own
+//! task without hyper. Each request head is read once through the framing guard
+//! (`server::guard`: every byte checked, the header and keep-alive timers, refusals), indexed by
+//! `http1::head`, and handed to [`Proxy::handle`] with its body received whole; the response head
+//! and body are written as bytes (`respond`); the loop then reads the next head. What this path
+//! does not serve — HTTP/1.0, `Expect`, `Upgrade`, `TE`, `CONNECT`, a chunked body, a body
+//! larger than the request buffer or not yet arrived with its head — is handed to hyper with
+//! every byte read so far ([`Served::ToHyper`]), and hyper serves the rest of the connection.
+//! The request path is described in `docs/ARCHITECTURE.md`.
+
+mod request;
+mod respond;
+
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+
+use super::guard::{Activity, GuardedIo};
+use crate::http1::head::{HeadLimits, RequestHead};
+use crate::http1::reply::Asked;
+use crate::http1::wire::{RequestHeadError, Wire};
+use crate::proxy::error::http1_refusal;
+use crate::proxy::{ClientBody, ClientConn, Proxy, RouterError};
+
+/// What a connection is served with on this path.
+pub struct Serving<'a> {
+    /// The request handler.
+    pub proxy: &'a Arc<Proxy>,
+    /// The client's connection.
+    pub conn: &'a ClientConn,
+    /// The connection's requests in progress (the guard's timers read it).
+    pub activity: &'a Arc<Activity>,
+    /// Head limits.
+    pub limits: HeadLimits,
+    /// Cancelled when the connection must finish its current request and close.
+    pub drain: &'a CancellationToken,
+}
+
+/// How serving a connection on this path ended.
+pub enum Served<IO> {
+    /// The connection is closed.
+    Closed,
+    /// A request this path does not serve came: hyper serves the connection from it on (the
+    /// bytes read so far are replayed to it).
+    ToHyper(Box<GuardedIo<IO>>),
+}
+
+/// What follows a request.
+enum Next {
+    /// The next request.
+    KeepAlive,
+    /// The close.
+    Close,
+}
+
+/// Serves `io` until it closes, `serving.drain` asks it to, or a request needs hyper.
+pub async fn serve<IO>(io: GuardedIo<IO>, serving: &Serving<'_>) -> Served<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut wire = Wire::new(io);
+    let mut park = Box::pin(tokio::time::sleep(PARK_AFTER));
+    loop {
+        let head = tokio::select! {
+            biased;
+            _ = serving.drain.cancelled() => return close(wire).await,
+            head = next_head(&mut wire, park.as_mut(), serving.limits) => head,
+        };
+        let head = match head {
+            Ok(Some(head)) => head,
+            Ok(None) | Err(RequestHeadError::Truncated | RequestHeadError::Io(_)) => {
+                return close(wire).await
+            }
+            Err(RequestHeadError::Refused(violation)) => {
+                let refusal = http1_refusal(RouterError::Framing(violation));
+                let _ = wire.write_all(&refusal).await;
+                return close(wire).await;
+            }
+        };
+        let Some(request) = request::take(&mut wire, &head, serving) else {
+            return hand_over(wire, &head);
+        };
+        let asked = Asked {
+            head_request: head.method() == b"HEAD",
+            keep_alive: head.keep_alive(),
+        };
+        drop(head);
+        match exchange(&mut wire, request, asked, serving).await {
+            Next::KeepAlive => {}
+            Next::Close => return close(wire).await,
+        }
+    }
+}
+
+/// A connection without a request for this long gives its read buffer back until its next byte
+/// arrives (hyper's connections were parked after as long).
+const PARK_AFTER: Duration = Duration::from_secs(2);
+
+/// Reads the next request head. While nothing of it has arrived for [`PARK_AFTER`], the
+/// connection is parked: its read buffer is released and its next bytes are read into a small
+/// one (the guard's keep-alive timer still ends the wait).
+async fn next_head<IO>(
+    wire: &mut Wire<GuardedIo<IO>>,
+    mut park: Pin<&mut Sleep>,
+    limits: HeadLimits,
+) -> Result<Option<RequestHead>, RequestHeadError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        let idle = wire.buffered().is_empty();
+        if idle {
+            park.as_mut().reset(Instant::now() + PARK_AFTER);
+        }
+        tokio::select! {
+            biased;
+            head = wire.request_head(limits) => return head,
+            _ = park.as_mut(), if idle => {}
+        }
+        if !wire.buffered().is_empty() {
+            continue;
+        }
+        wire.release_buffer();
+        let mut first = [0u8; 64];
+        match wire.get_mut().read(&mut first).await? {
+            0 => return Ok(None),
+            n => wire.extend_buffered(&first[..n]),
+        }
+    }
+}
+
+/// Answers one request and writes the answer; the connection closes after it when the client
+/// went away, asked for the close, the answer needs it, or the router is draining.
+async fn exchange<IO>(
+    wire: &mut Wire<GuardedIo<IO>>,
+    request: http::Request<ClientBody>,
+    mut asked: Asked,
+    serving: &Serving<'_>,
+) -> Next
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let in_progress = serving.activity.begin();
+    // Boxed: the request path's state lives only while a request does, so an idle connection
+    // stays small.
+    let handled = Box::pin(serving.proxy.clone().handle(request, serving.conn.clone()));
+    let Some(response) = answered(wire, handled).await else {
+        // The client went away: the request was dropped (counted and logged as 499).
+        return Next::Close;
+    };
+    asked.keep_alive &= !serving.drain.is_cancelled();
+    let close = respond::write(wire, response, asked).await;
+    drop(in_progress);
+    match close || serving.drain.is_cancelled() {
+        true => Next::Close,
+        false => Next::KeepAlive,
+    }
+}
+
+/// Waits for `handled`'s answer; `None` when the client closed the connection first (watched
+/// as hyper watched it: while nothing of a next request is buffered).
+async fn answered<IO, F>(wire: &mut Wire<IO>, mut handled: Pin<Box<F>>) -> Option<F::Output>
+where
+    IO: AsyncRead + Unpin,
+    F: Future,
+{
+    poll_fn(|cx| {
+        if let Poll::Ready(answer) = handled.as_mut().poll(cx) {
+            return Poll::Ready(Some(answer));
+        }
+        if wire.buffered().is_empty() {
+            if let Poll::Ready(Ok(0) | Err(_)) = wire.poll_fill(cx) {
+                return Poll::Ready(None);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Gives the connection to hyper with `head` and everything read after it.
+fn hand_over<IO>(wire: Wire<GuardedIo<IO>>, head: &RequestHead) -> Served<IO> {
+    let (mut io, rest) = wire.into_parts();
+    io.replay(head.shared().clone());
+    if !rest.is_empty() {
+        io.replay(rest.freeze());
+    }
+    tracing::trace!("an HTTP/1 connection goes on with hyper");
+    Served::ToHyper(Box::new(io))
+}
+
+/// Shuts the connection down.
+async fn close<IO>(wire: Wire<GuardedIo<IO>>) -> Served<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut io, _) = wire.into_parts();
+    let _ = io.shutdown().await;
+    Served::Closed
+}
