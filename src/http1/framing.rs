@@ -29,7 +29,9 @@ pub use super::head::HeadLimits;
 pub use super::violation::Violation;
 
 use super::chunked::{BadChunk, Chunk, ChunkedDecoder};
-use super::head::{self, BodyFraming};
+use std::collections::VecDeque;
+
+use super::head::{self, BodyFraming, HeadIndex};
 
 #[derive(Clone, Debug)]
 enum State {
@@ -47,6 +49,8 @@ pub struct Framing {
     state: State,
     head: Vec<u8>,
     limits: HeadLimits,
+    /// The index of each head checked and not taken yet, in order, when they are kept.
+    indexes: Option<VecDeque<HeadIndex>>,
 }
 
 /// What feeding bytes found.
@@ -73,7 +77,20 @@ impl Framing {
             state: State::Head,
             head: Vec::new(),
             limits,
+            indexes: None,
         }
+    }
+
+    /// Keeps the index of every head checked from now on (for [`Self::take_index`]), or stops
+    /// keeping them and forgets those kept.
+    pub fn keep_indexes(&mut self, keep: bool) {
+        self.indexes = keep.then(VecDeque::new);
+    }
+
+    /// The index of the oldest head checked and not taken yet (heads are taken in the order of
+    /// the stream, so a reader of the same bytes need not check them again).
+    pub fn take_index(&mut self) -> Option<HeadIndex> {
+        self.indexes.as_mut()?.pop_front()
     }
 
     /// Whether the stream is between requests (no byte of the next head seen yet).
@@ -112,7 +129,7 @@ impl Framing {
                         // The usual case: the whole head is in this read; check it in place.
                         match head::find_end(data, 0) {
                             Ok(Some(end)) if end <= self.limits.max_header_bytes => {
-                                match body_state(&data[..end], self.limits) {
+                                match body_state(&data[..end], self.limits, &mut self.indexes) {
                                     Ok(next) => self.state = next,
                                     Err(v) => return refused(unit_start, v, true),
                                 }
@@ -133,7 +150,7 @@ impl Framing {
                         return refused(unit_start, Violation::HeadTooLarge, true);
                     }
                     if done {
-                        match body_state(&self.head, self.limits) {
+                        match body_state(&self.head, self.limits, &mut self.indexes) {
                             Ok(next) => {
                                 self.state = next;
                                 self.head.clear();
@@ -205,13 +222,23 @@ fn bad_chunk(undispatched: Option<usize>, chunk_start: usize) -> Scan {
     }
 }
 
-/// Checks one complete head and returns the state its body puts the stream in.
-fn body_state(head: &[u8], limits: HeadLimits) -> Result<State, Violation> {
-    Ok(match head::inspect(head, limits)?.body() {
+/// Checks one complete head and returns the state its body puts the stream in; its index is
+/// kept in `indexes` when they are kept.
+fn body_state(
+    head: &[u8],
+    limits: HeadLimits,
+    indexes: &mut Option<VecDeque<HeadIndex>>,
+) -> Result<State, Violation> {
+    let index = head::inspect(head, limits)?;
+    let state = match index.body() {
         BodyFraming::Empty => State::Head,
         BodyFraming::Length(n) => State::Body(n),
         BodyFraming::Chunked => State::Chunked(ChunkedDecoder::new(limits.max_header_bytes)),
-    })
+    };
+    if let Some(indexes) = indexes {
+        indexes.push_back(index);
+    }
+    Ok(state)
 }
 
 #[cfg(test)]
@@ -222,6 +249,27 @@ mod tests {
         max_header_bytes: 1024,
         max_headers: 10,
     };
+
+    #[test]
+    fn kept_indexes_are_those_of_the_heads_in_order_whatever_the_reads() {
+        let first = "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n";
+        let second = "GET /bb HTTP/1.1\r\nHost: x\r\n\r\n";
+        let stream = format!("\r\n{first}{{}}{second}");
+        for cut in 1..stream.len() {
+            let mut f = Framing::new(LIMITS);
+            f.keep_indexes(true);
+            assert_eq!(f.feed(&stream.as_bytes()[..cut]), Scan::Ok);
+            assert_eq!(f.feed(&stream.as_bytes()[cut..]), Scan::Ok);
+            let a = f.take_index().unwrap();
+            assert_eq!((a.len(), a.body()), (first.len(), BodyFraming::Length(2)));
+            let b = f.take_index().unwrap();
+            assert_eq!((b.len(), b.body()), (second.len(), BodyFraming::Empty));
+            assert!(f.take_index().is_none(), "cut at {cut}");
+        }
+        let mut f = Framing::new(LIMITS);
+        f.feed(first.as_bytes());
+        assert!(f.take_index().is_none(), "not kept unless asked");
+    }
 
     /// Feeds `input` split at every position and checks the outcome is the same.
     fn scan_all_splits(input: &[u8]) -> Scan {

@@ -150,12 +150,24 @@ pub struct HeadIndex {
     /// A `Connection` field lists a name other than the hop-by-hop ones.
     connection_lists: bool,
     expect_continue: bool,
+    /// The length of the head it indexes.
+    len: u32,
 }
 
 impl HeadIndex {
     /// The body's framing.
     pub fn body(&self) -> BodyFraming {
         self.body
+    }
+
+    /// The length of the head it indexes.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether it indexes an empty head (never: a head has at least its request line).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
@@ -198,6 +210,7 @@ pub fn inspect(head: &[u8], limits: HeadLimits) -> Result<HeadIndex, Violation> 
         start = lf + 1;
     }
     index.body = counts.framing(index.version)?;
+    index.len = head.len() as u32;
     Ok(index)
 }
 
@@ -323,6 +336,7 @@ fn request_line(line: &[u8]) -> Result<HeadIndex, Violation> {
         connection_keep_alive: false,
         connection_lists: false,
         expect_continue: false,
+        len: 0,
     })
 }
 
@@ -456,6 +470,15 @@ impl RequestHead {
     /// The head as received.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
+    }
+
+    /// `bytes`, a complete head that was checked already, with the `index` that check made;
+    /// the bytes back when the index is not of a head of their length.
+    pub fn with_index(bytes: Bytes, index: HeadIndex) -> Result<Self, Bytes> {
+        match index.len as usize == bytes.len() {
+            true => Ok(RequestHead { bytes, index }),
+            false => Err(bytes),
+        }
     }
 
     /// The head as received, shared (field values can be sliced off it without a copy).

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::head::{self, HeadLimits, RequestHead};
+use super::head::{self, HeadIndex, HeadLimits, RequestHead};
 use super::response::{InvalidResponse, Parsed, ResponseHead};
 use super::violation::Violation;
 
@@ -159,6 +159,17 @@ impl<IO: AsyncRead + Unpin> Wire<IO> {
         &mut self,
         limits: HeadLimits,
     ) -> Result<Option<RequestHead>, RequestHeadError> {
+        self.request_head_indexed(limits, |_, _| None).await
+    }
+
+    /// Like [`Self::request_head`], but a head is checked and indexed only when `indexed` does
+    /// not give its index (it is asked with the connection and the head's length, when the
+    /// connection has checked the head as it was read).
+    pub async fn request_head_indexed(
+        &mut self,
+        limits: HeadLimits,
+        mut indexed: impl FnMut(&mut IO, usize) -> Option<HeadIndex>,
+    ) -> Result<Option<RequestHead>, RequestHeadError> {
         loop {
             let blank = self
                 .buf
@@ -173,7 +184,13 @@ impl<IO: AsyncRead + Unpin> Wire<IO> {
             match end {
                 Some(end) if end <= limits.max_header_bytes => {
                     self.scanned = 0;
-                    let bytes = self.buf.split_to(end).freeze();
+                    let mut bytes = self.buf.split_to(end).freeze();
+                    if let Some(index) = indexed(&mut self.io, end) {
+                        match RequestHead::with_index(bytes, index) {
+                            Ok(head) => return Ok(Some(head)),
+                            Err(unindexed) => bytes = unindexed,
+                        }
+                    }
                     return RequestHead::parse(bytes, limits)
                         .map(Some)
                         .map_err(RequestHeadError::Refused);

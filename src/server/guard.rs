@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::http1::framing::{Framing, HeadLimits, Scan, Violation};
+use crate::http1::head::HeadIndex;
 use crate::proxy::error::{http1_refusal, RouterError};
 
 /// Requests in progress on one connection, and when the last one finished.
@@ -165,6 +166,27 @@ impl<T> GuardedIo<T> {
             joined.extend_from_slice(&self.replay);
             joined.extend_from_slice(&bytes);
             self.replay = Bytes::from(joined);
+        }
+    }
+
+    /// Keeps the index of every request head the framing rules check from now on, for
+    /// [`Self::take_head_index`] (the byte-level path reads the heads without checking them
+    /// again), or stops keeping them.
+    pub fn keep_head_indexes(&mut self, keep: bool) {
+        self.framing.keep_indexes(keep);
+    }
+
+    /// The index of the oldest head checked and not taken yet, when the connection's reader
+    /// splits off a head of `len` bytes; a head of another length (never expected) stops the
+    /// keeping, and the reader checks its heads itself.
+    pub fn take_head_index(&mut self, len: usize) -> Option<HeadIndex> {
+        match self.framing.take_index() {
+            Some(index) if index.len() == len => Some(index),
+            Some(_) => {
+                self.framing.keep_indexes(false);
+                None
+            }
+            None => None,
         }
     }
 

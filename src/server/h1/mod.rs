@@ -1,7 +1,7 @@
 //! The byte-level HTTP/1.1 server path: a client connection (plain or TLS) served in its own
 //! task without hyper. Each request head is read once through the framing guard
-//! (`server::guard`: every byte checked, the header and keep-alive timers, refusals), indexed by
-//! `http1::head`, and handed to [`Proxy::handle`] with its body received whole; the response head
+//! (`server::guard`: every byte checked, the header and keep-alive timers, refusals), checked and
+//! indexed once by `http1::head` (the guard's index is reused), and handed to [`Proxy::handle`] with its body received whole; the response head
 //! and body are written as bytes (`respond`); the loop then reads the next head. What this path
 //! does not serve — HTTP/1.0, `Expect`, `Upgrade`, `TE`, `CONNECT`, a chunked body, a body
 //! larger than the request buffer or not yet arrived with its head — is handed to hyper with
@@ -60,10 +60,12 @@ enum Next {
 }
 
 /// Serves `io` until it closes, `serving.drain` asks it to, or a request needs hyper.
-pub async fn serve<IO>(io: GuardedIo<IO>, serving: &Serving<'_>) -> Served<IO>
+pub async fn serve<IO>(mut io: GuardedIo<IO>, serving: &Serving<'_>) -> Served<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // The guard checks every head as it is read: its index is kept for the reader.
+    io.keep_head_indexes(true);
     let mut wire = Wire::new(io);
     let mut park = Box::pin(tokio::time::sleep(PARK_AFTER));
     loop {
@@ -120,7 +122,7 @@ where
         }
         tokio::select! {
             biased;
-            head = wire.request_head(limits) => return head,
+            head = wire.request_head_indexed(limits, GuardedIo::take_head_index) => return head,
             _ = park.as_mut(), if idle => {}
         }
         if !wire.buffered().is_empty() {
@@ -187,6 +189,7 @@ where
 /// Gives the connection to hyper with `head` and everything read after it.
 fn hand_over<IO>(wire: Wire<GuardedIo<IO>>, head: &RequestHead) -> Served<IO> {
     let (mut io, rest) = wire.into_parts();
+    io.keep_head_indexes(false);
     io.replay(head.shared().clone());
     if !rest.is_empty() {
         io.replay(rest.freeze());
