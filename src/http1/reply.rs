@@ -15,6 +15,7 @@
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::response::Parts;
 use http::{HeaderValue, StatusCode, Version};
+use smallvec::SmallVec;
 
 use super::body::BodyEncoder;
 use super::write::HeadWriter;
@@ -60,7 +61,7 @@ pub fn response_head(
     let mut writer = HeadWriter::continuing(out);
     let chunks_allowed = parts.version != Version::HTTP_10 && can_chunk(parts.status, asked);
     let written = fields(&mut writer, parts, length, asked, chunks_allowed);
-    if !asked.keep_alive && !parts.headers.contains_key(CONNECTION) {
+    if !asked.keep_alive && !written.connection {
         writer.field(b"connection", b"close");
     }
     let mut framing = match written.framing {
@@ -84,12 +85,13 @@ struct Written {
     framing: Option<BodyEncoder>,
     /// Whether it had a `date`.
     date: bool,
-    /// Whether its `Connection` field says `close`.
+    /// Whether it had a `Connection` field, and whether that says `close`.
+    connection: bool,
     close: bool,
 }
 
-/// Writes the response's fields in the map's order; `Connection` gets `close` added when the
-/// connection ends after this response.
+/// Writes the response's fields in the map's order (walked once, without a lookup by name);
+/// `Connection` gets `close` added when the connection ends after this response.
 fn fields(
     writer: &mut HeadWriter<'_>,
     parts: &Parts,
@@ -100,44 +102,48 @@ fn fields(
     let mut written = Written {
         framing: None,
         date: false,
+        connection: false,
         close: false,
     };
-    for name in parts.headers.keys() {
-        let values = parts.headers.get_all(name);
+    let mut entries = parts.headers.iter().peekable();
+    while let Some((name, value)) = entries.next() {
+        if !matches!(*name, CONTENT_LENGTH | TRANSFER_ENCODING | CONNECTION) {
+            written.date |= *name == DATE;
+            writer.field(name.as_str().as_bytes(), value.as_bytes());
+            continue;
+        }
+        // A name's values are consecutive in the map's order.
+        let mut values: SmallVec<[&HeaderValue; 2]> = SmallVec::new();
+        values.push(value);
+        while let Some((_, more)) = entries.next_if(|(next, _)| *next == name) {
+            values.push(more);
+        }
         match *name {
-            CONTENT_LENGTH => {
-                let first = values.iter().next().map_or(&b""[..], HeaderValue::as_bytes);
-                match length {
-                    BodyLength::Known(_) | BodyLength::Unknown => {
-                        writer.field(b"content-length", first);
-                    }
-                    BodyLength::Ended if asked.head_request => {
-                        for value in values {
-                            writer.field(b"content-length", value.as_bytes());
-                        }
-                    }
-                    BodyLength::Ended => continue,
+            CONTENT_LENGTH => match length {
+                BodyLength::Known(_) | BodyLength::Unknown => {
+                    writer.field(b"content-length", value.as_bytes());
+                    written.framing = Some(BodyEncoder::Length);
                 }
-                written.framing = Some(BodyEncoder::Length);
-            }
+                BodyLength::Ended if asked.head_request => {
+                    for value in &values {
+                        writer.field(b"content-length", value.as_bytes());
+                    }
+                    written.framing = Some(BodyEncoder::Length);
+                }
+                BodyLength::Ended => {}
+            },
             TRANSFER_ENCODING if chunks_allowed => {
-                let chunked_last = values.iter().next_back().is_some_and(is_chunked);
-                writer.joined_field(b"transfer-encoding", values.iter(), !chunked_last);
+                let chunked_last = values.last().is_some_and(|v| is_chunked(v));
+                writer.joined_field(b"transfer-encoding", values.iter().copied(), !chunked_last);
                 written.framing = Some(BodyEncoder::Chunked);
             }
             TRANSFER_ENCODING => {}
-            CONNECTION => {
-                written.close = values.iter().any(lists_close);
-                let add_close = !asked.keep_alive && !written.close;
-                writer.joined_field(b"connection", values.iter(), false);
-                if add_close {
-                    writer.append_to_last(b", close");
-                }
-            }
             _ => {
-                written.date |= *name == DATE;
-                for value in values {
-                    writer.field(name.as_str().as_bytes(), value.as_bytes());
+                written.connection = true;
+                written.close = values.iter().any(|v| lists_close(v));
+                writer.joined_field(b"connection", values.iter().copied(), false);
+                if !asked.keep_alive && !written.close {
+                    writer.append_to_last(b", close");
                 }
             }
         }
@@ -286,6 +292,36 @@ mod tests {
             "HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 9\r\n\r\n"
         );
         assert_eq!(framing, Framing::Body(BodyEncoder::Length));
+    }
+
+    #[test]
+    fn repeated_framing_and_connection_values_are_joined_or_kept_once() {
+        let p = parts(
+            200,
+            &[
+                ("connection", "x-a"),
+                ("content-length", "2"),
+                ("content-length", "2"),
+                ("connection", "x-b"),
+                ("x-after", "1"),
+            ],
+        );
+        let (text, framing, close) = head(&p, BodyLength::Known(2), KEEP);
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\nconnection: x-a, x-b\r\ncontent-length: 2\r\nx-after: 1\r\n\r\n"
+        );
+        assert_eq!(
+            (framing, close),
+            (Framing::Body(BodyEncoder::Length), false)
+        );
+        let p = parts(200, &[("transfer-encoding", "gzip"), ("x-after", "1")]);
+        let (text, framing, _) = head(&p, BodyLength::Unknown, KEEP);
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\nx-after: 1\r\n\r\n"
+        );
+        assert_eq!(framing, Framing::Body(BodyEncoder::Chunked));
     }
 
     #[test]
