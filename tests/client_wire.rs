@@ -1,7 +1,7 @@
 //! The client connection's wire choices on HTTP/1.1, made by the router's own byte-level server
 //! path (hyper's server made them before; `server::h1`): pipelined requests answered in order,
-//! the client's `Connection: close`, a body that arrives after its head (such a request goes on
-//! with hyper), and HTTP/1.0 (hyper's). Over raw TCP against a sample pod.
+//! the client's `Connection: close`, a body that arrives after its head, `Expect: 100-continue`
+//! and HTTP/1.0 (the last three go on with hyper's server). Over raw TCP against a sample pod.
 
 mod support;
 
@@ -165,5 +165,29 @@ async fn an_http10_request_is_answered_in_http10_and_closed() {
     let answers = responses(&text);
     assert_eq!(answers.len(), 1, "{text}");
     assert_eq!(field(&answers[0].0, "x-request-id"), Some(IDS[0]));
+    assert_eq!(pod.stats().requests(), 1);
+}
+
+#[tokio::test]
+async fn a_client_that_expects_100_continue_gets_it_before_sending_its_body() {
+    let (h, pod) = router().await;
+    let mut stream = TcpStream::connect(h.http).await.unwrap();
+    let request = score(IDS[0], "Expect: 100-continue\r\n");
+    let (head, body) = request.split_at(request.len() - 2);
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut interim = Vec::new();
+    guard("100 Continue", async {
+        let mut buf = [0u8; 256];
+        while !interim.ends_with(b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the connection closed instead of answering");
+            interim.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert_eq!(interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let response = read_response(&mut stream).await;
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
     assert_eq!(pod.stats().requests(), 1);
 }
