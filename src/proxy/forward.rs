@@ -5,6 +5,7 @@
 //! When the timeout passes, the send is dropped but not the pod's work: the exchange, dropped
 //! with the request in progress, holds the slot until the pod is done (`upstream::abandon`).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,15 +52,17 @@ impl Forwarder {
     }
 
     /// Sends `request` to the pod of `slot` (or, when connecting fails, another one) and waits
-    /// for the response head.
-    pub async fn forward(
-        &self,
-        deployment: &Arc<Deployment>,
+    /// for the response head. The request is rewritten for the pod (and its mirror copy sent
+    /// off) when this is called; the returned future is the send alone, so no future holds the
+    /// request around it (`docs/ARCHITECTURE.md`, "The request's future").
+    pub fn forward<'a>(
+        &'a self,
+        deployment: &'a Arc<Deployment>,
         target: UpstreamTarget,
         slot: Slot,
         request: Request<RequestBody>,
         cx: &Context,
-    ) -> Result<Forwarded, RouterError> {
+    ) -> impl Future<Output = Result<Forwarded, RouterError>> + Send + 'a {
         let (parts, mut body) = request.into_parts();
         let exchange = self.exchange(deployment, slot);
         let copy = target
@@ -73,7 +76,6 @@ impl Forwarder {
             mirror::spawn(upstream, admitter, mirror, head, copy);
         }
         self.send_within_timeout(deployment, exchange, request)
-            .await
     }
 
     fn exchange(&self, deployment: &Deployment, slot: Slot) -> Exchange {
@@ -81,27 +83,29 @@ impl Forwarder {
         self.upstream.exchange(slot, timeout, &deployment.metrics)
     }
 
-    /// [`Self::send`] within the deployment's `request_timeout_ms` (504 after).
-    async fn send_within_timeout(
-        &self,
-        deployment: &Arc<Deployment>,
+    /// [`Self::send`] within the deployment's `request_timeout_ms` (504 after), counted from
+    /// this call.
+    fn send_within_timeout<'a>(
+        &'a self,
+        deployment: &'a Arc<Deployment>,
         exchange: Exchange,
         request: Request<RequestBody>,
-    ) -> Result<Forwarded, RouterError> {
+    ) -> impl Future<Output = Result<Forwarded, RouterError>> + Send + 'a {
         let timeout = deployment.settings.request_timeout;
         // Boxed: the send (the exchange's request, its body and the pod's response head) is the
         // largest state of the request's future; kept apart, it is not copied with the phases
         // around it each time they move.
         let send = Box::pin(self.send(deployment, exchange, request));
-        let (head, exchange) = tokio::time::timeout(timeout, send)
-            .await
-            .map_err(|_| RouterError::UpstreamTimeout)??;
-        let upstream_time = exchange.sent_at().map_or(Duration::ZERO, |at| at.elapsed());
-        Ok(Forwarded {
-            head,
-            exchange,
-            upstream_time,
-        })
+        let within = tokio::time::timeout(timeout, send);
+        async move {
+            let (head, exchange) = within.await.map_err(|_| RouterError::UpstreamTimeout)??;
+            let upstream_time = exchange.sent_at().map_or(Duration::ZERO, |at| at.elapsed());
+            Ok(Forwarded {
+                head,
+                exchange,
+                upstream_time,
+            })
+        }
     }
 
     /// Sends on the admitted pod; when connecting fails (nothing was sent), retries once on

@@ -28,13 +28,14 @@ pub mod respond;
 pub mod route;
 pub mod target;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Request, Response};
 
 use crate::admission::Admitter;
-use crate::table::{Deployment, TableHandle};
+use crate::table::TableHandle;
 use crate::telemetry::access::RequestLine;
 use crate::telemetry::{AccessLog, Metrics, StatusCounters};
 use crate::trace::export::Exporter;
@@ -84,26 +85,74 @@ impl Proxy {
         &self.settings
     }
 
-    /// Answers one request; never fails (errors become responses).
-    pub async fn handle(
+    /// Answers one request; never fails (errors become responses). The request is read and
+    /// routed when this is called; the returned future runs the phases after routing, one
+    /// state machine that holds the request once (`docs/ARCHITECTURE.md`, "The request's
+    /// future").
+    pub fn handle(
         self: Arc<Self>,
         request: Request<ClientBody>,
         conn: ClientConn,
-    ) -> Response<ResponseBody> {
+    ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
         let cx = Context {
             started: Instant::now(),
             ids: RequestIds::read(request.headers(), self.tracing()),
             conn,
             line: RequestLine::of(&request, request.body().declared_length()),
         };
-        match self.serve(request, &cx).await {
-            Ok(response) => response,
-            Err(rejection) => {
-                let log = (&self.access_log, self.export.as_ref());
-                record::rejected(log, &self.unknown, &rejection, &cx);
-                error::error_response(rejection.error, &cx.ids, rejection.deployment_name())
-            }
+        let routed = route::route(&self.table, &self.settings, &request);
+        let (parts, body) = request.into_parts();
+        async move {
+            let route::Routed { deployment, target } = match routed {
+                Ok(routed) => routed,
+                Err(rejection) => return self.render_rejection(rejection, &cx),
+            };
+            let log = (&self.access_log, self.export.as_ref());
+            // A routed request whose client goes away before the answer is counted and logged
+            // as 499 when this is dropped unsettled.
+            let pending = record::Pending::new(log, &self.unknown, &deployment, &cx);
+            let rejected = |error, pending: record::Pending<'_>| {
+                pending.settled();
+                Rejection::at_deployment(error, &deployment)
+            };
+            let received = match receive::receive(body, cx.started, &self.settings).await {
+                Ok(received) => received,
+                Err(e) => return self.render_rejection(rejected(e, pending), &cx),
+            };
+            let prefix = admit::key(&deployment, &parts.headers, &received.body);
+            let since = received.waited_until.unwrap_or(cx.started);
+            let admitted = match admit::admit(&self.admitter, &deployment, since, &prefix).await {
+                Ok(admitted) => admitted,
+                Err(e) => {
+                    let rejection = rejected(e, pending).after(Attempt::queued(since.elapsed()));
+                    return self.render_rejection(rejection, &cx);
+                }
+            };
+            let (pod, queue_wait) = (admitted.slot.pod().address(), admitted.queue_wait);
+            let request = Request::from_parts(parts, received.body);
+            let forwarding =
+                self.forwarder
+                    .forward(&deployment, target, admitted.slot, request, &cx);
+            let forwarded = match forwarding.await {
+                Ok(forwarded) => forwarded,
+                Err(e) => {
+                    let upstream = since.elapsed().saturating_sub(queue_wait);
+                    let rejection =
+                        rejected(e, pending).after(Attempt::sent(pod, queue_wait, upstream));
+                    return self.render_rejection(rejection, &cx);
+                }
+            };
+            pending.settled();
+            let responded = respond::respond(forwarded, &deployment, &cx.ids);
+            record::routed(log, responded, &deployment, queue_wait, &cx)
         }
+    }
+
+    /// Records `rejection` and renders it.
+    fn render_rejection(&self, rejection: Rejection, cx: &Context) -> Response<ResponseBody> {
+        let log = (&self.access_log, self.export.as_ref());
+        record::rejected(log, &self.unknown, &rejection, cx);
+        error::error_response(rejection.error, &cx.ids, rejection.deployment_name())
     }
 
     /// How this request's trace context is treated: exported or not, and whether a new trace
@@ -116,59 +165,5 @@ impl Proxy {
             },
             None => Tracing::default(),
         }
-    }
-
-    /// The phases, in order. A routed request whose client goes away before the answer is
-    /// counted and logged as 499 ([`record::Pending`]).
-    async fn serve(
-        &self,
-        request: Request<ClientBody>,
-        cx: &Context,
-    ) -> Result<Response<ResponseBody>, Rejection> {
-        let route::Routed { deployment, target } =
-            route::route(&self.table, &self.settings, &request)?;
-        let log = (&self.access_log, self.export.as_ref());
-        let pending = record::Pending::new(log, &self.unknown, &deployment, cx);
-        let answered = self.answer(&deployment, target, request, cx).await;
-        pending.settled();
-        answered
-    }
-
-    /// The phases after routing: receive, admit, forward, respond, record.
-    async fn answer(
-        &self,
-        deployment: &Arc<Deployment>,
-        target: route::UpstreamTarget,
-        request: Request<ClientBody>,
-        cx: &Context,
-    ) -> Result<Response<ResponseBody>, Rejection> {
-        let rejected = |error| Rejection::at_deployment(error, deployment);
-        let (parts, body) = request.into_parts();
-        let received = receive::receive(body, cx.started, &self.settings)
-            .await
-            .map_err(rejected)?;
-        let prefix = admit::key(deployment, &parts.headers, &received.body);
-        let request = Request::from_parts(parts, received.body);
-        let since = received.waited_until.unwrap_or(cx.started);
-        let admitted = admit::admit(&self.admitter, deployment, since, &prefix)
-            .await
-            .map_err(|e| rejected(e).after(Attempt::queued(since.elapsed())))?;
-        let (pod, queue_wait) = (admitted.slot.pod().address(), admitted.queue_wait);
-        let forwarded = self
-            .forwarder
-            .forward(deployment, target, admitted.slot, request, cx)
-            .await
-            .map_err(|e| {
-                let upstream = since.elapsed().saturating_sub(queue_wait);
-                rejected(e).after(Attempt::sent(pod, queue_wait, upstream))
-            })?;
-        let responded = respond::respond(forwarded, deployment, &cx.ids);
-        Ok(record::routed(
-            (&self.access_log, self.export.as_ref()),
-            responded,
-            deployment,
-            queue_wait,
-            cx,
-        ))
     }
 }

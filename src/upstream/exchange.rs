@@ -22,6 +22,7 @@
 //! this one: its `Drop` (abandon or discard) in `upstream::abandon`, and `Exchange::respond`
 //! (the pod's body read ahead) in `upstream::readahead`.
 
+use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -167,8 +168,13 @@ impl Exchange {
     /// connection that turns out to be closed is skipped without losing the request; only a
     /// failure to connect at all (or a new connection that fails at once) is
     /// [`SendError::NotSent`]. If this future is dropped while the pod has the request, the
-    /// exchange keeps waiting for it when dropped in turn (abandoned).
-    pub async fn send(&mut self, request: Request<RequestBody>) -> Result<Parts, SendError> {
+    /// exchange keeps waiting for it when dropped in turn (abandoned). The head is written into
+    /// a buffer when this is called; the returned future holds the request's parts once
+    /// (`docs/ARCHITECTURE.md`, "The request's future").
+    pub fn send(
+        &mut self,
+        request: Request<RequestBody>,
+    ) -> impl Future<Output = Result<Parts, SendError>> + Send + '_ {
         let (parts, mut body) = request.into_parts();
         let mut head = Vec::with_capacity(512);
         let mut outgoing = codec::request_head(&parts, &body, &mut head);
@@ -178,21 +184,24 @@ impl Exchange {
                 outgoing = Outgoing::Nothing;
             }
         }
-        if let Err(error) = self.write_head(&head).await {
-            return Err(self.not_sent(Box::new(Request::from_parts(parts, body)), error));
-        }
-        let to_head = parts.method == Method::HEAD;
-        if let Outgoing::Body(encoder) = outgoing {
-            let connection = self
-                .connection
-                .as_mut()
-                .expect("the head was written on it");
-            if let Err(error) = connection.send_body(&mut body, encoder).await {
-                return Err(self.failed(error));
+        async move {
+            if let Err(error) = self.write_head(&head).await {
+                return Err(self.not_sent(Box::new(Request::from_parts(parts, body)), error));
             }
+            drop(head);
+            let to_head = parts.method == Method::HEAD;
+            if let Outgoing::Body(encoder) = outgoing {
+                let connection = self
+                    .connection
+                    .as_mut()
+                    .expect("the head was written on it");
+                if let Err(error) = connection.send_body(&mut body, encoder).await {
+                    return Err(self.failed(error));
+                }
+            }
+            drop(body);
+            self.await_head(to_head).await.map_err(|e| self.failed(e))
         }
-        drop(body);
-        self.await_head(to_head).await.map_err(|e| self.failed(e))
     }
 
     /// Writes `head` on a live pooled connection, or a new one, which the exchange then keeps.

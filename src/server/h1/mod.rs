@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use http::Response;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
@@ -26,7 +27,7 @@ use crate::http1::head::{HeadLimits, RequestHead};
 use crate::http1::reply::Asked;
 use crate::http1::wire::{RequestHeadError, Wire};
 use crate::proxy::error::http1_refusal;
-use crate::proxy::{ClientBody, ClientConn, Proxy, RouterError};
+use crate::proxy::{ClientConn, Proxy, ResponseBody, RouterError};
 
 /// What a connection is served with on this path.
 pub struct Serving<'a> {
@@ -93,7 +94,10 @@ where
             keep_alive: head.keep_alive(),
         };
         drop(head);
-        match exchange(&mut wire, request, asked, serving).await {
+        // Boxed: the request path's state lives only while a request does, so an idle
+        // connection stays small; made here, so the request is not held by this loop's future.
+        let handled = Box::pin(serving.proxy.clone().handle(request, serving.conn.clone()));
+        match exchange(&mut wire, handled, asked, serving).await {
             Next::KeepAlive => {}
             Next::Close => return close(wire).await,
         }
@@ -137,21 +141,19 @@ where
     }
 }
 
-/// Answers one request and writes the answer; the connection closes after it when the client
-/// went away, asked for the close, the answer needs it, or the router is draining.
-async fn exchange<IO>(
+/// Waits for the answer `handled` gives and writes it; the connection closes after it when the
+/// client went away, asked for the close, the answer needs it, or the router is draining.
+async fn exchange<IO, F>(
     wire: &mut Wire<GuardedIo<IO>>,
-    request: http::Request<ClientBody>,
+    handled: Pin<Box<F>>,
     mut asked: Asked,
     serving: &Serving<'_>,
 ) -> Next
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Future<Output = Response<ResponseBody>>,
 {
     let in_progress = serving.activity.begin();
-    // Boxed: the request path's state lives only while a request does, so an idle connection
-    // stays small.
-    let handled = Box::pin(serving.proxy.clone().handle(request, serving.conn.clone()));
     let Some(response) = answered(wire, handled).await else {
         // The client went away: the request was dropped (counted and logged as 499).
         return Next::Close;

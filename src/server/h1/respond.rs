@@ -6,7 +6,7 @@
 //! first. The client's close is watched as hyper watched it (while nothing of a next request is
 //! buffered): the body is then dropped, and its access-log line says it did not end.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::Poll;
 
@@ -35,12 +35,14 @@ enum Step {
 }
 
 /// Writes `response` to the client; whether the connection must close after it (the response
-/// says so, its body only ends with the close, or writing it failed).
-pub(super) async fn write<IO>(
-    wire: &mut Wire<IO>,
+/// says so, its body only ends with the close, or writing it failed). The head is written into
+/// a buffer when this is called; the returned future holds only the body and that buffer
+/// (`docs/ARCHITECTURE.md`, "The request's future").
+pub(super) fn write<'w, IO>(
+    wire: &'w mut Wire<IO>,
     response: Response<ResponseBody>,
     asked: Asked,
-) -> bool
+) -> impl Future<Output = bool> + 'w
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -53,15 +55,17 @@ where
     let mut out = Pending::with_capacity(512);
     let (framing, close) = reply::response_head(out.buf(), &parts, length, asked);
     drop(parts);
-    let sent = match framing {
-        Framing::None => {
-            // Nothing of the body goes to the client: it is not read (as hyper did not).
-            drop(body);
-            out.write_to(wire.get_mut()).await.is_ok()
-        }
-        Framing::Body(encoder) => send_body(wire, &mut body, encoder, out).await,
-    };
-    close || !sent
+    async move {
+        let sent = match framing {
+            Framing::None => {
+                // Nothing of the body goes to the client: it is not read (as hyper did not).
+                drop(body);
+                out.write_to(wire.get_mut()).await.is_ok()
+            }
+            Framing::Body(encoder) => send_body(wire, &mut body, encoder, out).await,
+        };
+        close || !sent
+    }
 }
 
 /// Sends `body` after what `out` holds (the head); whether all of it was sent.
