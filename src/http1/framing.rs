@@ -93,6 +93,14 @@ impl Framing {
         self.indexes.as_mut()?.pop_front()
     }
 
+    /// Gives back the memory of the kept indexes when none is waiting (a connection idle
+    /// between requests keeps nothing for its next head).
+    pub fn release_indexes(&mut self) {
+        if let Some(indexes) = self.indexes.as_mut().filter(|i| i.is_empty()) {
+            *indexes = VecDeque::new();
+        }
+    }
+
     /// Whether the stream is between requests (no byte of the next head seen yet).
     pub fn at_boundary(&self) -> bool {
         matches!(self.state, State::Head) && self.head.is_empty()
@@ -269,6 +277,26 @@ mod tests {
         let mut f = Framing::new(LIMITS);
         f.feed(first.as_bytes());
         assert!(f.take_index().is_none(), "not kept unless asked");
+    }
+
+    #[test]
+    fn released_indexes_free_their_memory_only_when_none_is_waiting() {
+        let head = "GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut f = Framing::new(LIMITS);
+        f.keep_indexes(true);
+        f.feed(head.repeat(2).as_bytes());
+        f.take_index().unwrap();
+        f.release_indexes();
+        assert!(f.take_index().is_some(), "a waiting index is kept");
+        assert!(f.indexes.as_ref().unwrap().capacity() > 0);
+        f.release_indexes();
+        assert_eq!(
+            f.indexes.as_ref().unwrap().capacity(),
+            0,
+            "nothing held when idle"
+        );
+        f.feed(head.as_bytes());
+        assert!(f.take_index().is_some(), "still kept after the release");
     }
 
     /// Feeds `input` split at every position and checks the outcome is the same.

@@ -464,10 +464,13 @@ pub async fn serve<IO>(
                 limits: settings.guard.limits,
                 drain: &drain,
             };
-            match h1::serve(io, &serving).await {
+            // Both boxed: a connection still being sniffed, or a TLS one still shaking hands,
+            // carries neither path's state, and one served here never carries hyper's.
+            match Box::pin(h1::serve(io, &serving)).await {
                 h1::Served::Closed => Ok(()),
                 h1::Served::ToHyper(io) => {
-                    serve_http1(*io, service, &activity, settings, drain.clone()).await
+                    let served = serve_http1(*io, service, &activity, settings, drain.clone());
+                    Box::pin(served).await
                 }
             }
         }

@@ -190,6 +190,12 @@ impl<T> GuardedIo<T> {
         }
     }
 
+    /// Gives back the memory of the kept head indexes while none is waiting (an idle
+    /// connection).
+    pub fn release_head_indexes(&mut self) {
+        self.framing.release_indexes();
+    }
+
     /// Starts writing a refusal (only called while no response is being written).
     fn refuse(&mut self, error: RouterError) {
         self.refusal = http1_refusal(error);

@@ -109,8 +109,8 @@ where
 const PARK_AFTER: Duration = Duration::from_secs(2);
 
 /// Reads the next request head. While nothing of it has arrived for [`PARK_AFTER`], the
-/// connection is parked: its read buffer is released and its next bytes are read into a small
-/// one (the guard's keep-alive timer still ends the wait).
+/// connection is parked: its read buffer and the guard's kept head indexes are released and
+/// its next bytes are read into a small one (the guard's keep-alive timer still ends the wait).
 async fn next_head<IO>(
     wire: &mut Wire<GuardedIo<IO>>,
     mut park: Pin<&mut Sleep>,
@@ -133,6 +133,7 @@ where
             continue;
         }
         wire.release_buffer();
+        wire.get_mut().release_head_indexes();
         let mut first = [0u8; 64];
         match wire.get_mut().read(&mut first).await? {
             0 => return Ok(None),
