@@ -49,8 +49,9 @@ pub struct Framing {
     state: State,
     head: Vec<u8>,
     limits: HeadLimits,
-    /// The index of each head checked and not taken yet, in order, when they are kept.
-    indexes: Option<VecDeque<HeadIndex>>,
+    /// The index of each head checked and not taken yet, in order, when they are kept (boxed:
+    /// an index holds its fields inline, and it is moved from here to the reader's head).
+    indexes: Option<VecDeque<Box<HeadIndex>>>,
 }
 
 /// What feeding bytes found.
@@ -89,7 +90,7 @@ impl Framing {
 
     /// The index of the oldest head checked and not taken yet (heads are taken in the order of
     /// the stream, so a reader of the same bytes need not check them again).
-    pub fn take_index(&mut self) -> Option<HeadIndex> {
+    pub fn take_index(&mut self) -> Option<Box<HeadIndex>> {
         self.indexes.as_mut()?.pop_front()
     }
 
@@ -235,7 +236,7 @@ fn bad_chunk(undispatched: Option<usize>, chunk_start: usize) -> Scan {
 fn body_state(
     head: &[u8],
     limits: HeadLimits,
-    indexes: &mut Option<VecDeque<HeadIndex>>,
+    indexes: &mut Option<VecDeque<Box<HeadIndex>>>,
 ) -> Result<State, Violation> {
     let index = head::inspect(head, limits)?;
     let state = match index.body() {
@@ -244,7 +245,7 @@ fn body_state(
         BodyFraming::Chunked => State::Chunked(ChunkedDecoder::new(limits.max_header_bytes)),
     };
     if let Some(indexes) = indexes {
-        indexes.push_back(index);
+        indexes.push_back(Box::new(index));
     }
     Ok(state)
 }

@@ -457,13 +457,15 @@ static QUERY: [bool; 256] =
 #[derive(Clone, Debug)]
 pub struct RequestHead {
     bytes: Bytes,
-    index: HeadIndex,
+    /// Boxed: an index holds its fields inline, and a head is moved several times on its way
+    /// to the request path (`docs/ARCHITECTURE.md`, "The request's future").
+    index: Box<HeadIndex>,
 }
 
 impl RequestHead {
     /// Checks and indexes `bytes`, a complete head (see [`inspect`]).
     pub fn parse(bytes: Bytes, limits: HeadLimits) -> Result<Self, Violation> {
-        let index = inspect(&bytes, limits)?;
+        let index = Box::new(inspect(&bytes, limits)?);
         Ok(RequestHead { bytes, index })
     }
 
@@ -474,7 +476,7 @@ impl RequestHead {
 
     /// `bytes`, a complete head that was checked already, with the `index` that check made;
     /// the bytes back when the index is not of a head of their length.
-    pub fn with_index(bytes: Bytes, index: HeadIndex) -> Result<Self, Bytes> {
+    pub fn with_index(bytes: Bytes, index: Box<HeadIndex>) -> Result<Self, Bytes> {
         match index.len as usize == bytes.len() {
             true => Ok(RequestHead { bytes, index }),
             false => Err(bytes),

@@ -168,7 +168,7 @@ impl<IO: AsyncRead + Unpin> Wire<IO> {
     pub async fn request_head_indexed(
         &mut self,
         limits: HeadLimits,
-        mut indexed: impl FnMut(&mut IO, usize) -> Option<HeadIndex>,
+        mut indexed: impl FnMut(&mut IO, usize) -> Option<Box<HeadIndex>>,
     ) -> Result<Option<RequestHead>, RequestHeadError> {
         loop {
             let blank = self

@@ -179,7 +179,7 @@ impl<T> GuardedIo<T> {
     /// The index of the oldest head checked and not taken yet, when the connection's reader
     /// splits off a head of `len` bytes; a head of another length (never expected) stops the
     /// keeping, and the reader checks its heads itself.
-    pub fn take_head_index(&mut self, len: usize) -> Option<HeadIndex> {
+    pub fn take_head_index(&mut self, len: usize) -> Option<Box<HeadIndex>> {
         match self.framing.take_index() {
             Some(index) if index.len() == len => Some(index),
             Some(_) => {
