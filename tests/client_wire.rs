@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use scoregate::sample_model::SampleModel;
-use support::{guard, simple_routes, Harness, KEY};
+use support::{guard, read_response, read_to_close, simple_routes, Harness, KEY};
 
 async fn router() -> (Harness, SampleModel) {
     let pod = SampleModel::start_local("blue").await.unwrap();
@@ -28,42 +28,6 @@ fn score(request_id: &str, extra: &str) -> String {
         "POST /api/v1/endpoint/ep-one/score HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {KEY}\r\n\
          x-request-id: {request_id}\r\nContent-Length: 2\r\n{extra}\r\n{{}}"
     )
-}
-
-/// Reads until the router closes the connection.
-async fn read_to_close(stream: &mut TcpStream) -> String {
-    let mut out = Vec::new();
-    guard("the router to close the connection", async {
-        let mut buf = [0u8; 8192];
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Reads one Content-Length framed response from an open connection.
-async fn read_response(stream: &mut TcpStream) -> String {
-    let mut response = Vec::new();
-    guard("a response on the kept-alive connection", async {
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = stream.read(&mut buf).await.unwrap();
-            assert!(n > 0, "the connection closed instead of answering");
-            response.extend_from_slice(&buf[..n]);
-            if let Some((head, body)) = split(&String::from_utf8_lossy(&response)) {
-                if body.len() >= length(&head) {
-                    break;
-                }
-            }
-        }
-    })
-    .await;
-    String::from_utf8_lossy(&response).into_owned()
 }
 
 fn split(text: &str) -> Option<(String, String)> {

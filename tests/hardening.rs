@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use scoregate::sample_model::SampleModel;
-use support::{guard, simple_routes, Harness, KEY};
+use support::{guard, read_response, read_to_close, simple_routes, Harness, KEY};
 
 struct Raw {
     harness: Harness,
@@ -48,21 +48,6 @@ async fn exchange(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(bytes).await.unwrap();
     read_to_close(&mut stream).await
-}
-
-async fn read_to_close(stream: &mut TcpStream) -> String {
-    let mut out = Vec::new();
-    guard("the router to close the connection", async {
-        let mut buf = [0u8; 8192];
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn status_of(response: &str) -> u16 {
@@ -427,35 +412,6 @@ async fn request_on(stream: &mut TcpStream, path: &str) -> String {
         .await
         .unwrap();
     read_response(stream).await
-}
-
-/// Reads one Content-Length framed response from an open connection.
-async fn read_response(stream: &mut TcpStream) -> String {
-    let mut response = Vec::new();
-    guard("a response on the kept-alive connection", async {
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = stream.read(&mut buf).await.unwrap();
-            assert!(n > 0, "the connection closed instead of answering");
-            response.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&response);
-            if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().parse().unwrap())
-                    })
-                    .unwrap_or(0);
-                if body.len() >= length {
-                    break;
-                }
-            }
-        }
-    })
-    .await;
-    String::from_utf8_lossy(&response).into_owned()
 }
 
 #[tokio::test]

@@ -586,6 +586,16 @@ impl RequestHead {
     }
 }
 
+/// A test's request head: `text` checked under generous limits (4 KiB, 32 fields).
+#[cfg(test)]
+pub(crate) fn test_head(text: &str) -> RequestHead {
+    let limits = HeadLimits {
+        max_header_bytes: 4096,
+        max_headers: 32,
+    };
+    RequestHead::parse(Bytes::copy_from_slice(text.as_bytes()), limits).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,19 +32,9 @@ pub fn request<B>(head: &RequestHead, body: B) -> Option<Request<B>> {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
-    use crate::http1::head::HeadLimits;
 
-    const LIMITS: HeadLimits = HeadLimits {
-        max_header_bytes: 4096,
-        max_headers: 32,
-    };
-
-    fn head(text: &str) -> RequestHead {
-        RequestHead::parse(Bytes::copy_from_slice(text.as_bytes()), LIMITS).unwrap()
-    }
+    use crate::http1::head::test_head as head;
 
     #[test]
     fn a_head_becomes_the_request_hyper_made_of_it() {

@@ -303,20 +303,10 @@ thread_local! {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
-    use crate::http1::head::HeadLimits;
     use crate::http1::response::Parsed;
 
-    const LIMITS: HeadLimits = HeadLimits {
-        max_header_bytes: 4096,
-        max_headers: 32,
-    };
-
-    fn request(text: &str) -> RequestHead {
-        RequestHead::parse(Bytes::copy_from_slice(text.as_bytes()), LIMITS).unwrap()
-    }
+    use crate::http1::head::test_head as request;
 
     fn response(text: &str, to_head: bool) -> ResponseHead {
         match ResponseHead::parse(text.as_bytes(), to_head).unwrap() {
