@@ -155,3 +155,39 @@ async fn a_client_that_expects_100_continue_gets_it_before_sending_its_body() {
     assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
     assert_eq!(pod.stats().requests(), 1);
 }
+
+/// A refused head whose client goes on sending (its body, say): the router reads and discards
+/// what comes until the client closes (`server::linger`), so the client's writes are not
+/// answered by a TCP reset (which fails them, and can reach the client before the refusal) and
+/// the client reads the refusal. Two refusals are tried (a bare line feed, a head over the
+/// limit). The body is larger than the sockets' buffers, so the router has closed before it is
+/// all written.
+#[tokio::test]
+async fn a_refused_client_still_sending_reads_the_refusal() {
+    let (h, pod) = router().await;
+    let too_large = format!(
+        "POST /api/v1/endpoint/ep-one/score HTTP/1.1\r\nHost: a\r\nx-big: {}\r\n\
+         Content-Length: 33554432\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let bare_lf = "POST /api/v1/endpoint/ep-one/score HTTP/1.1\nHost: a\r\n\
+                   Content-Length: 33554432\r\n\r\n"
+        .to_string();
+    for head in [bare_lf, too_large] {
+        let mut stream = TcpStream::connect(h.http).await.unwrap();
+        let (mut read, mut write) = stream.split();
+        let sending = async {
+            write.write_all(head.as_bytes()).await?;
+            write.write_all(&vec![b'x'; 32 * 1024 * 1024]).await?;
+            write.shutdown().await
+        };
+        let mut answer = Vec::new();
+        let reading = read.read_to_end(&mut answer);
+        let (sent, read) = guard("the refusal", async { tokio::join!(sending, reading) }).await;
+        let text = String::from_utf8_lossy(&answer);
+        assert!(sent.is_ok(), "{sent:?}");
+        assert!(read.is_ok(), "{read:?} after {text}");
+        assert!(text.starts_with("HTTP/1.1 4"), "{text}");
+    }
+    assert_eq!(pod.stats().requests(), 0);
+}

@@ -25,6 +25,7 @@ use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::linger::{poll_discard, LINGER};
 use crate::http1::framing::{Framing, HeadLimits, Scan, Violation};
 use crate::http1::head::HeadIndex;
 use crate::proxy::error::{http1_refusal, RouterError};
@@ -135,6 +136,21 @@ pub struct GuardedIo<T> {
     /// Bytes already read (and checked) that must be handed out again first: what a released
     /// hyper connection had read, or what arrived while the connection was parked.
     replay: Bytes,
+    /// The close lingers (`server::linger`): set when a request is refused, since the client
+    /// may still be sending it. Once the shutdown is under way, when the lingering ends.
+    linger: Linger,
+    /// How long the lingering close lasts at most ([`LINGER`]).
+    linger_limit: Duration,
+}
+
+/// Whether the connection's close lingers, and until when.
+enum Linger {
+    /// It does not: the client is not known to be sending anything.
+    No,
+    /// It will, once this side is half-closed.
+    Wanted,
+    /// This side is half-closed; what the client sends is discarded until this passes.
+    Until(Pin<Box<Sleep>>),
 }
 
 impl<T> GuardedIo<T> {
@@ -154,6 +170,16 @@ impl<T> GuardedIo<T> {
             refusal_written: 0,
             pending: None,
             replay: Bytes::new(),
+            linger: Linger::No,
+            linger_limit: LINGER,
+        }
+    }
+
+    /// Makes the connection's close linger (`server::linger`): the caller refused a request
+    /// whose rest the client may still be sending.
+    pub fn linger_on_close(&mut self) {
+        if matches!(self.linger, Linger::No) {
+            self.linger = Linger::Wanted;
         }
     }
 
@@ -201,6 +227,7 @@ impl<T> GuardedIo<T> {
         self.refusal = http1_refusal(error);
         self.refusal_written = 0;
         self.phase = Phase::Refusing;
+        self.linger_on_close();
         tracing::debug!(
             status = error.status().as_u16(),
             code = error.code(),
@@ -363,7 +390,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -388,7 +415,81 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
+    /// Half-closes the connection; after a refusal, then reads and discards what the client
+    /// still sends until it closes or [`LINGER`] passes (hyper shuts a connection down when it
+    /// is done with it, the byte-level path when it closes one).
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        loop {
+            match &mut this.linger {
+                Linger::Until(until) => {
+                    ready!(poll_discard(&mut this.inner, until.as_mut(), cx));
+                    this.linger = Linger::No;
+                    return Poll::Ready(Ok(()));
+                }
+                Linger::No => return Pin::new(&mut this.inner).poll_shutdown(cx),
+                Linger::Wanted => {
+                    ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+                    this.linger = Linger::Until(Box::pin(tokio::time::sleep(this.linger_limit)));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// `io` guarded with timers and a lingering close longer than any test.
+    fn guarded(io: tokio::io::DuplexStream) -> GuardedIo<tokio::io::DuplexStream> {
+        let settings = GuardSettings {
+            limits: HeadLimits {
+                max_header_bytes: 8 * 1024,
+                max_headers: 100,
+            },
+            header_timeout: Duration::from_secs(3600),
+            keep_alive_timeout: Duration::from_secs(3600),
+        };
+        let mut io = GuardedIo::new(io, settings, Activity::new(Instant::now()));
+        io.linger_limit = Duration::from_secs(3600);
+        io
+    }
+
+    /// A refused head: the client gets the refusal and the router's end of stream, then what it
+    /// still sends is read and discarded until it closes, rather than answered by a TCP reset.
+    /// (The lingering close is made longer than any test: only the client's close ends it.)
+    #[tokio::test]
+    async fn a_refused_connection_closes_lingering() {
+        let (router_side, mut client) = tokio::io::duplex(16 * 1024);
+        let mut io = guarded(router_side);
+        let router = tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            while io.read(&mut buf).await? > 0 {}
+            io.shutdown().await
+        });
+        client
+            .write_all(b"POST / HTTP/1.1\nhost: x\r\ncontent-length: 65536\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert!(got.starts_with(b"HTTP/1.1 400 "), "{got:?}");
+        client.write_all(&[b'x'; 64 * 1024]).await.unwrap();
+        drop(client);
+        router.await.unwrap().unwrap();
+    }
+
+    /// A connection that refused nothing closes at once.
+    #[tokio::test]
+    async fn an_unrefused_connection_closes_at_once() {
+        let (router_side, mut client) = tokio::io::duplex(16 * 1024);
+        let mut io = guarded(router_side);
+        io.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert!(got.is_empty());
     }
 }

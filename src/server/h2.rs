@@ -12,17 +12,14 @@
 //!   `limits.h2_reset_streams_per_second`, bursts of ten times as many). Beyond, the connection
 //!   gets GOAWAY `ENHANCE_YOUR_CALM` and closes: hyper only offers a GOAWAY with `NO_ERROR`,
 //!   so [`H2Io`] follows the frame boundaries of what hyper writes, writes the GOAWAY itself at
-//!   the next one, and fails the connection there — after a lingering close: it half-closes
-//!   its side and reads and discards what the client still sends, until the client closes or
-//!   [`LINGER`] passes (nginx's `lingering_close`). Closing a socket with unread frames in it
-//!   makes the kernel send a TCP reset, which can reach the client before the GOAWAY is read,
-//!   so the client would see a reset connection instead of the reason. (Streams reset before the router accepted
+//!   the next one, and fails the connection there — after a lingering close
+//!   (`server::linger`), so a client still sending frames reads the GOAWAY rather than a TCP
+//!   reset. (Streams reset before the router accepted
 //!   them are bounded by h2 itself: `limits.h2_max_pending_accept_reset_streams`.)
 //!
 //! Abandoned streams never over-admit a pod (`upstream::abandon` holds their slots); the bound
 //! keeps one connection from making the pods work for nothing at the rate it can open streams.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -35,6 +32,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::linger::{poll_discard, LINGER};
+
 /// The HTTP/2 connection preface a client sends first.
 const PREFACE_LEN: usize = 24;
 /// Frame types and error codes of RFC 9113.
@@ -43,8 +42,6 @@ const GOAWAY: u8 = 0x7;
 const ENHANCE_YOUR_CALM: u32 = 0xb;
 /// A stream that is not waiting for the client.
 const NOT_WAITING: u64 = u64::MAX;
-/// The longest a connection told to calm down is read and discarded before it is closed.
-pub const LINGER: Duration = Duration::from_secs(2);
 
 /// Per connection: the reset budget, whether it is spent, and the streams being answered.
 pub struct H2Watch {
@@ -237,25 +234,6 @@ fn goaway_frame(last_stream: u32) -> [u8; 17] {
     frame
 }
 
-/// Reads and discards from `io` until it ends, fails, or `until` passes.
-fn linger<T: AsyncRead + Unpin>(
-    io: &mut T,
-    mut until: Pin<&mut tokio::time::Sleep>,
-    cx: &mut Context<'_>,
-) -> Poll<()> {
-    let mut discard = [0u8; 4096];
-    loop {
-        if until.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(());
-        }
-        let mut buf = ReadBuf::new(&mut discard);
-        match ready!(Pin::new(&mut *io).poll_read(cx, &mut buf)) {
-            Ok(()) if !buf.filled().is_empty() => continue,
-            _ => return Poll::Ready(()),
-        }
-    }
-}
-
 /// An HTTP/2 client connection as hyper sees it: frames followed both ways, and a GOAWAY
 /// `ENHANCE_YOUR_CALM` written in place of hyper's next frame when the watch asks.
 pub struct H2Io<T> {
@@ -327,7 +305,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> H2Io<T> {
             }
             goaway.shut = true;
         }
-        ready!(linger(inner, goaway.until.as_mut(), cx));
+        ready!(poll_discard(inner, goaway.until.as_mut(), cx));
         Poll::Ready(io::Error::new(
             io::ErrorKind::ConnectionAborted,
             "GOAWAY ENHANCE_YOUR_CALM: too many streams reset",

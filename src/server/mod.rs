@@ -12,6 +12,7 @@ pub mod connection;
 pub mod guard;
 pub mod h1;
 pub mod h2;
+pub mod linger;
 pub mod send_timeout;
 
 use std::io;

@@ -83,6 +83,8 @@ where
             Err(RequestHeadError::Refused(violation)) => {
                 let refusal = http1_refusal(RouterError::Framing(violation));
                 let _ = wire.write_all(&refusal).await;
+                // The client may still be sending the refused request.
+                wire.get_mut().linger_on_close();
                 return close(wire).await;
             }
         };
@@ -201,7 +203,7 @@ fn hand_over<IO>(wire: Wire<GuardedIo<IO>>, head: &RequestHead) -> Served<IO> {
     Served::ToHyper(Box::new(io))
 }
 
-/// Shuts the connection down.
+/// Shuts the connection down (lingering after a refusal: `server::linger`).
 async fn close<IO>(wire: Wire<GuardedIo<IO>>) -> Served<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
