@@ -404,6 +404,23 @@ impl DeploymentSpec {
                 ),
             );
         }
+        self.validate_settings(&mut err);
+        for (field, message) in self.routing.problems() {
+            err(&format!(".routing{field}"), message);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for pod in &self.pods {
+            if !seen.insert(pod.address) {
+                err(
+                    ".pods",
+                    format!("pod `{}` is listed twice: list it once", pod.address),
+                );
+            }
+        }
+    }
+
+    /// The request settings and outlier detection, each within its range.
+    fn validate_settings(&self, err: &mut impl FnMut(&str, String)) {
         let s = &self.settings;
         if s.request_timeout_ms == 0 || s.request_timeout_ms > MAX_REQUEST_TIMEOUT_MS {
             err(
@@ -444,18 +461,6 @@ impl DeploymentSpec {
                 ".outlier_detection.max_ejection_percent",
                 format!("{} is above 100: lower it", o.max_ejection_percent),
             );
-        }
-        for (field, message) in self.routing.problems() {
-            err(&format!(".routing{field}"), message);
-        }
-        let mut seen = std::collections::HashSet::new();
-        for pod in &self.pods {
-            if !seen.insert(pod.address) {
-                err(
-                    ".pods",
-                    format!("pod `{}` is listed twice: list it once", pod.address),
-                );
-            }
         }
     }
 }

@@ -159,30 +159,7 @@ impl Cluster {
             );
         }
         let cluster = Arc::new_cyclic(|this: &Weak<Cluster>| {
-            let (changed, announce, gone) = (this.clone(), this.clone(), this.clone());
-            let peer_context = Arc::new(PeerContext {
-                me: me_header.clone(),
-                credential: credential.clone(),
-                announce: Arc::new(move |peer: &str| {
-                    announce
-                        .upgrade()
-                        .map(|c| c.announce_to(peer))
-                        .unwrap_or_default()
-                }),
-                changed: Arc::new(move || {
-                    if let Some(cluster) = changed.upgrade() {
-                        cluster.recompute();
-                    }
-                }),
-                disconnected: Arc::new(move |peer: &str| {
-                    if let Some(cluster) = gone.upgrade() {
-                        cluster.disconnected(peer);
-                    }
-                }),
-                refused: metrics.refused.clone(),
-                heartbeat: settings.heartbeat,
-                timeout: settings.peer_timeout,
-            });
+            let peer_context = peer_context(this, &me_header, &credential, &metrics, &settings);
             Cluster {
                 this: this.clone(),
                 view: ArcSwap::from_pointee(View::empty(me.clone())),
@@ -668,4 +645,39 @@ fn advertised_address(config: &ClusterConfig, bound: SocketAddr) -> anyhow::Resu
         )
     })?;
     Ok(SocketAddr::new(ip, bound.port()))
+}
+
+/// What the peers' connection tasks of `cluster` are given: calls back into it by a weak
+/// reference (a peer task never keeps the cluster alive).
+fn peer_context(
+    cluster: &Weak<Cluster>,
+    me: &HeaderValue,
+    credential: &Arc<Credential>,
+    metrics: &ClusterMetrics,
+    settings: &Settings,
+) -> Arc<PeerContext> {
+    let (changed, announce, gone) = (cluster.clone(), cluster.clone(), cluster.clone());
+    Arc::new(PeerContext {
+        me: me.clone(),
+        credential: credential.clone(),
+        announce: Arc::new(move |peer: &str| {
+            announce
+                .upgrade()
+                .map(|c| c.announce_to(peer))
+                .unwrap_or_default()
+        }),
+        changed: Arc::new(move || {
+            if let Some(cluster) = changed.upgrade() {
+                cluster.recompute();
+            }
+        }),
+        disconnected: Arc::new(move |peer: &str| {
+            if let Some(cluster) = gone.upgrade() {
+                cluster.disconnected(peer);
+            }
+        }),
+        refused: metrics.refused.clone(),
+        heartbeat: settings.heartbeat,
+        timeout: settings.peer_timeout,
+    })
 }

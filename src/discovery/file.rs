@@ -238,22 +238,7 @@ pub fn parse_routes(text: &str) -> Result<RouteSpec, Vec<String>> {
             ));
             continue;
         }
-        spec.endpoints.insert(
-            e.name.clone(),
-            EndpointSpec {
-                name: e.name,
-                auth_mode: match e.auth_mode {
-                    AuthModeEntry::Key => AuthMode::Key,
-                    AuthModeEntry::AmlToken => AuthMode::AmlToken,
-                },
-                keys: EndpointKeys {
-                    primary: e.keys.primary,
-                    secondary: e.keys.secondary,
-                },
-                traffic: e.traffic,
-                mirror_traffic: e.mirror_traffic,
-            },
-        );
+        spec.endpoints.insert(e.name.clone(), endpoint_spec(e));
     }
     for (i, d) in file.deployments.into_iter().enumerate() {
         let key = (d.endpoint.clone(), d.name.clone());
@@ -264,26 +249,7 @@ pub fn parse_routes(text: &str) -> Result<RouteSpec, Vec<String>> {
             ));
             continue;
         }
-        let defaults = RequestSettings::default();
-        let s = d.request_settings;
-        spec.deployments.insert(
-            key,
-            DeploymentSpec {
-                name: d.name,
-                endpoint: d.endpoint,
-                pods: d.pods.into_iter().map(|p| p.0).collect(),
-                settings: RequestSettings {
-                    request_timeout_ms: s.request_timeout_ms.unwrap_or(defaults.request_timeout_ms),
-                    max_concurrent_requests_per_instance: s
-                        .max_concurrent_requests_per_instance
-                        .unwrap_or(defaults.max_concurrent_requests_per_instance),
-                    max_queue_wait_ms: s.max_queue_wait_ms.unwrap_or(defaults.max_queue_wait_ms),
-                    max_queue_length: s.max_queue_length,
-                },
-                outlier_detection: d.outlier_detection.into(),
-                routing: d.routing,
-            },
-        );
+        spec.deployments.insert(key, deployment_spec(d));
     }
     if let Err(errors) = spec.validate() {
         problems.extend(
@@ -296,6 +262,44 @@ pub fn parse_routes(text: &str) -> Result<RouteSpec, Vec<String>> {
         Ok(spec)
     } else {
         Err(problems)
+    }
+}
+
+/// An endpoint as the routes file declares it.
+fn endpoint_spec(e: EndpointEntry) -> EndpointSpec {
+    EndpointSpec {
+        name: e.name,
+        auth_mode: match e.auth_mode {
+            AuthModeEntry::Key => AuthMode::Key,
+            AuthModeEntry::AmlToken => AuthMode::AmlToken,
+        },
+        keys: EndpointKeys {
+            primary: e.keys.primary,
+            secondary: e.keys.secondary,
+        },
+        traffic: e.traffic,
+        mirror_traffic: e.mirror_traffic,
+    }
+}
+
+/// A deployment as the routes file declares it, the request settings it leaves out defaulted.
+fn deployment_spec(d: DeploymentEntry) -> DeploymentSpec {
+    let defaults = RequestSettings::default();
+    let s = d.request_settings;
+    DeploymentSpec {
+        name: d.name,
+        endpoint: d.endpoint,
+        pods: d.pods.into_iter().map(|p| p.0).collect(),
+        settings: RequestSettings {
+            request_timeout_ms: s.request_timeout_ms.unwrap_or(defaults.request_timeout_ms),
+            max_concurrent_requests_per_instance: s
+                .max_concurrent_requests_per_instance
+                .unwrap_or(defaults.max_concurrent_requests_per_instance),
+            max_queue_wait_ms: s.max_queue_wait_ms.unwrap_or(defaults.max_queue_wait_ms),
+            max_queue_length: s.max_queue_length,
+        },
+        outlier_detection: d.outlier_detection.into(),
+        routing: d.routing,
     }
 }
 
