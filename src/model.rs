@@ -280,14 +280,19 @@ impl RouteSpec {
     }
 }
 
+/// Adds a problem with the field `at` + the field it names to `errors`.
+fn reporter<'a>(at: &'a str, errors: &'a mut Vec<SpecError>) -> impl FnMut(&str, String) + 'a {
+    move |field: &str, message: String| {
+        errors.push(SpecError {
+            field: format!("{at}{field}"),
+            message,
+        })
+    }
+}
+
 impl EndpointSpec {
     fn validate(&self, at: &str, spec: &RouteSpec, errors: &mut Vec<SpecError>) {
-        let mut err = |field: &str, message: String| {
-            errors.push(SpecError {
-                field: format!("{at}{field}"),
-                message,
-            })
-        };
+        let mut err = reporter(at, errors);
         if let Err(message) = check_name(&self.name) {
             err(".name", message);
         }
@@ -376,12 +381,7 @@ impl EndpointSpec {
 
 impl DeploymentSpec {
     fn validate(&self, at: &str, spec: &RouteSpec, errors: &mut Vec<SpecError>) {
-        let mut err = |field: &str, message: String| {
-            errors.push(SpecError {
-                field: format!("{at}{field}"),
-                message,
-            })
-        };
+        let mut err = reporter(at, errors);
         if let Err(message) = check_name(&self.name) {
             err(".name", message);
         }

@@ -790,14 +790,20 @@ mod tests {
         assert_eq!(d.pods[0].address(), addr(1));
     }
 
-    #[test]
-    fn unchanged_endpoints_are_shared_between_tables() {
-        let mut b = builder();
+    /// `ep-one` with one pod of `blue`, and `ep-two` like it but without traffic.
+    fn two_endpoints() -> RouteSpec {
         let mut s = spec(&[("blue", 100)], &[("blue", vec![PodSpec::ready(addr(1))])]);
         let mut other = s.endpoints["ep-one"].clone();
         other.name = "ep-two".into();
         other.traffic.clear();
         s.endpoints.insert("ep-two".into(), other);
+        s
+    }
+
+    #[test]
+    fn unchanged_endpoints_are_shared_between_tables() {
+        let mut b = builder();
+        let mut s = two_endpoints();
         b.publish(&s);
         let first = b.handle().snapshot();
         s.deployments
@@ -825,11 +831,7 @@ mod tests {
     #[test]
     fn publish_changed_touches_only_the_named_endpoints() {
         let mut b = builder();
-        let mut s = spec(&[("blue", 100)], &[("blue", vec![PodSpec::ready(addr(1))])]);
-        let mut other = s.endpoints["ep-one"].clone();
-        other.name = "ep-two".into();
-        other.traffic.clear();
-        s.endpoints.insert("ep-two".into(), other);
+        let mut s = two_endpoints();
         let report = b.publish_changed(&s, ["ep-one", "ep-two"]);
         assert_eq!((report.endpoints_rebuilt, report.endpoints), (2, 2));
         let first = b.handle().snapshot();

@@ -55,17 +55,7 @@ impl Publisher {
             return Err(errors);
         }
         let report = self.builder.publish(spec);
-        self.applied.increment(1);
-        self.endpoints.set(report.endpoints as f64);
-        self.readiness.mark_loaded();
-        tracing::info!(
-            source = self.source,
-            generation = report.generation,
-            endpoints = report.endpoints,
-            rebuilt = report.endpoints_rebuilt,
-            removed = report.endpoints_removed,
-            "routing table published"
-        );
+        self.published(&report);
         Ok(report)
     }
 
@@ -78,10 +68,16 @@ impl Publisher {
         changed: impl IntoIterator<Item = &'a str>,
     ) -> BuildReport {
         let report = self.builder.publish_changed(spec, changed);
+        self.published(&report);
+        report
+    }
+
+    /// Counts a published table, marks the router ready, and logs what changed.
+    fn published(&self, report: &BuildReport) {
         self.applied.increment(1);
         self.endpoints.set(report.endpoints as f64);
         self.readiness.mark_loaded();
-        tracing::debug!(
+        tracing::info!(
             source = self.source,
             generation = report.generation,
             endpoints = report.endpoints,
@@ -89,7 +85,6 @@ impl Publisher {
             removed = report.endpoints_removed,
             "routing table published"
         );
-        report
     }
 
     /// Forgets pod state no table needs any more (see [`TableBuilder::sweep`]).
