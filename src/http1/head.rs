@@ -41,9 +41,12 @@ pub enum BodyFraming {
     Chunked,
 }
 
-/// Fields the HTTP/1 layer itself acts on: framing, connection management, and the hop-by-hop
-/// fields of RFC 9110 §7.6.1.
+/// Fields the HTTP/1 layer itself acts on (framing, connection management, the hop-by-hop
+/// fields of RFC 9110 §7.6.1), and those the proxy reads or rewrites on its way to the pod
+/// (`docs/ARCHITECTURE.md`, "The request path"): classified in the head's one pass, so reading
+/// one is not a search.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Known {
     /// `Host`.
     Host,
@@ -65,7 +68,28 @@ pub enum Known {
     Upgrade,
     /// `Expect`.
     Expect,
+    /// `Authorization`.
+    Authorization,
+    /// `User-Agent`.
+    UserAgent,
+    /// `azureml-model-deployment`.
+    ModelDeployment,
+    /// `x-request-id`.
+    RequestId,
+    /// `x-ms-client-request-id`.
+    ClientRequestId,
+    /// `traceparent`.
+    Traceparent,
+    /// `x-forwarded-for`.
+    ForwardedFor,
+    /// `x-forwarded-host`.
+    ForwardedHost,
+    /// `x-forwarded-proto`.
+    ForwardedProto,
 }
+
+/// How many kinds [`Known`] has.
+const KNOWN_KINDS: usize = Known::ForwardedProto as usize + 1;
 
 impl Known {
     /// The field `name` is, when it is one of these (ASCII case-insensitive).
@@ -79,9 +103,18 @@ impl Known {
             7 if is(b"upgrade") => Known::Upgrade,
             10 if is(b"connection") => Known::Connection,
             10 if is(b"keep-alive") => Known::KeepAlive,
+            10 if is(b"user-agent") => Known::UserAgent,
+            11 if is(b"traceparent") => Known::Traceparent,
+            12 if is(b"x-request-id") => Known::RequestId,
+            13 if is(b"authorization") => Known::Authorization,
             14 if is(b"content-length") => Known::ContentLength,
+            15 if is(b"x-forwarded-for") => Known::ForwardedFor,
             16 if is(b"proxy-connection") => Known::ProxyConnection,
+            16 if is(b"x-forwarded-host") => Known::ForwardedHost,
             17 if is(b"transfer-encoding") => Known::TransferEncoding,
+            17 if is(b"x-forwarded-proto") => Known::ForwardedProto,
+            22 if is(b"x-ms-client-request-id") => Known::ClientRequestId,
+            24 if is(b"azureml-model-deployment") => Known::ModelDeployment,
             _ => return None,
         };
         Some(known)
@@ -89,7 +122,16 @@ impl Known {
 
     /// Whether the field is hop-by-hop by definition (it never crosses the proxy as it came).
     pub fn is_hop_by_hop(self) -> bool {
-        !matches!(self, Known::Host | Known::ContentLength | Known::Expect)
+        matches!(
+            self,
+            Known::TransferEncoding
+                | Known::Connection
+                | Known::KeepAlive
+                | Known::ProxyConnection
+                | Known::Te
+                | Known::Trailer
+                | Known::Upgrade
+        )
     }
 }
 
@@ -150,6 +192,10 @@ pub struct HeadIndex {
     /// A `Connection` field lists a name other than the hop-by-hop ones.
     connection_lists: bool,
     expect_continue: bool,
+    /// Per kind of [`Known`]: the position of its first field plus one (0: none).
+    first: [u16; KNOWN_KINDS],
+    /// Bit `k` set: more than one field of kind `k`.
+    repeated: u32,
     /// The length of the head it indexes.
     len: u32,
 }
@@ -168,6 +214,18 @@ impl HeadIndex {
     /// Whether it indexes an empty head (never: a head has at least its request line).
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Takes note of a field of kind `known` about to be pushed.
+    fn note(&mut self, known: Known) {
+        let first = &mut self.first[known as usize];
+        if *first == 0 {
+            // At most `max_headers` fields, which the configuration keeps far below `u16::MAX`;
+            // a position that does not fit is not recorded (the lookup then searches).
+            *first = u16::try_from(self.fields.len() + 1).unwrap_or(u16::MAX);
+        } else {
+            self.repeated |= 1 << known as u32;
+        }
     }
 }
 
@@ -206,6 +264,9 @@ pub fn inspect(head: &[u8], limits: HeadLimits) -> Result<HeadIndex, Violation> 
         }
         let field = field_line(line, start as u32, lf as u32 + 1)?;
         counts.add(&field, head, &mut index)?;
+        if let Some(known) = field.known {
+            index.note(known);
+        }
         index.fields.push(field);
         start = lf + 1;
     }
@@ -336,6 +397,8 @@ fn request_line(line: &[u8]) -> Result<HeadIndex, Violation> {
         connection_keep_alive: false,
         connection_lists: false,
         expect_continue: false,
+        first: [0; KNOWN_KINDS],
+        repeated: 0,
         len: 0,
     })
 }
@@ -517,6 +580,14 @@ impl RequestHead {
         std::str::from_utf8(&self.bytes[start as usize..end as usize]).ok()
     }
 
+    /// The path and query of an origin-form target, without a fragment (for the others, the
+    /// whole target), valid UTF-8.
+    pub fn path_and_query(&self) -> &str {
+        let start = self.index.target.0 as usize;
+        let end = self.index.query.map_or(self.index.path_end, |(_, end)| end);
+        std::str::from_utf8(&self.bytes[start..end as usize]).unwrap_or("")
+    }
+
     /// The version.
     pub fn version(&self) -> Version {
         self.index.version
@@ -550,13 +621,19 @@ impl RequestHead {
             .count()
     }
 
-    /// The value of the first field of kind `known`.
+    /// The value of the first field of kind `known` (found by the head's one pass, not searched).
     pub fn get_known(&self, known: Known) -> Option<&[u8]> {
-        self.index
-            .fields
-            .iter()
-            .find(|f| f.known == Some(known))
-            .map(|f| f.value(&self.bytes))
+        let field = match self.index.first[known as usize] {
+            0 => return None,
+            u16::MAX => self.index.fields.iter().find(|f| f.known == Some(known))?,
+            position => &self.index.fields[usize::from(position) - 1],
+        };
+        Some(field.value(&self.bytes))
+    }
+
+    /// Whether the head has more than one field of kind `known`.
+    pub fn is_repeated(&self, known: Known) -> bool {
+        self.index.repeated & (1 << known as u32) != 0
     }
 
     /// Whether the client asks to keep the connection open after this request: HTTP/1.1 unless
@@ -573,9 +650,12 @@ impl RequestHead {
         self.index.expect_continue && self.index.version == Version::Http11
     }
 
-    /// Whether `name` is listed in a `Connection` field: such a field is hop-by-hop too.
+    /// Whether `name` is listed in a `Connection` field (other than as `close` or `keep-alive`,
+    /// the connection's options): such a field is hop-by-hop too.
     pub fn is_connection_listed(&self, name: &[u8]) -> bool {
         self.index.connection_lists
+            && !name.eq_ignore_ascii_case(b"close")
+            && !name.eq_ignore_ascii_case(b"keep-alive")
             && self
                 .index
                 .fields

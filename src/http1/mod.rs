@@ -11,7 +11,6 @@
 //! | [`wire`] | a connection read through a buffer: request and response heads split off it |
 //! | [`copy`] | bodies copied between connections in the request's own task |
 //! | [`write`] | the heads the byte-level path writes: the request for the pod, the response for the client |
-//! | [`parts`] | a checked request head as an `http` request (the client's leg of the byte-level path) |
 //! | [`reply`] | a response head written to an HTTP/1.1 client from `http` parts, by hyper's rules |
 //! | [`violation`] | why a request is refused, with its status and message |
 //! | [`encode`] | writing a response as bytes |
@@ -22,7 +21,6 @@ pub mod copy;
 pub mod encode;
 pub mod framing;
 pub mod head;
-pub mod parts;
 pub mod reply;
 pub mod response;
 pub mod violation;

@@ -1,8 +1,9 @@
 //! Writing the heads the byte-level path forwards: the request as the pod gets it and the
 //! response as the client gets it. The fields of the message being forwarded are copied as
 //! they came, except those HTTP says never cross a proxy (hop-by-hop fields, the fields a
-//! `Connection` field lists, the framing fields, which are written for the body as it is sent);
-//! the caller names the fields it replaces and writes its own.
+//! `Connection` field lists; a response's framing fields, which are written for the body as it
+//! is sent — a request's are the caller's); the caller names the fields it replaces and writes
+//! its own.
 //!
 //! The choices hyper made on this path before, kept: requests go out as HTTP/1.1; a chunked
 //! request body is sent chunked, without its extensions and trailers (a chunked `GET` body too,
@@ -16,7 +17,7 @@ use std::cell::RefCell;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::body::BodyEncoder;
-use super::head::{BodyFraming, Known, RequestHead, Version};
+use super::head::{Known, RequestHead, Version};
 use super::response::{ResponseFraming, ResponseHead};
 
 /// An HTTP/1.1 head being written into a buffer.
@@ -114,20 +115,28 @@ impl<'a> HeadWriter<'a> {
         self
     }
 
-    /// Copies the fields of `head` that may cross a proxy, as they came, in order; `replaced`
-    /// names the other fields not to copy. Consecutive kept lines are copied at once.
-    pub fn request_fields(&mut self, head: &RequestHead, mut replaced: impl FnMut(&[u8]) -> bool) {
+    /// Adds a field whose value is `parts` one after the other.
+    pub fn field_parts(&mut self, name: &[u8], parts: &[&[u8]]) -> &mut Self {
+        self.out.extend_from_slice(name);
+        self.out.extend_from_slice(b": ");
+        for part in parts {
+            self.out.extend_from_slice(part);
+        }
+        self.out.extend_from_slice(b"\r\n");
+        self
+    }
+
+    /// Copies the fields of `head` that may cross a proxy, as they came, in order: all but the
+    /// hop-by-hop ones, those a `Connection` field lists, and the kinds `replaced` names.
+    /// Consecutive kept lines are copied at once.
+    pub fn request_fields(&mut self, head: &RequestHead, mut replaced: impl FnMut(Known) -> bool) {
         let bytes = head.bytes();
         let mut run: Option<(usize, usize)> = None;
         for field in head.fields() {
             let line = field.line_range();
             let keep = match field.known() {
-                Some(Known::ContentLength) => false,
-                Some(known) if known.is_hop_by_hop() => false,
-                _ => {
-                    let name = field.name(bytes);
-                    !replaced(name) && !head.is_connection_listed(name)
-                }
+                Some(known) if known.is_hop_by_hop() || replaced(known) => false,
+                _ => !head.is_connection_listed(field.name(bytes)),
             };
             run = match (keep, run) {
                 (true, Some((start, _))) => Some((start, line.1)),
@@ -175,39 +184,20 @@ impl<'a> HeadWriter<'a> {
     }
 }
 
-/// Writes the head of `request` as the pod gets it: the method, `target` (in parts) and the
-/// fields that may cross a proxy, except those `replaced` names; the framing field of `body`,
-/// the body as it is sent (a client's `Content-Length: 0` is kept); then `extra` adds the
-/// caller's fields. Returns how the body is written.
+/// Writes the start of the head of `request` as the pod gets it: the method, `target` (in
+/// parts), the fields that may cross a proxy as they came (a `Content-Length` among them), but
+/// the kinds `replaced` names; then `extra` adds the caller's fields. The framing field and the
+/// empty line that ends the head are the caller's to write (`upstream::codec`).
 pub fn forward_request(
     out: &mut Vec<u8>,
     request: &RequestHead,
     target: &[&[u8]],
-    body: BodyFraming,
-    replaced: impl FnMut(&[u8]) -> bool,
+    replaced: impl FnMut(Known) -> bool,
     extra: impl FnOnce(&mut HeadWriter<'_>),
-) -> BodyEncoder {
+) {
     let mut head = HeadWriter::request(out, request.method(), target);
     head.request_fields(request, replaced);
-    let encoder = match body {
-        BodyFraming::Chunked => {
-            head.field(b"transfer-encoding", b"chunked");
-            BodyEncoder::Chunked
-        }
-        BodyFraming::Length(n) => {
-            head.field(b"content-length", itoa::Buffer::new().format(n).as_bytes());
-            BodyEncoder::Length
-        }
-        BodyFraming::Empty => {
-            if request.get_known(Known::ContentLength).is_some() {
-                head.field(b"content-length", b"0");
-            }
-            BodyEncoder::Length
-        }
-    };
     extra(&mut head);
-    head.finish();
-    encoder
 }
 
 /// The client's side of a response: what decides its version and framing.
@@ -323,38 +313,40 @@ mod tests {
              X-Kept-Too: 2\r\nTransfer-Encoding: chunked\r\nUpgrade: x\r\nAccept: */*\r\n\r\n",
         );
         let mut out = Vec::new();
-        let encoder = forward_request(
+        forward_request(
             &mut out,
             &head,
             &[b"/score", b"?", b"a=1"],
-            head.body(),
-            |name| name.eq_ignore_ascii_case(b"authorization"),
+            |known| known == Known::Authorization,
             |w| {
                 w.field(b"x-forwarded-proto", b"http");
             },
         );
-        assert_eq!(encoder, BodyEncoder::Chunked);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /score?a=1 HTTP/1.1\r\nHost: h\r\nX-Kept: 1\r\nX-Kept-Too: 2\r\nAccept: */*\r\n\
-             transfer-encoding: chunked\r\nx-forwarded-proto: http\r\n\r\n"
+             x-forwarded-proto: http\r\n"
         );
         let head = request("GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n");
         let mut out = Vec::new();
-        let encoder = forward_request(&mut out, &head, &[b"/"], head.body(), |_| false, |_| {});
-        assert_eq!(encoder, BodyEncoder::Length);
-        assert_eq!(
-            out,
-            b"GET / HTTP/1.1\r\nHost: h\r\ncontent-length: 0\r\n\r\n"
-        );
-        let head = request("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n");
+        forward_request(&mut out, &head, &[b"/"], |_| false, |_| {});
+        assert_eq!(out, b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n");
+        let listed =
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nConnection: content-length\r\n\r\n";
+        let head = request(listed);
         let mut out = Vec::new();
-        let framing = BodyFraming::Length(3);
-        let encoder = forward_request(&mut out, &head, &[b"/"], framing, |_| false, |_| {});
-        assert_eq!(encoder, BodyEncoder::Length);
+        forward_request(
+            &mut out,
+            &head,
+            &[b"/"],
+            |_| false,
+            |w| {
+                w.field_parts(b"x-forwarded-for", &[b"a", b", ", b"b"]);
+            },
+        );
         assert_eq!(
             out,
-            b"POST / HTTP/1.1\r\nHost: h\r\ncontent-length: 3\r\n\r\n"
+            b"POST / HTTP/1.1\r\nHost: h\r\nx-forwarded-for: a, b\r\n"
         );
     }
 

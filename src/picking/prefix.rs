@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 use std::hash::{BuildHasher, Hasher};
 
-use http::{HeaderMap, HeaderName};
+use http::HeaderName;
 use serde::Deserialize;
 
 use crate::model::PrefixSettings;
@@ -54,13 +54,17 @@ impl PrefixKey {
         matches!(self.source, PrefixSource::Body)
     }
 
-    /// The block hashes of a request: from its header, or from its body when the body is an
-    /// OpenAI-style JSON request. Empty when there is nothing to hash.
-    pub fn blocks(&self, headers: &HeaderMap, body: Option<&[u8]>) -> Vec<u64> {
+    /// The block hashes of a request: from its header (`header` reads a field's value by
+    /// name), or from its body when the body is an OpenAI-style JSON request. Empty when there
+    /// is nothing to hash.
+    pub fn blocks<'r>(
+        &self,
+        header: impl FnOnce(&HeaderName) -> Option<&'r [u8]>,
+        body: Option<&[u8]>,
+    ) -> Vec<u64> {
         match &self.source {
-            PrefixSource::Header(name) => headers
-                .get(name)
-                .map(|value| Blocks::new(self).whole(value.as_bytes()))
+            PrefixSource::Header(name) => header(name)
+                .map(|value| Blocks::new(self).whole(value))
                 .unwrap_or_default(),
             PrefixSource::Body => body.map(|body| self.body_blocks(body)).unwrap_or_default(),
         }
@@ -261,12 +265,15 @@ mod tests {
             block_bytes: 64,
             max_blocks: 8,
         };
-        let mut headers = HeaderMap::new();
-        assert!(header.blocks(&headers, None).is_empty());
+        let mut headers = http::HeaderMap::new();
+        let blocks = |headers: &http::HeaderMap, body: Option<&[u8]>| {
+            header.blocks(|name| headers.get(name).map(|v| v.as_bytes()), body)
+        };
+        assert!(blocks(&headers, None).is_empty());
         headers.insert("x-session-id", "abc".parse().unwrap());
-        let a = header.blocks(&headers, Some(b"ignored"));
+        let a = blocks(&headers, Some(b"ignored"));
         headers.insert("x-session-id", "abd".parse().unwrap());
         assert_eq!(a.len(), 1);
-        assert_ne!(a, header.blocks(&headers, None));
+        assert_ne!(a, blocks(&headers, None));
     }
 }

@@ -5,9 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use http::HeaderMap;
-
 use super::error::RouterError;
+use super::request::ClientRequest;
 use crate::admission::{Admitter, Slot, Target};
 use crate::table::Deployment;
 use crate::upstream::RequestBody;
@@ -24,12 +23,12 @@ pub struct Admitted {
 /// The prefix key of a request for `deployment`: empty unless the deployment routes on one;
 /// from a header, or from the body when it was received whole (a larger body is routed on
 /// load). Costs nothing for other deployments.
-pub fn key(deployment: &Deployment, headers: &HeaderMap, body: &RequestBody) -> Vec<u64> {
+pub fn key<B>(deployment: &Deployment, request: &ClientRequest<B>, body: &RequestBody) -> Vec<u64> {
     let Some(key) = &deployment.prefix else {
         return Vec::new();
     };
     let whole = key.needs_body().then(|| body.whole_bytes()).flatten();
-    key.blocks(headers, whole.as_deref())
+    key.blocks(|name| request.header(name), whole.as_deref())
 }
 
 /// Admits a request ready to be sent since `started` (its arrival, or the end of receiving its

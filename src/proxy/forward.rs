@@ -16,11 +16,14 @@ use http::{HeaderValue, Request, Uri, Version};
 
 use super::context::{Context, ProxySettings};
 use super::error::RouterError;
+use super::request::ClientRequest;
 use super::route::UpstreamTarget;
-use super::{headers, mirror};
+use super::{headers, mirror, pod_head};
 use crate::admission::{Admitter, Slot};
 use crate::table::Deployment;
-use crate::upstream::{Exchange, PodError, RequestBody, RequestBodyError, SendError, Upstream};
+use crate::upstream::{
+    Exchange, PodError, PodRequest, RequestBody, RequestBodyError, SendError, Upstream,
+};
 
 /// A request the pod has answered: its response head, on the exchange that holds the slot and
 /// the connection until the body has been read.
@@ -60,18 +63,32 @@ impl Forwarder {
         deployment: &'a Arc<Deployment>,
         target: UpstreamTarget,
         slot: Slot,
-        request: Request<RequestBody>,
+        request: ClientRequest<RequestBody>,
         cx: &Context,
     ) -> impl Future<Output = Result<Forwarded, RouterError>> + Send + 'a {
-        let (parts, mut body) = request.into_parts();
+        let (request, mut body) = request.into_parts();
         let exchange = self.exchange(deployment, slot);
         let copy = target
             .mirror
             .is_some()
             .then(|| body.copy_for_mirror(self.mirror_max_body_bytes));
-        let request = upstream_request(parts, body, target.path, cx, exchange.authority());
-        if let (Some(mirror), Some(copy)) = (target.mirror, copy) {
-            let head = mirror::MirrorHead::of(&request);
+        let mirrored = copy.is_some();
+        let (request, mirror_head) = match request {
+            ClientRequest::Http(request) => {
+                let (parts, ()) = request.into_parts();
+                let path = target.path.into_path_and_query();
+                let request = upstream_request(parts, body, path, cx, exchange.authority());
+                let head = mirrored.then(|| mirror::MirrorHead::of(&request));
+                (PodRequest::from_http(request), head)
+            }
+            ClientRequest::Head(request) => {
+                let path = target.path.as_bytes();
+                let pod = pod_head::pod_request(&request, path, body, cx, exchange.authority());
+                let head = mirrored.then(|| mirror::MirrorHead::Written(pod.head().clone()));
+                (pod, head)
+            }
+        };
+        if let (Some(mirror), Some(copy), Some(head)) = (target.mirror, copy, mirror_head) {
             let (upstream, admitter) = (self.upstream.clone(), self.admitter.clone());
             mirror::spawn(upstream, admitter, mirror, head, copy);
         }
@@ -89,7 +106,7 @@ impl Forwarder {
         &'a self,
         deployment: &'a Arc<Deployment>,
         exchange: Exchange,
-        request: Request<RequestBody>,
+        request: PodRequest,
     ) -> impl Future<Output = Result<Forwarded, RouterError>> + Send + 'a {
         let timeout = deployment.settings.request_timeout;
         // Boxed: the send (the exchange's request, its body and the pod's response head) is the
@@ -114,7 +131,7 @@ impl Forwarder {
         &self,
         deployment: &Arc<Deployment>,
         mut exchange: Exchange,
-        request: Request<RequestBody>,
+        request: PodRequest,
     ) -> Result<(http::response::Parts, Exchange), RouterError> {
         let (request, error) = match exchange.send(request).await {
             Ok(head) => return Ok((head, exchange)),
@@ -157,7 +174,7 @@ fn failed(error: &PodError) -> RouterError {
 /// The request as the pod gets it: hop-by-hop headers and the router's credential removed,
 /// `Host` kept (or set from the target's authority, or to the pod), the forwarding headers and
 /// the request ids set, the path rewritten.
-fn upstream_request(
+pub(super) fn upstream_request(
     mut parts: Parts,
     body: RequestBody,
     path: PathAndQuery,

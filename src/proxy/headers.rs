@@ -57,20 +57,33 @@ pub struct Tracing {
     pub sample_new: bool,
 }
 
+/// The fields a request's ids and trace context are read from, and whether one of the ids may be
+/// repeated (its request to the pod then gets them anew).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IdFields<'a> {
+    /// The first `x-request-id`.
+    pub request_id: Option<&'a [u8]>,
+    /// The first `x-ms-client-request-id`.
+    pub client_request_id: Option<&'a [u8]>,
+    /// The first `traceparent`.
+    pub traceparent: Option<&'a [u8]>,
+    /// An id field may be repeated.
+    pub may_repeat: bool,
+}
+
 impl RequestIds {
-    /// Applies the id and trace-context rules to the request's headers.
-    pub fn read(headers: &HeaderMap, tracing: Tracing) -> Self {
-        let client_guid = headers
-            .get(&REQUEST_ID)
-            .filter(|v| is_guid(v.as_bytes()))
-            .cloned();
-        let client_trace = headers.get(&TRACEPARENT).and_then(TraceContext::parse);
-        let sent_client_id = headers.get(&CLIENT_REQUEST_ID);
-        let client_request_id = sent_client_id.and_then(|v| clean_client_id(v.as_bytes()));
-        // A repeated field anywhere (rare) means a repeated id may be among them: rewrite.
+    /// Applies the id and trace-context rules to the request's id `fields`.
+    pub fn read(fields: IdFields<'_>, tracing: Tracing) -> Self {
+        let client_guid = fields
+            .request_id
+            .filter(|v| is_guid(v))
+            .and_then(|v| HeaderValue::from_bytes(v).ok());
+        let client_trace = fields.traceparent.and_then(TraceContext::parse);
+        let sent_client_id = fields.client_request_id;
+        let client_request_id = sent_client_id.and_then(clean_client_id);
         let request_unchanged = client_guid.is_some()
-            && sent_client_id == client_request_id.as_ref()
-            && headers.len() == headers.keys_len();
+            && sent_client_id == client_request_id.as_ref().map(HeaderValue::as_bytes)
+            && !fields.may_repeat;
         let (request_id, trace) = match (client_guid, client_trace) {
             (Some(id), Some(trace)) => (id, trace),
             (None, Some(trace)) => (trace.trace_id_guid(), trace),
@@ -115,6 +128,11 @@ impl RequestIds {
         if let Some(span) = self.upstream_span {
             headers.insert(TRACEPARENT.clone(), self.trace.header_for(span));
         }
+    }
+
+    /// Whether the request already carries both ids exactly as they go to the pod.
+    pub fn request_unchanged(&self) -> bool {
+        self.request_unchanged
     }
 
     /// The request id as text.
@@ -361,6 +379,18 @@ pub fn add_present_forwarded(
 mod tests {
     use super::*;
 
+    /// The ids of a request whose fields are `headers`.
+    fn read(headers: &HeaderMap, tracing: Tracing) -> RequestIds {
+        let value = |name: &HeaderName| headers.get(name).map(HeaderValue::as_bytes);
+        let fields = IdFields {
+            request_id: value(&REQUEST_ID),
+            client_request_id: value(&CLIENT_REQUEST_ID),
+            traceparent: value(&TRACEPARENT),
+            may_repeat: headers.len() != headers.keys_len(),
+        };
+        RequestIds::read(fields, tracing)
+    }
+
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -376,7 +406,7 @@ mod tests {
     fn valid_guid_is_kept_and_other_ids_replaced() {
         let guid = "3f2504e0-4f89-11d3-9a0c-0305e82c3301";
         assert_eq!(
-            RequestIds::read(&map(&[("x-request-id", guid)]), Tracing::default()).request_id,
+            read(&map(&[("x-request-id", guid)]), Tracing::default()).request_id,
             guid
         );
         for bad in [
@@ -385,12 +415,12 @@ mod tests {
             "{3f2504e0-4f89-11d3-9a0c-0305e82c3301}",
             "",
         ] {
-            let ids = RequestIds::read(&map(&[("x-request-id", bad)]), Tracing::default());
+            let ids = read(&map(&[("x-request-id", bad)]), Tracing::default());
             assert_ne!(ids.request_id, bad);
             assert!(is_guid(ids.request_id.as_bytes()));
         }
         assert!(is_guid(
-            RequestIds::read(&HeaderMap::new(), Tracing::default())
+            read(&HeaderMap::new(), Tracing::default())
                 .request_id
                 .as_bytes()
         ));
@@ -402,7 +432,7 @@ mod tests {
         // The client's traceparent, no request id: the request id is its trace id; without
         // export the traceparent goes to the pod as it came.
         let mut h = map(&[("traceparent", parent)]);
-        let ids = RequestIds::read(&h, Tracing::default());
+        let ids = read(&h, Tracing::default());
         assert_eq!(ids.request_id, "4bf92f35-77b3-4da6-a3ce-929d0e0e4736");
         assert!(ids.upstream_span.is_none());
         ids.apply_to_request(&mut h);
@@ -413,13 +443,13 @@ mod tests {
             sample_new: true,
         };
         let mut h = map(&[("traceparent", parent)]);
-        RequestIds::read(&h, exporting).apply_to_request(&mut h);
+        read(&h, exporting).apply_to_request(&mut h);
         let sent = h["traceparent"].to_str().unwrap();
         assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && sent.ends_with("-01"));
         assert_ne!(sent, parent);
         // No traceparent: a new trace whose id is the new request id, not sampled without export.
         let mut h = HeaderMap::new();
-        let ids = RequestIds::read(&h, Tracing::default());
+        let ids = read(&h, Tracing::default());
         ids.apply_to_request(&mut h);
         let sent = h["traceparent"].to_str().unwrap().to_string();
         let hex: String = ids.request_id_str().chars().filter(|c| *c != '-').collect();
@@ -427,25 +457,25 @@ mod tests {
         assert!(sent.ends_with("-00"), "{sent}");
         // A request id from the client stays, and the new trace has its own id.
         let guid = "0e706d93-9306-4d6e-939e-e1ad8a9440f1";
-        let ids = RequestIds::read(&map(&[("x-request-id", guid)]), Tracing::default());
+        let ids = read(&map(&[("x-request-id", guid)]), Tracing::default());
         assert_eq!(ids.request_id, guid);
         assert_ne!(ids.trace.trace_id_guid(), guid);
     }
 
     #[test]
     fn client_request_id_is_cleaned_and_cut() {
-        let ids = RequestIds::read(
+        let ids = read(
             &map(&[("x-ms-client-request-id", "ab c/d_e-f!")]),
             Tracing::default(),
         );
         assert_eq!(ids.client_request_id.unwrap(), "abcd_e-f");
         let long = "x".repeat(60);
-        let ids = RequestIds::read(
+        let ids = read(
             &map(&[("x-ms-client-request-id", &long)]),
             Tracing::default(),
         );
         assert_eq!(ids.client_request_id.unwrap().len(), 40);
-        let ids = RequestIds::read(
+        let ids = read(
             &map(&[("x-ms-client-request-id", "!!!")]),
             Tracing::default(),
         );
@@ -456,7 +486,7 @@ mod tests {
     fn repeated_ids_reach_the_pod_once() {
         let guid = "0e706d93-9306-4d6e-939e-e1ad8a9440f1";
         let mut h = map(&[("x-request-id", guid), ("x-request-id", "second")]);
-        RequestIds::read(&h, Tracing::default()).apply_to_request(&mut h);
+        read(&h, Tracing::default()).apply_to_request(&mut h);
         let ids: Vec<_> = h.get_all("x-request-id").iter().collect();
         assert_eq!(ids, [guid]);
     }

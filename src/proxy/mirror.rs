@@ -13,25 +13,50 @@ use tokio::sync::oneshot;
 use crate::admission::Admitter;
 use crate::table::Deployment;
 use crate::telemetry::MirrorResult;
-use crate::upstream::{PodBody, RequestBody, Upstream};
+use crate::upstream::{PodBody, PodRequest, RequestBody, Upstream, WrittenHead};
 
-/// The parts of the live request the mirror copy reuses.
-pub struct MirrorHead {
-    /// Request method.
-    pub method: Method,
-    /// Origin-form URI as sent to the live pod.
-    pub uri: Uri,
-    /// Headers as sent to the live pod.
-    pub headers: HeaderMap,
+/// The head of the live request as the mirror copy reuses it.
+pub enum MirrorHead {
+    /// An `http` request's parts as the live pod got them; the copy's head is written from them
+    /// for its own body.
+    Parts {
+        /// Request method.
+        method: Method,
+        /// Origin-form URI as sent to the live pod.
+        uri: Uri,
+        /// Headers as sent to the live pod.
+        headers: HeaderMap,
+    },
+    /// The head written for the live pod (a body received whole: the copy is the same body).
+    Written(WrittenHead),
 }
 
 impl MirrorHead {
     /// The head of `request` as the live pod gets it.
     pub fn of<B>(request: &Request<B>) -> Self {
-        MirrorHead {
+        MirrorHead::Parts {
             method: request.method().clone(),
             uri: request.uri().clone(),
             headers: request.headers().clone(),
+        }
+    }
+
+    /// The copy's request, with `body`.
+    fn request(self, body: Bytes) -> PodRequest {
+        let body = RequestBody::full(body);
+        match self {
+            MirrorHead::Parts {
+                method,
+                uri,
+                headers,
+            } => {
+                let mut request = Request::new(body);
+                *request.method_mut() = method;
+                *request.uri_mut() = uri;
+                *request.headers_mut() = headers;
+                PodRequest::from_http(request)
+            }
+            MirrorHead::Written(head) => PodRequest::new(head, body),
         }
     }
 }
@@ -56,10 +81,7 @@ pub fn spawn(
             metrics.mirror(MirrorResult::Dropped);
             return;
         };
-        let mut request = Request::new(RequestBody::full(body));
-        *request.method_mut() = head.method;
-        *request.uri_mut() = head.uri;
-        *request.headers_mut() = head.headers;
+        let request = head.request(body);
         let timeout = deployment.settings.request_timeout;
         let mut exchange = upstream.exchange(slot, timeout, &deployment.metrics);
         // Past the timeout the copy is dropped, and with it the exchange: abandoned, it holds

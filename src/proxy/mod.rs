@@ -22,8 +22,10 @@ pub mod finish;
 pub mod forward;
 pub mod headers;
 pub mod mirror;
+mod pod_head;
 pub mod receive;
 pub mod record;
+pub mod request;
 pub mod respond;
 pub mod route;
 pub mod target;
@@ -32,11 +34,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{Request, Response};
+use http::Response;
 
 use crate::admission::Admitter;
 use crate::table::TableHandle;
-use crate::telemetry::access::RequestLine;
 use crate::telemetry::{AccessLog, Metrics, StatusCounters};
 use crate::trace::export::Exporter;
 use crate::upstream::Upstream;
@@ -47,6 +48,7 @@ pub use error::{Attempt, Rejection, RouterError};
 use forward::Forwarder;
 use headers::{RequestIds, Tracing};
 pub use receive::ClientBody;
+pub use request::ClientRequest;
 
 /// The router's request handler.
 pub struct Proxy {
@@ -91,14 +93,14 @@ impl Proxy {
     /// future").
     pub fn handle(
         self: Arc<Self>,
-        request: Request<ClientBody>,
+        request: ClientRequest,
         conn: ClientConn,
     ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
         let cx = Context {
             started: Instant::now(),
-            ids: RequestIds::read(request.headers(), self.tracing()),
+            ids: RequestIds::read(request.id_fields(), self.tracing()),
             conn,
-            line: RequestLine::of(&request, request.body().declared_length()),
+            line: request.line(request.body().declared_length()),
         };
         let routed = route::route(&self.table, &self.settings, &request);
         let (parts, body) = request.into_parts();
@@ -119,7 +121,7 @@ impl Proxy {
                 Ok(received) => received,
                 Err(e) => return self.render_rejection(rejected(e, pending), &cx),
             };
-            let prefix = admit::key(&deployment, &parts.headers, &received.body);
+            let prefix = admit::key(&deployment, &parts, &received.body);
             let since = received.waited_until.unwrap_or(cx.started);
             let admitted = match admit::admit(&self.admitter, &deployment, since, &prefix).await {
                 Ok(admitted) => admitted,
@@ -129,7 +131,7 @@ impl Proxy {
                 }
             };
             let (pod, queue_wait) = (admitted.slot.pod().address(), admitted.queue_wait);
-            let request = Request::from_parts(parts, received.body);
+            let request = parts.with_body(received.body);
             let forwarding =
                 self.forwarder
                     .forward(&deployment, target, admitted.slot, request, &cx);

@@ -97,7 +97,7 @@ pub fn rejected(
     let (endpoint, deployment): (&str, &str) = match &rejection.scope {
         Scope::Unknown => {
             unknown.record(status, source);
-            let path = cx.line.path.as_ref().map_or("", |p| p.path());
+            let path = cx.line.path_only();
             (target::from_path(path).map_or("", |(name, _)| name), "")
         }
         Scope::Endpoint(counters) => {

@@ -31,7 +31,7 @@ use super::h2::{H2Io, H2Watch, StreamGuard};
 use super::send_timeout::SendTimeout;
 use crate::config::LimitsConfig;
 use crate::http1::framing::HeadLimits;
-use crate::proxy::{ClientBody, ClientConn, Proxy, ResponseBody};
+use crate::proxy::{ClientBody, ClientConn, ClientRequest, Proxy, ResponseBody};
 use crate::telemetry::{names, Metrics};
 
 /// The HTTP/2 connection preface.
@@ -436,7 +436,9 @@ pub async fn serve<IO>(
         // life; boxing makes the request path's state (about 4 KiB) live only while a request
         // does, so idle keep-alive connections stay small.
         let handled: ServiceFuture = Box::pin(async move {
-            let response = proxy.handle(request.map(ClientBody::Hyper), conn).await;
+            let response = proxy
+                .handle(ClientRequest::Http(request.map(ClientBody::Hyper)), conn)
+                .await;
             if let Some(stream) = &mut stream {
                 stream.responding();
             }

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::USER_AGENT;
+use bytes::Bytes;
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Method, Request};
+use http::{HeaderValue, Method};
 
 use super::stream::StreamStats;
 use crate::trace::export::{Exporter, RequestSpans};
@@ -98,27 +98,72 @@ pub struct RequestLine {
     /// Request method.
     pub method: Method,
     /// Path and query as the client sent them.
-    pub path: Option<PathAndQuery>,
+    target: Target,
     /// `User-Agent`, when sent.
     pub user_agent: Option<HeaderValue>,
     /// The body's declared length (`Content-Length`), when there is one.
     pub declared_length: Option<u64>,
 }
 
+/// Where a request line's path and query are kept.
+#[derive(Clone, Debug)]
+enum Target {
+    /// An `http` request's (none when it had none).
+    Uri(Option<PathAndQuery>),
+    /// A head's bytes (valid UTF-8), shared with it, the path being the first `path_len`.
+    Bytes { bytes: Bytes, path_len: usize },
+}
+
 impl RequestLine {
-    /// The line of `request`; `declared_length` is its body's exact size hint.
-    pub fn of<B>(request: &Request<B>, declared_length: Option<u64>) -> Self {
+    /// The line of a request whose path and query are `path`.
+    pub fn of_path(
+        method: Method,
+        path: Option<PathAndQuery>,
+        user_agent: Option<HeaderValue>,
+        declared_length: Option<u64>,
+    ) -> Self {
+        let target = Target::Uri(path);
         RequestLine {
-            method: request.method().clone(),
-            path: request.uri().path_and_query().cloned(),
-            user_agent: request.headers().get(USER_AGENT).cloned(),
+            method,
+            target,
+            user_agent,
             declared_length,
         }
     }
 
+    /// The line of a request whose path and query are `target` (valid UTF-8), the path being its
+    /// first `path_len` bytes.
+    pub fn of_target(
+        method: Method,
+        target: Bytes,
+        path_len: usize,
+        user_agent: Option<HeaderValue>,
+        declared_length: Option<u64>,
+    ) -> Self {
+        let mut line = Self::of_path(method, None, user_agent, declared_length);
+        line.target = Target::Bytes {
+            bytes: target,
+            path_len,
+        };
+        line
+    }
+
     /// The path and query, `""` when the request had none.
     pub fn path(&self) -> &str {
-        self.path.as_ref().map_or("", |p| p.as_str())
+        match &self.target {
+            Target::Uri(path) => path.as_ref().map_or("", |p| p.as_str()),
+            Target::Bytes { bytes, .. } => std::str::from_utf8(bytes).unwrap_or(""),
+        }
+    }
+
+    /// The path without the query, `""` when the request had none.
+    pub fn path_only(&self) -> &str {
+        match &self.target {
+            Target::Uri(path) => path.as_ref().map_or("", |p| p.path()),
+            Target::Bytes { bytes, path_len } => {
+                std::str::from_utf8(&bytes[..*path_len]).unwrap_or("")
+            }
+        }
     }
 
     fn user_agent(&self) -> Option<&str> {

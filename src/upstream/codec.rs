@@ -1,5 +1,6 @@
-//! The HTTP/1.1 client codec of pod connections: the request head written as bytes, and the
-//! pod's response head turned into `http` parts for the proxy's response phase.
+//! The HTTP/1.1 client codec of pod connections: the request head written as bytes (from `http`
+//! parts, or by the proxy from a client's head, [`PodRequest`]), and the pod's response head
+//! turned into `http` parts for the proxy's response phase.
 //!
 //! The request's framing follows the choices hyper's client made on this path before, so pods
 //! see what they saw:
@@ -27,17 +28,89 @@ use crate::http1::response::{InvalidResponse, ResponseHead};
 
 /// How a request body goes to the pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Outgoing {
+pub enum Outgoing {
     /// Nothing is sent after the head (no body, or one hyper's client never sent either).
     Nothing,
     /// The body, written with this framing.
     Body(BodyEncoder),
 }
 
+/// A request head as the pod gets it, written: its bytes, whether the request is `HEAD` (its
+/// response has no body) and how its body goes.
+#[derive(Clone, Debug)]
+pub struct WrittenHead {
+    pub(super) bytes: Vec<u8>,
+    pub(super) to_head: bool,
+    pub(super) outgoing: Outgoing,
+}
+
+impl WrittenHead {
+    /// The head as the pod gets it.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// A request as the pod gets it: its head written, and its body.
+#[derive(Debug)]
+pub struct PodRequest {
+    pub(super) head: WrittenHead,
+    pub(super) body: RequestBody,
+}
+
+impl PodRequest {
+    /// `request` as it is: its fields written by the codec's rules (names lowercase, in the
+    /// map's order) and its framing by the table above.
+    pub fn from_http(request: http::Request<RequestBody>) -> Self {
+        let (parts, body) = request.into_parts();
+        let mut bytes = Vec::with_capacity(512);
+        let outgoing = request_head(&parts, &body, &mut bytes);
+        let to_head = parts.method == Method::HEAD;
+        let head = WrittenHead {
+            bytes,
+            to_head,
+            outgoing,
+        };
+        PodRequest { head, body }
+    }
+
+    /// A request whose line and fields `write` writes (a `Content-Length` among them when
+    /// `declares_length`), its framing added by the table above.
+    pub fn written(
+        method: &[u8],
+        declares_length: bool,
+        body: RequestBody,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> Self {
+        let mut bytes = Vec::with_capacity(512);
+        write(&mut bytes);
+        let outgoing = framing(method, declares_length, &body, &mut bytes);
+        bytes.extend_from_slice(b"\r\n");
+        let to_head = method == b"HEAD";
+        let head = WrittenHead {
+            bytes,
+            to_head,
+            outgoing,
+        };
+        PodRequest { head, body }
+    }
+
+    /// A request with a head written before, and its body (as framed as the body that head was
+    /// written for).
+    pub fn new(head: WrittenHead, body: RequestBody) -> Self {
+        PodRequest { head, body }
+    }
+
+    /// The head.
+    pub fn head(&self) -> &WrittenHead {
+        &self.head
+    }
+}
+
 /// Writes the head of the request `parts`, whose body is `body`, into `out`: the request line
 /// (origin form), every field as it is (names lowercase, in the map's order), and the framing
 /// of the table above. Returns how the body goes.
-pub(super) fn request_head(parts: &Parts, body: &RequestBody, out: &mut Vec<u8>) -> Outgoing {
+fn request_head(parts: &Parts, body: &RequestBody, out: &mut Vec<u8>) -> Outgoing {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -48,17 +121,24 @@ pub(super) fn request_head(parts: &Parts, body: &RequestBody, out: &mut Vec<u8>)
             field(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
-    let outgoing = framing(parts, body, out);
+    let method = parts.method.as_str().as_bytes();
+    let declares_length = parts.headers.contains_key(CONTENT_LENGTH);
+    let outgoing = framing(method, declares_length, body, out);
     out.extend_from_slice(b"\r\n");
     outgoing
 }
 
-/// The body's framing, its field added to `out` when the request has none.
-fn framing(parts: &Parts, body: &RequestBody, out: &mut Vec<u8>) -> Outgoing {
+/// The body's framing, its field added to `out` when the request declares no length.
+fn framing(
+    method: &[u8],
+    declares_length: bool,
+    body: &RequestBody,
+    out: &mut Vec<u8>,
+) -> Outgoing {
     if body.is_end_stream() {
         return Outgoing::Nothing;
     }
-    if parts.headers.contains_key(CONTENT_LENGTH) {
+    if declares_length {
         return Outgoing::Body(BodyEncoder::Length);
     }
     match body.size_hint().exact() {
@@ -70,9 +150,7 @@ fn framing(parts: &Parts, body: &RequestBody, out: &mut Vec<u8>) -> Outgoing {
             );
             Outgoing::Body(BodyEncoder::Length)
         }
-        None if matches!(parts.method, Method::GET | Method::HEAD | Method::CONNECT) => {
-            Outgoing::Nothing
-        }
+        None if matches!(method, b"GET" | b"HEAD" | b"CONNECT") => Outgoing::Nothing,
         None => {
             field(out, b"transfer-encoding", b"chunked");
             Outgoing::Body(BodyEncoder::Chunked)

@@ -30,11 +30,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::response::Parts;
-use http::{HeaderValue, Method, Request};
+use http::HeaderValue;
 use http_body::{Frame, SizeHint};
 
 use super::body::RequestBody;
-use super::codec::{self, Outgoing};
+use super::codec::{self, Outgoing, PodRequest};
 use super::connection::{self, PodConnection, PodError};
 use super::pool::PodPool;
 use crate::admission::{Pod, Slot};
@@ -61,7 +61,7 @@ pub enum SendError {
     /// Nothing reached the pod: the request is handed back for a retry elsewhere.
     NotSent {
         /// The untouched request.
-        request: Box<Request<RequestBody>>,
+        request: Box<PodRequest>,
         /// Why connecting failed.
         error: io::Error,
     },
@@ -173,23 +173,23 @@ impl Exchange {
     /// (`docs/ARCHITECTURE.md`, "The request's future").
     pub fn send(
         &mut self,
-        request: Request<RequestBody>,
+        request: PodRequest,
     ) -> impl Future<Output = Result<Parts, SendError>> + Send + '_ {
-        let (parts, mut body) = request.into_parts();
-        let mut head = Vec::with_capacity(512);
-        let mut outgoing = codec::request_head(&parts, &body, &mut head);
-        if let Outgoing::Body(_) = outgoing {
+        let PodRequest { mut head, mut body } = request;
+        if let Outgoing::Body(_) = head.outgoing {
             if let Some(whole) = connection::coalesced_body(&body) {
-                head.extend_from_slice(&whole);
-                outgoing = Outgoing::Nothing;
+                // Sent with the head; a retry sends the same bytes.
+                head.bytes.extend_from_slice(&whole);
+                head.outgoing = Outgoing::Nothing;
+                body = RequestBody::full(Bytes::new());
             }
         }
         async move {
-            if let Err(error) = self.write_head(&head).await {
-                return Err(self.not_sent(Box::new(Request::from_parts(parts, body)), error));
+            if let Err(error) = self.write_head(&head.bytes).await {
+                return Err(self.not_sent(Box::new(PodRequest::new(head, body)), error));
             }
+            let (to_head, outgoing) = (head.to_head, head.outgoing);
             drop(head);
-            let to_head = parts.method == Method::HEAD;
             if let Outgoing::Body(encoder) = outgoing {
                 let connection = self
                     .connection
@@ -254,7 +254,7 @@ impl Exchange {
     }
 
     /// Connecting failed: nothing reached the pod.
-    fn not_sent(&mut self, request: Box<Request<RequestBody>>, error: io::Error) -> SendError {
+    fn not_sent(&mut self, request: Box<PodRequest>, error: io::Error) -> SendError {
         self.report(false);
         SendError::NotSent { request, error }
     }

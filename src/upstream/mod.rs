@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use body::{RequestBody, RequestBodyError};
+pub use codec::{PodRequest, WrittenHead};
 pub use connection::{PodConnection, PodError};
 pub use exchange::{Ending, Exchange, SendError, Terms};
 pub use frames::Frames;

@@ -88,14 +88,14 @@ where
                 return close(wire).await;
             }
         };
-        let Some(request) = request::take(&mut wire, &head, serving) else {
-            return hand_over(wire, &head);
-        };
         let asked = Asked {
             head_request: head.method() == b"HEAD",
             keep_alive: head.keep_alive(),
         };
-        drop(head);
+        let request = match request::take(&mut wire, head, serving) {
+            Ok(request) => request,
+            Err(head) => return hand_over(wire, &head),
+        };
         // Boxed: the request path's state lives only while a request does, so an idle
         // connection stays small; made here, so the request is not held by this loop's future.
         let handled = Box::pin(serving.proxy.clone().handle(request, serving.conn.clone()));

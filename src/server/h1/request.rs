@@ -1,5 +1,5 @@
-//! Which requests the byte-level path serves, and each one as the proxy gets it: its head as an
-//! `http` request and its body, received whole with the head.
+//! Which requests the byte-level path serves, and each one as the proxy gets it: its head, read
+//! in place (`proxy::ClientRequest::Head`), and its body, received whole with the head.
 
 use std::task::{Context, Poll, Waker};
 
@@ -8,36 +8,35 @@ use tokio::io::AsyncRead;
 
 use super::Serving;
 use crate::http1::head::{BodyFraming, Known, RequestHead, Version};
-use crate::http1::parts;
 use crate::http1::wire::Wire;
-use crate::proxy::ClientBody;
+use crate::proxy::{ClientBody, ClientRequest};
 
-/// The request `head` starts, with its body split off `wire`; `None` (nothing consumed) when
-/// hyper must serve it: HTTP/1.0, `CONNECT`, an `Expect`, `Upgrade` or `TE` field, a chunked
-/// body, or a body over the request buffer or not all read yet.
+/// The request `head` starts, with its body split off `wire`; the head back (nothing consumed)
+/// when hyper must serve it: HTTP/1.0, `CONNECT`, an `Expect`, `Upgrade` or `TE` field, a
+/// chunked body, a body over the request buffer or not all read yet, or a target `http` cannot
+/// hold.
 pub(super) fn take<IO: AsyncRead + Unpin>(
     wire: &mut Wire<IO>,
-    head: &RequestHead,
+    head: RequestHead,
     serving: &Serving<'_>,
-) -> Option<http::Request<ClientBody>> {
-    if !served_here(head) {
-        return None;
+) -> Result<ClientRequest, RequestHead> {
+    if !served_here(&head) {
+        return Err(head);
     }
     let length = match head.body() {
         BodyFraming::Empty => 0,
         BodyFraming::Length(n) if n <= serving.proxy.settings().request_buffer_bytes => n,
-        BodyFraming::Length(_) | BodyFraming::Chunked => return None,
+        BodyFraming::Length(_) | BodyFraming::Chunked => return Err(head),
     };
-    let length = usize::try_from(length).ok()?;
-    if !arrived(wire, length) {
-        return None;
-    }
-    let request = parts::request(head, ())?;
+    let Some(length) = usize::try_from(length).ok().filter(|n| arrived(wire, *n)) else {
+        return Err(head);
+    };
+    let request = ClientRequest::from_head(head, ())?;
     let body = match length {
         0 => Bytes::new(),
         n => wire.split_data(0, n, n),
     };
-    Some(request.map(|()| ClientBody::Whole(body)))
+    Ok(request.with_body(ClientBody::Whole(body)))
 }
 
 /// Whether the head is one this path serves as hyper did.

@@ -1,0 +1,259 @@
+//! The request head as the pod gets it, written from the bytes of a head the byte-level
+//! HTTP/1.1 path indexed (`http1::head::RequestHead`): its fields copied as they came but those
+//! the contract changes, which are the ones [`forward`](super::forward) rewrites in an `http`
+//! request's map (`docs/ARCHITECTURE.md`, "The request as the pod gets it"): hop-by-hop fields
+//! and those a `Connection` field lists, `Authorization`, `Expect`, `Host` when the target
+//! names an authority or the client's `Host` cannot cross, the forwarding fields and, when they
+//! change, the request ids and `traceparent`. The framing field is written for the body
+//! (`upstream::codec`). The tests below hold the two ways to the same head.
+
+use http::{HeaderValue, Uri};
+
+use super::context::Context;
+use super::request::HeadRequest;
+use crate::http1::head::{Known, RequestHead};
+use crate::http1::write::{self, HeadWriter};
+use crate::upstream::{PodRequest, RequestBody};
+
+/// The request as the pod gets it, `path` its path and query, with `body`; `pod_authority`
+/// is its `Host` when it names none.
+pub(super) fn pod_request(
+    request: &HeadRequest<()>,
+    path: &[u8],
+    body: RequestBody,
+    cx: &Context,
+    pod_authority: &HeaderValue,
+) -> PodRequest {
+    let head = request.head();
+    let rules = Rules::of(head, request.absolute(), cx);
+    let declares_length = head.get_known(Known::ContentLength).is_some()
+        && !head.is_connection_listed(b"content-length");
+    PodRequest::written(head.method(), declares_length, body, |out| {
+        write::forward_request(
+            out,
+            head,
+            &[path],
+            |known| rules.replaces(known),
+            |writer| rules.write(writer, cx, pod_authority),
+        );
+    })
+}
+
+/// What the contract changes in one request's fields.
+struct Rules<'h> {
+    /// The host the request names: the target's authority, else its `Host`.
+    original_host: Option<&'h [u8]>,
+    /// `Host` is written anew (with the original host, else the pod's authority).
+    new_host: bool,
+    /// The `X-Forwarded-For` the client sent, when the pod gets it with the client's address.
+    forwarded_for: Option<&'h [u8]>,
+    /// The request ids are written anew.
+    new_ids: bool,
+    /// A `traceparent` is written anew.
+    new_traceparent: bool,
+}
+
+impl<'h> Rules<'h> {
+    fn of(head: &'h RequestHead, absolute: Option<&'h Uri>, cx: &Context) -> Self {
+        let authority = absolute
+            .and_then(Uri::authority)
+            .map(|a| a.as_str().as_bytes());
+        let host = head.get_known(Known::Host);
+        Rules {
+            original_host: authority.or(host),
+            new_host: authority.is_some() || host.is_none() || head.is_connection_listed(b"host"),
+            forwarded_for: head
+                .get_known(Known::ForwardedFor)
+                .filter(|_| !head.is_connection_listed(b"x-forwarded-for")),
+            new_ids: !cx.ids.request_unchanged(),
+            new_traceparent: cx.ids.upstream_span.is_some(),
+        }
+    }
+
+    /// Whether the client's fields of kind `known` are left out (dropped, or written anew).
+    fn replaces(&self, known: Known) -> bool {
+        match known {
+            Known::Authorization
+            | Known::Expect
+            | Known::ForwardedFor
+            | Known::ForwardedHost
+            | Known::ForwardedProto => true,
+            Known::Host => self.new_host,
+            Known::RequestId | Known::ClientRequestId => self.new_ids,
+            Known::Traceparent => self.new_traceparent,
+            _ => false,
+        }
+    }
+
+    /// Writes the fields the contract sets.
+    fn write(&self, writer: &mut HeadWriter<'_>, cx: &Context, pod_authority: &HeaderValue) {
+        if self.new_host {
+            let host = self.original_host.unwrap_or(pod_authority.as_bytes());
+            writer.field(b"host", host);
+        }
+        let client = cx.conn.client_ip.as_bytes();
+        match self.forwarded_for {
+            Some(previous) if !previous.trim_ascii().is_empty() => {
+                writer.field_parts(b"x-forwarded-for", &[previous, b", ", client])
+            }
+            _ => writer.field(b"x-forwarded-for", client),
+        };
+        let proto: &[u8] = if cx.conn.tls { b"https" } else { b"http" };
+        writer.field(b"x-forwarded-proto", proto);
+        if let Some(host) = self.original_host {
+            writer.field(b"x-forwarded-host", host);
+        }
+        let ids = &cx.ids;
+        if self.new_ids {
+            writer.field(b"x-request-id", ids.request_id.as_bytes());
+            if let Some(id) = &ids.client_request_id {
+                writer.field(b"x-ms-client-request-id", id.as_bytes());
+            }
+        }
+        if let Some(span) = ids.upstream_span {
+            writer.field(b"traceparent", ids.trace.header_for(span).as_bytes());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use bytes::Bytes;
+    use http::{HeaderName, Method};
+
+    use super::*;
+    use crate::http1::head::{test_head, Version};
+    use crate::proxy::context::{ClientConn, ProxySettings};
+    use crate::proxy::headers::{RequestIds, Tracing};
+    use crate::proxy::request::ClientRequest;
+    use crate::proxy::{forward, route};
+
+    /// The `http` request hyper (and, before the head was read in place, the byte-level path)
+    /// made of `head`: every field in order, values trimmed.
+    fn as_http(head: &RequestHead) -> http::Request<()> {
+        let bytes = head.shared();
+        let mut request = http::Request::new(());
+        *request.method_mut() = Method::from_bytes(head.method()).unwrap();
+        *request.uri_mut() = http::Uri::from_maybe_shared(bytes.slice_ref(head.target())).unwrap();
+        *request.version_mut() = match head.version() {
+            Version::Http11 => http::Version::HTTP_11,
+            Version::Http10 => http::Version::HTTP_10,
+        };
+        for field in head.fields() {
+            let name = HeaderName::from_bytes(field.name(bytes)).unwrap();
+            let value = HeaderValue::from_bytes(field.value(bytes)).unwrap();
+            request.headers_mut().append(name, value);
+        }
+        request
+    }
+
+    /// A head in a canonical form: the request line as it is, then each field with its name
+    /// lowercase, ordered by name (fields of one name keep their order: the only order HTTP
+    /// gives a meaning to, RFC 9110 §5.3).
+    fn canonical(head: &[u8]) -> String {
+        let text = String::from_utf8(head.to_vec()).unwrap();
+        let (line, fields) = text.split_once("\r\n").unwrap();
+        let fields = fields.strip_suffix("\r\n\r\n").unwrap_or(fields.trim_end());
+        let mut fields: Vec<(String, String)> = fields
+            .split("\r\n")
+            .filter(|f| !f.is_empty())
+            .map(|f| {
+                let (name, value) = f.split_once(':').unwrap();
+                (name.to_ascii_lowercase(), value.trim().to_string())
+            })
+            .collect();
+        fields.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out = format!("{line}\n");
+        for (name, value) in fields {
+            out.push_str(&format!("{name}: {value}\n"));
+        }
+        out
+    }
+
+    /// The pod's head of `text` with `body`, both ways: from the `http` request, and from the
+    /// head read in place.
+    fn both_ways(text: &str, body: &'static [u8], tls: bool, exporting: bool) -> [String; 2] {
+        let settings = ProxySettings {
+            max_request_body_bytes: 1 << 20,
+            request_buffer_bytes: 1 << 20,
+            body_timeout: std::time::Duration::from_secs(1),
+            mirror_max_body_bytes: 0,
+            host_domain: Some("ml.example.com".into()),
+        };
+        let tracing = Tracing {
+            exporting,
+            sample_new: false,
+        };
+        let conn = ClientConn::new("192.0.2.7:40000".parse().unwrap(), tls);
+        let pod = HeaderValue::from_static("10.0.0.9:5001");
+        let head = test_head(text);
+        let http = ClientRequest::Http(as_http(&head));
+        let Ok(bytes) = ClientRequest::from_head(head, ()) else {
+            panic!("a head the byte-level path serves: {text:?}")
+        };
+        let ids = RequestIds::read(http.id_fields(), tracing);
+        let mut head_ids = RequestIds::read(bytes.id_fields(), tracing);
+        // The same new ids both ways (they are random); whether the client's go on as they
+        // came is each way's own.
+        head_ids.request_id = ids.request_id.clone();
+        head_ids.trace = ids.trace;
+        head_ids.upstream_span = ids.upstream_span;
+        let context = |ids| Context {
+            started: Instant::now(),
+            ids,
+            conn: conn.clone(),
+            line: http.line(None),
+        };
+        let (cx, head_cx) = (context(ids), context(head_ids));
+        let body = || RequestBody::full(Bytes::from_static(body));
+        let (_, path) = route::target_of(&settings, &http).expect("routed");
+        let ClientRequest::Http(request) = http else {
+            unreachable!()
+        };
+        let (parts, ()) = request.into_parts();
+        let request =
+            forward::upstream_request(parts, body(), path.into_path_and_query(), &cx, &pod);
+        let today = PodRequest::from_http(request);
+        let (_, path) = route::target_of(&settings, &bytes).expect("routed");
+        let ClientRequest::Head(request) = bytes else {
+            unreachable!()
+        };
+        let written = pod_request(&request, path.as_bytes(), body(), &head_cx, &pod);
+        [today, written].map(|r| canonical(r.head().bytes()))
+    }
+
+    const GUID: &str = "0e706d93-9306-4d6e-939e-e1ad8a9440f1";
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn the_pod_gets_the_same_head_from_the_bytes_as_from_the_map() {
+        let ep = "/api/v1/endpoint/ep";
+        let cases: Vec<(String, &'static [u8])> = vec![
+            (format!("POST {ep}/score?a=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n"), b"{}"),
+            (format!("POST {ep}/score HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nX-B: 2\r\nx-a: 3\r\nX-Forwarded-For: 10.0.0.1\r\nx-forwarded-for: 10.0.0.2\r\nContent-Length: 2\r\n\r\n"), b"{}"),
+            (format!("GET {ep}/score HTTP/1.1\r\nHost: h\r\nX-Request-Id: {GUID}\r\nx-request-id: other\r\n\r\n"), b""),
+            (format!("GET {ep}/score HTTP/1.1\r\nHost: h\r\nX-Request-Id: {GUID}\r\nX-Ms-Client-Request-Id: abc\r\n\r\n"), b""),
+            (format!("GET {ep}/score HTTP/1.1\r\nHost: h\r\nX-Request-Id: {GUID}\r\nx-ms-client-request-id: a b!c\r\ntraceparent: {PARENT}\r\n\r\n"), b""),
+            (format!("POST http://ml.example.com:8080{ep}/score?x=1 HTTP/1.1\r\nHost: other\r\nContent-Length: 1\r\n\r\n"), b"x"),
+            ("GET http://ep.ml.example.com/swagger.json HTTP/1.1\r\nHost: elsewhere\r\n\r\n".into(), b""),
+            (format!("GET {ep}/score HTTP/1.0\r\nUser-Agent: old\r\n\r\n"), b""),
+            (format!("GET {ep}/score HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Secret, Host\r\nX-Secret: s\r\nKeep-Alive: 5\r\n\r\n"), b""),
+            (format!("POST {ep}/score HTTP/1.1\r\nHost: h\r\nConnection: x-forwarded-for, content-length\r\nX-Forwarded-For: 10.0.0.1\r\nContent-Length: 3\r\n\r\n"), b"abc"),
+            (format!("GET {ep}/score HTTP/1.1\r\nHost: h\r\nConnection: X-Request-Id, traceparent\r\nX-Request-Id: {GUID}\r\ntraceparent: {PARENT}\r\n\r\n"), b""),
+            (format!("POST {ep}/score HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"), b"{}"),
+            (format!("POST {ep}/score HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\nTrailer: x\r\nUpgrade: h2c\r\nProxy-Connection: x\r\n\r\n"), b"abc"),
+            (format!("POST {ep}/score HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"), b""),
+            (format!("PUT {ep} HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer k\r\nazureml-model-deployment: blue\r\nContent-Length: 007\r\n\r\n"), b"1234567"),
+            (format!("GET {ep}?q=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nX-Forwarded-Host: x\r\nX-Forwarded-Proto: ftp\r\nForwarded: for=1.2.3.4\r\n\r\n"), b""),
+            (format!("GET {ep}/a/b?c=d&e#frag HTTP/1.1\r\nHost: h\r\nX-Forwarded-For:   \r\nX-Tab: a\tb\r\nX-Obs: \u{e9}t\u{e9}\r\n\r\n"), b""),
+            ("GET /score?x=1 HTTP/1.1\r\nHost: ep.ml.example.com:443\r\nCookie: a\r\nCookie: b\r\n\r\n".into(), b""),
+            (format!("HEAD {ep}/ HTTP/1.1\r\nHOST: h\r\nX-REQUEST-ID: {GUID}\r\nConnection: close\r\n\r\n"), b""),
+        ];
+        for (i, (text, body)) in cases.iter().enumerate() {
+            let [today, written] = both_ways(text, body, i % 2 == 0, i % 3 == 0);
+            assert_eq!(written, today, "{text:?}");
+        }
+    }
+}
