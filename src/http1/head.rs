@@ -581,11 +581,16 @@ impl RequestHead {
     }
 
     /// The path and query of an origin-form target, without a fragment (for the others, the
-    /// whole target), valid UTF-8.
-    pub fn path_and_query(&self) -> &str {
+    /// whole target): valid UTF-8, shared with the head.
+    pub fn path_and_query(&self) -> Bytes {
         let start = self.index.target.0 as usize;
         let end = self.index.query.map_or(self.index.path_end, |(_, end)| end);
-        std::str::from_utf8(&self.bytes[start..end as usize]).unwrap_or("")
+        self.bytes.slice(start..end as usize)
+    }
+
+    /// The length of the path of an origin-form target (for the others, of the whole target).
+    pub fn path_len(&self) -> usize {
+        (self.index.path_end - self.index.target.0) as usize
     }
 
     /// The version.

@@ -111,7 +111,7 @@ impl<'h> Rules<'h> {
             }
         }
         if let Some(span) = ids.upstream_span {
-            writer.field(b"traceparent", ids.trace.header_for(span).as_bytes());
+            writer.field(b"traceparent", &ids.trace.header_bytes(span));
         }
     }
 }

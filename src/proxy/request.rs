@@ -217,9 +217,7 @@ impl<B> ClientRequest<B> {
         let method = Method::from_bytes(self.method()).unwrap_or_default();
         match (self, self.uri()) {
             (ClientRequest::Head(request), None) => {
-                let target = request.head.path_and_query();
-                let target = request.head.shared().slice_ref(target.as_bytes());
-                let path_len = request.head.path().len();
+                let (target, path_len) = (request.head.path_and_query(), request.head.path_len());
                 RequestLine::of_target(method, target, path_len, user_agent, declared_length)
             }
             (_, uri) => {
@@ -236,8 +234,7 @@ impl<B> ClientRequest<B> {
             return None;
         };
         let sent = request.head.path_and_query();
-        let rest = sent.get(from..).filter(|_| request.uri.is_none())?;
-        Some(request.head.shared().slice_ref(rest.as_bytes()))
+        (request.uri.is_none() && from <= sent.len()).then(|| sent.slice(from..))
     }
 }
 

@@ -93,6 +93,12 @@ impl TraceContext {
 
     /// The `traceparent` that makes `span` the parent of the next hop.
     pub fn header_for(&self, span: [u8; 8]) -> HeaderValue {
+        let out = self.header_bytes(span);
+        HeaderValue::from_bytes(&out).expect("hex digits and dashes are a valid header value")
+    }
+
+    /// [`Self::header_for`] as bytes.
+    pub fn header_bytes(&self, span: [u8; 8]) -> [u8; 55] {
         let mut out = [0u8; 55];
         out[..3].copy_from_slice(b"00-");
         write_hex(&self.trace_id, &mut out[3..35]);
@@ -100,7 +106,7 @@ impl TraceContext {
         write_hex(&span, &mut out[36..52]);
         out[52] = b'-';
         write_hex(&[self.flags & SAMPLED], &mut out[53..55]);
-        HeaderValue::from_bytes(&out).expect("hex digits and dashes are a valid header value")
+        out
     }
 }
 
