@@ -9,8 +9,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{AUTHORIZATION, EXPECT, HOST};
-use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Uri, Version};
 
@@ -18,7 +16,7 @@ use super::context::{Context, ProxySettings};
 use super::error::RouterError;
 use super::request::ClientRequest;
 use super::route::UpstreamTarget;
-use super::{headers, mirror, pod_head};
+use super::{mirror, pod_head};
 use crate::admission::{Admitter, Slot};
 use crate::table::Deployment;
 use crate::upstream::{
@@ -75,9 +73,8 @@ impl Forwarder {
         let mirrored = copy.is_some();
         let (request, mirror_head) = match request {
             ClientRequest::Http(request) => {
-                let (parts, ()) = request.into_parts();
                 let path = target.path.into_path_and_query();
-                let request = upstream_request(parts, body, path, cx, exchange.authority());
+                let request = upstream_request(request, body, path, cx, exchange.authority());
                 let head = mirrored.then(|| mirror::MirrorHead::of(&request));
                 (PodRequest::from_http(request), head)
             }
@@ -171,46 +168,17 @@ fn failed(error: &PodError) -> RouterError {
     }
 }
 
-/// The request as the pod gets it: hop-by-hop headers and the router's credential removed,
-/// `Host` kept (or set from the target's authority, or to the pod), the forwarding headers and
-/// the request ids set, the path rewritten.
+/// The request as the pod gets it: its fields by the contract's rules (`pod_head`), the path
+/// rewritten, HTTP/1.1.
 pub(super) fn upstream_request(
-    mut parts: Parts,
+    mut request: Request<()>,
     body: RequestBody,
     path: PathAndQuery,
     cx: &Context,
     pod_authority: &HeaderValue,
 ) -> Request<RequestBody> {
-    let mut present = headers::Present::scan(&parts.headers);
-    let original_host = parts
-        .uri
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        .or_else(|| parts.headers.get(HOST).cloned());
-    let headers = &mut parts.headers;
-    headers::strip_present_hop_by_hop(headers, &mut present);
-    if present.authorization {
-        // The credential is for the router, not for the model's code.
-        headers.remove(AUTHORIZATION);
-    }
-    if present.expect {
-        // The router already answered `100-continue` by reading the body.
-        headers.remove(EXPECT);
-    }
-    if !present.host || parts.uri.authority().is_some() {
-        // An authority in the target (HTTP/2, or HTTP/1 absolute form) is the host; an
-        // origin-form request keeps its Host as it is.
-        headers.insert(
-            HOST,
-            original_host
-                .clone()
-                .unwrap_or_else(|| pod_authority.clone()),
-        );
-    }
-    let conn = &cx.conn;
-    headers::add_present_forwarded(headers, &present, &conn.client_ip, conn.tls, original_host);
-    cx.ids.apply_to_request(headers);
-    parts.uri = Uri::from(path);
-    parts.version = Version::HTTP_11;
-    Request::from_parts(parts, body)
+    pod_head::rewrite_map(&mut request, cx, pod_authority);
+    *request.uri_mut() = Uri::from(path);
+    *request.version_mut() = Version::HTTP_11;
+    request.map(|()| body)
 }

@@ -1,4 +1,5 @@
-//! Header rules: request ids, hop-by-hop removal, and the forwarding headers.
+//! Header rules: request ids and hop-by-hop removal (the forwarding headers and the rest of the
+//! request's rewrite for the pod: `proxy::pod_head`).
 //!
 //! `x-request-id` is kept when it is a GUID and replaced otherwise; `x-ms-client-request-id`
 //! keeps only `[A-Za-z0-9_-]`, cut to 40 characters (the client contract in
@@ -6,12 +7,10 @@
 
 use std::net::IpAddr;
 
-use http::header::{
-    HeaderName, AUTHORIZATION, CONNECTION, EXPECT, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
-};
+use http::header::{HeaderName, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderValue};
 
-use crate::trace::{new_span_id, TraceContext, TRACEPARENT};
+use crate::trace::{new_span_id, TraceContext};
 
 /// `azureml-model-deployment`: request header that picks a deployment; response header naming it.
 pub static MODEL_DEPLOYMENT: HeaderName = HeaderName::from_static("azureml-model-deployment");
@@ -119,17 +118,6 @@ impl RequestIds {
         }
     }
 
-    /// Sets both ids on the request to the pod, touching the headers only when they change, and
-    /// the `traceparent` the pod gets when the router sets one.
-    pub fn apply_to_request(&self, headers: &mut HeaderMap) {
-        if !self.request_unchanged {
-            self.apply(headers);
-        }
-        if let Some(span) = self.upstream_span {
-            headers.insert(TRACEPARENT.clone(), self.trace.header_for(span));
-        }
-    }
-
     /// Whether the request already carries both ids exactly as they go to the pod.
     pub fn request_unchanged(&self) -> bool {
         self.request_unchanged
@@ -216,78 +204,20 @@ fn hop_by_hop_names() -> [&'static HeaderName; 7] {
     ]
 }
 
-/// Which of the headers the proxy rewrites a message carries, found in one pass over its names
-/// so that the rewrite only touches what is there.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Present {
-    /// Bit `i` set: the `i`-th of [`hop_by_hop_names`] is present.
-    hop_by_hop: u8,
-    /// `Authorization`.
-    pub authorization: bool,
-    /// `Expect`.
-    pub expect: bool,
-    /// `Host`.
-    pub host: bool,
-    /// `X-Forwarded-For`.
-    pub forwarded_for: bool,
-    /// `X-Forwarded-Host`.
-    pub forwarded_host: bool,
-}
-
-impl Present {
-    /// The flag that tracks `name`, if one does (hop-by-hop names are tracked as bits).
-    fn flag(&mut self, name: &HeaderName) -> Option<&mut bool> {
-        if *name == AUTHORIZATION {
-            Some(&mut self.authorization)
-        } else if *name == HOST {
-            Some(&mut self.host)
-        } else if *name == EXPECT {
-            Some(&mut self.expect)
-        } else if *name == FORWARDED_FOR {
-            Some(&mut self.forwarded_for)
-        } else if *name == FORWARDED_HOST {
-            Some(&mut self.forwarded_host)
-        } else {
-            None
-        }
-    }
-
-    /// Marks `name` as no longer present.
-    fn forget(&mut self, name: &HeaderName) {
-        if let Some(flag) = self.flag(name) {
-            *flag = false;
-        }
-    }
-
-    /// Scans the names of `headers`.
-    pub fn scan(headers: &HeaderMap) -> Self {
-        let mut p = Present::default();
-        let hop = hop_by_hop_names();
-        for name in headers.keys() {
-            if let Some(flag) = p.flag(name) {
-                *flag = true;
-            } else if let Some(i) = hop.iter().position(|h| *h == name) {
-                p.hop_by_hop |= 1 << i;
-            }
-        }
-        p
-    }
-}
-
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut present = Present::scan(headers);
-    strip_present_hop_by_hop(headers, &mut present);
-}
-
-/// Like [`strip_hop_by_hop`] when the names were already scanned; `present` is kept true
-/// (a name listed in `Connection` may be one of the fields it tracks, such as `Host`).
-pub fn strip_present_hop_by_hop(headers: &mut HeaderMap, present: &mut Present) {
-    if present.hop_by_hop == 0 {
+    let hop = hop_by_hop_names();
+    // Bit `i` set: the `i`-th of the hop-by-hop names is present.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = hop.iter().position(|h| *h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    let hop = hop_by_hop_names();
-    if present.hop_by_hop & 1 != 0 {
+    if present & 1 != 0 {
         // Names listed in `Connection` other than the usual tokens, which are removed anyway
         // or are not header names (`close`).
         let listed: Vec<HeaderName> = headers
@@ -306,11 +236,10 @@ pub fn strip_present_hop_by_hop(headers: &mut HeaderMap, present: &mut Present) 
             .collect();
         for name in listed {
             headers.remove(&name);
-            present.forget(&name);
         }
     }
     for (i, name) in hop.iter().enumerate() {
-        if present.hop_by_hop & (1 << i) != 0 {
+        if present & (1 << i) != 0 {
             headers.remove(*name);
         }
     }
@@ -321,63 +250,10 @@ pub fn client_ip_value(client: IpAddr) -> HeaderValue {
     HeaderValue::from_str(&client.to_string()).expect("an IP address is a valid header value")
 }
 
-/// Appends the client address to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
-/// `X-Forwarded-Host` (when the original host is known).
-pub fn add_forwarded(
-    headers: &mut HeaderMap,
-    client: &HeaderValue,
-    tls: bool,
-    host: Option<HeaderValue>,
-) {
-    let present = Present::scan(headers);
-    add_present_forwarded(headers, &present, client, tls, host);
-}
-
-/// Like [`add_forwarded`] when the names were already scanned.
-pub fn add_present_forwarded(
-    headers: &mut HeaderMap,
-    present: &Present,
-    client: &HeaderValue,
-    tls: bool,
-    host: Option<HeaderValue>,
-) {
-    let appended = match present
-        .forwarded_for
-        .then(|| headers.get(&FORWARDED_FOR))
-        .flatten()
-    {
-        Some(previous) if !previous.as_bytes().trim_ascii().is_empty() => {
-            let previous = previous.as_bytes();
-            let mut value = Vec::with_capacity(previous.len() + 2 + client.len());
-            value.extend_from_slice(previous);
-            value.extend_from_slice(b", ");
-            value.extend_from_slice(client.as_bytes());
-            HeaderValue::from_bytes(&value).ok()
-        }
-        _ => None,
-    };
-    headers.insert(
-        FORWARDED_FOR.clone(),
-        appended.unwrap_or_else(|| client.clone()),
-    );
-    headers.insert(
-        FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if tls { "https" } else { "http" }),
-    );
-    match host {
-        Some(host) => {
-            headers.insert(FORWARDED_HOST.clone(), host);
-        }
-        None if present.forwarded_host => {
-            headers.remove(&FORWARDED_HOST);
-        }
-        None => {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trace::TRACEPARENT;
 
     /// The ids of a request whose fields are `headers`.
     fn read(headers: &HeaderMap, tracing: Tracing) -> RequestIds {
@@ -430,28 +306,24 @@ mod tests {
     fn trace_context_rules() {
         let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         // The client's traceparent, no request id: the request id is its trace id; without
-        // export the traceparent goes to the pod as it came.
-        let mut h = map(&[("traceparent", parent)]);
-        let ids = read(&h, Tracing::default());
+        // export the traceparent goes to the pod as it came (no span of the router's).
+        let ids = read(&map(&[("traceparent", parent)]), Tracing::default());
         assert_eq!(ids.request_id, "4bf92f35-77b3-4da6-a3ce-929d0e0e4736");
         assert!(ids.upstream_span.is_none());
-        ids.apply_to_request(&mut h);
-        assert_eq!(h["traceparent"], parent);
         // With export, the pod's parent is the router's upstream span, same trace and flags.
         let exporting = Tracing {
             exporting: true,
             sample_new: true,
         };
-        let mut h = map(&[("traceparent", parent)]);
-        read(&h, exporting).apply_to_request(&mut h);
-        let sent = h["traceparent"].to_str().unwrap();
+        let ids = read(&map(&[("traceparent", parent)]), exporting);
+        let sent = ids.trace.header_for(ids.upstream_span.unwrap());
+        let sent = sent.to_str().unwrap();
         assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && sent.ends_with("-01"));
         assert_ne!(sent, parent);
         // No traceparent: a new trace whose id is the new request id, not sampled without export.
-        let mut h = HeaderMap::new();
-        let ids = read(&h, Tracing::default());
-        ids.apply_to_request(&mut h);
-        let sent = h["traceparent"].to_str().unwrap().to_string();
+        let ids = read(&HeaderMap::new(), Tracing::default());
+        let sent = ids.trace.header_for(ids.upstream_span.unwrap());
+        let sent = sent.to_str().unwrap().to_string();
         let hex: String = ids.request_id_str().chars().filter(|c| *c != '-').collect();
         assert_eq!(&sent[3..35], hex);
         assert!(sent.ends_with("-00"), "{sent}");
@@ -483,25 +355,6 @@ mod tests {
     }
 
     #[test]
-    fn repeated_ids_reach_the_pod_once() {
-        let guid = "0e706d93-9306-4d6e-939e-e1ad8a9440f1";
-        let mut h = map(&[("x-request-id", guid), ("x-request-id", "second")]);
-        read(&h, Tracing::default()).apply_to_request(&mut h);
-        let ids: Vec<_> = h.get_all("x-request-id").iter().collect();
-        assert_eq!(ids, [guid]);
-    }
-
-    #[test]
-    fn a_tracked_field_named_in_connection_is_no_longer_present() {
-        let mut h = map(&[("connection", "host"), ("host", "ml.example.com")]);
-        let mut present = Present::scan(&h);
-        assert!(present.host);
-        strip_present_hop_by_hop(&mut h, &mut present);
-        assert!(!h.contains_key("host"));
-        assert!(!present.host, "the proxy must set a Host again");
-    }
-
-    #[test]
     fn hop_by_hop_headers_go_including_connection_named_ones() {
         let mut h = map(&[
             ("connection", "keep-alive, x-secret"),
@@ -516,29 +369,5 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("content-type"));
-    }
-
-    #[test]
-    fn forwarded_headers() {
-        let mut h = map(&[("x-forwarded-for", "10.0.0.1")]);
-        let client = client_ip_value("192.0.2.7".parse().unwrap());
-        add_forwarded(
-            &mut h,
-            &client,
-            true,
-            Some(HeaderValue::from_static("ml.example.com")),
-        );
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
-        assert_eq!(h["x-forwarded-proto"], "https");
-        assert_eq!(h["x-forwarded-host"], "ml.example.com");
-        let mut h = HeaderMap::new();
-        add_forwarded(
-            &mut h,
-            &client_ip_value("::1".parse().unwrap()),
-            false,
-            None,
-        );
-        assert_eq!(h["x-forwarded-for"], "::1");
-        assert_eq!(h["x-forwarded-proto"], "http");
     }
 }

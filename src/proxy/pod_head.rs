@@ -1,22 +1,26 @@
-//! The request head as the pod gets it, written from the bytes of a head the byte-level
-//! HTTP/1.1 path indexed (`http1::head::RequestHead`): its fields copied as they came but those
-//! the contract changes, which are the ones [`forward`](super::forward) rewrites in an `http`
-//! request's map (`docs/ARCHITECTURE.md`, "The request as the pod gets it"): hop-by-hop fields
-//! and those a `Connection` field lists, `Authorization`, `Expect`, `Host` when the target
-//! names an authority or the client's `Host` cannot cross, the forwarding fields and, when they
-//! change, the request ids and `traceparent`. The framing field is written for the body
-//! (`upstream::codec`). The tests below hold the two ways to the same head.
+//! The request as the pod gets it: the contract's rules for its fields ([`Rules`]: hop-by-hop
+//! fields and those a `Connection` field lists, `Authorization`, `Expect`, `Host` when the
+//! target names an authority or the client's `Host` cannot cross, the forwarding fields and,
+//! when they change, the request ids and `traceparent`; `docs/ARCHITECTURE.md`, "The request as
+//! the pod gets it"), decided once per request whatever its representation, and applied to it:
+//! a head the byte-level HTTP/1.1 path indexed is written from its bytes ([`pod_request`]: its
+//! field lines copied as they came but those the rules leave out, then the fields they set); an
+//! `http` request's map is rewritten ([`rewrite_map`]) and written by `upstream::codec`. The
+//! framing field is written for the body (`upstream::codec`). The tests below hold the two ways
+//! to the same head.
 
-use http::{HeaderValue, Uri};
+use http::header::CONNECTION;
+use http::{HeaderName, HeaderValue, Request};
 
 use super::context::Context;
-use super::request::HeadRequest;
-use crate::http1::head::{Known, RequestHead};
-use crate::http1::write::{self, HeadWriter};
+use super::headers;
+use super::request::{name_of, HeadRequest};
+use crate::http1::head::{tokens, Known};
+use crate::http1::write;
 use crate::upstream::{PodRequest, RequestBody};
 
-/// The request as the pod gets it, `path` its path and query, with `body`; `pod_authority`
-/// is its `Host` when it names none.
+/// The head of `request` as the pod gets it, `path` its path and query, with `body`;
+/// `pod_authority` is its `Host` when it names none.
 pub(super) fn pod_request(
     request: &HeadRequest<()>,
     path: &[u8],
@@ -25,7 +29,7 @@ pub(super) fn pod_request(
     pod_authority: &HeaderValue,
 ) -> PodRequest {
     let head = request.head();
-    let rules = Rules::of(head, request.absolute(), cx);
+    let rules = Rules::of(request, cx);
     let declares_length = head.get_known(Known::ContentLength).is_some()
         && !head.is_connection_listed(b"content-length");
     PodRequest::written(head.method(), declares_length, body, |out| {
@@ -34,43 +38,133 @@ pub(super) fn pod_request(
             head,
             &[path],
             |known| rules.replaces(known),
-            |writer| rules.write(writer, cx, pod_authority),
+            |writer| {
+                rules.set(cx, pod_authority, |name, value| {
+                    writer.field_parts(name.as_bytes(), value);
+                })
+            },
         );
     })
 }
 
+/// Applies the rules to the fields of the `http` request `request`: hop-by-hop fields and those
+/// a `Connection` field lists, and the fields the rules leave out, removed; the fields they set
+/// added.
+pub(super) fn rewrite_map<B>(request: &mut Request<B>, cx: &Context, pod_authority: &HeaderValue) {
+    let (set, left_out) = {
+        let rules = Rules::of(&*request, cx);
+        let mut set: Vec<(HeaderName, HeaderValue)> = Vec::with_capacity(6);
+        rules.set(cx, pod_authority, |name, value| {
+            if let Ok(value) = HeaderValue::from_bytes(&value.concat()) {
+                set.push((HeaderName::from_static(name), value));
+            }
+        });
+        let left_out = REPLACEABLE.into_iter().filter(|k| rules.replaces(*k));
+        (set, left_out.collect::<Vec<_>>())
+    };
+    let headers = request.headers_mut();
+    headers::strip_hop_by_hop(headers);
+    for known in left_out {
+        headers.remove(name_of(known));
+    }
+    for (name, value) in set {
+        headers.append(name, value);
+    }
+}
+
+/// What the rules read of a request, in either representation.
+trait Fields {
+    /// The target's authority.
+    fn authority(&self) -> Option<&[u8]>;
+    /// The value of the first field of kind `known`.
+    fn field(&self, known: Known) -> Option<&[u8]>;
+    /// Whether a `Connection` field lists `name`.
+    fn is_connection_listed(&self, name: &[u8]) -> bool;
+}
+
+impl<B> Fields for HeadRequest<B> {
+    fn authority(&self) -> Option<&[u8]> {
+        let authority = self.absolute()?.authority()?;
+        Some(authority.as_str().as_bytes())
+    }
+
+    fn field(&self, known: Known) -> Option<&[u8]> {
+        self.head().get_known(known)
+    }
+
+    fn is_connection_listed(&self, name: &[u8]) -> bool {
+        self.head().is_connection_listed(name)
+    }
+}
+
+impl<B> Fields for Request<B> {
+    fn authority(&self) -> Option<&[u8]> {
+        Some(self.uri().authority()?.as_str().as_bytes())
+    }
+
+    fn field(&self, known: Known) -> Option<&[u8]> {
+        self.headers()
+            .get(name_of(known))
+            .map(HeaderValue::as_bytes)
+    }
+
+    fn is_connection_listed(&self, name: &[u8]) -> bool {
+        !name.eq_ignore_ascii_case(b"close")
+            && !name.eq_ignore_ascii_case(b"keep-alive")
+            && self
+                .headers()
+                .get_all(CONNECTION)
+                .iter()
+                .flat_map(|value| tokens(value.as_bytes()))
+                .any(|token| token.eq_ignore_ascii_case(name))
+    }
+}
+
+/// The kinds of fields the rules may leave out.
+const REPLACEABLE: [Known; 9] = [
+    Known::Authorization,
+    Known::Expect,
+    Known::ForwardedFor,
+    Known::ForwardedHost,
+    Known::ForwardedProto,
+    Known::Host,
+    Known::RequestId,
+    Known::ClientRequestId,
+    Known::Traceparent,
+];
+
 /// What the contract changes in one request's fields.
-struct Rules<'h> {
+struct Rules<'r> {
     /// The host the request names: the target's authority, else its `Host`.
-    original_host: Option<&'h [u8]>,
+    original_host: Option<&'r [u8]>,
     /// `Host` is written anew (with the original host, else the pod's authority).
     new_host: bool,
     /// The `X-Forwarded-For` the client sent, when the pod gets it with the client's address.
-    forwarded_for: Option<&'h [u8]>,
+    forwarded_for: Option<&'r [u8]>,
     /// The request ids are written anew.
     new_ids: bool,
     /// A `traceparent` is written anew.
     new_traceparent: bool,
 }
 
-impl<'h> Rules<'h> {
-    fn of(head: &'h RequestHead, absolute: Option<&'h Uri>, cx: &Context) -> Self {
-        let authority = absolute
-            .and_then(Uri::authority)
-            .map(|a| a.as_str().as_bytes());
-        let host = head.get_known(Known::Host);
+impl<'r> Rules<'r> {
+    fn of(request: &'r impl Fields, cx: &Context) -> Self {
+        let authority = request.authority();
+        let host = request.field(Known::Host);
         Rules {
             original_host: authority.or(host),
-            new_host: authority.is_some() || host.is_none() || head.is_connection_listed(b"host"),
-            forwarded_for: head
-                .get_known(Known::ForwardedFor)
-                .filter(|_| !head.is_connection_listed(b"x-forwarded-for")),
+            new_host: authority.is_some()
+                || host.is_none()
+                || request.is_connection_listed(b"host"),
+            forwarded_for: request
+                .field(Known::ForwardedFor)
+                .filter(|_| !request.is_connection_listed(b"x-forwarded-for")),
             new_ids: !cx.ids.request_unchanged(),
             new_traceparent: cx.ids.upstream_span.is_some(),
         }
     }
 
-    /// Whether the client's fields of kind `known` are left out (dropped, or written anew).
+    /// Whether the client's fields of kind `known` are left out (dropped, or set anew).
     fn replaces(&self, known: Known) -> bool {
         match known {
             Known::Authorization
@@ -85,33 +179,40 @@ impl<'h> Rules<'h> {
         }
     }
 
-    /// Writes the fields the contract sets.
-    fn write(&self, writer: &mut HeadWriter<'_>, cx: &Context, pod_authority: &HeaderValue) {
+    /// The fields the rules set, each given to `set` as its name and its value in parts.
+    fn set(
+        &self,
+        cx: &Context,
+        pod_authority: &HeaderValue,
+        mut set: impl FnMut(&'static str, &[&[u8]]),
+    ) {
         if self.new_host {
-            let host = self.original_host.unwrap_or(pod_authority.as_bytes());
-            writer.field(b"host", host);
+            set(
+                "host",
+                &[self.original_host.unwrap_or(pod_authority.as_bytes())],
+            );
         }
         let client = cx.conn.client_ip.as_bytes();
         match self.forwarded_for {
             Some(previous) if !previous.trim_ascii().is_empty() => {
-                writer.field_parts(b"x-forwarded-for", &[previous, b", ", client])
+                set("x-forwarded-for", &[previous, b", ", client])
             }
-            _ => writer.field(b"x-forwarded-for", client),
+            _ => set("x-forwarded-for", &[client]),
         };
         let proto: &[u8] = if cx.conn.tls { b"https" } else { b"http" };
-        writer.field(b"x-forwarded-proto", proto);
+        set("x-forwarded-proto", &[proto]);
         if let Some(host) = self.original_host {
-            writer.field(b"x-forwarded-host", host);
+            set("x-forwarded-host", &[host]);
         }
         let ids = &cx.ids;
         if self.new_ids {
-            writer.field(b"x-request-id", ids.request_id.as_bytes());
+            set("x-request-id", &[ids.request_id.as_bytes()]);
             if let Some(id) = &ids.client_request_id {
-                writer.field(b"x-ms-client-request-id", id.as_bytes());
+                set("x-ms-client-request-id", &[id.as_bytes()]);
             }
         }
         if let Some(span) = ids.upstream_span {
-            writer.field(b"traceparent", &ids.trace.header_bytes(span));
+            set("traceparent", &[&ids.trace.header_bytes(span)]);
         }
     }
 }
@@ -124,7 +225,7 @@ mod tests {
     use http::{HeaderName, Method};
 
     use super::*;
-    use crate::http1::head::{test_head, Version};
+    use crate::http1::head::{test_head, RequestHead, Version};
     use crate::proxy::context::{ClientConn, ProxySettings};
     use crate::proxy::headers::{RequestIds, Tracing};
     use crate::proxy::request::ClientRequest;
@@ -212,9 +313,8 @@ mod tests {
         let ClientRequest::Http(request) = http else {
             unreachable!()
         };
-        let (parts, ()) = request.into_parts();
         let request =
-            forward::upstream_request(parts, body(), path.into_path_and_query(), &cx, &pod);
+            forward::upstream_request(request, body(), path.into_path_and_query(), &cx, &pod);
         let today = PodRequest::from_http(request);
         let (_, path) = route::target_of(&settings, &bytes).expect("routed");
         let ClientRequest::Head(request) = bytes else {
@@ -255,5 +355,92 @@ mod tests {
             let [today, written] = both_ways(text, body, i % 2 == 0, i % 3 == 0);
             assert_eq!(written, today, "{text:?}");
         }
+    }
+
+    /// The fields of a request of `pairs` from `client` as the pod gets them, and its ids.
+    fn to_pod(
+        pairs: &[(&str, &str)],
+        client: &str,
+        tls: bool,
+        tracing: Tracing,
+    ) -> (http::HeaderMap, RequestIds) {
+        let mut request = http::Request::new(());
+        for (name, value) in pairs {
+            let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            request.headers_mut().append(name, value.parse().unwrap());
+        }
+        let ids = RequestIds::read(ClientRequest::Http(request.clone()).id_fields(), tracing);
+        let cx = Context {
+            started: Instant::now(),
+            ids,
+            conn: ClientConn::new(
+                (client.parse::<std::net::IpAddr>().unwrap(), 40000).into(),
+                tls,
+            ),
+            line: ClientRequest::Http(request.clone()).line(None),
+        };
+        let pod = HeaderValue::from_static("10.0.0.9:5001");
+        rewrite_map(&mut request, &cx, &pod);
+        (request.headers().clone(), cx.ids)
+    }
+
+    #[test]
+    fn the_pod_gets_the_trace_context_the_rules_give() {
+        // The client's traceparent goes to the pod as it came without export; with export, the
+        // router's upstream span is the pod's parent; without one, the router's new trace.
+        let (h, _) = to_pod(
+            &[("traceparent", PARENT)],
+            "192.0.2.7",
+            false,
+            Tracing::default(),
+        );
+        assert_eq!(h["traceparent"], PARENT);
+        let exporting = Tracing {
+            exporting: true,
+            sample_new: true,
+        };
+        let (h, ids) = to_pod(&[("traceparent", PARENT)], "192.0.2.7", false, exporting);
+        assert_eq!(
+            h["traceparent"],
+            ids.trace.header_for(ids.upstream_span.unwrap())
+        );
+        assert_ne!(h["traceparent"], PARENT);
+        let (h, ids) = to_pod(&[], "192.0.2.7", false, Tracing::default());
+        assert_eq!(
+            h["traceparent"],
+            ids.trace.header_for(ids.upstream_span.unwrap())
+        );
+    }
+
+    #[test]
+    fn repeated_ids_reach_the_pod_once() {
+        let pairs = [("x-request-id", GUID), ("x-request-id", "second")];
+        let (h, _) = to_pod(&pairs, "192.0.2.7", false, Tracing::default());
+        let ids: Vec<_> = h.get_all("x-request-id").iter().collect();
+        assert_eq!(ids, [GUID]);
+    }
+
+    #[test]
+    fn a_host_named_in_connection_is_set_again() {
+        let pairs = [("connection", "host"), ("host", "ml.example.com")];
+        let (h, _) = to_pod(&pairs, "192.0.2.7", false, Tracing::default());
+        assert_eq!(
+            h["host"], "ml.example.com",
+            "the proxy must set a Host again"
+        );
+        assert!(!h.contains_key("connection"));
+    }
+
+    #[test]
+    fn forwarded_headers() {
+        let pairs = [("x-forwarded-for", "10.0.0.1"), ("host", "ml.example.com")];
+        let (h, _) = to_pod(&pairs, "192.0.2.7", true, Tracing::default());
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "ml.example.com");
+        let (h, _) = to_pod(&[], "::1", false, Tracing::default());
+        assert_eq!(h["x-forwarded-for"], "::1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(!h.contains_key("x-forwarded-host"));
     }
 }

@@ -239,7 +239,7 @@ impl<B> ClientRequest<B> {
 }
 
 /// The name of the fields of kind `known`, to find them in an `http` request's map.
-fn name_of(known: Known) -> &'static HeaderName {
+pub(super) fn name_of(known: Known) -> &'static HeaderName {
     static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
     static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
     match known {
