@@ -9,6 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Uri, Version};
 
@@ -72,9 +73,9 @@ impl Forwarder {
             .then(|| body.copy_for_mirror(self.mirror_max_body_bytes));
         let mirrored = copy.is_some();
         let (request, mirror_head) = match request {
-            ClientRequest::Http(request) => {
+            ClientRequest::Http(parts, ()) => {
                 let path = target.path.into_path_and_query();
-                let request = upstream_request(request, body, path, cx, exchange.authority());
+                let request = upstream_request(*parts, body, path, cx, exchange.authority());
                 let head = mirrored.then(|| mirror::MirrorHead::of(&request));
                 (PodRequest::from_http(request), head)
             }
@@ -171,14 +172,14 @@ fn failed(error: &PodError) -> RouterError {
 /// The request as the pod gets it: its fields by the contract's rules (`pod_head`), the path
 /// rewritten, HTTP/1.1.
 pub(super) fn upstream_request(
-    mut request: Request<()>,
+    mut parts: Parts,
     body: RequestBody,
     path: PathAndQuery,
     cx: &Context,
     pod_authority: &HeaderValue,
 ) -> Request<RequestBody> {
-    pod_head::rewrite_map(&mut request, cx, pod_authority);
-    *request.uri_mut() = Uri::from(path);
-    *request.version_mut() = Version::HTTP_11;
-    request.map(|()| body)
+    pod_head::rewrite_map(&mut parts, cx, pod_authority);
+    parts.uri = Uri::from(path);
+    parts.version = Version::HTTP_11;
+    Request::from_parts(parts, body)
 }

@@ -10,7 +10,8 @@
 //! to the same head.
 
 use http::header::CONNECTION;
-use http::{HeaderName, HeaderValue, Request};
+use http::request::Parts;
+use http::{HeaderName, HeaderValue};
 
 use super::context::Context;
 use super::headers;
@@ -47,10 +48,10 @@ pub(super) fn pod_request(
     })
 }
 
-/// Applies the rules to the fields of the `http` request `request`: hop-by-hop fields and those
+/// Applies the rules to the fields of the `http` request of `request`: hop-by-hop fields and those
 /// a `Connection` field lists, and the fields the rules leave out, removed; the fields they set
 /// added.
-pub(super) fn rewrite_map<B>(request: &mut Request<B>, cx: &Context, pod_authority: &HeaderValue) {
+pub(super) fn rewrite_map(request: &mut Parts, cx: &Context, pod_authority: &HeaderValue) {
     let (set, left_out) = {
         let rules = Rules::of(&*request, cx);
         let mut set: Vec<(HeaderName, HeaderValue)> = Vec::with_capacity(6);
@@ -62,7 +63,7 @@ pub(super) fn rewrite_map<B>(request: &mut Request<B>, cx: &Context, pod_authori
         let left_out = REPLACEABLE.into_iter().filter(|k| rules.replaces(*k));
         (set, left_out.collect::<Vec<_>>())
     };
-    let headers = request.headers_mut();
+    let headers = &mut request.headers;
     headers::strip_hop_by_hop(headers);
     for known in left_out {
         headers.remove(name_of(known));
@@ -97,22 +98,20 @@ impl<B> Fields for HeadRequest<B> {
     }
 }
 
-impl<B> Fields for Request<B> {
+impl Fields for Parts {
     fn authority(&self) -> Option<&[u8]> {
-        Some(self.uri().authority()?.as_str().as_bytes())
+        Some(self.uri.authority()?.as_str().as_bytes())
     }
 
     fn field(&self, known: Known) -> Option<&[u8]> {
-        self.headers()
-            .get(name_of(known))
-            .map(HeaderValue::as_bytes)
+        self.headers.get(name_of(known)).map(HeaderValue::as_bytes)
     }
 
     fn is_connection_listed(&self, name: &[u8]) -> bool {
         !name.eq_ignore_ascii_case(b"close")
             && !name.eq_ignore_ascii_case(b"keep-alive")
             && self
-                .headers()
+                .headers
                 .get_all(CONNECTION)
                 .iter()
                 .flat_map(|value| tokens(value.as_bytes()))
@@ -290,7 +289,7 @@ mod tests {
         let conn = ClientConn::new("192.0.2.7:40000".parse().unwrap(), tls);
         let pod = HeaderValue::from_static("10.0.0.9:5001");
         let head = test_head(text);
-        let http = ClientRequest::Http(as_http(&head));
+        let http = ClientRequest::from_http(as_http(&head));
         let Ok(bytes) = ClientRequest::from_head(head, ()) else {
             panic!("a head the byte-level path serves: {text:?}")
         };
@@ -310,11 +309,11 @@ mod tests {
         let (cx, head_cx) = (context(ids), context(head_ids));
         let body = || RequestBody::full(Bytes::from_static(body));
         let (_, path) = route::target_of(&settings, &http).expect("routed");
-        let ClientRequest::Http(request) = http else {
+        let ClientRequest::Http(parts, ()) = http else {
             unreachable!()
         };
-        let request =
-            forward::upstream_request(request, body(), path.into_path_and_query(), &cx, &pod);
+        let path = path.into_path_and_query();
+        let request = forward::upstream_request(*parts, body(), path, &cx, &pod);
         let today = PodRequest::from_http(request);
         let (_, path) = route::target_of(&settings, &bytes).expect("routed");
         let ClientRequest::Head(request) = bytes else {
@@ -369,7 +368,8 @@ mod tests {
             let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
             request.headers_mut().append(name, value.parse().unwrap());
         }
-        let ids = RequestIds::read(ClientRequest::Http(request.clone()).id_fields(), tracing);
+        let received = ClientRequest::from_http(request.clone());
+        let ids = RequestIds::read(received.id_fields(), tracing);
         let cx = Context {
             started: Instant::now(),
             ids,
@@ -377,11 +377,12 @@ mod tests {
                 (client.parse::<std::net::IpAddr>().unwrap(), 40000).into(),
                 tls,
             ),
-            line: ClientRequest::Http(request.clone()).line(None),
+            line: received.line(None),
         };
         let pod = HeaderValue::from_static("10.0.0.9:5001");
-        rewrite_map(&mut request, &cx, &pod);
-        (request.headers().clone(), cx.ids)
+        let (mut parts, ()) = request.into_parts();
+        rewrite_map(&mut parts, &cx, &pod);
+        (parts.headers, cx.ids)
     }
 
     #[test]

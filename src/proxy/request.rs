@@ -9,6 +9,7 @@ use http::header::{
     AUTHORIZATION, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TE, TRAILER, TRANSFER_ENCODING,
     UPGRADE, USER_AGENT,
 };
+use http::request::Parts;
 use http::{HeaderName, HeaderValue, Method, Request, Uri};
 
 use super::headers::{
@@ -22,8 +23,10 @@ use crate::trace::TRACEPARENT;
 
 /// A client's request, as the server hands it to the proxy.
 pub enum ClientRequest<B = ClientBody> {
-    /// An `http` request: HTTP/2, and HTTP/1 served by hyper.
-    Http(Request<B>),
+    /// An `http` request (HTTP/2, and HTTP/1 served by hyper): its parts, boxed (they are
+    /// large, and a request is moved from phase to phase; a head is a pointer and a few
+    /// offsets), and its body.
+    Http(Box<Parts>, B),
     /// A head read by the byte-level HTTP/1.1 path, with its body.
     Head(HeadRequest<B>),
 }
@@ -52,6 +55,12 @@ impl<B> HeadRequest<B> {
 const MAX_TARGET: usize = u16::MAX as usize - 1;
 
 impl<B> ClientRequest<B> {
+    /// An `http` request.
+    pub fn from_http(request: Request<B>) -> Self {
+        let (parts, body) = request.into_parts();
+        ClientRequest::Http(Box::new(parts), body)
+    }
+
     /// The request of the byte-level path from its checked `head`; the head back when the
     /// target is one `http` cannot hold (too long, or not a URI), which hyper then serves.
     pub fn from_head(head: RequestHead, body: B) -> Result<Self, RequestHead> {
@@ -71,7 +80,7 @@ impl<B> ClientRequest<B> {
     /// The body.
     pub fn body(&self) -> &B {
         match self {
-            ClientRequest::Http(request) => request.body(),
+            ClientRequest::Http(_, body) => body,
             ClientRequest::Head(request) => &request.body,
         }
     }
@@ -79,10 +88,7 @@ impl<B> ClientRequest<B> {
     /// The request without its body, and the body.
     pub fn into_parts(self) -> (ClientRequest<()>, B) {
         match self {
-            ClientRequest::Http(request) => {
-                let (parts, body) = request.into_parts();
-                (ClientRequest::Http(Request::from_parts(parts, ())), body)
-            }
+            ClientRequest::Http(parts, body) => (ClientRequest::Http(parts, ()), body),
             ClientRequest::Head(HeadRequest { head, uri, body }) => {
                 let request = HeadRequest {
                     head,
@@ -97,7 +103,7 @@ impl<B> ClientRequest<B> {
     /// The request with `body` instead of its own.
     pub fn with_body<C>(self, body: C) -> ClientRequest<C> {
         match self {
-            ClientRequest::Http(request) => ClientRequest::Http(request.map(|_| body)),
+            ClientRequest::Http(parts, _) => ClientRequest::Http(parts, body),
             ClientRequest::Head(HeadRequest { head, uri, .. }) => {
                 ClientRequest::Head(HeadRequest { head, uri, body })
             }
@@ -107,7 +113,7 @@ impl<B> ClientRequest<B> {
     /// The method, as sent.
     pub fn method(&self) -> &[u8] {
         match self {
-            ClientRequest::Http(request) => request.method().as_str().as_bytes(),
+            ClientRequest::Http(parts, _) => parts.method.as_str().as_bytes(),
             ClientRequest::Head(request) => request.head.method(),
         }
     }
@@ -120,7 +126,7 @@ impl<B> ClientRequest<B> {
     /// The path, without the query.
     pub fn path(&self) -> &str {
         match self {
-            ClientRequest::Http(request) => request.uri().path(),
+            ClientRequest::Http(parts, _) => parts.uri.path(),
             ClientRequest::Head(request) => match &request.uri {
                 Some(uri) => uri.path(),
                 None => request.head.path(),
@@ -131,7 +137,7 @@ impl<B> ClientRequest<B> {
     /// The query, without `?`.
     pub fn query(&self) -> Option<&str> {
         match self {
-            ClientRequest::Http(request) => request.uri().query(),
+            ClientRequest::Http(parts, _) => parts.uri.query(),
             ClientRequest::Head(request) => match &request.uri {
                 Some(uri) => uri.query(),
                 None => request.head.query(),
@@ -148,23 +154,22 @@ impl<B> ClientRequest<B> {
     /// The `Uri` of an `http` request, or of a head whose target is not in origin form.
     fn uri(&self) -> Option<&Uri> {
         match self {
-            ClientRequest::Http(request) => Some(request.uri()),
+            ClientRequest::Http(parts, _) => Some(&parts.uri),
             ClientRequest::Head(request) => request.uri.as_deref(),
         }
     }
 
     /// Whether the request came over HTTP/2.
     pub fn is_http2(&self) -> bool {
-        matches!(self, ClientRequest::Http(r) if r.version() == http::Version::HTTP_2)
+        matches!(self, ClientRequest::Http(parts, _) if parts.version == http::Version::HTTP_2)
     }
 
     /// The value of the first field of kind `known` (the head's is found by its one pass).
     pub fn field(&self, known: Known) -> Option<&[u8]> {
         match self {
-            ClientRequest::Http(request) => request
-                .headers()
-                .get(name_of(known))
-                .map(HeaderValue::as_bytes),
+            ClientRequest::Http(parts, _) => {
+                parts.headers.get(name_of(known)).map(HeaderValue::as_bytes)
+            }
             ClientRequest::Head(request) => request.head.get_known(known),
         }
     }
@@ -173,7 +178,7 @@ impl<B> ClientRequest<B> {
     /// in advance, such as a deployment's prefix-key header).
     pub fn header(&self, name: &HeaderName) -> Option<&[u8]> {
         match self {
-            ClientRequest::Http(request) => request.headers().get(name).map(HeaderValue::as_bytes),
+            ClientRequest::Http(parts, _) => parts.headers.get(name).map(HeaderValue::as_bytes),
             ClientRequest::Head(request) => request.head.get(name.as_str().as_bytes()),
         }
     }
@@ -190,7 +195,7 @@ impl<B> ClientRequest<B> {
     pub fn id_fields(&self) -> IdFields<'_> {
         let may_repeat = match self {
             // A repeated field anywhere (rare) means a repeated id may be among them.
-            ClientRequest::Http(request) => request.headers().len() != request.headers().keys_len(),
+            ClientRequest::Http(parts, _) => parts.headers.len() != parts.headers.keys_len(),
             ClientRequest::Head(request) => {
                 request.head.is_repeated(Known::RequestId)
                     || request.head.is_repeated(Known::ClientRequestId)
@@ -207,7 +212,7 @@ impl<B> ClientRequest<B> {
     /// The request line for the access log; `declared_length` is its body's exact size hint.
     pub fn line(&self, declared_length: Option<u64>) -> RequestLine {
         let user_agent = match self {
-            ClientRequest::Http(request) => request.headers().get(USER_AGENT).cloned(),
+            ClientRequest::Http(parts, _) => parts.headers.get(USER_AGENT).cloned(),
             ClientRequest::Head(request) => {
                 request.head.get_known(Known::UserAgent).and_then(|value| {
                     HeaderValue::from_maybe_shared(request.head.shared().slice_ref(value)).ok()

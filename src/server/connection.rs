@@ -437,7 +437,10 @@ pub async fn serve<IO>(
         // does, so idle keep-alive connections stay small.
         let handled: ServiceFuture = Box::pin(async move {
             let response = proxy
-                .handle(ClientRequest::Http(request.map(ClientBody::Hyper)), conn)
+                .handle(
+                    ClientRequest::from_http(request.map(ClientBody::Hyper)),
+                    conn,
+                )
                 .await;
             if let Some(stream) = &mut stream {
                 stream.responding();
