@@ -29,9 +29,11 @@ use http::{HeaderMap, HeaderValue};
 use scoregate::admission::{Candidates, DeploymentAdmission, Pod, Policy, PowerOfTwoChoices};
 use scoregate::http1::body::{BodyDecoder, BodyEncoder};
 use scoregate::http1::chunked::Chunk;
-use scoregate::http1::head::{HeadLimits, Known, RequestHead, Version};
-use scoregate::http1::response::{Parsed, ResponseHead};
-use scoregate::http1::write::{self, ClientSide};
+use scoregate::http1::head::{HeadLimits, Known, RequestHead};
+use scoregate::http1::relay::{relayed_head, Change};
+use scoregate::http1::reply::{Asked, BodyLength};
+use scoregate::http1::response::{Parsed, ResponseFraming, ResponseHead};
+use scoregate::http1::write;
 use scoregate::model::PrefixSettings;
 use scoregate::model::{
     AuthMode, DeploymentSpec, EndpointKeys, EndpointSpec, OutlierDetection, PodSpec,
@@ -384,11 +386,14 @@ fn http1_codec(c: &mut Criterion) {
             )
         })
     });
-    let client = ClientSide {
-        version: Version::Http11,
+    let asked = Asked {
         head_request: false,
         keep_alive: true,
     };
+    let changes = [Change {
+        name: b"azureml-model-deployment",
+        value: Some(b"blue"),
+    }];
     group.bench_function("response_head_parse_and_write", |b| {
         b.iter(|| {
             out.clear();
@@ -397,16 +402,11 @@ fn http1_codec(c: &mut Criterion) {
             else {
                 panic!("the response parses");
             };
-            write::client_response(
-                &mut out,
-                &response,
-                SCORE_RESPONSE,
-                client,
-                |_| false,
-                |w| {
-                    w.field(b"azureml-model-deployment", b"blue");
-                },
-            )
+            let length = match response.framing() {
+                ResponseFraming::Length(n) => BodyLength::Known(n),
+                _ => BodyLength::Unknown,
+            };
+            relayed_head(&mut out, &response, SCORE_RESPONSE, &changes, length, asked)
         })
     });
     let chunked: Vec<u8> = (0..16)

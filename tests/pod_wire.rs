@@ -441,3 +441,77 @@ async fn a_chunked_bodys_trailers_reach_an_http2_client() {
         "the connection is reused after trailers"
     );
 }
+
+/// Reads one response framed by its `content-length` from a raw connection, after a
+/// `100 Continue` when one comes first (it is left out).
+async fn read_final_response(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    guard("a response", async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&out);
+            let text = text
+                .strip_prefix("HTTP/1.1 100 Continue\r\n\r\n")
+                .unwrap_or(&text);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |v| v.parse().unwrap());
+                if body.len() >= length {
+                    return text.to_string();
+                }
+            }
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the connection closed instead of answering");
+            out.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+}
+
+/// A pod's head goes to an HTTP/1.1 client from its bytes on the router's own server path
+/// (`http1::relay`); a connection handed to hyper's server (here by `Expect: 100-continue`)
+/// gets it as an `http` response written by hyper. Both give the client the same bytes:
+/// repeated names together, the field a `Connection` lists and the hop-by-hop ones gone, the
+/// pod's own request id replaced where it stood, a custom reason and the pod's date kept, a
+/// `Content-Length` beside a `Transfer-Encoding` dropped (the body, read ahead whole, goes with
+/// its length).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pods_head_reaches_the_client_as_hypers_server_wrote_it() {
+    let pod = ScriptedPod::start(|_, _| {
+        let reply = "HTTP/1.1 200 Fine Thanks\r\nX-A: 1\r\nConnection: x-hop\r\nX-Hop: secret\r\n\
+                     Set-Cookie: a=1\r\nx-request-id: pod\r\nX-B: 2\r\nset-cookie: b=2\r\n\
+                     Date: Tue, 01 Dec 2026 00:00:00 GMT\r\nKeep-Alive: timeout=5\r\n\
+                     Transfer-Encoding: chunked\r\nContent-Length: 99\r\nX-Last: 3\r\n\r\n\
+                     2\r\n{}\r\n0\r\n\r\n";
+        (reply.as_bytes().to_vec(), Then::Stay)
+    })
+    .await;
+    let h = router_for(&pod).await;
+    let request = |extra: &str| {
+        format!(
+            "POST /api/v1/endpoint/ep-wire/score HTTP/1.1\r\nHost: a\r\n\
+             Authorization: Bearer {KEY}\r\nx-request-id: 00000000-0000-4000-8000-00000000000a\r\n\
+             x-ms-client-request-id: c-1\r\nContent-Length: 2\r\n{extra}\r\n{{}}"
+        )
+    };
+    let mut own = TcpStream::connect(h.http).await.unwrap();
+    own.write_all(request("").as_bytes()).await.unwrap();
+    let by_bytes = read_final_response(&mut own).await;
+    let mut handed = TcpStream::connect(h.http).await.unwrap();
+    handed
+        .write_all(request("Expect: 100-continue\r\n").as_bytes())
+        .await
+        .unwrap();
+    let by_hyper = read_final_response(&mut handed).await;
+    assert_eq!(by_bytes, by_hyper);
+    assert_eq!(
+        by_bytes,
+        "HTTP/1.1 200 Fine Thanks\r\nx-a: 1\r\ndate: Tue, 01 Dec 2026 00:00:00 GMT\r\n\
+         x-last: 3\r\nset-cookie: a=1\r\nset-cookie: b=2\r\n\
+         x-request-id: 00000000-0000-4000-8000-00000000000a\r\nx-b: 2\r\n\
+         azureml-model-deployment: blue\r\nx-ms-client-request-id: c-1\r\n\
+         content-length: 2\r\n\r\n{}"
+    );
+}

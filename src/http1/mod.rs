@@ -10,8 +10,9 @@
 //! | [`response`] | pod response heads parsed once, with their body's framing |
 //! | [`wire`] | a connection read through a buffer: request and response heads split off it |
 //! | [`copy`] | bodies copied between connections in the request's own task |
-//! | [`write`] | the heads the byte-level path writes: the request for the pod, the response for the client |
-//! | [`reply`] | a response head written to an HTTP/1.1 client from `http` parts, by hyper's rules |
+//! | [`write`] | the heads the byte-level path writes: the request for the pod, field lines for both |
+//! | [`reply`] | the rules a response head is written to an HTTP/1.1 client by (hyper's), from `http` parts or field lines |
+//! | [`relay`] | a pod's response head written to the client from its bytes, as `reply` wrote it from a header map |
 //! | [`violation`] | why a request is refused, with its status and message |
 //! | [`encode`] | writing a response as bytes |
 
@@ -21,6 +22,7 @@ pub mod copy;
 pub mod encode;
 pub mod framing;
 pub mod head;
+pub mod relay;
 pub mod reply;
 pub mod response;
 pub mod violation;

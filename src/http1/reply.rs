@@ -1,6 +1,8 @@
-//! The head of a response written to an HTTP/1.1 client from `http` parts, by the rules hyper's
-//! HTTP/1 server applied on this path before the byte-level server path (`server::h1`) took it
-//! over, so that clients see the same bytes:
+//! The head of a response written to an HTTP/1.1 client, by the rules hyper's HTTP/1 server
+//! applied on this path before the byte-level server path (`server::h1`) took it over, so that
+//! clients see the same bytes. One set of rules, two sources: `http` parts ([`response_head`],
+//! the router's own answers) and field lines in a header map's order ([`head`], a pod's head
+//! written from its bytes by `relay`):
 //!
 //! * the status line in the response's version, `HTTP/1.1 200 OK` written at once, a custom
 //!   reason phrase ([`hyper::ext::ReasonPhrase`]) as it is, else the canonical one (`<none>`);
@@ -14,7 +16,7 @@
 
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::response::Parts;
-use http::{HeaderValue, StatusCode, Version};
+use http::{HeaderName, StatusCode, Version};
 use smallvec::SmallVec;
 
 use super::body::BodyEncoder;
@@ -49,6 +51,70 @@ pub struct Asked {
     pub keep_alive: bool,
 }
 
+/// What a field is to these rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldKind {
+    /// `Content-Length`.
+    ContentLength,
+    /// `Transfer-Encoding`.
+    TransferEncoding,
+    /// `Connection`.
+    Connection,
+    /// `Date`.
+    Date,
+    /// Any other field: written as it is.
+    Other,
+}
+
+impl FieldKind {
+    /// The kind of the field `name` (ASCII case-insensitive).
+    pub fn of(name: &[u8]) -> Self {
+        let is = |candidate: &[u8]| name.eq_ignore_ascii_case(candidate);
+        match name.len() {
+            4 if is(b"date") => FieldKind::Date,
+            10 if is(b"connection") => FieldKind::Connection,
+            14 if is(b"content-length") => FieldKind::ContentLength,
+            17 if is(b"transfer-encoding") => FieldKind::TransferEncoding,
+            _ => FieldKind::Other,
+        }
+    }
+
+    fn of_name(name: &HeaderName) -> Self {
+        match *name {
+            CONTENT_LENGTH => FieldKind::ContentLength,
+            TRANSFER_ENCODING => FieldKind::TransferEncoding,
+            CONNECTION => FieldKind::Connection,
+            DATE => FieldKind::Date,
+            _ => FieldKind::Other,
+        }
+    }
+}
+
+/// One field line of a response, in the order an `http::HeaderMap` walks its fields: the
+/// values of one name consecutive, the first of them marked.
+#[derive(Clone, Copy, Debug)]
+pub struct Line<'a> {
+    /// The name (written lowercase).
+    pub name: &'a [u8],
+    /// The value.
+    pub value: &'a [u8],
+    /// What the name is to these rules.
+    pub kind: FieldKind,
+    /// Whether this is the first value of its name.
+    pub first: bool,
+}
+
+/// The status line of a response.
+#[derive(Clone, Copy, Debug)]
+pub struct Status<'a> {
+    /// The response's version is HTTP/1.0.
+    pub http10: bool,
+    /// The status code (100 to 999).
+    pub code: u16,
+    /// A reason phrase other than the status's canonical one, written as it is.
+    pub custom_reason: Option<&'a [u8]>,
+}
+
 /// Writes the head of a response with `parts` and a body of `length` to `out`. Returns how the
 /// body is written, and whether the connection must close after it.
 pub fn response_head(
@@ -57,18 +123,50 @@ pub fn response_head(
     length: BodyLength,
     asked: Asked,
 ) -> (Framing, bool) {
-    status_line(out, parts);
+    let status = Status {
+        http10: parts.version == Version::HTTP_10,
+        code: parts.status.as_u16(),
+        custom_reason: parts
+            .extensions
+            .get::<hyper::ext::ReasonPhrase>()
+            .map(|reason| reason.as_bytes()),
+    };
+    let mut previous = None;
+    let lines = parts.headers.iter().map(|(name, value)| {
+        let first = previous != Some(name);
+        previous = Some(name);
+        Line {
+            name: name.as_str().as_bytes(),
+            value: value.as_bytes(),
+            kind: FieldKind::of_name(name),
+            first,
+        }
+    });
+    head(out, status, lines, length, asked)
+}
+
+/// Writes the head of a response with `status`, the field `lines` (in a header map's order) and
+/// a body of `length` to `out`, by the rules of this module. Returns how the body is written,
+/// and whether the connection must close after it.
+pub fn head<'a>(
+    out: &mut Vec<u8>,
+    status: Status<'_>,
+    lines: impl Iterator<Item = Line<'a>>,
+    length: BodyLength,
+    asked: Asked,
+) -> (Framing, bool) {
+    status_line(out, status);
     let mut writer = HeadWriter::continuing(out);
-    let chunks_allowed = parts.version != Version::HTTP_10 && can_chunk(parts.status, asked);
-    let written = fields(&mut writer, parts, length, asked, chunks_allowed);
+    let chunks_allowed = !status.http10 && can_chunk(status.code, asked);
+    let written = fields(&mut writer, lines, length, asked, chunks_allowed);
     if !asked.keep_alive && !written.connection {
         writer.field(b"connection", b"close");
     }
     let mut framing = match written.framing {
         Some(encoder) => Framing::Body(encoder),
-        None => implied_framing(&mut writer, parts, length, asked, chunks_allowed),
+        None => implied_framing(&mut writer, status.code, length, asked, chunks_allowed),
     };
-    if !can_chunk(parts.status, asked) || length == BodyLength::Ended {
+    if !can_chunk(status.code, asked) || length == BodyLength::Ended {
         framing = Framing::None;
     }
     if !written.date {
@@ -90,11 +188,11 @@ struct Written {
     close: bool,
 }
 
-/// Writes the response's fields in the map's order (walked once, without a lookup by name);
+/// Writes the response's field `lines` in their order (walked once, without a lookup by name);
 /// `Connection` gets `close` added when the connection ends after this response.
-fn fields(
+fn fields<'a>(
     writer: &mut HeadWriter<'_>,
-    parts: &Parts,
+    lines: impl Iterator<Item = Line<'a>>,
     length: BodyLength,
     asked: Asked,
     chunks_allowed: bool,
@@ -105,39 +203,42 @@ fn fields(
         connection: false,
         close: false,
     };
-    let mut entries = parts.headers.iter().peekable();
-    while let Some((name, value)) = entries.next() {
-        if !matches!(*name, CONTENT_LENGTH | TRANSFER_ENCODING | CONNECTION) {
-            written.date |= *name == DATE;
-            writer.field(name.as_str().as_bytes(), value.as_bytes());
+    let mut lines = lines.peekable();
+    while let Some(line) = lines.next() {
+        if !matches!(
+            line.kind,
+            FieldKind::ContentLength | FieldKind::TransferEncoding | FieldKind::Connection
+        ) {
+            written.date |= line.kind == FieldKind::Date;
+            writer.field_lowercased(line.name, line.value);
             continue;
         }
         // A name's values are consecutive in the map's order.
-        let mut values: SmallVec<[&HeaderValue; 2]> = SmallVec::new();
-        values.push(value);
-        while let Some((_, more)) = entries.next_if(|(next, _)| *next == name) {
-            values.push(more);
+        let mut values: SmallVec<[&[u8]; 2]> = SmallVec::new();
+        values.push(line.value);
+        while let Some(more) = lines.next_if(|next| !next.first) {
+            values.push(more.value);
         }
-        match *name {
-            CONTENT_LENGTH => match length {
+        match line.kind {
+            FieldKind::ContentLength => match length {
                 BodyLength::Known(_) | BodyLength::Unknown => {
-                    writer.field(b"content-length", value.as_bytes());
+                    writer.field(b"content-length", line.value);
                     written.framing = Some(BodyEncoder::Length);
                 }
                 BodyLength::Ended if asked.head_request => {
                     for value in &values {
-                        writer.field(b"content-length", value.as_bytes());
+                        writer.field(b"content-length", value);
                     }
                     written.framing = Some(BodyEncoder::Length);
                 }
                 BodyLength::Ended => {}
             },
-            TRANSFER_ENCODING if chunks_allowed => {
+            FieldKind::TransferEncoding if chunks_allowed => {
                 let chunked_last = values.last().is_some_and(|v| is_chunked(v));
                 writer.joined_field(b"transfer-encoding", values.iter().copied(), !chunked_last);
                 written.framing = Some(BodyEncoder::Chunked);
             }
-            TRANSFER_ENCODING => {}
+            FieldKind::TransferEncoding => {}
             _ => {
                 written.connection = true;
                 written.close = values.iter().any(|v| lists_close(v));
@@ -154,15 +255,12 @@ fn fields(
 /// The framing fields of a response whose fields gave none.
 fn implied_framing(
     writer: &mut HeadWriter<'_>,
-    parts: &Parts,
+    code: u16,
     length: BodyLength,
     asked: Asked,
     chunks_allowed: bool,
 ) -> Framing {
-    let may_have_length = !matches!(
-        parts.status,
-        StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
-    ) && !parts.status.is_informational();
+    let may_have_length = may_have_body(code);
     match length {
         BodyLength::Unknown if chunks_allowed => {
             writer.field(b"transfer-encoding", b"chunked");
@@ -183,53 +281,58 @@ fn implied_framing(
     }
 }
 
-/// The status line: the response's version, its status, and its reason phrase.
-fn status_line(out: &mut Vec<u8>, parts: &Parts) {
-    let custom = parts.extensions.get::<hyper::ext::ReasonPhrase>();
-    if parts.version != Version::HTTP_10 && parts.status == StatusCode::OK && custom.is_none() {
+/// The status line: the response's version, its status, and its reason phrase (the custom one,
+/// else the canonical one, else `<none>`).
+fn status_line(out: &mut Vec<u8>, status: Status<'_>) {
+    if !status.http10 && status.code == 200 && status.custom_reason.is_none() {
         out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
         return;
     }
-    out.extend_from_slice(match parts.version {
-        Version::HTTP_10 => b"HTTP/1.0 ",
-        _ => b"HTTP/1.1 ",
+    out.extend_from_slice(match status.http10 {
+        true => b"HTTP/1.0 ",
+        false => b"HTTP/1.1 ",
     });
-    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(status.code).as_bytes());
     out.push(b' ');
-    match custom {
-        Some(reason) => out.extend_from_slice(reason.as_bytes()),
-        None => {
-            let canonical = parts.status.canonical_reason().unwrap_or("<none>");
-            out.extend_from_slice(canonical.as_bytes());
-        }
+    match status.custom_reason {
+        Some(reason) => out.extend_from_slice(reason),
+        None => out.extend_from_slice(canonical_reason(status.code).unwrap_or("<none>").as_bytes()),
     }
     out.extend_from_slice(b"\r\n");
 }
 
+/// The canonical reason phrase of `code`, when it has one.
+pub fn canonical_reason(code: u16) -> Option<&'static str> {
+    StatusCode::from_u16(code).ok()?.canonical_reason()
+}
+
+/// Whether a response of status `code` may have a body (not 1xx, 204 or 304).
+fn may_have_body(code: u16) -> bool {
+    !matches!(code, 100..=199 | 204 | 304)
+}
+
 /// Whether a response to the request may carry a body (and so chunks).
-fn can_chunk(status: StatusCode, asked: Asked) -> bool {
-    !asked.head_request
-        && !status.is_informational()
-        && !matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
+fn can_chunk(code: u16, asked: Asked) -> bool {
+    !asked.head_request && may_have_body(code)
 }
 
 /// Whether a `Transfer-Encoding` value ends with `chunked`.
-fn is_chunked(value: &HeaderValue) -> bool {
+fn is_chunked(value: &[u8]) -> bool {
     value
-        .as_bytes()
         .rsplit(|b| *b == b',')
         .next()
         .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// Whether a `Connection` value lists `close`.
-fn lists_close(value: &HeaderValue) -> bool {
-    super::head::tokens(value.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"close"))
+fn lists_close(value: &[u8]) -> bool {
+    super::head::tokens(value).any(|t| t.eq_ignore_ascii_case(b"close"))
 }
 
 #[cfg(test)]
 mod tests {
     use http::header::{CONTENT_TYPE, RETRY_AFTER};
+    use http::HeaderValue;
 
     use super::*;
 

@@ -14,7 +14,8 @@
 //!
 //! A head is parsed with httparse, as hyper's client did: lenient where pods commonly are (a
 //! bare LF, a missing reason phrase), strict where ambiguity would hurt (obs-fold, invalid
-//! characters, more than [`MAX_FIELDS`] fields).
+//! characters, more than [`MAX_FIELDS`] fields, a status below 100, a field name longer than
+//! `http` takes).
 
 use std::mem::MaybeUninit;
 
@@ -24,6 +25,9 @@ use super::head::{lists_a_field, tokens, Known};
 
 /// Most fields a pod's response head may have (hyper's client default).
 pub const MAX_FIELDS: usize = 100;
+
+/// The longest field name a pod's head may have (`http`'s bound, as hyper's client had it).
+const MAX_NAME: usize = (1 << 16) - 1;
 
 /// How a response body is framed on the pod's connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,16 +102,15 @@ pub struct ResponseHead {
 }
 
 /// What parsing the start of a pod's byte stream found.
-// Returned once per response and taken apart at once: boxing the head would cost an allocation.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Parsed {
     /// More bytes are needed.
     Partial,
     /// An interim (1xx) response of this many bytes: skip it and parse what follows.
     Interim(usize),
-    /// The final response head, of this many bytes.
-    Complete(ResponseHead, usize),
+    /// The final response head, of this many bytes. Its index (its fields inline, about 350
+    /// bytes) is boxed here, so the head moves through the request's futures as a pointer.
+    Complete(Box<ResponseHead>, usize),
 }
 
 impl ResponseHead {
@@ -129,6 +132,8 @@ impl ResponseHead {
         };
         let status = response.code.unwrap_or(0);
         match status {
+            // Not a status `http` or hyper's client would take.
+            0..=99 => return Err(InvalidResponse::Malformed(httparse::Error::Status)),
             101 => return Err(InvalidResponse::UnaskedUpgrade),
             100..=199 => return Ok(Parsed::Interim(len)),
             _ => {}
@@ -153,6 +158,9 @@ impl ResponseHead {
         let mut framing = FramingFields::default();
         for header in response.headers.iter() {
             let name = header.name.as_bytes();
+            if name.len() > MAX_NAME {
+                return Err(InvalidResponse::Malformed(httparse::Error::HeaderName));
+            }
             let field = ResponseField {
                 name: span(name),
                 value: span(header.value),
@@ -162,7 +170,7 @@ impl ResponseHead {
             head.fields.push(field);
         }
         head.framing = framing.decide(&head, to_head)?;
-        Ok(Parsed::Complete(head, len))
+        Ok(Parsed::Complete(Box::new(head), len))
     }
 
     /// The status code.
@@ -294,7 +302,7 @@ fn content_length(value: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn complete(head: &str, to_head: bool) -> (ResponseHead, usize) {
+    fn complete(head: &str, to_head: bool) -> (Box<ResponseHead>, usize) {
         match ResponseHead::parse(head.as_bytes(), to_head) {
             Ok(Parsed::Complete(h, len)) => (h, len),
             other => panic!("{head:?}: {other:?}"),
@@ -426,6 +434,7 @@ mod tests {
             b"HTTP/2 200 OK\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nX-Nul: a\0b\r\n\r\n",
+            b"HTTP/1.1 099 Low\r\n\r\n",
             b"garbage\r\n\r\n",
         ];
         for head in refused {

@@ -215,7 +215,7 @@ impl<IO: AsyncRead + Unpin> Wire<IO> {
     pub async fn response_head(
         &mut self,
         to_head: bool,
-    ) -> Result<(ResponseHead, Bytes), ResponseHeadError> {
+    ) -> Result<(Box<ResponseHead>, Bytes), ResponseHeadError> {
         let mut nothing = true;
         loop {
             if !self.buf.is_empty() {

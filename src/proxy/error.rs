@@ -9,7 +9,7 @@
 //! Every exit renders here: rejections of the request path ([`error_response`]) and the
 //! refusals the HTTP/1 framing guard writes before a request reaches the proxy
 //! ([`http1_refusal`]). Both carry the same response headers
-//! ([`super::headers::set_response_headers`]).
+//! ([`super::headers::ResponseHeaders`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use serde::Serialize;
 
 use super::body::ResponseBody;
-use super::headers::{self, RequestIds};
+use super::headers::{RequestIds, ResponseHeaders};
 use crate::admission::AdmitError;
 use crate::auth::AuthError;
 use crate::http1::framing::Violation;
@@ -342,7 +342,7 @@ fn render(
         }
         _ => {}
     }
-    headers::set_response_headers(&mut headers, ids, deployment);
+    ResponseHeaders::new(ids, deployment).apply(&mut headers);
     (error.status(), headers, body)
 }
 

@@ -21,14 +21,14 @@ use super::{mirror, pod_head};
 use crate::admission::{Admitter, Slot};
 use crate::table::Deployment;
 use crate::upstream::{
-    Exchange, PodError, PodRequest, RequestBody, RequestBodyError, SendError, Upstream,
+    Exchange, PodError, PodHead, PodRequest, RequestBody, RequestBodyError, SendError, Upstream,
 };
 
-/// A request the pod has answered: its response head, on the exchange that holds the slot and
-/// the connection until the body has been read.
+/// A request the pod has answered: its response head (its index and bytes), on the exchange
+/// that holds the slot and the connection until the body has been read.
 pub struct Forwarded {
     /// The pod's response head.
-    pub head: http::response::Parts,
+    pub head: PodHead,
     /// The request's exchange with the pod (the body is read from it).
     pub exchange: Exchange,
     /// Time from sending to the response head.
@@ -130,7 +130,7 @@ impl Forwarder {
         deployment: &Arc<Deployment>,
         mut exchange: Exchange,
         request: PodRequest,
-    ) -> Result<(http::response::Parts, Exchange), RouterError> {
+    ) -> Result<(PodHead, Exchange), RouterError> {
         let (request, error) = match exchange.send(request).await {
             Ok(head) => return Ok((head, exchange)),
             Err(SendError::Failed(e)) => return Err(failed(&e)),

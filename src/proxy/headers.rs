@@ -142,18 +142,55 @@ impl RequestIds {
     }
 }
 
-/// The headers every response to a client carries, whatever the exit (a routed response, a
-/// router error, a framing refusal): the deployment that served when one was chosen, and the
-/// request ids.
-pub fn set_response_headers(
-    headers: &mut HeaderMap,
-    ids: &RequestIds,
-    deployment: Option<&HeaderValue>,
-) {
-    if let Some(name) = deployment {
-        headers.insert(MODEL_DEPLOYMENT.clone(), name.clone());
+/// The response-header policy, as data: the fields every response to a client carries,
+/// whatever the exit (a routed response, a router error, a framing refusal), set after the
+/// response's own fields — the deployment that served when one was chosen, and the request ids
+/// (`x-ms-client-request-id` removed when the client sent none). A header map applies it
+/// ([`ResponseHeaders::apply`]); the byte-level path writes a pod's head with the same changes
+/// (`proxy::answer`).
+#[derive(Clone, Debug)]
+pub struct ResponseHeaders {
+    deployment: Option<HeaderValue>,
+    request_id: HeaderValue,
+    client_request_id: Option<HeaderValue>,
+}
+
+impl ResponseHeaders {
+    /// The fields for a request with `ids`, answered by `deployment` when one was chosen.
+    pub fn new(ids: &RequestIds, deployment: Option<&HeaderValue>) -> Self {
+        ResponseHeaders {
+            deployment: deployment.cloned(),
+            request_id: ids.request_id.clone(),
+            client_request_id: ids.client_request_id.clone(),
+        }
     }
-    ids.apply(headers);
+
+    /// The changes, in order: a name with the value that replaces the response's (or is added),
+    /// or without one: the name is removed.
+    pub fn changes(&self) -> impl Iterator<Item = (&'static HeaderName, Option<&HeaderValue>)> {
+        let deployment = self
+            .deployment
+            .as_ref()
+            .map(|d| (&MODEL_DEPLOYMENT, Some(d)));
+        deployment.into_iter().chain([
+            (&REQUEST_ID, Some(&self.request_id)),
+            (&CLIENT_REQUEST_ID, self.client_request_id.as_ref()),
+        ])
+    }
+
+    /// Makes the changes on `headers`.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for (name, value) in self.changes() {
+            match value {
+                Some(value) => {
+                    headers.insert(name.clone(), value.clone());
+                }
+                None => {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
 }
 
 /// A new random (v4) GUID as a header value.

@@ -89,7 +89,7 @@ pub fn spawn(
         let copy = async move {
             match exchange.send(request).await {
                 // The body ends the exchange: read to its end, the connection is reused.
-                Ok(head) => drained(exchange.respond(head).into_body()).await,
+                Ok(_) => drained(exchange.respond()).await,
                 Err(_) => false,
             }
         };

@@ -7,14 +7,15 @@
 //! | receive | [`receive`] | [`receive::Received`]: the request body, whole up to the request buffer, before any slot is taken |
 //! | admit | [`admit`] | [`admit::Admitted`]: a slot on a pod, and the time waited for it |
 //! | forward | [`forward`] | [`forward::Forwarded`]: the pod's response head on the request's exchange |
-//! | respond | [`respond`] | [`respond::Responded`]: the response as the client gets it |
-//! | record | [`record`] | the metrics now, the access-log line when the body ends |
+//! | respond | [`respond`] | [`respond::Responded`]: the pod's head and body, and the fields the router sets |
+//! | record | [`record`] | the metrics now, the access-log line when the body ends; the [`Answer`] |
 //!
 //! Every early exit is a [`Rejection`]: a [`RouterError`] and what to count it against; it is
 //! recorded and rendered in one place ([`Proxy::handle`], [`error`]). The request path and the
 //! module map are described in `docs/ARCHITECTURE.md`.
 
 pub mod admit;
+pub mod answer;
 pub mod body;
 pub mod context;
 pub mod error;
@@ -34,14 +35,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::Response;
-
 use crate::admission::Admitter;
 use crate::table::TableHandle;
 use crate::telemetry::{AccessLog, Metrics, StatusCounters};
 use crate::trace::export::Exporter;
 use crate::upstream::Upstream;
 
+pub use answer::Answer;
 pub use body::ResponseBody;
 pub use context::{ClientConn, Context, ProxySettings};
 pub use error::{Attempt, Rejection, RouterError};
@@ -87,7 +87,8 @@ impl Proxy {
         &self.settings
     }
 
-    /// Answers one request; never fails (errors become responses). The request is read and
+    /// Answers one request; never fails (errors become responses). The answer is the pod's
+    /// head as bytes or the router's response ([`Answer`]). The request is read and
     /// routed when this is called; the returned future runs the phases after routing, one
     /// state machine that holds the request once (`docs/ARCHITECTURE.md`, "The request's
     /// future").
@@ -95,7 +96,7 @@ impl Proxy {
         self: Arc<Self>,
         request: ClientRequest,
         conn: ClientConn,
-    ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
+    ) -> impl Future<Output = Answer> + Send + 'static {
         let cx = Context {
             started: Instant::now(),
             ids: RequestIds::read(request.id_fields(), self.tracing()),
@@ -151,10 +152,11 @@ impl Proxy {
     }
 
     /// Records `rejection` and renders it.
-    fn render_rejection(&self, rejection: Rejection, cx: &Context) -> Response<ResponseBody> {
+    fn render_rejection(&self, rejection: Rejection, cx: &Context) -> Answer {
         let log = (&self.access_log, self.export.as_ref());
         record::rejected(log, &self.unknown, &rejection, cx);
-        error::error_response(rejection.error, &cx.ids, rejection.deployment_name())
+        let response = error::error_response(rejection.error, &cx.ids, rejection.deployment_name());
+        Answer::Router(Box::new(response))
     }
 
     /// How this request's trace context is treated: exported or not, and whether a new trace

@@ -7,9 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::CONTENT_TYPE;
-use http::Response;
+use http_body::Body;
 
+use super::answer::{Answer, PodAnswer};
 use super::body::ResponseBody;
 use super::context::Context;
 use super::error::{Rejection, RouterError, Scope};
@@ -21,16 +21,21 @@ use crate::telemetry::access::AccessLine;
 use crate::telemetry::stream::StreamTiming;
 use crate::telemetry::{AccessLog, RequestRecord, Source, StatusCounters};
 use crate::trace::export::{Exporter, RequestSpans};
+use crate::upstream::{PodBody, PodHead};
 
-/// Whether a response streams: server-sent events, or a body whose length is not known ahead
-/// (chunked, or HTTP/2 without `content-length`).
-fn is_streamed<B: http_body::Body>(response: &Response<B>) -> bool {
-    let event_stream = response
-        .headers()
-        .get(CONTENT_TYPE)
-        .is_some_and(|t| t.as_bytes().starts_with(b"text/event-stream"));
-    event_stream
-        || (!response.body().is_end_stream() && response.body().size_hint().exact().is_none())
+/// Whether a response streams: server-sent events (the pod's first `Content-Type`, unless its
+/// `Connection` field lists it: such a field does not reach the client), or a body whose
+/// length is not known ahead (chunked, or HTTP/2 without `content-length`).
+fn is_streamed(head: &PodHead, body: &PodBody) -> bool {
+    let (fields, bytes) = (head.head.fields(), &head.bytes[..]);
+    let content_type = fields
+        .iter()
+        .find(|f| f.name(bytes).eq_ignore_ascii_case(b"content-type"));
+    let event_stream = content_type.is_some_and(|f| {
+        f.value(bytes).starts_with(b"text/event-stream")
+            && !head.head.is_connection_listed(bytes, b"content-type")
+    });
+    event_stream || (!body.is_end_stream() && body.size_hint().exact().is_none())
 }
 
 /// Counts a response `deployment` gave after `queue_wait` in its queue, and attaches what its
@@ -41,8 +46,8 @@ pub fn routed(
     deployment: &Deployment,
     queue_wait: Duration,
     cx: &Context,
-) -> Response<ResponseBody> {
-    let status = responded.response.status().as_u16();
+) -> Answer {
+    let status = responded.head.status();
     let metrics = &deployment.metrics;
     metrics.requests.record(status, Source::Model);
     metrics
@@ -74,12 +79,14 @@ pub fn routed(
             client: cx.conn.remote,
         })
     });
-    let stream = is_streamed(&responded.response)
+    let stream = is_streamed(&responded.head, &responded.body)
         .then(|| StreamTiming::new(cx.started, metrics.chunk_gap().clone()));
     let finish = Finish::new(metrics, record, stream);
-    responded
-        .response
-        .map(|body| ResponseBody::streaming(body, Some(finish)))
+    Answer::Pod(Box::new(PodAnswer {
+        head: responded.head,
+        headers: responded.headers,
+        body: ResponseBody::streaming(responded.body, Some(finish)),
+    }))
 }
 
 /// Counts a rejection where it belongs (`source="router"`, its `error.code`) and logs it with

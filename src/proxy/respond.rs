@@ -1,22 +1,25 @@
-//! Phase "respond": the pod's response as the client gets it. Hop-by-hop headers go; the
-//! response headers every exit carries are set; the body is the pod's, read ahead of the client
-//! up to the response buffer (`upstream::readahead`), the exchange ending when the pod's body
-//! has been read.
+//! Phase "respond": the pod's response as the client gets it. Its head is kept as the pod sent
+//! it, with the response-header policy's fields for this request beside it (the hop-by-hop
+//! fields go and the policy's are set where the head is written, `proxy::answer`); the body is
+//! the pod's, read ahead of the client up to the response buffer (`upstream::readahead`), the
+//! exchange ending when the pod's body has been read.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::Response;
-
 use super::forward::Forwarded;
-use super::headers::{self, RequestIds};
+use super::headers::{RequestIds, ResponseHeaders};
 use crate::table::Deployment;
-use crate::upstream::PodBody;
+use crate::upstream::{PodBody, PodHead};
 
 /// A response ready for the client, with what the record phase needs to know of the exchange.
 pub struct Responded {
-    /// The response; its body is the pod's.
-    pub response: Response<PodBody>,
+    /// The pod's response head.
+    pub head: PodHead,
+    /// The fields the router sets on it.
+    pub headers: ResponseHeaders,
+    /// The pod's body.
+    pub body: PodBody,
     /// The pod that answered.
     pub pod: SocketAddr,
     /// Time from sending to the pod's response head.
@@ -31,12 +34,10 @@ pub fn respond(forwarded: Forwarded, deployment: &Deployment, ids: &RequestIds) 
         upstream_time,
     } = forwarded;
     let pod = exchange.address();
-    let mut response = exchange.respond(head);
-    let headers = response.headers_mut();
-    headers::strip_hop_by_hop(headers);
-    headers::set_response_headers(headers, ids, Some(&deployment.name_header));
     Responded {
-        response,
+        head,
+        headers: ResponseHeaders::new(ids, Some(&deployment.name_header)),
+        body: exchange.respond(),
         pod,
         upstream_time,
     }

@@ -436,12 +436,13 @@ pub async fn serve<IO>(
         // life; boxing makes the request path's state (about 4 KiB) live only while a request
         // does, so idle keep-alive connections stay small.
         let handled: ServiceFuture = Box::pin(async move {
-            let response = proxy
+            let answer = proxy
                 .handle(
                     ClientRequest::from_http(request.map(ClientBody::Hyper)),
                     conn,
                 )
                 .await;
+            let response = answer.into_response();
             if let Some(stream) = &mut stream {
                 stream.responding();
             }

@@ -1,6 +1,7 @@
 //! The HTTP/1.1 client codec of pod connections: the request head written as bytes (from `http`
 //! parts, or by the proxy from a client's head, [`PodRequest`]), and the pod's response head
-//! turned into `http` parts for the proxy's response phase.
+//! kept as bytes with its index ([`PodHead`]), made `http` parts where hyper writes the
+//! response.
 //!
 //! The request's framing follows the choices hyper's client made on this path before, so pods
 //! see what they saw:
@@ -24,7 +25,7 @@ use http_body::Body;
 use super::body::RequestBody;
 use crate::http1::body::BodyEncoder;
 use crate::http1::head::Known;
-use crate::http1::response::{InvalidResponse, ResponseHead};
+use crate::http1::response::ResponseHead;
 
 /// How a request body goes to the pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,49 +167,63 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The pod's response `head`, parsed from `bytes`, as `http` parts: its status, version and
-/// every field as the pod sent it (values share `bytes`) but a `Content-Length` beside a
-/// `Transfer-Encoding`, and a reason phrase that is not the
-/// status's canonical one kept as hyper's [`hyper::ext::ReasonPhrase`] (the client gets it).
-pub(super) fn response_parts(
-    head: &ResponseHead,
-    bytes: &Bytes,
-) -> Result<http::response::Parts, InvalidResponse> {
-    let malformed = |e| InvalidResponse::Malformed(e);
-    let status =
-        StatusCode::from_u16(head.status()).map_err(|_| malformed(httparse::Error::Status))?;
-    let (mut parts, ()) = http::Response::new(()).into_parts();
-    parts.status = status;
-    parts.version = if head.is_http10() {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
-    parts.headers.reserve(head.fields().len());
-    // A body framed by Transfer-Encoding is re-framed for the client: a Content-Length sent
-    // with it is wrong for the body the client gets (RFC 9112 §6.3), so it is not passed on.
-    let encoded = head
-        .fields()
-        .iter()
-        .any(|f| f.known() == Some(Known::TransferEncoding));
-    for f in head.fields() {
-        if encoded && f.known() == Some(Known::ContentLength) {
-            continue;
-        }
-        let name = HeaderName::from_bytes(f.name(bytes))
-            .map_err(|_| malformed(httparse::Error::HeaderName))?;
-        let value = bytes.slice_ref(f.value(bytes));
-        let value = HeaderValue::from_maybe_shared(value)
-            .map_err(|_| malformed(httparse::Error::HeaderValue))?;
-        parts.headers.append(name, value);
+/// A pod's response head: its index, and the bytes it was parsed from (sharing the
+/// connection's read buffer). It goes to an HTTP/1.1 client on the byte-level path as it is
+/// (`http1::relay`), and as `http` parts ([`PodHead::parts`]) where hyper writes the response.
+#[derive(Debug)]
+pub struct PodHead {
+    /// Where the head's parts are in `bytes` (boxed when parsed, `http1::response::Parsed`).
+    pub head: Box<ResponseHead>,
+    /// The head's bytes.
+    pub bytes: Bytes,
+}
+
+impl PodHead {
+    /// The status code.
+    pub fn status(&self) -> u16 {
+        self.head.status()
     }
-    let reason = head.reason(bytes);
-    if !reason.is_empty() && status.canonical_reason().map(str::as_bytes) != Some(reason) {
-        if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(bytes.slice_ref(reason)) {
-            parts.extensions.insert(reason);
+
+    /// The head as `http` parts: its status, version and every field as the pod sent it (values
+    /// share the head's bytes) but a `Content-Length` beside a `Transfer-Encoding`, and a reason
+    /// phrase that is not the status's canonical one kept as hyper's
+    /// [`hyper::ext::ReasonPhrase`] (the client gets it). The head was checked as it was parsed
+    /// (`http1::response`): its status, names and values are what `http` takes.
+    pub fn parts(&self) -> http::response::Parts {
+        let (head, bytes) = (&self.head, &self.bytes);
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts.status = StatusCode::from_u16(head.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+        parts.version = if head.is_http10() {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        parts.headers.reserve(head.fields().len());
+        // A body framed by Transfer-Encoding is re-framed for the client: a Content-Length sent
+        // with it is wrong for the body the client gets (RFC 9112 §6.3), so it is not passed on.
+        let encoded = head
+            .fields()
+            .iter()
+            .any(|f| f.known() == Some(Known::TransferEncoding));
+        for f in head.fields() {
+            if encoded && f.known() == Some(Known::ContentLength) {
+                continue;
+            }
+            let name = HeaderName::from_bytes(f.name(bytes));
+            let value = HeaderValue::from_maybe_shared(bytes.slice_ref(f.value(bytes)));
+            if let (Ok(name), Ok(value)) = (name, value) {
+                parts.headers.append(name, value);
+            }
         }
+        let reason = head.reason(bytes);
+        if !reason.is_empty() && parts.status.canonical_reason().map(str::as_bytes) != Some(reason)
+        {
+            if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(bytes.slice_ref(reason)) {
+                parts.extensions.insert(reason);
+            }
+        }
+        parts
     }
-    Ok(parts)
 }
 
 #[cfg(test)]
@@ -259,7 +274,7 @@ mod tests {
         let Parsed::Complete(head, _) = ResponseHead::parse(&pod, false).unwrap() else {
             panic!("a whole head")
         };
-        let parts = response_parts(&head, &pod).unwrap();
+        let parts = PodHead { head, bytes: pod }.parts();
         assert_eq!(parts.status, StatusCode::OK);
         assert_eq!(parts.version, Version::HTTP_11);
         let values: Vec<_> = parts.headers.get_all("x-a").iter().collect();
@@ -270,7 +285,7 @@ mod tests {
         let Parsed::Complete(head, _) = ResponseHead::parse(&pod, false).unwrap() else {
             panic!("a whole head")
         };
-        let parts = response_parts(&head, &pod).unwrap();
+        let parts = PodHead { head, bytes: pod }.parts();
         assert_eq!(parts.version, Version::HTTP_10);
         assert!(parts.extensions.get::<hyper::ext::ReasonPhrase>().is_none());
     }

@@ -178,7 +178,7 @@ impl PodConnection {
     pub(super) async fn response_head(
         &mut self,
         to_head: bool,
-    ) -> Result<(ResponseHead, Bytes, BodyDecoder), PodError> {
+    ) -> Result<(Box<ResponseHead>, Bytes, BodyDecoder), PodError> {
         let (head, bytes) = self.wire.response_head(to_head).await?;
         self.trailers.clear();
         if !head.keep_alive() {

@@ -29,17 +29,15 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::response::Parts;
 use http::HeaderValue;
 use http_body::{Frame, SizeHint};
 
 use super::body::RequestBody;
-use super::codec::{self, Outgoing, PodRequest};
+use super::codec::{Outgoing, PodHead, PodRequest};
 use super::connection::{self, PodConnection, PodError};
 use super::pool::PodPool;
 use crate::admission::{Pod, Slot};
 use crate::http1::body::BodyDecoder;
-use crate::http1::wire::ResponseHeadError;
 use crate::telemetry::DeploymentMetrics;
 
 /// How an exchange ended.
@@ -174,7 +172,7 @@ impl Exchange {
     pub fn send(
         &mut self,
         request: PodRequest,
-    ) -> impl Future<Output = Result<Parts, SendError>> + Send + '_ {
+    ) -> impl Future<Output = Result<PodHead, SendError>> + Send + '_ {
         let PodRequest { mut head, mut body } = request;
         if let Outgoing::Body(_) = head.outgoing {
             if let Some(whole) = connection::coalesced_body(&body) {
@@ -235,22 +233,20 @@ impl Exchange {
 
     /// Waits for the response head on the exchange's connection; a body to read stays in the
     /// exchange, an empty one ends it.
-    async fn await_head(&mut self, to_head: bool) -> Result<Parts, PodError> {
+    async fn await_head(&mut self, to_head: bool) -> Result<PodHead, PodError> {
         self.progress = Progress::Waiting { to_head };
         let connection = self
             .connection
             .as_mut()
             .expect("the request was sent on it");
         let (head, bytes, decoder) = connection.response_head(to_head).await?;
-        let parts = codec::response_parts(&head, &bytes)
-            .map_err(|e| PodError::Head(ResponseHeadError::Invalid(e)))?;
         self.report(true);
         if decoder.is_done() {
             self.finish(Ending::Returned);
         } else {
             self.progress = Progress::Reading(decoder);
         }
-        Ok(parts)
+        Ok(PodHead { head, bytes })
     }
 
     /// Connecting failed: nothing reached the pod.

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | [`body`] | the request body sent to a pod (received whole, or received in part and streamed with a limit and a timeout) |
 //! | [`frames`] | body frames held in memory, never copied |
-//! | `codec` | the request head written as bytes (framing as hyper's client chose it), the pod's response head as `http` parts |
+//! | `codec` | the request head written as bytes (framing as hyper's client chose it), the pod's response head kept as bytes ([`PodHead`]; `http` parts where hyper needs them) |
 //! | [`connection`] | one connection to a pod, driven in the request's own task: the request and its body written, the response head and body read through one buffer |
 //! | `pool` | idle keep-alive connections per pod, expiry, the sweep |
 //! | [`exchange`] | one request's slot and connection, the send and its retry-safe failure, what the pod showed (for outlier detection) |
@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use body::{RequestBody, RequestBodyError};
-pub use codec::{PodRequest, WrittenHead};
+pub use codec::{PodHead, PodRequest, WrittenHead};
 pub use connection::{PodConnection, PodError};
 pub use exchange::{Ending, Exchange, SendError, Terms};
 pub use frames::Frames;

@@ -272,9 +272,9 @@ async fn pump(mut exchange: Exchange, shared: Arc<Shared>) {
 }
 
 impl Exchange {
-    /// The response head `head` with the pod's body, read ahead of the client up to the
-    /// response buffer (`upstream::readahead`).
-    pub fn respond(self, head: http::response::Parts) -> http::Response<PodBody> {
-        http::Response::from_parts(head, read_ahead(self))
+    /// The pod's response body, read ahead of the client up to the response buffer
+    /// (`upstream::readahead`).
+    pub fn respond(self) -> PodBody {
+        read_ahead(self)
     }
 }

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use http::Response;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
@@ -27,7 +26,7 @@ use crate::http1::head::{HeadLimits, RequestHead};
 use crate::http1::reply::Asked;
 use crate::http1::wire::{RequestHeadError, Wire};
 use crate::proxy::error::http1_refusal;
-use crate::proxy::{ClientConn, Proxy, ResponseBody, RouterError};
+use crate::proxy::{Answer, ClientConn, Proxy, RouterError};
 
 /// What a connection is served with on this path.
 pub struct Serving<'a> {
@@ -154,15 +153,15 @@ async fn exchange<IO, F>(
 ) -> Next
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Future<Output = Response<ResponseBody>>,
+    F: Future<Output = Answer>,
 {
     let in_progress = serving.activity.begin();
-    let Some(response) = answered(wire, handled).await else {
+    let Some(answer) = answered(wire, handled).await else {
         // The client went away: the request was dropped (counted and logged as 499).
         return Next::Close;
     };
     asked.keep_alive &= !serving.drain.is_cancelled();
-    let close = respond::write(wire, response, asked).await;
+    let close = respond::write(wire, answer, asked).await;
     drop(in_progress);
     match close || serving.drain.is_cancelled() {
         true => Next::Close,

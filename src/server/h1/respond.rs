@@ -1,5 +1,5 @@
-//! Writing a response to the client on the byte-level path: the head by hyper's rules
-//! (`http1::reply`), then the body as it comes, framed for the client, in as few writes as
+//! Writing an answer to the client on the byte-level path: the head by hyper's rules
+//! (`http1::reply`; a pod's head from its bytes, `http1::relay`, no header map built), then the body as it comes, framed for the client, in as few writes as
 //! possible (the head and a body that is ready go in one write, a TLS connection sends them as
 //! one record when they fit). Frames that are ready are gathered up to [`WRITE_BATCH`] bytes
 //! before a write; a body that waits for its pod has what came before written and flushed
@@ -11,15 +11,14 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use bytes::Buf;
-use http::Response;
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::http1::body::BodyEncoder;
 use crate::http1::copy::Pending;
-use crate::http1::reply::{self, Asked, BodyLength, Framing};
+use crate::http1::reply::{Asked, Framing};
 use crate::http1::wire::Wire;
-use crate::proxy::ResponseBody;
+use crate::proxy::{Answer, ResponseBody};
 
 /// Encoded body bytes gathered before they are written.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -34,27 +33,20 @@ enum Step {
     Broken,
 }
 
-/// Writes `response` to the client; whether the connection must close after it (the response
+/// Writes `answer` to the client; whether the connection must close after it (the answer
 /// says so, its body only ends with the close, or writing it failed). The head is written into
 /// a buffer when this is called; the returned future holds only the body and that buffer
 /// (`docs/ARCHITECTURE.md`, "The request's future").
 pub(super) fn write<'w, IO>(
     wire: &'w mut Wire<IO>,
-    response: Response<ResponseBody>,
+    answer: Answer,
     asked: Asked,
 ) -> impl Future<Output = bool> + 'w
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let (parts, mut body) = response.into_parts();
-    let length = match body.size_hint().exact() {
-        _ if body.is_end_stream() => BodyLength::Ended,
-        Some(n) => BodyLength::Known(n),
-        None => BodyLength::Unknown,
-    };
     let mut out = Pending::with_capacity(512);
-    let (framing, close) = reply::response_head(out.buf(), &parts, length, asked);
-    drop(parts);
+    let (framing, close, mut body) = answer.write_http1_head(out.buf(), asked);
     async move {
         let sent = match framing {
             Framing::None => {
