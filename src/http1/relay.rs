@@ -103,10 +103,12 @@ struct Entries<'h> {
     known: u16,
 }
 
-/// A name's bit among 64, from its length and its last letter (ASCII case-insensitive).
+/// A name's bit among 64, from its length and its last letter (ASCII case-insensitive). The
+/// names the router sets and the fields pods commonly send fall on different bits.
+#[inline]
 fn name_bit(name: &[u8]) -> u64 {
     let last = name.last().map_or(0, |b| b | 0x20);
-    1 << ((name.len() * 5 + usize::from(last)) & 63)
+    1 << ((name.len() * 3 + usize::from(last)) & 63)
 }
 
 /// What a pod's field is to `reply`'s rules (its kind was found when the head was parsed; only
@@ -174,10 +176,17 @@ impl<'h> Entries<'h> {
     }
 
     /// Where the entry named `name` is.
+    #[inline]
     fn position(&self, name: &[u8], changes: &[Change<'_>]) -> Option<usize> {
         if self.names & name_bit(name) == 0 {
             return None;
         }
+        self.search(name, changes)
+    }
+
+    /// Where the entry named `name` is, compared with each.
+    #[inline(never)]
+    fn search(&self, name: &[u8], changes: &[Change<'_>]) -> Option<usize> {
         self.entries.iter().position(|entry| {
             let named = match *entry {
                 Entry::Pod { first, .. } => self.fields[first as usize].name(self.bytes),
