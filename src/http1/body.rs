@@ -114,11 +114,6 @@ impl BodyEncoder {
             out.extend_from_slice(chunked::LAST_CHUNK);
         }
     }
-
-    /// Whether data is written as it is read, with nothing around it.
-    pub fn is_transparent(self) -> bool {
-        self != BodyEncoder::Chunked
-    }
 }
 
 /// Decodes a whole chunked body from `input`: its data, and the bytes after it (for tests).

@@ -9,7 +9,7 @@
 //! | [`body`] | bodies read with the framing they came with and written with the other side's |
 //! | [`response`] | pod response heads parsed once, with their body's framing |
 //! | [`wire`] | a connection read through a buffer: request and response heads split off it |
-//! | [`copy`] | bodies copied between connections in the request's own task |
+//! | [`pending`] | bytes queued for a connection, written in as few writes as possible |
 //! | [`write`] | the heads the byte-level path writes: the request for the pod, field lines for both |
 //! | [`reply`] | the rules a response head is written to an HTTP/1.1 client by (hyper's), from `http` parts or field lines |
 //! | [`relay`] | a pod's response head written to the client from its bytes, as `reply` wrote it from a header map |
@@ -18,10 +18,10 @@
 
 pub mod body;
 pub mod chunked;
-pub mod copy;
 pub mod encode;
 pub mod framing;
 pub mod head;
+pub mod pending;
 pub mod relay;
 pub mod reply;
 pub mod response;

@@ -69,13 +69,6 @@ impl ResponseBody {
             kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
         }
     }
-
-    /// No body.
-    pub fn empty() -> Self {
-        ResponseBody {
-            kind: Kind::Full(None),
-        }
-    }
 }
 
 impl Body for ResponseBody {

@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use super::body::{RequestBody, RequestBodyError};
 use crate::http1::body::{BodyDecoder, BodyEncoder, BodyError};
 use crate::http1::chunked::Chunk;
-use crate::http1::copy::Pending;
+use crate::http1::pending::Pending;
 use crate::http1::response::{ResponseFraming, ResponseHead, MAX_FIELDS};
 use crate::http1::wire::{ResponseHeadError, Wire};
 

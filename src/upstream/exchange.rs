@@ -48,9 +48,6 @@ pub enum Ending {
     /// Nothing is in progress on the connection (nothing was sent, or the pod broke it): it is
     /// closed and the slot released.
     Discarded,
-    /// The router gave up while the pod was busy: the slot is held until the pod is done
-    /// (`upstream::abandon`).
-    Abandoned,
 }
 
 /// Why a request did not get response headers from a pod.

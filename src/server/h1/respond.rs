@@ -15,7 +15,7 @@ use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::http1::body::BodyEncoder;
-use crate::http1::copy::Pending;
+use crate::http1::pending::Pending;
 use crate::http1::reply::{Asked, Framing};
 use crate::http1::wire::Wire;
 use crate::proxy::{Answer, ResponseBody};
