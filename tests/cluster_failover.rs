@@ -189,6 +189,83 @@ async fn killing_the_owner_moves_ownership_and_no_other_request_fails() {
     }
 }
 
+/// The owner is killed while requests it admitted itself are on every pod. Its successor holds
+/// their shadows; once the owner's port refuses connections they end (what the owner had on the
+/// pods is the dead replica's window), so the survivors serve before the shadows would expire:
+/// with `request_timeout_ms` at 30 s they would live 61 s, six times the queue's wait, and every
+/// request through the survivors would get a 503 meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_owner_s_own_requests_free_its_pods_once_its_port_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let pods = pods(2).await;
+    let routes = write_routes(
+        dir.path(),
+        &pods,
+        &format!("{CAP_ONE}, request_timeout_ms: 30000"),
+    );
+    let mut replicas = three_replicas(dir.path(), &routes);
+    let client = client();
+    wait_members(&client, &replicas.iter().collect::<Vec<_>>(), 3).await;
+    let addresses: Vec<SocketAddr> = replicas.iter().map(|r| r.cluster).collect();
+    let owner = owner_index(&addresses);
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
+
+    // One request through the owner per pod, still running when it is killed.
+    let url = replicas[owner].url("?sleep_ms=3000");
+    let own: Vec<_> = (0..pods.len())
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let auth = format!("Bearer {KEY}");
+                let req = request(
+                    http::Method::POST,
+                    &url,
+                    &[("authorization", &auth)],
+                    full("{}"),
+                );
+                let _ = support::client().request(req).await;
+            })
+        })
+        .collect();
+    eventually("the owner's own requests on every pod", || {
+        let on_every_pod = pods.iter().all(|p| p.stats().in_flight() == 1);
+        async move { on_every_pod }
+    })
+    .await;
+    replicas[owner].kill();
+    let killed = Instant::now();
+    let mut served = Vec::new();
+    for i in &survivors {
+        let resp = post_score(&client, &replicas[*i].url("?sleep_ms=5"), KEY, &[]).await;
+        served.push((resp.status, killed.elapsed()));
+    }
+    for task in own {
+        task.await.unwrap();
+    }
+    let peaks: Vec<u32> = pods.iter().map(|p| p.stats().peak_concurrency()).collect();
+    let survivor_refs: Vec<&Replica> = survivors.iter().map(|i| &replicas[*i]).collect();
+    let addresses: Vec<SocketAddr> = pods.iter().map(|p| p.address()).collect();
+    let known = known_peaks(&client, &survivor_refs, &addresses).await;
+    println!(
+        "owner killed with its own requests on every pod: the survivors answered {served:?} \
+         (status, time since the kill); pod peaks {peaks:?}, the survivors' known peaks {known:?}"
+    );
+    for (status, _) in &served {
+        assert_eq!(
+            *status,
+            200,
+            "a request through a survivor was not served: {}",
+            support::replica::logs_of(&replicas)
+        );
+    }
+    // The dead owner's requests may share a pod with a new grant (its window); the survivors
+    // themselves never put two on one.
+    for (pod, known) in peaks.iter().zip(&known) {
+        assert!(*pod <= 2, "a pod of cap 1 saw {pod} requests at once");
+        assert!(*known <= 1.0, "the survivors put {known} requests on a pod");
+    }
+}
+
 /// Waits until `replica` has admitted `at_least` requests as the owner of the deployment.
 async fn wait_owner_admissions(client: &Client, replica: &Replica, at_least: f64, what: &str) {
     guard(what, async {

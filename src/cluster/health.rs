@@ -214,5 +214,6 @@ pub async fn run(cluster: std::sync::Weak<Cluster>, heartbeat: Duration) {
         };
         cluster.check_health();
         cluster.recompute();
+        cluster.end_shadows_of_dead();
     }
 }

@@ -9,7 +9,9 @@
 //!   slot stays taken until the lease expires — unless the holder comes back first and reports
 //!   what it still holds ([`Leases::claim`], [`Leases::release_stale`]), or the connection broke
 //!   because this replica itself was stopped ([`Leases::after_own_stall`]: the holders are alive
-//!   and have reported their slots to whoever owned the deployment meanwhile);
+//!   and have reported their slots to whoever owned the deployment meanwhile), or, for a slot the
+//!   holder admitted itself (a shadow), the holder is known to have died
+//!   ([`Leases::holder_died`]: what it still had on the pod is the dead replica's window);
 //! - the lease expires: `2 × request_timeout_ms + lease_margin_ms` after the grant, as long as
 //!   an abandoned request can keep its slot (`Settings::slot_life`; for a report, the time the
 //!   reporter had left).
@@ -158,6 +160,30 @@ impl Leases {
             drop(cell.slot.lock().take());
         }
         stale.len()
+    }
+
+    /// `holder` is known to have died (its port refuses connections): the slots it admitted
+    /// itself, shadowed or passed on here and kept since their streams broke, end now. What it
+    /// still had on those pods is the dead replica's window, as for the requests of a dead owner
+    /// that no one shadowed (`docs/ARCHITECTURE.md`, "Coordinated admission"); keeping them
+    /// until they expire would keep its pods from every other replica for a slot's life. Slots
+    /// it was granted stay until they expire. Returns how many ended.
+    pub fn holder_died(&self, holder: &str) -> usize {
+        let dead: Vec<Arc<Cell>> = {
+            let mut cells = self.cells.lock();
+            let keys: Vec<LeaseKey> = cells
+                .iter()
+                .filter(|(_, c)| {
+                    c.shadow && &*c.holder.id == holder && c.vanished_at.lock().is_some()
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.iter().filter_map(|k| cells.remove(k)).collect()
+        };
+        for cell in &dead {
+            drop(cell.slot.lock().take());
+        }
+        dead.len()
     }
 
     /// This replica was stopped from `since` on: leases whose connection failed since then,

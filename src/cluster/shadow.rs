@@ -6,7 +6,9 @@
 //! and its view) to its **successor**, the member that owns the deployment in the same view
 //! without it ([`super::ring::successor`]), and waits for the answer. The successor counts the
 //! slot on the pod and keeps it as the owner's lease on it: released when the owner's stream ends,
-//! kept until it expires when the owner vanishes ([`super::lease`]). It also keeps a record of it
+//! kept when the owner vanishes until it expires or the owner is known to have died (its port
+//! refuses connections: what it still had on the pod is the dead replica's window;
+//! [`super::lease`]). It also keeps a record of it
 //! in its registry ([`super::held::Held::shadow_of`]), so its report rounds pass it on to
 //! whoever owns the deployment in a view without the owner ([`super::reports`]). A successor
 //! that does not answer in time, or has another view, refuses: the owner gives the slot back
@@ -84,6 +86,37 @@ impl Cluster {
             shadowing: false,
         });
         slot.attach(ReleaseGuard::new(guard));
+    }
+
+    /// Ends the shadows of the peers known to have died (their ports refuse connections) that
+    /// are kept here since their streams broke ([`super::lease::Leases::holder_died`]): a dead
+    /// owner's own requests are the dead replica's window, and its pods are granted again once
+    /// the view settles. Run every heartbeat.
+    pub(crate) fn end_shadows_of_dead(&self) {
+        let dead: Vec<std::sync::Arc<str>> = self
+            .peers
+            .lock()
+            .values()
+            .filter(|p| p.is_gone())
+            .map(|p| p.id.clone())
+            .collect();
+        let mut ended = 0;
+        for peer in &dead {
+            let n = self.leases.holder_died(peer);
+            if n > 0 {
+                tracing::info!(
+                    %peer,
+                    slots = n,
+                    "cluster: a replica whose port refuses connections died: the slots it admitted \
+                     itself and shadowed here are free again (what it had on their pods may still \
+                     run: the dead replica's window)"
+                );
+            }
+            ended += n;
+        }
+        if ended > 0 {
+            self.notify();
+        }
     }
 
     /// Whether every slot `suspect` can hold is in this replica's accounting (see the module's
