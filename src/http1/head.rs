@@ -92,32 +92,34 @@ pub enum Known {
 const KNOWN_KINDS: usize = Known::ForwardedProto as usize + 1;
 
 impl Known {
-    /// The field `name` is, when it is one of these (ASCII case-insensitive).
+    /// The field `name` is, when it is one of these (ASCII case-insensitive). Run over every
+    /// field of every request and response head, so it is cheap: the name's length and first
+    /// letter pick the one kind it can be, and the name is compared with that kind's eight
+    /// bytes at a time ([`KnownName`]).
     pub fn of(name: &[u8]) -> Option<Known> {
-        let is = |candidate: &[u8]| name.eq_ignore_ascii_case(candidate);
-        let known = match name.len() {
-            2 if is(b"te") => Known::Te,
-            4 if is(b"host") => Known::Host,
-            6 if is(b"expect") => Known::Expect,
-            7 if is(b"trailer") => Known::Trailer,
-            7 if is(b"upgrade") => Known::Upgrade,
-            10 if is(b"connection") => Known::Connection,
-            10 if is(b"keep-alive") => Known::KeepAlive,
-            10 if is(b"user-agent") => Known::UserAgent,
-            11 if is(b"traceparent") => Known::Traceparent,
-            12 if is(b"x-request-id") => Known::RequestId,
-            13 if is(b"authorization") => Known::Authorization,
-            14 if is(b"content-length") => Known::ContentLength,
-            15 if is(b"x-forwarded-for") => Known::ForwardedFor,
-            16 if is(b"proxy-connection") => Known::ProxyConnection,
-            16 if is(b"x-forwarded-host") => Known::ForwardedHost,
-            17 if is(b"transfer-encoding") => Known::TransferEncoding,
-            17 if is(b"x-forwarded-proto") => Known::ForwardedProto,
-            22 if is(b"x-ms-client-request-id") => Known::ClientRequestId,
-            24 if is(b"azureml-model-deployment") => Known::ModelDeployment,
+        let known = match (name.len(), name.first()? | 0x20) {
+            (2, b't') => Known::Te,
+            (4, b'h') => Known::Host,
+            (6, b'e') => Known::Expect,
+            (7, b't') => Known::Trailer,
+            (7, b'u') => Known::Upgrade,
+            (10, b'c') => Known::Connection,
+            (10, b'k') => Known::KeepAlive,
+            (10, b'u') => Known::UserAgent,
+            (11, b't') => Known::Traceparent,
+            (12, b'x') => Known::RequestId,
+            (13, b'a') => Known::Authorization,
+            (14, b'c') => Known::ContentLength,
+            (15, b'x') => Known::ForwardedFor,
+            (16, b'p') => Known::ProxyConnection,
+            (16, b'x') => Known::ForwardedHost,
+            (17, b't') => Known::TransferEncoding,
+            (17, b'x') => Known::ForwardedProto,
+            (22, b'x') => Known::ClientRequestId,
+            (24, b'a') => Known::ModelDeployment,
             _ => return None,
         };
-        Some(known)
+        KNOWN_NAMES[known as usize].matches(name).then_some(known)
     }
 
     /// Whether the field is hop-by-hop by definition (it never crosses the proxy as it came).
@@ -133,6 +135,113 @@ impl Known {
                 | Known::Upgrade
         )
     }
+}
+
+/// The lowercase name of each kind of [`Known`], in the order of the kinds.
+static KNOWN_NAMES: [KnownName; KNOWN_KINDS] = [
+    KnownName::new(b"host"),
+    KnownName::new(b"content-length"),
+    KnownName::new(b"transfer-encoding"),
+    KnownName::new(b"connection"),
+    KnownName::new(b"keep-alive"),
+    KnownName::new(b"proxy-connection"),
+    KnownName::new(b"te"),
+    KnownName::new(b"trailer"),
+    KnownName::new(b"upgrade"),
+    KnownName::new(b"expect"),
+    KnownName::new(b"authorization"),
+    KnownName::new(b"user-agent"),
+    KnownName::new(b"azureml-model-deployment"),
+    KnownName::new(b"x-request-id"),
+    KnownName::new(b"x-ms-client-request-id"),
+    KnownName::new(b"traceparent"),
+    KnownName::new(b"x-forwarded-for"),
+    KnownName::new(b"x-forwarded-host"),
+    KnownName::new(b"x-forwarded-proto"),
+];
+
+/// A lowercase field name of at most 24 bytes (letters and `-`) as three words, and which of
+/// their bits are a letter's case bit: a name of the same length is the same name, ASCII
+/// case-insensitively, when its words with those bits set equal these (setting `0x20` makes an
+/// uppercase letter lowercase and leaves the bytes that are not letters unequal to a letter;
+/// the positions of the `-` are compared exactly).
+struct KnownName {
+    words: [u64; 3],
+    case_bits: [u64; 3],
+    len: usize,
+}
+
+impl KnownName {
+    const fn new(name: &[u8]) -> Self {
+        let mut case = [0u8; 24];
+        let mut i = 0;
+        while i < name.len() {
+            if name[i].is_ascii_lowercase() {
+                case[i] = 0x20;
+            }
+            i += 1;
+        }
+        KnownName {
+            words: words(name),
+            case_bits: words_at(&case, name.len()),
+            len: name.len(),
+        }
+    }
+
+    /// Whether `name`, of the same length, is this name (ASCII case-insensitive).
+    fn matches(&self, name: &[u8]) -> bool {
+        if name.len() != self.len {
+            return false;
+        }
+        let found = name_words(name);
+        (found[0] | self.case_bits[0]) == self.words[0]
+            && (found[1] | self.case_bits[1]) == self.words[1]
+            && (found[2] | self.case_bits[2]) == self.words[2]
+    }
+}
+
+/// The words of a name of at most 24 bytes: for eight bytes and more, the first eight, the
+/// eight in the middle and the last eight (overlapping, so every byte is in one); for fewer,
+/// the bytes in the first word.
+const fn words(name: &[u8]) -> [u64; 3] {
+    words_at(name, name.len())
+}
+
+/// [`words`], as the request path computes them (whole words loaded at once).
+fn name_words(name: &[u8]) -> [u64; 3] {
+    let len = name.len();
+    if len < 8 {
+        return words(name);
+    }
+    let at = |from: usize| {
+        name.get(from..from + 8)
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    [at(0), at((len - 8) / 2), at(len - 8)]
+}
+
+/// [`words`] of the first `len` bytes of `bytes`.
+const fn words_at(bytes: &[u8], len: usize) -> [u64; 3] {
+    if len < 8 {
+        return [word(bytes, 0, len), 0, 0];
+    }
+    [
+        word(bytes, 0, 8),
+        word(bytes, (len - 8) / 2, 8),
+        word(bytes, len - 8, 8),
+    ]
+}
+
+/// The `n` (at most eight) bytes of `bytes` from `at`, little-endian.
+const fn word(bytes: &[u8], at: usize, n: usize) -> u64 {
+    let mut word = 0;
+    let mut i = 0;
+    while i < n {
+        word |= (bytes[at + i] as u64) << (8 * i);
+        i += 1;
+    }
+    word
 }
 
 /// Where one field line is in the head (byte offsets), and what kind of field it is.
@@ -719,6 +828,67 @@ mod tests {
         assert!(head.is_connection_listed(b"x-secret"));
         assert!(!head.is_connection_listed(b"host"));
     }
+
+    /// The classification the word comparison makes is the plain one (each kind's name, ASCII
+    /// case-insensitively): for every name, in both cases, with any byte at any position
+    /// replaced, and cut or lengthened by one byte.
+    #[test]
+    fn known_names_are_classified_as_by_a_plain_comparison() {
+        let names: Vec<(&[u8], Known)> = (0..KNOWN_KINDS)
+            .map(|k| {
+                let known = Known::of(KNOWN_TEXT[k]).unwrap();
+                assert_eq!(known as usize, k);
+                (KNOWN_TEXT[k], known)
+            })
+            .collect();
+        let plain = |name: &[u8]| {
+            names
+                .iter()
+                .find(|(text, _)| name.eq_ignore_ascii_case(text))
+                .map(|(_, known)| *known)
+        };
+        for (text, _) in &names {
+            let upper = text.to_ascii_uppercase();
+            for variant in [text.to_vec(), upper.clone()] {
+                assert_eq!(Known::of(&variant), plain(&variant));
+                for at in 0..variant.len() {
+                    for byte in 0..=255u8 {
+                        let mut changed = variant.clone();
+                        changed[at] = byte;
+                        assert_eq!(Known::of(&changed), plain(&changed), "{changed:?}");
+                    }
+                }
+                let cut = &variant[..variant.len() - 1];
+                assert_eq!(Known::of(cut), plain(cut));
+                let longer = [variant.as_slice(), b"s"].concat();
+                assert_eq!(Known::of(&longer), plain(&longer));
+            }
+        }
+        assert_eq!(Known::of(b""), None);
+    }
+
+    /// Each kind's name, in the order of the kinds, written out apart from the classifier.
+    const KNOWN_TEXT: [&[u8]; KNOWN_KINDS] = [
+        b"host",
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"expect",
+        b"authorization",
+        b"user-agent",
+        b"azureml-model-deployment",
+        b"x-request-id",
+        b"x-ms-client-request-id",
+        b"traceparent",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+    ];
 
     #[test]
     fn keep_alive_and_continue_follow_the_version() {
