@@ -358,30 +358,76 @@ pub fn inspect(head: &[u8], limits: HeadLimits) -> Result<HeadIndex, Violation> 
     let line_end = memchr::memchr(b'\n', head).ok_or(Violation::InvalidRequestLine)?;
     let mut index = request_line(without_crlf(head, 0, line_end)?)?;
     let mut counts = Counts::default();
-    let first_field = line_end + 1;
-    let mut start = first_field;
-    for lf in memchr::memchr_iter(b'\n', &head[first_field..]).map(|i| i + first_field) {
-        let line = without_crlf(head, start, lf)?;
-        if line.is_empty() {
+    let mut start = line_end + 1;
+    loop {
+        if head[start..].starts_with(b"\r\n") {
             break;
         }
-        if line[0] == b' ' || line[0] == b'\t' {
-            return Err(Violation::ObsFold);
-        }
-        if index.fields.len() == limits.max_headers {
-            return Err(Violation::TooManyHeaders);
-        }
-        let field = field_line(line, start as u32, lf as u32 + 1)?;
+        let found = match plain_field(head, start) {
+            Some(found) if index.fields.len() < limits.max_headers => found,
+            _ => match field_or_end(head, start, &index, limits)? {
+                Some(found) => found,
+                None => break,
+            },
+        };
+        let (field, next) = found;
         counts.add(&field, head, &mut index)?;
         if let Some(known) = field.known {
             index.note(known);
         }
         index.fields.push(field);
-        start = lf + 1;
+        start = next;
     }
     index.body = counts.framing(index.version)?;
     index.len = head.len() as u32;
     Ok(index)
+}
+
+/// The field line at `start` and where the next line starts, when the line is the usual
+/// kind: a name of token characters, a colon, a value of the characters a value may hold,
+/// CRLF; read in one pass. Anything else (`None`) is left to [`field_or_end`], which says
+/// what is wrong with it, as it would have had it been read first.
+fn plain_field(head: &[u8], start: usize) -> Option<(Field, usize)> {
+    let rest = &head[start..];
+    let colon = rest.iter().position(|b| !TOKEN[*b as usize])?;
+    if colon == 0 || rest[colon] != b':' {
+        return None;
+    }
+    let cr = colon
+        + 1
+        + rest[colon + 1..]
+            .iter()
+            .position(|b| !FIELD_VALUE[*b as usize])?;
+    if rest[cr..].starts_with(b"\r\n") {
+        let field = field_at(&rest[..cr], colon, start as u32, (start + cr + 2) as u32);
+        return Some((field, start + cr + 2));
+    }
+    None
+}
+
+/// The field line at `start`, checked rule by rule, and where the next line starts; `None` at
+/// the empty line (or when no line ends after `start`).
+fn field_or_end(
+    head: &[u8],
+    start: usize,
+    index: &HeadIndex,
+    limits: HeadLimits,
+) -> Result<Option<(Field, usize)>, Violation> {
+    let Some(lf) = memchr::memchr(b'\n', &head[start..]).map(|i| i + start) else {
+        return Ok(None);
+    };
+    let line = without_crlf(head, start, lf)?;
+    if line.is_empty() {
+        return Ok(None);
+    }
+    if line[0] == b' ' || line[0] == b'\t' {
+        return Err(Violation::ObsFold);
+    }
+    if index.fields.len() == limits.max_headers {
+        return Err(Violation::TooManyHeaders);
+    }
+    let field = field_line(line, start as u32, lf as u32 + 1)?;
+    Ok(Some((field, lf + 1)))
 }
 
 /// The line from `start` to the LF at `lf`, without its CRLF; a bare LF is refused.
@@ -517,15 +563,14 @@ fn request_line(line: &[u8]) -> Result<HeadIndex, Violation> {
 /// query, with the rules of the `http` crate that hyper applies (a fragment is dropped).
 fn scan_target(target: &[u8]) -> Result<(usize, Option<(usize, usize)>), Violation> {
     let bad = Violation::InvalidRequestLine;
-    if !target.iter().all(|b| TARGET[*b as usize])
-        || (!target.is_ascii() && std::str::from_utf8(target).is_err())
-    {
-        return Err(bad);
-    }
+    let utf8 = |target: &[u8]| target.is_ascii() || std::str::from_utf8(target).is_ok();
     if target[0] != b'/' {
         // Absolute form, authority form, `*`: the URI parser of the path that serves them
         // checks the rest.
-        return Ok((target.len(), None));
+        return match target.iter().all(|b| TARGET[*b as usize]) && utf8(target) {
+            true => Ok((target.len(), None)),
+            false => Err(bad),
+        };
     }
     let end_of = |from: usize, class: &[bool; 256]| {
         target[from..]
@@ -540,7 +585,12 @@ fn scan_target(target: &[u8]) -> Result<(usize, Option<(usize, usize)>), Violati
         end = end_of(path_end + 1, &QUERY);
         query = Some((path_end + 1, end));
     }
-    match end == target.len() || target[end] == b'#' {
+    // The path's and the query's characters are target characters; what follows them must be
+    // a fragment of target characters.
+    let fragment = &target[end..];
+    let fragment_ok =
+        fragment.first().is_none_or(|b| *b == b'#') && fragment.iter().all(|b| TARGET[*b as usize]);
+    match fragment_ok && utf8(target) {
         true => Ok((path_end, query)),
         false => Err(bad),
     }
@@ -553,10 +603,15 @@ fn field_line(line: &[u8], start: u32, line_end: u32) -> Result<Field, Violation
     if name.is_empty() || !name.iter().all(|b| TOKEN[*b as usize]) {
         return Err(Violation::InvalidHeaderLine);
     }
-    let raw = &line[colon + 1..];
-    if !raw.iter().all(|b| FIELD_VALUE[*b as usize]) {
+    if !line[colon + 1..].iter().all(|b| FIELD_VALUE[*b as usize]) {
         return Err(Violation::InvalidHeaderLine);
     }
+    Ok(field_at(line, colon, start, line_end))
+}
+
+/// The index of a checked field line (without its CRLF) whose colon is at `colon`.
+fn field_at(line: &[u8], colon: usize, start: u32, line_end: u32) -> Field {
+    let raw = &line[colon + 1..];
     let leading = raw
         .iter()
         .take_while(|b| **b == b' ' || **b == b'\t')
@@ -567,14 +622,14 @@ fn field_line(line: &[u8], start: u32, line_end: u32) -> Result<Field, Violation
         .take_while(|b| **b == b' ' || **b == b'\t')
         .count();
     let value_start = start + colon as u32 + 1 + leading as u32;
-    Ok(Field {
+    Field {
         line: start,
         name_end: start + colon as u32,
         value_start,
         value_end: start + line.len() as u32 - trailing as u32,
         line_end,
-        known: Known::of(name),
-    })
+        known: Known::of(&line[..colon]),
+    }
 }
 
 /// A table of the bytes `$allowed` accepts, built at compile time.
@@ -889,6 +944,16 @@ mod tests {
         b"x-forwarded-host",
         b"x-forwarded-proto",
     ];
+
+    /// A path's and a query's characters are target characters: `scan_target` checks the
+    /// target's characters only where neither class applies.
+    #[test]
+    fn path_and_query_characters_are_target_characters() {
+        for b in 0..=255usize {
+            assert!(!PATH[b] || TARGET[b], "{b:#x}");
+            assert!(!QUERY[b] || TARGET[b], "{b:#x}");
+        }
+    }
 
     #[test]
     fn keep_alive_and_continue_follow_the_version() {
