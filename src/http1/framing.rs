@@ -136,17 +136,13 @@ impl Framing {
                             continue;
                         }
                         // The usual case: the whole head is in this read; check it in place.
-                        match head::find_end(data, 0) {
-                            Ok(Some(end)) if end <= self.limits.max_header_bytes => {
-                                match body_state(&data[..end], self.limits, &mut self.indexes) {
-                                    Ok(next) => self.state = next,
-                                    Err(v) => return refused(unit_start, v, true),
-                                }
+                        match self.whole_head(data) {
+                            Ok(Some(end)) => {
                                 undispatched = Some(unit_start);
                                 data = &data[end..];
                                 continue;
                             }
-                            Ok(_) => {}
+                            Ok(None) => {}
                             Err(v) => return refused(unit_start, v, true),
                         }
                     }
@@ -190,6 +186,24 @@ impl Framing {
             }
         }
         Scan::Ok
+    }
+
+    /// Checks the head at the start of `data` when it is all there and within the limit, and
+    /// moves on to its body: how much of `data` it took (`None`: the head is not all there, or
+    /// is over the limit, and is gathered).
+    fn whole_head(&mut self, data: &[u8]) -> Result<Option<usize>, Violation> {
+        if let Some(index) = head::inspect_at_start(data, self.limits) {
+            let end = index.len();
+            self.state = next_state(index, self.limits, &mut self.indexes);
+            return Ok(Some(end));
+        }
+        match head::find_end(data, 0)? {
+            Some(end) if end <= self.limits.max_header_bytes => {
+                self.state = body_state(&data[..end], self.limits, &mut self.indexes)?;
+                Ok(Some(end))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Appends head bytes up to and including the blank line; returns (bytes used, head complete),
@@ -238,7 +252,16 @@ fn body_state(
     limits: HeadLimits,
     indexes: &mut Option<VecDeque<Box<HeadIndex>>>,
 ) -> Result<State, Violation> {
-    let index = head::inspect(head, limits)?;
+    Ok(next_state(head::inspect(head, limits)?, limits, indexes))
+}
+
+/// The state the body of the head `index` indexes puts the stream in; the index is kept in
+/// `indexes` when they are kept.
+fn next_state(
+    index: HeadIndex,
+    limits: HeadLimits,
+    indexes: &mut Option<VecDeque<Box<HeadIndex>>>,
+) -> State {
     let state = match index.body() {
         BodyFraming::Empty => State::Head,
         BodyFraming::Length(n) => State::Body(n),
@@ -247,7 +270,7 @@ fn body_state(
     if let Some(indexes) = indexes {
         indexes.push_back(Box::new(index));
     }
-    Ok(state)
+    state
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@
 //! line and in field names and values, learns the body's framing, and records where each part
 //! is ([`HeadIndex`]). The framing guard keeps only the framing; the byte-level path keeps the
 //! index with the bytes ([`RequestHead`]) so that routing, authentication and the rewrite for the
-//! pod read fields in place, without building a header map.
+//! pod read fields in place, without building a header map. A head that arrived whole and is
+//! made of the usual lines (the common case) is found and checked in the same pass
+//! ([`inspect_at_start`]); any other is found first ([`find_end`]) and then checked.
 
 use bytes::Bytes;
 use smallvec::SmallVec;
@@ -355,6 +357,38 @@ pub fn find_end(bytes: &[u8], from: usize) -> Result<Option<usize>, Violation> {
 /// Checks one complete head (`head` starts with the request line and ends with the empty line;
 /// every LF in it follows a CR) and indexes it.
 pub fn inspect(head: &[u8], limits: HeadLimits) -> Result<HeadIndex, Violation> {
+    let unusual = |start, index: &HeadIndex| field_or_end(head, start, index, limits);
+    let (mut index, _) = read(head, limits, unusual)?;
+    index.len = head.len() as u32;
+    Ok(index)
+}
+
+/// The head at the start of `bytes` (after its blank lines), checked and indexed in one pass,
+/// when it is all there, within the limits, and made of usual lines only ([`plain_field`]):
+/// the common case, where finding its end first ([`find_end`]) would read it twice. `None`
+/// otherwise, a head [`inspect`] refuses included: the caller then finds its end and inspects
+/// it, which says why. The head is `bytes[..index.len()]`.
+pub fn inspect_at_start(bytes: &[u8], limits: HeadLimits) -> Option<HeadIndex> {
+    let usual_only = |_, _: &HeadIndex| Err(Violation::InvalidHeaderLine);
+    let (mut index, empty_line) = read(bytes, limits, usual_only).ok()?;
+    // Every line before the empty one ended with CRLF and held no other CR or LF: the first
+    // CRLFCRLF ends the empty line.
+    let end = empty_line + 2;
+    if end > limits.max_header_bytes {
+        return None;
+    }
+    index.len = end as u32;
+    Some(index)
+}
+
+/// Reads the request line and the field lines of `head` up to its empty line; a line that is
+/// not of the usual kind goes to `unusual` (with where it starts), which reads it, says it is
+/// the end, or refuses it. Returns the index (its length unset) and where the loop stopped.
+fn read(
+    head: &[u8],
+    limits: HeadLimits,
+    mut unusual: impl FnMut(usize, &HeadIndex) -> Result<Option<(Field, usize)>, Violation>,
+) -> Result<(HeadIndex, usize), Violation> {
     let line_end = memchr::memchr(b'\n', head).ok_or(Violation::InvalidRequestLine)?;
     let mut index = request_line(without_crlf(head, 0, line_end)?)?;
     let mut counts = Counts::default();
@@ -365,7 +399,7 @@ pub fn inspect(head: &[u8], limits: HeadLimits) -> Result<HeadIndex, Violation> 
         }
         let found = match plain_field(head, start) {
             Some(found) if index.fields.len() < limits.max_headers => found,
-            _ => match field_or_end(head, start, &index, limits)? {
+            _ => match unusual(start, &index)? {
                 Some(found) => found,
                 None => break,
             },
@@ -379,8 +413,7 @@ pub fn inspect(head: &[u8], limits: HeadLimits) -> Result<HeadIndex, Violation> 
         start = next;
     }
     index.body = counts.framing(index.version)?;
-    index.len = head.len() as u32;
-    Ok(index)
+    Ok((index, start))
 }
 
 /// The field line at `start` and where the next line starts, when the line is the usual
