@@ -94,6 +94,11 @@ impl Framing {
         self.indexes.as_mut()?.pop_front()
     }
 
+    /// The length of the head of the oldest index not taken yet.
+    pub fn next_index_len(&self) -> Option<usize> {
+        self.indexes.as_ref()?.front().map(|index| index.len())
+    }
+
     /// Gives back the memory of the kept indexes when none is waiting (a connection idle
     /// between requests keeps nothing for its next head).
     pub fn release_indexes(&mut self) {

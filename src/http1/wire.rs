@@ -163,12 +163,13 @@ impl<IO: AsyncRead + Unpin> Wire<IO> {
     }
 
     /// Like [`Self::request_head`], but a head is checked and indexed only when `indexed` does
-    /// not give its index (it is asked with the connection and the head's length, when the
-    /// connection has checked the head as it was read).
+    /// not give its index: it is asked, with the connection and the bytes buffered, for the
+    /// index of a head the connection checked as it was read and that starts the buffer (so the
+    /// head's end is known without looking for it).
     pub async fn request_head_indexed(
         &mut self,
         limits: HeadLimits,
-        mut indexed: impl FnMut(&mut IO, usize) -> Option<Box<HeadIndex>>,
+        mut indexed: impl FnMut(&mut IO, &[u8]) -> Option<Box<HeadIndex>>,
     ) -> Result<Option<RequestHead>, RequestHeadError> {
         loop {
             let blank = self
@@ -179,18 +180,19 @@ impl<IO: AsyncRead + Unpin> Wire<IO> {
             if blank > 0 {
                 self.consume(blank);
             }
+            if let Some(index) = indexed(&mut self.io, &self.buf) {
+                self.scanned = 0;
+                let bytes = self.buf.split_to(index.len()).freeze();
+                if let Ok(head) = RequestHead::with_index(bytes, index) {
+                    return Ok(Some(head));
+                }
+            }
             let end = head::find_end(&self.buf, self.scanned.saturating_sub(3))
                 .map_err(RequestHeadError::Refused)?;
             match end {
                 Some(end) if end <= limits.max_header_bytes => {
                     self.scanned = 0;
-                    let mut bytes = self.buf.split_to(end).freeze();
-                    if let Some(index) = indexed(&mut self.io, end) {
-                        match RequestHead::with_index(bytes, index) {
-                            Ok(head) => return Ok(Some(head)),
-                            Err(unindexed) => bytes = unindexed,
-                        }
-                    }
+                    let bytes = self.buf.split_to(end).freeze();
                     return RequestHead::parse(bytes, limits)
                         .map(Some)
                         .map_err(RequestHeadError::Refused);

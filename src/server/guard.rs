@@ -202,17 +202,19 @@ impl<T> GuardedIo<T> {
         self.framing.keep_indexes(keep);
     }
 
-    /// The index of the oldest head checked and not taken yet, when the connection's reader
-    /// splits off a head of `len` bytes; a head of another length (never expected) stops the
-    /// keeping, and the reader checks its heads itself.
-    pub fn take_head_index(&mut self, len: usize) -> Option<Box<HeadIndex>> {
-        match self.framing.take_index() {
-            Some(index) if index.len() == len => Some(index),
-            Some(_) => {
+    /// The index of the oldest head checked and not taken yet, when `buffered`, what the
+    /// connection's reader holds, starts with that head (as many bytes, the last of them the
+    /// empty line's CRLF). The reader reads the bytes the guard checked, in order, so it always
+    /// does once it holds a whole head; when it does not (never expected), the keeping stops
+    /// and the reader finds and checks its heads itself.
+    pub fn take_head_index(&mut self, buffered: &[u8]) -> Option<Box<HeadIndex>> {
+        let len = self.framing.next_index_len()?;
+        match buffered.get(..len) {
+            Some(head) if head.ends_with(b"\r\n\r\n") => self.framing.take_index(),
+            _ => {
                 self.framing.keep_indexes(false);
                 None
             }
-            None => None,
         }
     }
 
