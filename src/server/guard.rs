@@ -370,11 +370,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
                 this.refuse(RouterError::Framing(violation));
                 continue;
             }
-            if this.timer_fired(cx) {
-                continue;
-            }
             let before = buf.filled().len();
-            ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+            // The timers are looked at when nothing is there to read: bytes that arrived are
+            // read first (a head in progress then goes on being timed until it is whole).
+            match Pin::new(&mut this.inner).poll_read(cx, buf) {
+                Poll::Ready(read) => read?,
+                Poll::Pending if this.timer_fired(cx) => continue,
+                Poll::Pending => return Poll::Pending,
+            }
             if buf.filled().len() == before {
                 return Poll::Ready(Ok(()));
             }
