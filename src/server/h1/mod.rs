@@ -68,10 +68,14 @@ where
     io.keep_head_indexes(true);
     let mut wire = Wire::new(io);
     let mut park = Box::pin(tokio::time::sleep(PARK_AFTER));
+    // Made once: a wait made anew for each request would join and leave the token's list of
+    // waiters each time.
+    let drained = serving.drain.cancelled();
+    let mut drained = std::pin::pin!(drained);
     loop {
         let head = tokio::select! {
             biased;
-            _ = serving.drain.cancelled() => return close(wire).await,
+            _ = drained.as_mut() => return close(wire).await,
             head = next_head(&mut wire, park.as_mut(), serving.limits) => head,
         };
         let head = match head {
