@@ -124,16 +124,23 @@ async fn next_head<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
+    // When the wait for a head began with nothing buffered. The park timer is not set anew
+    // for each request (a timer update per request): set for an earlier wait, it fires early.
+    let mut idle_since = wire.buffered().is_empty().then(Instant::now);
     loop {
-        let idle = wire.buffered().is_empty();
-        if idle {
-            park.as_mut().reset(Instant::now() + PARK_AFTER);
-        }
         tokio::select! {
             biased;
             head = wire.request_head_indexed(limits, GuardedIo::take_head_index) => return head,
-            _ = park.as_mut(), if idle => {}
+            _ = park.as_mut(), if idle_since.is_some() => {}
         }
+        // The timer fired, so the wait began idle: early, it is set to when the wait is due.
+        if let Some(due) = idle_since.map(|since| since + PARK_AFTER) {
+            if Instant::now() < due {
+                park.as_mut().reset(due);
+                continue;
+            }
+        }
+        idle_since = None;
         if !wire.buffered().is_empty() {
             continue;
         }
