@@ -426,16 +426,39 @@ fn plain_field(head: &[u8], start: usize) -> Option<(Field, usize)> {
     if colon == 0 || rest[colon] != b':' {
         return None;
     }
-    let cr = colon
-        + 1
-        + rest[colon + 1..]
-            .iter()
-            .position(|b| !FIELD_VALUE[*b as usize])?;
+    let cr = value_end(rest, colon + 1)?;
     if rest[cr..].starts_with(b"\r\n") {
         let field = field_at(&rest[..cr], colon, start as u32, (start + cr + 2) as u32);
         return Some((field, start + cr + 2));
     }
     None
+}
+
+/// Where the first byte from `from` on that a field value may not hold is (its CR, for a usual
+/// line). Eight bytes at a time while none of them is a control character or DEL (every other
+/// byte may be in a value); from a word with one, a byte at a time.
+fn value_end(bytes: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Some byte below 0x20, or some byte 0x7f (a zero byte once DEL is XORed away): the
+    // classic tests, exact as to whether there is one.
+    let unusual = |word: u64| {
+        let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
+        let del = word ^ (ONES * 0x7f);
+        below_space | (del.wrapping_sub(ONES) & !del & HIGHS) != 0
+    };
+    let mut at = from;
+    while let Some(word) = bytes
+        .get(at..at + 8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+    {
+        if unusual(u64::from_ne_bytes(word)) {
+            break;
+        }
+        at += 8;
+    }
+    let found = bytes[at..].iter().position(|b| !FIELD_VALUE[*b as usize])?;
+    Some(at + found)
 }
 
 /// The field line at `start`, checked rule by rule, and where the next line starts; `None` at
