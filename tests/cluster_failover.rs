@@ -48,6 +48,20 @@ fn three_replicas(dir: &Path, routes: &Path) -> Vec<Replica> {
     start_cluster(dir, routes, &places, &[])
 }
 
+/// Three replicas started on `routes`, once each sees all three: their cluster addresses and
+/// which one owns the deployment.
+async fn three_agreed(
+    dir: &Path,
+    routes: &Path,
+    client: &Client,
+) -> (Vec<Replica>, Vec<SocketAddr>, usize) {
+    let three = three_replicas(dir, routes);
+    wait_members(client, &three.iter().collect::<Vec<_>>(), 3).await;
+    let addresses: Vec<SocketAddr> = three.iter().map(|r| r.cluster).collect();
+    let owner = owner_index(&addresses);
+    (three, addresses, owner)
+}
+
 /// The samples the measuring `tasks` took, sorted, once every task is done.
 async fn sorted_when_done(
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -73,10 +87,7 @@ async fn three_replicas_far_from_cap(
         &pods,
         "max_concurrent_requests_per_instance: 1000, max_queue_wait_ms: 1000",
     );
-    let three = three_replicas(dir.path(), &routes);
-    wait_members(client, &three.iter().collect::<Vec<_>>(), 3).await;
-    let addresses: Vec<SocketAddr> = three.iter().map(|r| r.cluster).collect();
-    let owner = owner_index(&addresses);
+    let (three, _, owner) = three_agreed(dir.path(), &routes, client).await;
     (dir, pods, three, owner)
 }
 
@@ -85,11 +96,8 @@ async fn killing_the_owner_moves_ownership_and_no_other_request_fails() {
     let dir = tempfile::tempdir().unwrap();
     let pods = pods(2).await;
     let routes = write_routes(dir.path(), &pods, CAP_ONE);
-    let mut replicas = three_replicas(dir.path(), &routes);
     let client = client();
-    wait_members(&client, &replicas.iter().collect::<Vec<_>>(), 3).await;
-    let addresses: Vec<SocketAddr> = replicas.iter().map(|r| r.cluster).collect();
-    let owner = owner_index(&addresses);
+    let (mut replicas, addresses, owner) = three_agreed(dir.path(), &routes, &client).await;
     let survivors: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
     let next_owner = {
         let left: Vec<SocketAddr> = survivors.iter().map(|i| addresses[*i]).collect();
@@ -203,11 +211,8 @@ async fn a_killed_owner_s_own_requests_free_its_pods_once_its_port_refuses() {
         &pods,
         &format!("{CAP_ONE}, request_timeout_ms: 30000"),
     );
-    let mut replicas = three_replicas(dir.path(), &routes);
     let client = client();
-    wait_members(&client, &replicas.iter().collect::<Vec<_>>(), 3).await;
-    let addresses: Vec<SocketAddr> = replicas.iter().map(|r| r.cluster).collect();
-    let owner = owner_index(&addresses);
+    let (mut replicas, _, owner) = three_agreed(dir.path(), &routes, &client).await;
     let survivors: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
 
     // One request through the owner per pod, still running when it is killed.
