@@ -14,24 +14,27 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=$(mktemp -d)
-trap 'pkill -f "$WORK" 2>/dev/null || true; sleep 1; [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"' EXIT
+# The processes this script starts, ended by their ids on the way out.
+STARTED=()
+trap 'for p in "${STARTED[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 1; [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"' EXIT
 
 BASE=18280
 TOOLS="valgrind:valgrind"
 # shellcheck source=benches/profile/setup.sh
 source "$ROOT/benches/profile/setup.sh"
 nginx -c "$WORK/backend.conf" -e "$WORK/backend-error.log" &
+STARTED+=($!)
 
 # profile LABEL URL COMMAND...: runs COMMAND under callgrind, loads URL, prints the total.
 profile() {
   local label=$1 url=$2
   shift 2
   valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.$label.%p" "$@" > "$WORK/$label.log" 2>&1 &
+  local pid=$!
+  STARTED+=("$pid")
   wait_ready "$url"
   local load=(h2load --h1 -c 8 -d "$WORK/body.json" -H "Authorization: Bearer $KEY" "$url")
   "${load[@]}" -n 200 > /dev/null
-  local pid
-  pid=$(pgrep -f "callgrind-out-file=$WORK/cg.$label" | head -1)
   callgrind_control -z "$pid" > /dev/null
   local report
   report=$("${load[@]}" -n "$REQUESTS")
@@ -45,8 +48,9 @@ profile() {
   sleep 1
   kill -INT "$pid"
   sleep 3
-  local out
-  out=$(ls -S "$WORK"/cg."$label".* | head -1)
+  # The first dump holds the measured load alone (counted from the zeroing above); the file
+  # without a number is written at the exit and holds only what came after the dump.
+  local out="$WORK/cg.$label.$pid.1"
   local total
   total=$(callgrind_annotate --auto=no "$out" | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
   echo "$label: $((total / REQUESTS)) instructions per request"
