@@ -61,7 +61,10 @@ impl Activity {
     pub fn begin(self: &Arc<Self>) -> ActivityGuard {
         self.started.fetch_add(1, Ordering::SeqCst);
         self.in_progress.fetch_add(1, Ordering::SeqCst);
-        ActivityGuard(self.clone())
+        ActivityGuard {
+            activity: self.clone(),
+            ended: false,
+        }
     }
 
     /// Requests started so far.
@@ -85,16 +88,35 @@ impl Activity {
     }
 }
 
-/// Held from the start of a request to the end of its response.
+/// Held from the start of a request to the end of its response (dropped, or ended with the
+/// time its response ended, [`ActivityGuard::end_at`]).
 #[derive(Debug)]
-pub struct ActivityGuard(Arc<Activity>);
+pub struct ActivityGuard {
+    activity: Arc<Activity>,
+    ended: bool,
+}
+
+impl ActivityGuard {
+    /// The response ended at `at` (a time the caller read anyway).
+    pub fn end_at(mut self, at: Instant) {
+        self.end(at);
+    }
+
+    fn end(&mut self, at: Instant) {
+        self.ended = true;
+        let activity = &self.activity;
+        let ms = at.saturating_duration_since(activity.base).as_millis() as u64;
+        activity.last_done_ms.store(ms, Ordering::SeqCst);
+        activity.in_progress.fetch_sub(1, Ordering::SeqCst);
+        activity.response_done.wake();
+    }
+}
 
 impl Drop for ActivityGuard {
     fn drop(&mut self) {
-        let ms = self.0.base.elapsed().as_millis() as u64;
-        self.0.last_done_ms.store(ms, Ordering::SeqCst);
-        self.0.in_progress.fetch_sub(1, Ordering::SeqCst);
-        self.0.response_done.wake();
+        if !self.ended {
+            self.end(Instant::now());
+        }
     }
 }
 
@@ -294,11 +316,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> GuardedIo<T> {
         let Some((deadline, is_header)) = self.deadline() else {
             return false;
         };
-        if self.timer.deadline() != deadline {
+        // The timer is moved to an earlier deadline only: set for an earlier one (each response
+        // moves the keep-alive deadline on), it fires early and is set then.
+        if deadline < self.timer.deadline() {
             self.timer.as_mut().reset(deadline);
         }
-        if self.timer.as_mut().poll(cx).is_pending() {
-            return false;
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if self.timer.deadline() >= deadline {
+                break;
+            }
+            self.timer.as_mut().reset(deadline);
         }
         if is_header {
             self.refuse(RouterError::HeadTimeout);

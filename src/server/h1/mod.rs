@@ -8,6 +8,7 @@
 //! every byte read so far ([`Served::ToHyper`]), and hyper serves the rest of the connection.
 //! The request path is described in `docs/ARCHITECTURE.md`.
 
+mod drain;
 mod request;
 mod respond;
 
@@ -27,6 +28,7 @@ use crate::http1::reply::Asked;
 use crate::http1::wire::{RequestHeadError, Wire};
 use crate::proxy::error::http1_refusal;
 use crate::proxy::{Answer, ClientConn, Proxy, RouterError};
+use drain::DrainWatch;
 
 /// What a connection is served with on this path.
 pub struct Serving<'a> {
@@ -53,8 +55,8 @@ pub enum Served<IO> {
 
 /// What follows a request.
 enum Next {
-    /// The next request.
-    KeepAlive,
+    /// The next request; the response ended at this time.
+    KeepAlive(Instant),
     /// The close.
     Close,
 }
@@ -72,11 +74,14 @@ where
     // waiters each time.
     let drained = serving.drain.cancelled();
     let mut drained = std::pin::pin!(drained);
+    let mut drain = DrainWatch::new(serving.drain, drained.as_mut());
+    // When the last response ended (the wait for the next head begins then).
+    let mut ended = Instant::now();
     loop {
         let head = tokio::select! {
             biased;
-            _ = drained.as_mut() => return close(wire).await,
-            head = next_head(&mut wire, park.as_mut(), serving.limits) => head,
+            _ = poll_fn(|cx| drain.poll_drained(cx)) => return close(wire).await,
+            head = next_head(&mut wire, park.as_mut(), serving.limits, ended) => head,
         };
         let head = match head {
             Ok(Some(head)) => head,
@@ -103,7 +108,7 @@ where
         // connection stays small; made here, so the request is not held by this loop's future.
         let handled = Box::pin(serving.proxy.clone().handle(request, serving.conn.clone()));
         match exchange(&mut wire, handled, asked, serving).await {
-            Next::KeepAlive => {}
+            Next::KeepAlive(at) => ended = at,
             Next::Close => return close(wire).await,
         }
     }
@@ -113,20 +118,22 @@ where
 /// arrives (hyper's connections were parked after as long).
 const PARK_AFTER: Duration = Duration::from_secs(2);
 
-/// Reads the next request head. While nothing of it has arrived for [`PARK_AFTER`], the
-/// connection is parked: its read buffer and the guard's kept head indexes are released and
-/// its next bytes are read into a small one (the guard's keep-alive timer still ends the wait).
+/// Reads the next request head, after a response that ended at `ended`. While nothing of it
+/// has arrived for [`PARK_AFTER`], the connection is parked: its read buffer and the guard's
+/// kept head indexes are released and its next bytes are read into a small one (the guard's
+/// keep-alive timer still ends the wait).
 async fn next_head<IO>(
     wire: &mut Wire<GuardedIo<IO>>,
     mut park: Pin<&mut Sleep>,
     limits: HeadLimits,
+    ended: Instant,
 ) -> Result<Option<RequestHead>, RequestHeadError>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     // When the wait for a head began with nothing buffered. The park timer is not set anew
     // for each request (a timer update per request): set for an earlier wait, it fires early.
-    let mut idle_since = wire.buffered().is_empty().then(Instant::now);
+    let mut idle_since = wire.buffered().is_empty().then_some(ended);
     loop {
         tokio::select! {
             biased;
@@ -173,10 +180,11 @@ where
     };
     asked.keep_alive &= !serving.drain.is_cancelled();
     let close = respond::write(wire, answer, asked).await;
-    drop(in_progress);
+    let ended = Instant::now();
+    in_progress.end_at(ended);
     match close || serving.drain.is_cancelled() {
         true => Next::Close,
-        false => Next::KeepAlive,
+        false => Next::KeepAlive(ended),
     }
 }
 
