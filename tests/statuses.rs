@@ -5,6 +5,8 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -13,6 +15,7 @@ use hyper::body::Frame;
 use scoregate::model::EndpointKeys;
 use scoregate::sample_model::SampleModel;
 use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SETTINGS: &str = "max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 0";
 
@@ -422,6 +425,60 @@ async fn a_model_slower_than_request_timeout_ms_is_504_and_frees_the_slot() {
     h.wait_in_flight("ep-one", "blue", 0).await;
     let r = h.score("ep-one", "").await;
     assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// A pod on one keep-alive connection: answers its first request at once, then reads the
+/// next request's head and never answers it. Counts the connections it accepted.
+async fn answers_once_then_hangs() -> (std::net::SocketAddr, Arc<AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut read = Vec::new();
+                let mut buf = [0u8; 4096];
+                for heads in 1..=2 {
+                    while read.windows(4).filter(|w| *w == b"\r\n\r\n").count() < heads {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => read.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if heads == 1 {
+                        let ok = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        stream.write_all(ok.as_bytes()).await.unwrap();
+                    }
+                }
+                // The second request is never answered; the connection stays open.
+                let _ = stream.read(&mut buf).await;
+            });
+        }
+    });
+    (address, accepted)
+}
+
+/// The request timeout's timer is kept with a pooled pod connection and set anew for each
+/// request on it: it still fires for a later request on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_timeout_fires_on_a_reused_pod_connection() {
+    let (pod, accepted) = answers_once_then_hangs().await;
+    let h = Harness::start(&simple_routes(
+        "ep-one",
+        &[pod],
+        "request_timeout_ms: 300, max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 0",
+    ))
+    .await;
+    assert_eq!(h.score("ep-one", "").await.status, 200);
+    let r = guard("the second request", h.score("ep-one", "")).await;
+    assert_router_error(&r, 504, "UpstreamTimeout");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "both went on one connection"
+    );
 }
 
 #[tokio::test]

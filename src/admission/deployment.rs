@@ -180,6 +180,17 @@ impl DeploymentAdmission {
                 return Ok(slot);
             }
         }
+        // Boxed: the wait's state (its timer) is made only for a request that waits, and the
+        // future of every admission stays small to move.
+        Box::pin(self.wait_in_queue(pods, max_wait)).await
+    }
+
+    /// Waits in the queue at most `max_wait` for a slot on one of `pods`.
+    async fn wait_in_queue(
+        self: &Arc<Self>,
+        pods: &[Arc<Pod>],
+        max_wait: Duration,
+    ) -> Result<Slot, AdmitError> {
         let bound = match self.max_queue_length.load(Ordering::Relaxed) {
             QUEUE_BOUND_AUTO => (self.cap() as usize).saturating_mul(pods.len()),
             n => n as usize,

@@ -66,6 +66,9 @@ pub struct Wire<IO> {
     buf: BytesMut,
     /// How far the buffer was searched for the end of a request head.
     scanned: usize,
+    /// Whether the buffer was extended while it held more than a quarter of a read: only then
+    /// can its memory grow past about twice [`READ_SIZE`] ([`Wire::release_outgrown_buffer`]).
+    outgrown: bool,
 }
 
 impl<IO> Wire<IO> {
@@ -75,6 +78,7 @@ impl<IO> Wire<IO> {
             io,
             buf: BytesMut::new(),
             scanned: 0,
+            outgrown: false,
         }
     }
 
@@ -84,6 +88,7 @@ impl<IO> Wire<IO> {
             io,
             buf: read,
             scanned: 0,
+            outgrown: true,
         }
     }
 
@@ -134,7 +139,24 @@ impl<IO> Wire<IO> {
         if self.buf.is_empty() {
             self.buf = BytesMut::new();
             self.scanned = 0;
+            self.outgrown = false;
         }
+    }
+
+    /// Gives the buffer's memory back when nothing is buffered and it may have grown past its
+    /// usual size (about twice [`READ_SIZE`] at most: the buffer is extended by a read's size
+    /// when less than a quarter of one is free, so it grows further only while more than a
+    /// quarter of a read is buffered, a large head being read). A buffer of the usual size is
+    /// kept for the connection's next reads.
+    pub fn release_outgrown_buffer(&mut self) {
+        if self.outgrown {
+            self.release_buffer();
+        }
+    }
+
+    /// Bytes the buffer can take before it must grow (0 when it holds no memory).
+    pub fn spare_capacity(&self) -> usize {
+        self.buf.capacity() - self.buf.len()
     }
 }
 
@@ -142,6 +164,7 @@ impl<IO: AsyncRead + Unpin> Wire<IO> {
     /// Reads more bytes into the buffer: how many (0 at the end of the stream).
     pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
+            self.outgrown |= self.buf.len() > READ_SIZE / 4;
             self.buf.reserve(READ_SIZE);
         }
         tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut self.io), cx, &mut self.buf)

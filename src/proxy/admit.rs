@@ -18,6 +18,8 @@ pub struct Admitted {
     pub slot: Slot,
     /// Time from being ready to be sent to the slot.
     pub queue_wait: Duration,
+    /// When the slot was given (the request is sent from then on).
+    pub at: Instant,
 }
 
 /// The prefix key of a request for `deployment`: empty unless the deployment routes on one;
@@ -45,10 +47,15 @@ pub async fn admit(
         ..deployment.target()
     };
     let slot = admitter.admit(target, max_wait).await?;
-    let queue_wait = started.elapsed();
+    let at = Instant::now();
+    let queue_wait = at.saturating_duration_since(started);
     deployment
         .metrics
         .queue_wait()
         .record(queue_wait.as_secs_f64());
-    Ok(Admitted { slot, queue_wait })
+    Ok(Admitted {
+        slot,
+        queue_wait,
+        at,
+    })
 }

@@ -5,13 +5,16 @@
 //! When the timeout passes, the send is dropped but not the pod's work: the exchange, dropped
 //! with the request in progress, holds the slot until the pod is done (`upstream::abandon`).
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Uri, Version};
+use tokio::time::Sleep;
 
 use super::context::{Context, ProxySettings};
 use super::error::RouterError;
@@ -33,6 +36,8 @@ pub struct Forwarded {
     pub exchange: Exchange,
     /// Time from sending to the response head.
     pub upstream_time: Duration,
+    /// When the response head arrived.
+    pub answered_at: Instant,
 }
 
 /// What forwarding uses: the pods' connections, the admitter (for the retry and mirror copies)
@@ -53,8 +58,8 @@ impl Forwarder {
         }
     }
 
-    /// Sends `request` to the pod of `slot` (or, when connecting fails, another one) and waits
-    /// for the response head. The request is rewritten for the pod (and its mirror copy sent
+    /// Sends `request`, admitted at `admitted_at`, to the pod of `slot` (or, when connecting
+    /// fails, another one) and waits for the response head. The request is rewritten for the pod (and its mirror copy sent
     /// off) when this is called; the returned future is the send alone, so no future holds the
     /// request around it (`docs/ARCHITECTURE.md`, "The request's future").
     pub fn forward<'a>(
@@ -64,6 +69,7 @@ impl Forwarder {
         slot: Slot,
         request: ClientRequest<RequestBody>,
         cx: &Context,
+        admitted_at: Instant,
     ) -> impl Future<Output = Result<Forwarded, RouterError>> + Send + 'a {
         let (request, mut body) = request.into_parts();
         let exchange = self.exchange(deployment, slot);
@@ -90,7 +96,7 @@ impl Forwarder {
             let (upstream, admitter) = (self.upstream.clone(), self.admitter.clone());
             mirror::spawn(upstream, admitter, mirror, head, copy);
         }
-        self.send_within_timeout(deployment, exchange, request)
+        self.send_within_timeout(deployment, exchange, request, admitted_at)
     }
 
     fn exchange(&self, deployment: &Deployment, slot: Slot) -> Exchange {
@@ -99,26 +105,34 @@ impl Forwarder {
     }
 
     /// [`Self::send`] within the deployment's `request_timeout_ms` (504 after), counted from
-    /// this call.
+    /// `admitted_at` (the request is sent right after it is admitted). The timer is the pooled
+    /// connection's, set anew ([`Exchange::request_timer`]), and kept for its next request.
     fn send_within_timeout<'a>(
         &'a self,
         deployment: &'a Arc<Deployment>,
-        exchange: Exchange,
+        mut exchange: Exchange,
         request: PodRequest,
+        admitted_at: Instant,
     ) -> impl Future<Output = Result<Forwarded, RouterError>> + Send + 'a {
-        let timeout = deployment.settings.request_timeout;
+        let deadline = admitted_at + deployment.settings.request_timeout;
+        let mut timer = exchange.request_timer(admitted_at, deadline);
         // Boxed: the send (the exchange's request, its body and the pod's response head) is the
         // largest state of the request's future; kept apart, it is not copied with the phases
         // around it each time they move.
         let send = Box::pin(self.send(deployment, exchange, request));
-        let within = tokio::time::timeout(timeout, send);
         async move {
-            let (head, exchange) = within.await.map_err(|_| RouterError::UpstreamTimeout)??;
-            let upstream_time = exchange.sent_at().map_or(Duration::ZERO, |at| at.elapsed());
+            let sent = within(send, timer.as_mut()).await;
+            let (head, mut exchange) = sent.ok_or(RouterError::UpstreamTimeout)??;
+            let answered_at = Instant::now();
+            let upstream_time = exchange.sent_at().map_or(Duration::ZERO, |at| {
+                answered_at.saturating_duration_since(at)
+            });
+            exchange.keep_timer(timer);
             Ok(Forwarded {
                 head,
                 exchange,
                 upstream_time,
+                answered_at,
             })
         }
     }
@@ -136,6 +150,19 @@ impl Forwarder {
             Err(SendError::Failed(e)) => return Err(failed(&e)),
             Err(SendError::NotSent { request, error }) => (request, error),
         };
+        // Boxed: a request sent at the first try needs none of the retry's state.
+        Box::pin(self.retry(deployment, exchange, request, error)).await
+    }
+
+    /// Connecting for `exchange` failed with `error` (nothing was sent): `request` is sent on
+    /// another pod that has a free slot now, once.
+    async fn retry(
+        &self,
+        deployment: &Arc<Deployment>,
+        exchange: Exchange,
+        request: Box<PodRequest>,
+        error: std::io::Error,
+    ) -> Result<(PodHead, Exchange), RouterError> {
         deployment.metrics.connect_errors().increment(1);
         let failed_pod = exchange.pod().clone();
         tracing::debug!(pod = %failed_pod.address(), %error, "connecting to the pod failed; retrying elsewhere");
@@ -157,6 +184,17 @@ impl Forwarder {
             }
         }
     }
+}
+
+/// `send`'s output, or `None` when `timer` fires first.
+async fn within<F: Future>(mut send: Pin<Box<F>>, mut timer: Pin<&mut Sleep>) -> Option<F::Output> {
+    poll_fn(|cx| {
+        if let Poll::Ready(output) = send.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 /// Whose fault a failed send was: the client's body (413, 408, 400) or the pod (502).

@@ -133,9 +133,8 @@ impl Proxy {
             };
             let (pod, queue_wait) = (admitted.slot.pod().address(), admitted.queue_wait);
             let request = parts.with_body(received.body);
-            let forwarding =
-                self.forwarder
-                    .forward(&deployment, target, admitted.slot, request, &cx);
+            let (slot, at) = (admitted.slot, admitted.at);
+            let forwarding = (self.forwarder).forward(&deployment, target, slot, request, &cx, at);
             let forwarded = match forwarding.await {
                 Ok(forwarded) => forwarded,
                 Err(e) => {

@@ -58,7 +58,8 @@ pub async fn receive(
     settings: &ProxySettings,
 ) -> Result<Received, RouterError> {
     match body {
-        ClientBody::Hyper(body) => receive_incoming(body, arrived, settings).await,
+        // Boxed: a whole body (the byte-level path's) needs none of this state.
+        ClientBody::Hyper(body) => Box::pin(receive_incoming(body, arrived, settings)).await,
         ClientBody::Whole(bytes) if bytes.len() as u64 > settings.max_request_body_bytes => {
             Err(RouterError::PayloadTooLarge)
         }

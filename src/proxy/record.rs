@@ -50,9 +50,8 @@ pub fn routed(
     let status = responded.head.status();
     let metrics = &deployment.metrics;
     metrics.requests.record(status, Source::Model);
-    metrics
-        .duration()
-        .record(cx.started.elapsed().as_secs_f64());
+    let duration = responded.answered_at.saturating_duration_since(cx.started);
+    metrics.duration().record(duration.as_secs_f64());
     metrics
         .upstream_duration()
         .record(responded.upstream_time.as_secs_f64());

@@ -5,7 +5,7 @@
 //! exchange ending when the pod's body has been read.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::forward::Forwarded;
 use super::headers::{RequestIds, ResponseHeaders};
@@ -24,6 +24,8 @@ pub struct Responded {
     pub pod: SocketAddr,
     /// Time from sending to the pod's response head.
     pub upstream_time: Duration,
+    /// When the pod's response head arrived.
+    pub answered_at: Instant,
 }
 
 /// The client's response for a request `deployment` answered.
@@ -32,6 +34,7 @@ pub fn respond(forwarded: Forwarded, deployment: &Deployment, ids: &RequestIds) 
         head,
         exchange,
         upstream_time,
+        answered_at,
     } = forwarded;
     let pod = exchange.address();
     Responded {
@@ -40,5 +43,6 @@ pub fn respond(forwarded: Forwarded, deployment: &Deployment, ids: &RequestIds) 
         body: exchange.respond(),
         pod,
         upstream_time,
+        answered_at,
     }
 }

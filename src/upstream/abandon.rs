@@ -105,6 +105,8 @@ impl Drop for Exchange {
             return;
         }
         match self.progress {
+            // A pooled connection taken for a request never sent on it goes back to the pool.
+            Progress::Idle if self.connection.is_some() => self.finish(Ending::Returned),
             Progress::Idle => self.finish(Ending::Discarded),
             _ => hold(self),
         }

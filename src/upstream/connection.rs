@@ -21,6 +21,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body, Frame};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use super::body::{RequestBody, RequestBodyError};
 use crate::http1::body::{BodyDecoder, BodyEncoder, BodyError};
@@ -90,6 +91,10 @@ pub struct PodConnection {
     reusable: bool,
     /// The trailer section of the chunked body being read, as it arrives.
     trailers: Vec<u8>,
+    /// The timer of the last request on the connection, set anew for the next one
+    /// (`proxy::forward`): a timer set to a later deadline stays in the runtime's timer wheel,
+    /// where a new one would be entered and removed for every request.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl PodConnection {
@@ -108,9 +113,31 @@ impl PodConnection {
         self.reusable && self.wire.buffered().is_empty()
     }
 
-    /// Gives back the read buffer's memory while the connection is idle in a pool.
+    /// The timer kept from the connection's last request, if any.
+    pub(super) fn take_timer(&mut self) -> Option<Pin<Box<Sleep>>> {
+        self.timer.take()
+    }
+
+    /// Keeps `timer` for the connection's next request.
+    pub(super) fn keep_timer(&mut self, timer: Pin<Box<Sleep>>) {
+        self.timer = Some(timer);
+    }
+
+    /// Gives back the read buffer's memory (the connection stays idle in a pool for a while).
     pub(super) fn release_buffer(&mut self) {
         self.wire.release_buffer();
+    }
+
+    /// Gives back the read buffer's memory if it grew past its usual size (a large response
+    /// head); a buffer of the usual size is kept for the next response.
+    pub(super) fn release_outgrown_buffer(&mut self) {
+        self.wire.release_outgrown_buffer();
+    }
+
+    /// Bytes the read buffer can take before it must grow (0 when it holds no memory).
+    #[cfg(test)]
+    pub(super) fn spare_buffer(&self) -> usize {
+        self.wire.spare_capacity()
     }
 
     /// Writes all of `bytes` (a request head, possibly followed by a whole body).
@@ -270,16 +297,21 @@ pub(super) fn coalesced_body(body: &RequestBody) -> Option<Bytes> {
     body.whole_up_to(COALESCE_BODY)
 }
 
-/// Connects to `address` within `timeout`.
-pub(super) async fn connect(address: SocketAddr, timeout: Duration) -> io::Result<PodConnection> {
+/// Connects to `address` within `timeout`. The connection is boxed once for its whole life, so
+/// an exchange that holds it stays small to move.
+pub(super) async fn connect(
+    address: SocketAddr,
+    timeout: Duration,
+) -> io::Result<Box<PodConnection>> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     stream.set_nodelay(true)?;
     socket2::SockRef::from(&stream).set_tcp_keepalive(&TCP_KEEPALIVE)?;
-    Ok(PodConnection {
+    Ok(Box::new(PodConnection {
         wire: Wire::new(stream),
         reusable: true,
         trailers: Vec::new(),
-    })
+        timer: None,
+    }))
 }

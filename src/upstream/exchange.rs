@@ -24,6 +24,7 @@
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -31,6 +32,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::HeaderValue;
 use http_body::{Frame, SizeHint};
+use tokio::time::Sleep;
 
 use super::body::RequestBody;
 use super::codec::{Outgoing, PodHead, PodRequest};
@@ -109,9 +111,10 @@ pub struct Exchange {
     pub(super) slot: Option<Slot>,
     pub(super) pool: Arc<PodPool>,
     pub(super) terms: Terms,
-    pub(super) connection: Option<PodConnection>,
+    pub(super) connection: Option<Box<PodConnection>>,
     pub(super) progress: Progress,
-    /// When the request was handed to the connection that answered (or failed) it.
+    /// When the request was handed to the connection that answered (or failed) it: when the
+    /// pooled connection taken for it before sending was taken ([`Exchange::request_timer`]).
     pub(super) sent_at: Option<Instant>,
 }
 
@@ -124,6 +127,33 @@ impl Exchange {
             connection: None,
             progress: Progress::Idle,
             sent_at: None,
+        }
+    }
+
+    /// A timer set to `deadline`, for the request this exchange is about to send (at `now`):
+    /// the timer a pooled connection kept from its last request ([`Exchange::keep_timer`]) when
+    /// one is idle in the pool (taken now, and sent on first), else a new one. Setting a kept
+    /// timer to a later deadline leaves it where it is in the runtime's timer wheel.
+    pub fn request_timer(&mut self, now: Instant, deadline: Instant) -> Pin<Box<Sleep>> {
+        let deadline = tokio::time::Instant::from_std(deadline);
+        if self.connection.is_none() && self.sent_at.is_none() {
+            self.connection = self.pool.take(self.pool.timeouts().idle, now);
+            self.sent_at = self.connection.as_ref().map(|_| now);
+        }
+        match self.connection.as_mut().and_then(|c| c.take_timer()) {
+            Some(mut timer) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        }
+    }
+
+    /// Keeps `timer`, done with, for the next request on the exchange's connection (it goes
+    /// back to the pool with the connection); dropped when the exchange holds none.
+    pub fn keep_timer(&mut self, timer: Pin<Box<Sleep>>) {
+        if let Some(connection) = self.connection.as_mut() {
+            connection.keep_timer(timer);
         }
     }
 
@@ -199,20 +229,34 @@ impl Exchange {
         }
     }
 
-    /// Writes `head` on a live pooled connection, or a new one, which the exchange then keeps.
-    /// A pooled connection whose write fails (the pod closed it meanwhile) is skipped.
+    /// Writes `head` on a live pooled connection (the one taken for the exchange first, if any),
+    /// or a new one, which the exchange then keeps. A pooled connection whose write fails (the
+    /// pod closed it meanwhile) is skipped.
     async fn write_head(&mut self, head: &[u8]) -> io::Result<()> {
         let timeouts = self.pool.timeouts();
         loop {
-            let (mut connection, pooled) = match self.pool.take(timeouts.idle) {
+            // Taken for the exchange before sending (when it was, `sent_at`), or now.
+            let pooled = match self.connection.take() {
+                Some(connection) => Some(connection),
+                None => {
+                    let now = Instant::now();
+                    let pooled = self.pool.take(timeouts.idle, now);
+                    self.sent_at = pooled.as_ref().map(|_| now);
+                    pooled
+                }
+            };
+            let (mut connection, pooled) = match pooled {
                 Some(connection) => (connection, true),
-                None => (
-                    connection::connect(self.pool.address(), timeouts.connect).await?,
-                    false,
-                ),
+                None => {
+                    let address = self.pool.address();
+                    // Boxed: a request sent on a pooled connection needs none of this state.
+                    let connecting = Box::pin(connection::connect(address, timeouts.connect));
+                    let connection = connecting.await?;
+                    self.sent_at = Some(Instant::now());
+                    (connection, false)
+                }
             };
             self.progress = Progress::Sending;
-            self.sent_at = Some(Instant::now());
             let written = connection.write_all(head).await;
             match written {
                 Ok(()) => {
