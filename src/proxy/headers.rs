@@ -198,11 +198,31 @@ pub fn new_request_id() -> HeaderValue {
     guid_value(&uuid::Uuid::new_v4())
 }
 
-/// `guid` in its 8-4-4-4-12 form, as a header value.
+/// Two lower-case hexadecimal digits for each byte value.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        pairs[i] = [DIGITS[i >> 4], DIGITS[i & 0x0f]];
+        i += 1;
+    }
+    pairs
+};
+
+/// `guid` in its 8-4-4-4-12 form (lower case), as a header value: two digits per byte from a
+/// table (a request without an id gets a new one, so this is on every such request's path).
 fn guid_value(guid: &uuid::Uuid) -> HeaderValue {
-    let mut buf = uuid::Uuid::encode_buffer();
-    let text = guid.hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_str(text).expect("a GUID is a valid header value")
+    let mut text = [b'-'; 36];
+    let mut at = 0;
+    for (i, byte) in guid.as_bytes().iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1;
+        }
+        text[at..at + 2].copy_from_slice(&HEX_PAIRS[usize::from(*byte)]);
+        at += 2;
+    }
+    HeaderValue::from_bytes(&text).expect("a GUID is a valid header value")
 }
 
 /// Whether `value` is a GUID in its 8-4-4-4-12 hexadecimal form.
@@ -406,5 +426,16 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("content-type"));
+    }
+
+    /// A GUID is written as `uuid` writes it (8-4-4-4-12, lower case).
+    #[test]
+    fn guids_are_written_as_uuid_writes_them() {
+        for _ in 0..1000 {
+            let guid = uuid::Uuid::new_v4();
+            assert_eq!(guid_value(&guid), guid.hyphenated().to_string().as_str());
+        }
+        let all = uuid::Uuid::from_bytes(std::array::from_fn(|i| (i * 17) as u8));
+        assert_eq!(guid_value(&all), all.hyphenated().to_string().as_str());
     }
 }

@@ -211,13 +211,14 @@ impl<B> ClientRequest<B> {
 
     /// The request line for the access log; `declared_length` is its body's exact size hint.
     pub fn line(&self, declared_length: Option<u64>) -> RequestLine {
+        // A head's value is kept as its bytes: the framing guard checked them already.
         let user_agent = match self {
-            ClientRequest::Http(parts, _) => parts.headers.get(USER_AGENT).cloned(),
-            ClientRequest::Head(request) => {
-                request.head.get_known(Known::UserAgent).and_then(|value| {
-                    HeaderValue::from_maybe_shared(request.head.shared().slice_ref(value)).ok()
-                })
-            }
+            ClientRequest::Http(parts, _) => parts
+                .headers
+                .get(USER_AGENT)
+                .map(|value| Bytes::copy_from_slice(value.as_bytes())),
+            ClientRequest::Head(request) => (request.head.get_known(Known::UserAgent))
+                .map(|value| request.head.shared().slice_ref(value)),
         };
         let method = Method::from_bytes(self.method()).unwrap_or_default();
         match (self, self.uri()) {

@@ -9,7 +9,8 @@ pub const PATH_PREFIX: &str = "/api/v1/endpoint/";
 /// The endpoint named in a path, and the rest of the path (always starting with `/`).
 pub fn from_path(path: &str) -> Option<(&str, &str)> {
     let after = path.strip_prefix(PATH_PREFIX)?;
-    let (endpoint, rest) = match after.find('/') {
+    // A byte search: endpoint names are short, and `str::find` sets up a general searcher.
+    let (endpoint, rest) = match after.bytes().position(|b| b == b'/') {
         Some(i) => (&after[..i], &after[i..]),
         None => (after, "/"),
     };

@@ -99,8 +99,8 @@ pub struct RequestLine {
     pub method: Method,
     /// Path and query as the client sent them.
     target: Target,
-    /// `User-Agent`, when sent.
-    pub user_agent: Option<HeaderValue>,
+    /// `User-Agent`, when sent: a field value's bytes (shared with the head they came in).
+    pub user_agent: Option<Bytes>,
     /// The body's declared length (`Content-Length`), when there is one.
     pub declared_length: Option<u64>,
 }
@@ -119,7 +119,7 @@ impl RequestLine {
     pub fn of_path(
         method: Method,
         path: Option<PathAndQuery>,
-        user_agent: Option<HeaderValue>,
+        user_agent: Option<Bytes>,
         declared_length: Option<u64>,
     ) -> Self {
         let target = Target::Uri(path);
@@ -137,7 +137,7 @@ impl RequestLine {
         method: Method,
         target: Bytes,
         path_len: usize,
-        user_agent: Option<HeaderValue>,
+        user_agent: Option<Bytes>,
         declared_length: Option<u64>,
     ) -> Self {
         let mut line = Self::of_path(method, None, user_agent, declared_length);
@@ -166,8 +166,15 @@ impl RequestLine {
         }
     }
 
+    /// The `User-Agent` when it is visible ASCII (what `HeaderValue::to_str` gives).
     fn user_agent(&self) -> Option<&str> {
-        self.user_agent.as_ref().and_then(|v| v.to_str().ok())
+        let value = self.user_agent.as_deref()?;
+        let visible = |b: &u8| *b == b'\t' || (b' '..=b'~').contains(b);
+        value
+            .iter()
+            .all(visible)
+            .then(|| std::str::from_utf8(value).ok())
+            .flatten()
     }
 }
 
