@@ -443,14 +443,21 @@ code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Authorization: Bearer 
 
 # ---------------------------------------------------------------- measurement
 CLK_TCK=$(getconf CLK_TCK)
-proc_ticks() { # PID...: utime+stime of the processes (all threads) and their children
-    local total=0 pid stat fields
+# /proc/PID/stat's utime and stime (fields 14 and 15) count every thread of the process, the
+# exited ones too (a thread's /proc/PID/task/TID/stat is gone once it exits).
+proc_ticks_split() { # PID...: "utime stime" of the processes (all threads) and their children
+    local user=0 system=0 pid stat fields
     for pid in $(pids_of_tree "$@"); do
         stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
         read -ra fields <<<"${stat##*) }"
-        total=$((total + fields[11] + fields[12]))
+        user=$((user + fields[11])) system=$((system + fields[12]))
     done
-    echo "$total"
+    echo "$user $system"
+}
+proc_ticks() { # PID...: utime+stime of the processes (all threads) and their children
+    local user system
+    read -r user system <<<"$(proc_ticks_split "$@")"
+    echo $((user + system))
 }
 reset_hwm() {
     local pid
@@ -515,7 +522,7 @@ parse() {
     esac
 }
 
-printf 'mode\ttarget\tround\trate\tp50_ms\tp99_ms\tp999_ms\tproxy_us\tbackend_us\tserver_busy\tloadgen_busy\thwm_kib\tnew_backend_conns\terrors\trequests\n' >"$RUNS"
+printf 'mode\ttarget\tround\trate\tp50_ms\tp99_ms\tp999_ms\tproxy_us\tbackend_us\tserver_busy\tloadgen_busy\thwm_kib\tnew_backend_conns\terrors\trequests\tproxy_user_us\tproxy_sys_us\n' >"$RUNS"
 
 # measure MODE TARGET ROUND: warm-up run, then one recorded run; appends a line to $RUNS.
 measure() {
@@ -530,10 +537,10 @@ measure() {
     read -ra proxy <<<"$(proxy_pids "$target")"
     load "$mode" "$url" "$WARMUP" "$out.warmup" || true
 
-    local p0=0 b0 s0 g0 a0 p1=0 b1 s1 g1 a1
+    local pu0=0 ps0=0 b0 s0 g0 a0 pu1=0 ps1=0 b1 s1 g1 a1
     if ((${#proxy[@]})); then
         reset_hwm "${proxy[@]}"
-        p0=$(proc_ticks "${proxy[@]}")
+        read -r pu0 ps0 <<<"$(proc_ticks_split "${proxy[@]}")"
     fi
     b0=$(proc_ticks "${PID_OF[backend]}")
     read -ra s0 <<<"$(cpu_busy_total "$SERVER_CPU")"
@@ -542,7 +549,7 @@ measure() {
     load "$mode" "$url" "$secs" "$out" || log "$mode $target round $round: the load generator failed (see $out)"
     read -ra s1 <<<"$(cpu_busy_total "$SERVER_CPU")"
     read -ra g1 <<<"$(cpu_busy_total "$LOADGEN_CPU")"
-    if ((${#proxy[@]})); then p1=$(proc_ticks "${proxy[@]}"); fi
+    if ((${#proxy[@]})); then read -r pu1 ps1 <<<"$(proc_ticks_split "${proxy[@]}")"; fi
     b1=$(proc_ticks "${PID_OF[backend]}")
     a1=$(backend_accepts)
     local hwm=- requests seconds p50 p99 p999 errors
@@ -554,14 +561,15 @@ measure() {
     fi
     # The backend's stub_status probe itself is one new connection: take it off.
     awk -v OFS='\t' -v m="$mode" -v t="$target" -v r="$round" -v n="$requests" -v s="$seconds" \
-        -v p50="$p50" -v p99="$p99" -v p999="$p999" -v np="${#proxy[@]}" -v pt=$((p1 - p0)) \
+        -v p50="$p50" -v p99="$p99" -v p999="$p999" -v np="${#proxy[@]}" -v pu=$((pu1 - pu0)) -v ps=$((ps1 - ps0)) \
         -v bt=$((b1 - b0)) -v hz="$CLK_TCK" -v sb=$((s1[0] - s0[0])) -v st=$((s1[1] - s0[1])) \
         -v gb=$((g1[0] - g0[0])) -v gt=$((g1[1] - g0[1])) -v hwm="$hwm" -v nc=$((a1 - a0 - 1)) \
         -v e="$errors" 'BEGIN {
             us = 1e6 / hz / (n > 0 ? n : 1)
-            print m, t, r, n / s, p50, p99, p999, (np ? sprintf("%.1f", pt * us) : "-"),
+            print m, t, r, n / s, p50, p99, p999, (np ? sprintf("%.1f", (pu + ps) * us) : "-"),
                 sprintf("%.1f", bt * us), sprintf("%.0f", 100 * sb / (st > 0 ? st : 1)),
-                sprintf("%.0f", 100 * gb / (gt > 0 ? gt : 1)), hwm, nc, e, n }' >>"$RUNS"
+                sprintf("%.0f", 100 * gb / (gt > 0 ? gt : 1)), hwm, nc, e, n,
+                (np ? sprintf("%.1f", pu * us) : "-"), (np ? sprintf("%.1f", ps * us) : "-") }' >>"$RUNS"
     log "$(tail -n 1 "$RUNS" | awk -F'\t' '{ printf "%-9s %-13s round %s: %9.0f/s  p50 %.2f ms  p99 %.2f ms  proxy %s us/req  errors %s", $1, $2, $3, $4, $5, $6, $8, $14 }')"
 }
 
@@ -627,11 +635,11 @@ sum() { awk '{ s += $1 } END { print s + 0 }'; }
 
 throughput_table() { # MODE UNIT
     local mode=$1 unit=$2 t rate nginx_rate haproxy_rate cpu nginx_cpu haproxy_cpu n g h
-    echo "| target | $unit | spread | vs nginx | vs haproxy | p50 ms | p99 ms | p99.9 ms | proxy CPU µs/$3 | CPU vs nginx | CPU vs haproxy | peak RSS MiB | backend CPU µs/$3 | new backend conns/run | server CPU busy | loadgen CPU busy | errors |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| target | $unit | spread | vs nginx | vs haproxy | p50 ms | p99 ms | p99.9 ms | proxy CPU µs/$3 | proxy user µs/$3 | proxy sys µs/$3 | CPU vs nginx | CPU vs haproxy | peak RSS MiB | backend CPU µs/$3 | new backend conns/run | server CPU busy | loadgen CPU busy | errors |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for t in $(targets_of "$mode"); do
         if [[ -n ${SKIP[$t]:-} ]]; then
-            echo "| $t | skipped: ${SKIP[$t]} |||||||||||||||"
+            echo "| $t | skipped: ${SKIP[$t]} |||||||||||||||||"
             continue
         fi
         case $t in *-tls) g=nginx-tls h=haproxy-tls ;; *) g=nginx h=haproxy ;; esac
@@ -642,7 +650,7 @@ throughput_table() { # MODE UNIT
         nginx_cpu=$(col "$mode" "$g" 8 | median)
         haproxy_cpu=$(col "$mode" "$h" 8 | median)
         n=$(col "$mode" "$t" 14 | sum)
-        echo "| $t | $(fmt "$rate" %.0f) | $(col "$mode" "$t" 4 | spread) | $(ratio "$rate" "$nginx_rate") | $(ratio "$rate" "$haproxy_rate") | $(fmt "$(col "$mode" "$t" 5 | median)" %.2f) | $(fmt "$(col "$mode" "$t" 6 | median)" %.2f) | $(fmt "$(col "$mode" "$t" 7 | median)" %.2f) | $(fmt "$cpu" %.1f) | $(ratio "$cpu" "$nginx_cpu") | $(ratio "$cpu" "$haproxy_cpu") | $(fmt "$(col "$mode" "$t" 12 | maximum)" "%.1f" | awk '{ print ($1 == "–") ? $1 : sprintf("%.1f", $1 / 1024) }') | $(fmt "$(col "$mode" "$t" 9 | median)" %.1f) | $(fmt "$(col "$mode" "$t" 13 | median)" %.0f) | $(fmt "$(col "$mode" "$t" 10 | median)" %.0f)% | $(fmt "$(col "$mode" "$t" 11 | median)" %.0f)% | $n |"
+        echo "| $t | $(fmt "$rate" %.0f) | $(col "$mode" "$t" 4 | spread) | $(ratio "$rate" "$nginx_rate") | $(ratio "$rate" "$haproxy_rate") | $(fmt "$(col "$mode" "$t" 5 | median)" %.2f) | $(fmt "$(col "$mode" "$t" 6 | median)" %.2f) | $(fmt "$(col "$mode" "$t" 7 | median)" %.2f) | $(fmt "$cpu" %.1f) | $(fmt "$(col "$mode" "$t" 16 | median)" %.1f) | $(fmt "$(col "$mode" "$t" 17 | median)" %.1f) | $(ratio "$cpu" "$nginx_cpu") | $(ratio "$cpu" "$haproxy_cpu") | $(fmt "$(col "$mode" "$t" 12 | maximum)" "%.1f" | awk '{ print ($1 == "–") ? $1 : sprintf("%.1f", $1 / 1024) }') | $(fmt "$(col "$mode" "$t" 9 | median)" %.1f) | $(fmt "$(col "$mode" "$t" 13 | median)" %.0f) | $(fmt "$(col "$mode" "$t" 10 | median)" %.0f)% | $(fmt "$(col "$mode" "$t" 11 | median)" %.0f)% | $n |"
     done
 }
 
@@ -752,7 +760,7 @@ git_rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
     echo "- scoregate: \`serve --workers 1 --access-log off\`, routes file with endpoint \`$ENDPOINT\` in key auth mode, traffic \`blue: 100\` to one deployment whose one pod is the backend, **admission on** (\`max_concurrent_requests_per_instance: $SG_CAP\`, above the $CONNS client connections so it never throttles; \`max_queue_wait_ms: 500\`), metrics on, \`upstream.idle_timeout_ms: 75000\` (the same pool lifetime as nginx). Checked before the runs: a wrong key gets 401, and responses carry \`azureml-model-deployment: blue\`."
     echo "- TLS: a fresh self-signed ECDSA P-256 certificate for IP 127.0.0.1 (openssl, in a mktemp directory), the same for every server; TLS 1.2 and 1.3 allowed; session resumption off everywhere (nginx \`ssl_session_cache off; ssl_session_tickets off\`, haproxy \`tune.ssl.cachesize 0\` + \`no-tls-tickets\`, scoregate \`--tls-session-resumption false\`). Checked with \`openssl s_client -sess_out/-sess_in\`: $(for t in direct-tls nginx-tls haproxy-tls scoregate-tls; do [[ -n ${TLS_INFO[$t]:-} ]] && printf '%s %s; ' "$t" "${TLS_INFO[$t]}"; done)"
     echo "- Modes: **http** and **https**: wrk 4.1 \`-t1 -c$CONNS -d${DURATION}s\` with a Lua POST script (percentiles from wrk's histogram); **handshake**: oha \`--disable-keepalive -c $HS_CONNS -z ${HS_DURATION}s --worker-threads 1\`, one new TLS connection per request (rate = connections/s); **latency**: oha \`-q $LAT_RATE --latency-correction -c $LAT_CONNS -z ${LAT_DURATION}s\` over plain HTTP keep-alive, added latency = target percentile − direct percentile (medians of rounds); **memory**: scoregate's VmRSS idle (just started, and after the load modes), then on a freshly started scoregate with $HOLD_CONNS keep-alive client connections held idle after one request each, and on another with $HOLD_CONNS connections open and no request sent (\`benches/e2e/holdconns.rs\`; each reading starts from a fresh process; keep-alive connections are read 2 s after the last one opened and again after 20 s idle, when scoregate has parked them and returned the freed pages); per connection = (RSS held − RSS before) ÷ $HOLD_CONNS."
-    echo "- Columns: *proxy CPU µs/req* = utime+stime of the proxy's processes and threads (\`/proc/PID/stat\`, $CLK_TCK ticks/s) over the recorded run ÷ requests completed; *peak RSS* = VmHWM summed over the proxy's processes, reset (\`clear_refs\` 5) before each run, max over rounds; *server/loadgen CPU busy* from \`/proc/stat\` for CPU $SERVER_CPU and CPU $LOADGEN_CPU; *new backend conns/run* from the backend's \`stub_status\`; *errors* = socket errors, timeouts and non-200 answers summed over rounds (oha's requests cut off at the end of a run are not counted)."
+    echo "- Columns: *proxy CPU µs/req* = utime+stime of the proxy's processes and threads (\`/proc/PID/stat\`, $CLK_TCK ticks/s) over the recorded run ÷ requests completed; *proxy user µs/req* and *proxy sys µs/req* = the same for utime alone (the proxy's own code and its libraries) and stime alone (the kernel working for it: system calls, and the TCP receive path of the loopback packets it sends, which Linux runs in the sender's context), each the median of the rounds, so the two need not add up exactly to the total; the kernel charges a whole timer tick to user or system by what was running when it fired, so the split is a sample while the total is exact (\`benches/KERNEL.md\`); *peak RSS* = VmHWM summed over the proxy's processes, reset (\`clear_refs\` 5) before each run, max over rounds; *server/loadgen CPU busy* from \`/proc/stat\` for CPU $SERVER_CPU and CPU $LOADGEN_CPU; *new backend conns/run* from the backend's \`stub_status\`; *errors* = socket errors, timeouts and non-200 answers summed over rounds (oha's requests cut off at the end of a run are not counted)."
     echo
     echo "## Results"
     for mode in http https handshake; do
