@@ -24,6 +24,11 @@ use crate::tls::CertStore;
 use crate::trace::export::Exporter;
 use crate::upstream::Upstream;
 
+/// How often the histograms' raw samples are folded into their buckets (see `keep_up`).
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Expired idle pod connections are closed every this many upkeeps (every 5 s).
+const SWEEPS_EVERY: u64 = 5;
+
 /// A started router.
 pub struct Router {
     http_addr: Option<SocketAddr>,
@@ -460,16 +465,20 @@ impl<'c> Startup<'c> {
         self.tasks.push(tokio::spawn(admin::serve(listener, state)));
     }
 
-    /// Every 5 s: folds histogram samples (so memory stays flat between scrapes) and closes the
-    /// pods' idle connections that expired.
+    /// Every second folds the histograms' raw samples into their buckets, and every fifth second
+    /// closes the pods' idle connections that expired. The exporter keeps every sample until it is
+    /// folded, so the interval bounds that memory (benches/KERNEL.md: peak RSS under load 35 MiB
+    /// with 5 s, 21.5 MiB with 1 s, at 25,000–30,000 requests/s).
     fn keep_up(&mut self, upstream: Upstream) {
         let metrics = self.metrics.clone();
         self.tasks.push(tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(5));
-            loop {
+            let mut every = tokio::time::interval(UPKEEP_INTERVAL);
+            for tick in 0u64.. {
                 every.tick().await;
                 metrics.run_upkeep();
-                upstream.sweep();
+                if tick % SWEEPS_EVERY == 0 {
+                    upstream.sweep();
+                }
             }
         }));
     }

@@ -4,7 +4,8 @@
 # 0, wrk on CPU 1), interleaved rounds, and per request: user and system CPU of the proxy and of
 # the backend, TCP segments (nstat, the whole loopback: both legs, both directions), pure ACKs,
 # delayed ACKs, the proxy's context switches and minor page faults; and the backend's user and
-# system CPU (one receive and one send per request: the floor a proxy pays twice).
+# system CPU (one receive and one send per request: the floor a proxy pays twice); the proxy's
+# peak RSS during the run (VmHWM, reset before it) and its anonymous memory at the end.
 #
 #   KEEP_WORK=1 benches/e2e/run.sh --quick --modes http --out /tmp/quick.md   # makes WORK
 #   benches/e2e/kernel.sh WORK label=BINARY[,VAR=VALUE...] ...                # then this
@@ -84,16 +85,25 @@ counters() {
     done
     echo "$u $s $f $v $n"
 }
+# VmHWM is reset before each run (clear_refs 5): memory_kib gives the run's peak RSS and the
+# anonymous memory (heap, stacks) at its end, summed over the process tree.
+reset_hwm() { local p; for p in $(tree "$1"); do echo 5 >"/proc/$p/clear_refs" 2>/dev/null || true; done; }
+memory_kib() {
+    local p
+    for p in $(tree "$1"); do cat "/proc/$p/status" 2>/dev/null || true; done |
+        awk '$1 == "VmHWM:" { h += $2 } $1 == "RssAnon:" { a += $2 } END { print h + 0, a + 0 }'
+}
 NSTAT_KEYS="TcpOutSegs TcpInSegs TcpExtTCPPureAcks TcpExtDelayedACKs TcpExtTCPHPAcks TcpExtTCPHPHits TcpExtTCPBacklogCoalesce TcpExtTCPAutoCorking"
 nstat_now() { nstat -az $NSTAT_KEYS | awk 'NR > 1 { printf "%s=%s ", $1, $2 } END { print "" }'; }
 wrk_run() { # URL SECONDS
     taskset -c 1 wrk -t1 -c"$CONNS" -d"$2s" --timeout 5s -s "$WORK/post.lua" "$1"
 }
 
-printf 'target\tround\treq_s\tproxy_user_us\tproxy_sys_us\tbackend_user_us\tbackend_sys_us\tout_segs\tin_segs\tpure_acks\tdelayed_acks\thp_acks\tproxy_vcsw\tproxy_ivcsw\tproxy_minflt\n' >"$WORK/kernel.tsv"
+printf 'target\tround\treq_s\tproxy_user_us\tproxy_sys_us\tbackend_user_us\tbackend_sys_us\tout_segs\tin_segs\tpure_acks\tdelayed_acks\thp_acks\tproxy_vcsw\tproxy_ivcsw\tproxy_minflt\tproxy_hwm_mib\tproxy_anon_mib\n' >"$WORK/kernel.tsv"
 for ((round = 1; round <= ROUNDS; round++)); do
     for t in "${TARGETS[@]}"; do
         wrk_run "${URL_OF[$t]}" "$WARMUP" >/dev/null
+        reset_hwm "${PID_OF[$t]}"
         read -r u0 s0 f0 v0 n0 <<<"$(counters "${PID_OF[$t]}")"
         read -r bu0 bs0 _ <<<"$(counters "${PID_OF[backend]}")"
         n0s=$(nstat_now)
@@ -101,11 +111,12 @@ for ((round = 1; round <= ROUNDS; round++)); do
         n1s=$(nstat_now)
         read -r u1 s1 f1 v1 n1 <<<"$(counters "${PID_OF[$t]}")"
         read -r bu1 bs1 _ <<<"$(counters "${PID_OF[backend]}")"
+        read -r hwm anon <<<"$(memory_kib "${PID_OF[$t]}")"
         reqs=$(awk -F'[ =]' '/^RESULT/ { print $3 }' <<<"$out")
         dur=$(awk '/^RESULT/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); if (kv[1] == "duration_us") print kv[2] / 1e6 } }' <<<"$out")
         awk -v OFS='\t' -v t="$t" -v r="$round" -v n="$reqs" -v d="$dur" -v hz="$CLK_TCK" \
             -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v bu=$((bu1 - bu0)) -v bs=$((bs1 - bs0)) -v f=$((f1 - f0)) \
-            -v v=$((v1 - v0)) -v iv=$((n1 - n0)) -v a="$n0s" -v z="$n1s" 'BEGIN {
+            -v v=$((v1 - v0)) -v iv=$((n1 - n0)) -v hwm="$hwm" -v anon="$anon" -v a="$n0s" -v z="$n1s" 'BEGIN {
             split(a, A, "[ =]"); split(z, Z, "[ =]")
             for (i = 1; i in A; i += 2) d0[A[i]] = A[i + 1]
             for (i = 1; i in Z; i += 2) d1[Z[i]] = Z[i + 1]
@@ -113,7 +124,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
             printf "%s\t%d\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f", t, r, n / d, u * us, s * us, bu * us, bs * us
             split("TcpOutSegs TcpInSegs TcpExtTCPPureAcks TcpExtDelayedACKs TcpExtTCPHPAcks", K, " ")
             for (k = 1; k <= 5; k++) printf "\t%.3f", (d1[K[k]] - d0[K[k]]) / n
-            printf "\t%.4f\t%.4f\t%.4f\n", v / n, iv / n, f / n }' | tee -a "$WORK/kernel.tsv"
+            printf "\t%.4f\t%.4f\t%.4f\t%.1f\t%.1f\n", v / n, iv / n, f / n, hwm / 1024, anon / 1024 }' | tee -a "$WORK/kernel.tsv"
     done
 done
 echo
