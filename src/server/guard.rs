@@ -42,6 +42,8 @@ pub struct Activity {
     started: AtomicU64,
     /// Whether the client's byte stream is between requests (no byte of a next head yet).
     at_boundary: AtomicBool,
+    /// The guard's timer found the connection idle for its park time ([`GuardedIo::park_after`]).
+    park_due: AtomicBool,
 }
 
 impl Activity {
@@ -54,17 +56,25 @@ impl Activity {
             response_done: AtomicWaker::new(),
             started: AtomicU64::new(0),
             at_boundary: AtomicBool::new(true),
+            park_due: AtomicBool::new(false),
         })
+    }
+
+    /// Whether the connection has been idle for its park time since this was last asked (set
+    /// by the guard's timer, [`GuardedIo::park_after`]).
+    pub fn take_park_due(&self) -> bool {
+        let due = self.park_due.load(Ordering::Relaxed);
+        if due {
+            self.park_due.store(false, Ordering::Relaxed);
+        }
+        due
     }
 
     /// Marks a request as started; the guard marks it finished when dropped.
     pub fn begin(self: &Arc<Self>) -> ActivityGuard {
         self.started.fetch_add(1, Ordering::SeqCst);
         self.in_progress.fetch_add(1, Ordering::SeqCst);
-        ActivityGuard {
-            activity: self.clone(),
-            ended: false,
-        }
+        ActivityGuard(self.clone())
     }
 
     /// Requests started so far.
@@ -88,35 +98,16 @@ impl Activity {
     }
 }
 
-/// Held from the start of a request to the end of its response (dropped, or ended with the
-/// time its response ended, [`ActivityGuard::end_at`]).
+/// Held from the start of a request to the end of its response.
 #[derive(Debug)]
-pub struct ActivityGuard {
-    activity: Arc<Activity>,
-    ended: bool,
-}
-
-impl ActivityGuard {
-    /// The response ended at `at` (a time the caller read anyway).
-    pub fn end_at(mut self, at: Instant) {
-        self.end(at);
-    }
-
-    fn end(&mut self, at: Instant) {
-        self.ended = true;
-        let activity = &self.activity;
-        let ms = at.saturating_duration_since(activity.base).as_millis() as u64;
-        activity.last_done_ms.store(ms, Ordering::SeqCst);
-        activity.in_progress.fetch_sub(1, Ordering::SeqCst);
-        activity.response_done.wake();
-    }
-}
+pub struct ActivityGuard(Arc<Activity>);
 
 impl Drop for ActivityGuard {
     fn drop(&mut self) {
-        if !self.ended {
-            self.end(Instant::now());
-        }
+        let ms = self.0.base.elapsed().as_millis() as u64;
+        self.0.last_done_ms.store(ms, Ordering::SeqCst);
+        self.0.in_progress.fetch_sub(1, Ordering::SeqCst);
+        self.0.response_done.wake();
     }
 }
 
@@ -163,6 +154,21 @@ pub struct GuardedIo<T> {
     linger: Linger,
     /// How long the lingering close lasts at most ([`LINGER`]).
     linger_limit: Duration,
+    /// An idle connection's park time, when its reader parks it ([`GuardedIo::park_after`]).
+    park_after: Option<Duration>,
+    /// The park time of the current wait for a next request has passed.
+    parked: bool,
+}
+
+/// What missing the deadline that applies now does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Due {
+    /// Closes the connection quietly (nothing of a request arrived).
+    Close,
+    /// Refuses the head in progress (408).
+    Refuse,
+    /// Tells the reader the connection has been idle for its park time.
+    Park,
 }
 
 /// Whether the connection's close lingers, and until when.
@@ -194,7 +200,17 @@ impl<T> GuardedIo<T> {
             replay: Bytes::new(),
             linger: Linger::No,
             linger_limit: LINGER,
+            park_after: None,
+            parked: false,
         }
+    }
+
+    /// Has the guard's timer also mark an idle connection's park time, `after` the last
+    /// response (or the accept), in [`Activity::take_park_due`] (the byte-level reader parks
+    /// it then; one timer serves both, so the reader sets none of its own per request), or no
+    /// more (`None`).
+    pub fn park_after(&mut self, after: Option<Duration>) {
+        self.park_after = after;
     }
 
     /// Makes the connection's close linger (`server::linger`): the caller refused a request
@@ -259,9 +275,10 @@ impl<T> GuardedIo<T> {
         );
     }
 
-    /// The deadline of whichever timer applies now, if any, and whether missing it is a 408
-    /// (part of a head arrived) rather than a quiet close (nothing arrived).
-    fn deadline(&self) -> Option<(Instant, bool)> {
+    /// The deadline of whichever timer applies now, if any, and what missing it does: a 408
+    /// (part of a head arrived), a quiet close (nothing arrived), or the park time of an idle
+    /// connection (when it comes first).
+    fn deadline(&self) -> Option<(Instant, Due)> {
         if self.activity.in_progress() > 0 {
             return None;
         }
@@ -274,10 +291,14 @@ impl<T> GuardedIo<T> {
             } else {
                 self.settings.keep_alive_timeout
             };
-            Some((since_done + timeout, false))
+            let close = since_done + timeout;
+            match self.park_after.filter(|_| !self.parked) {
+                Some(after) if since_done + after < close => Some((since_done + after, Due::Park)),
+                _ => Some((close, Due::Close)),
+            }
         } else if self.framing.in_head() {
             let started = self.first_head_byte.unwrap_or(since_done).max(since_done);
-            Some((started + self.settings.header_timeout, true))
+            Some((started + self.settings.header_timeout, Due::Refuse))
         } else {
             None
         }
@@ -312,12 +333,37 @@ impl<T: AsyncRead + AsyncWrite + Unpin> GuardedIo<T> {
     }
 
     /// Whether the timer that applies now has fired; it then starts a 408 or closes quietly.
+    /// An idle connection's park time passing is marked ([`Activity::take_park_due`]) and the
+    /// timer set for what applies next.
     fn timer_fired(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some((deadline, is_header)) = self.deadline() else {
-            return false;
-        };
-        // The timer is moved to an earlier deadline only: set for an earlier one (each response
-        // moves the keep-alive deadline on), it fires early and is set then.
+        loop {
+            let Some((deadline, due)) = self.deadline() else {
+                return false;
+            };
+            if !self.timer_passed(deadline, cx) {
+                return false;
+            }
+            match due {
+                Due::Park => {
+                    self.parked = true;
+                    self.activity.park_due.store(true, Ordering::Relaxed);
+                }
+                Due::Refuse => {
+                    self.refuse(RouterError::HeadTimeout);
+                    return true;
+                }
+                Due::Close => {
+                    self.phase = Phase::Closed;
+                    return true;
+                }
+            }
+        }
+    }
+
+    /// Whether `deadline` has passed, by the timer (woken then otherwise). The timer is moved
+    /// to an earlier deadline only: set for an earlier one (each response moves the keep-alive
+    /// deadline on), it fires early and is set then.
+    fn timer_passed(&mut self, deadline: Instant, cx: &mut Context<'_>) -> bool {
         if deadline < self.timer.deadline() {
             self.timer.as_mut().reset(deadline);
         }
@@ -326,16 +372,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> GuardedIo<T> {
                 return false;
             }
             if self.timer.deadline() >= deadline {
-                break;
+                return true;
             }
             self.timer.as_mut().reset(deadline);
         }
-        if is_header {
-            self.refuse(RouterError::HeadTimeout);
-        } else {
-            self.phase = Phase::Closed;
-        }
-        true
     }
 
     /// Feeds the bytes read from `before` on to the framing rules, holding back a refused head.
@@ -359,6 +399,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> GuardedIo<T> {
             }
         }
         self.first_request = false;
+        self.parked = false;
         self.activity
             .at_boundary
             .store(self.framing.at_boundary(), Ordering::SeqCst);
@@ -515,6 +556,44 @@ mod tests {
         client.write_all(&[b'x'; 64 * 1024]).await.unwrap();
         drop(client);
         router.await.unwrap().unwrap();
+    }
+
+    /// With a park time, the guard's timer marks it once while the connection is idle, keeps
+    /// the connection open, and marks it again for the next wait after a request.
+    #[tokio::test]
+    async fn an_idle_connection_is_marked_for_parking() {
+        let (router_side, mut client) = tokio::io::duplex(16 * 1024);
+        let mut io = guarded(router_side);
+        io.park_after(Some(Duration::from_millis(20)));
+        let activity = io.activity.clone();
+        let (read_tx, mut read_rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = io.read(&mut buf).await {
+                let _ = read_tx.send(n).await;
+                if n == 0 {
+                    break;
+                }
+            }
+        });
+        let marked = || async {
+            for _ in 0..1000 {
+                if activity.take_park_due() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            false
+        };
+        assert!(marked().await, "the park time was marked");
+        assert!(read_rx.try_recv().is_err(), "nothing read, not closed");
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read_rx.recv().await.unwrap() > 0);
+        // Between requests again (the request had no body): marked anew.
+        assert!(marked().await, "the park time was marked for the next wait");
     }
 
     /// A connection that refused nothing closes at once.

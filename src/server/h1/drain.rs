@@ -15,6 +15,9 @@ pub(super) struct DrainWatch<'w, 't> {
     wait: Pin<&'w mut WaitForCancellationFuture<'t>>,
     /// The waker the wait holds.
     waker: Option<Waker>,
+    /// The token was found not cancelled by [`DrainWatch::is_drained`] since the task last
+    /// waited: the next poll, before the task waits again, need not look at it again.
+    checked: bool,
 }
 
 impl<'w, 't> DrainWatch<'w, 't> {
@@ -27,12 +30,22 @@ impl<'w, 't> DrainWatch<'w, 't> {
             token,
             wait,
             waker: None,
+            checked: false,
         }
     }
 
-    /// Ready once the token is cancelled; the task is woken when it is.
+    /// Whether the drain has begun (the token's flag, read under its lock).
+    pub(super) fn is_drained(&mut self) -> bool {
+        let drained = self.token.is_cancelled();
+        self.checked = !drained;
+        drained
+    }
+
+    /// Ready once the token is cancelled; the task is woken when it is. Called right after
+    /// [`DrainWatch::is_drained`] (no wait between them), the flag is not read again.
     pub(super) fn poll_drained(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.token.is_cancelled() {
+        // Checked since the task last waited: a drain since then wakes the task again.
+        if !std::mem::take(&mut self.checked) && self.token.is_cancelled() {
             return Poll::Ready(());
         }
         if self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {

@@ -19,7 +19,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use super::guard::{Activity, GuardedIo};
@@ -55,8 +54,8 @@ pub enum Served<IO> {
 
 /// What follows a request.
 enum Next {
-    /// The next request; the response ended at this time.
-    KeepAlive(Instant),
+    /// The next request.
+    KeepAlive,
     /// The close.
     Close,
 }
@@ -66,22 +65,21 @@ pub async fn serve<IO>(mut io: GuardedIo<IO>, serving: &Serving<'_>) -> Served<I
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // The guard checks every head as it is read: its index is kept for the reader.
+    // The guard checks every head as it is read: its index is kept for the reader. Its timer
+    // says when an idle connection is to be parked.
     io.keep_head_indexes(true);
+    io.park_after(Some(PARK_AFTER));
     let mut wire = Wire::new(io);
-    let mut park = Box::pin(tokio::time::sleep(PARK_AFTER));
     // Made once: a wait made anew for each request would join and leave the token's list of
     // waiters each time.
     let drained = serving.drain.cancelled();
     let mut drained = std::pin::pin!(drained);
     let mut drain = DrainWatch::new(serving.drain, drained.as_mut());
-    // When the last response ended (the wait for the next head begins then).
-    let mut ended = Instant::now();
     loop {
         let head = tokio::select! {
             biased;
             _ = poll_fn(|cx| drain.poll_drained(cx)) => return close(wire).await,
-            head = next_head(&mut wire, park.as_mut(), serving.limits, ended) => head,
+            head = next_head(&mut wire, serving.activity, serving.limits) => head,
         };
         let head = match head {
             Ok(Some(head)) => head,
@@ -107,8 +105,8 @@ where
         // Boxed: the request path's state lives only while a request does, so an idle
         // connection stays small; made here, so the request is not held by this loop's future.
         let handled = Box::pin(serving.proxy.clone().handle(request, serving.conn.clone()));
-        match exchange(&mut wire, handled, asked, serving).await {
-            Next::KeepAlive(at) => ended = at,
+        match exchange(&mut wire, handled, asked, serving, &mut drain).await {
+            Next::KeepAlive => {}
             Next::Close => return close(wire).await,
         }
     }
@@ -118,36 +116,28 @@ where
 /// arrives (hyper's connections were parked after as long).
 const PARK_AFTER: Duration = Duration::from_secs(2);
 
-/// Reads the next request head, after a response that ended at `ended`. While nothing of it
-/// has arrived for [`PARK_AFTER`], the connection is parked: its read buffer and the guard's
-/// kept head indexes are released and its next bytes are read into a small one (the guard's
-/// keep-alive timer still ends the wait).
+/// Reads the next request head. While nothing of it has arrived for [`PARK_AFTER`] (the
+/// guard's timer says when, [`Activity::take_park_due`]), the connection is parked: its read
+/// buffer and the guard's kept head indexes are released and its next bytes are read into a
+/// small one (the guard's keep-alive timer still ends the wait).
 async fn next_head<IO>(
     wire: &mut Wire<GuardedIo<IO>>,
-    mut park: Pin<&mut Sleep>,
+    activity: &Activity,
     limits: HeadLimits,
-    ended: Instant,
 ) -> Result<Option<RequestHead>, RequestHeadError>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    // When the wait for a head began with nothing buffered. The park timer is not set anew
-    // for each request (a timer update per request): set for an earlier wait, it fires early.
-    let mut idle_since = wire.buffered().is_empty().then_some(ended);
+    // A park time marked during an earlier wait is not this one's.
+    activity.take_park_due();
+    let mut idle = wire.buffered().is_empty();
     loop {
         tokio::select! {
             biased;
             head = wire.request_head_indexed(limits, GuardedIo::take_head_index) => return head,
-            _ = park.as_mut(), if idle_since.is_some() => {}
+            _ = poll_fn(|_| park_due(activity)), if idle => {}
         }
-        // The timer fired, so the wait began idle: early, it is set to when the wait is due.
-        if let Some(due) = idle_since.map(|since| since + PARK_AFTER) {
-            if Instant::now() < due {
-                park.as_mut().reset(due);
-                continue;
-            }
-        }
-        idle_since = None;
+        idle = false;
         if !wire.buffered().is_empty() {
             continue;
         }
@@ -161,6 +151,14 @@ where
     }
 }
 
+/// Ready when the guard marked the park time of an idle connection (its timer wakes the task).
+fn park_due(activity: &Activity) -> Poll<()> {
+    match activity.take_park_due() {
+        true => Poll::Ready(()),
+        false => Poll::Pending,
+    }
+}
+
 /// Waits for the answer `handled` gives and writes it; the connection closes after it when the
 /// client went away, asked for the close, the answer needs it, or the router is draining.
 async fn exchange<IO, F>(
@@ -168,6 +166,7 @@ async fn exchange<IO, F>(
     handled: Pin<Box<F>>,
     mut asked: Asked,
     serving: &Serving<'_>,
+    drain: &mut DrainWatch<'_, '_>,
 ) -> Next
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -178,13 +177,12 @@ where
         // The client went away: the request was dropped (counted and logged as 499).
         return Next::Close;
     };
-    asked.keep_alive &= !serving.drain.is_cancelled();
+    asked.keep_alive &= !drain.is_drained();
     let close = respond::write(wire, answer, asked).await;
-    let ended = Instant::now();
-    in_progress.end_at(ended);
-    match close || serving.drain.is_cancelled() {
+    drop(in_progress);
+    match close || drain.is_drained() {
         true => Next::Close,
-        false => Next::KeepAlive(ended),
+        false => Next::KeepAlive,
     }
 }
 
@@ -213,6 +211,7 @@ where
 fn hand_over<IO>(wire: Wire<GuardedIo<IO>>, head: &RequestHead) -> Served<IO> {
     let (mut io, rest) = wire.into_parts();
     io.keep_head_indexes(false);
+    io.park_after(None);
     io.replay(head.shared().clone());
     if !rest.is_empty() {
         io.replay(rest.freeze());
