@@ -165,6 +165,21 @@ impl ResponseHeaders {
         }
     }
 
+    /// The fields for a routed request with `ids`, answered by `deployment`: its request id is
+    /// taken from `ids` (left empty there), not copied (a new id's first copy allocates).
+    pub fn taking_request_id(ids: &mut RequestIds, deployment: &HeaderValue) -> Self {
+        ResponseHeaders {
+            deployment: Some(deployment.clone()),
+            request_id: std::mem::replace(&mut ids.request_id, HeaderValue::from_static("")),
+            client_request_id: ids.client_request_id.clone(),
+        }
+    }
+
+    /// The request id the response carries.
+    pub fn request_id(&self) -> &HeaderValue {
+        &self.request_id
+    }
+
     /// The changes, in order: a name with the value that replaces the response's (or is added),
     /// or without one: the name is removed.
     pub fn changes(&self) -> impl Iterator<Item = (&'static HeaderName, Option<&HeaderValue>)> {

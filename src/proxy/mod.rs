@@ -97,7 +97,7 @@ impl Proxy {
         request: ClientRequest,
         conn: ClientConn,
     ) -> impl Future<Output = Answer> + Send + 'static {
-        let cx = Context {
+        let mut cx = Context {
             started: Instant::now(),
             ids: RequestIds::read(request.id_fields(), self.tracing()),
             conn,
@@ -145,7 +145,7 @@ impl Proxy {
                 }
             };
             pending.settled();
-            let responded = respond::respond(forwarded, &deployment, &cx.ids);
+            let responded = respond::respond(forwarded, &deployment, &mut cx.ids);
             record::routed(log, responded, &deployment, queue_wait, &cx)
         }
     }

@@ -67,7 +67,7 @@ pub fn routed(
             upstream_span: cx.ids.upstream_span,
             export,
             started: cx.started,
-            request_id: cx.ids.request_id.clone(),
+            request_id: responded.headers.request_id().clone(),
             line: cx.line.clone(),
             endpoint: deployment.endpoint.clone(),
             deployment: deployment.name.clone(),

@@ -28,8 +28,9 @@ pub struct Responded {
     pub answered_at: Instant,
 }
 
-/// The client's response for a request `deployment` answered.
-pub fn respond(forwarded: Forwarded, deployment: &Deployment, ids: &RequestIds) -> Responded {
+/// The client's response for a request `deployment` answered; its request id moves from `ids`
+/// to the response's fields (the record phase reads it there).
+pub fn respond(forwarded: Forwarded, deployment: &Deployment, ids: &mut RequestIds) -> Responded {
     let Forwarded {
         head,
         exchange,
@@ -39,7 +40,7 @@ pub fn respond(forwarded: Forwarded, deployment: &Deployment, ids: &RequestIds) 
     let pod = exchange.address();
     Responded {
         head,
-        headers: ResponseHeaders::new(ids, Some(&deployment.name_header)),
+        headers: ResponseHeaders::taking_request_id(ids, &deployment.name_header),
         body: exchange.respond(),
         pod,
         upstream_time,
