@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use http::header::{HeaderName, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderValue};
 
-use crate::trace::{new_span_id, TraceContext};
+use crate::trace::{new_span_id, write_hex, TraceContext};
 
 /// `azureml-model-deployment`: request header that picks a deployment; response header naming it.
 pub static MODEL_DEPLOYMENT: HeaderName = HeaderName::from_static("azureml-model-deployment");
@@ -213,29 +213,13 @@ pub fn new_request_id() -> HeaderValue {
     guid_value(&uuid::Uuid::new_v4())
 }
 
-/// Two lower-case hexadecimal digits for each byte value.
-const HEX_PAIRS: [[u8; 2]; 256] = {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut pairs = [[0u8; 2]; 256];
-    let mut i = 0;
-    while i < 256 {
-        pairs[i] = [DIGITS[i >> 4], DIGITS[i & 0x0f]];
-        i += 1;
-    }
-    pairs
-};
-
 /// `guid` in its 8-4-4-4-12 form (lower case), as a header value: two digits per byte from a
 /// table (a request without an id gets a new one, so this is on every such request's path).
 fn guid_value(guid: &uuid::Uuid) -> HeaderValue {
     let mut text = [b'-'; 36];
-    let mut at = 0;
-    for (i, byte) in guid.as_bytes().iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            at += 1;
-        }
-        text[at..at + 2].copy_from_slice(&HEX_PAIRS[usize::from(*byte)]);
-        at += 2;
+    let bytes = guid.as_bytes();
+    for (from, to, at) in [(0, 4, 0), (4, 6, 9), (6, 8, 14), (8, 10, 19), (10, 16, 24)] {
+        write_hex(&bytes[from..to], &mut text[at..at + 2 * (to - from)]);
     }
     HeaderValue::from_bytes(&text).expect("a GUID is a valid header value")
 }
