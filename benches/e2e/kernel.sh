@@ -98,6 +98,19 @@ nstat_now() { nstat -az $NSTAT_KEYS | awk 'NR > 1 { printf "%s=%s ", $1, $2 } EN
 wrk_run() { # URL SECONDS
     taskset -c 1 wrk -t1 -c"$CONNS" -d"$2s" --timeout 5s -s "$WORK/post.lua" "$1"
 }
+# load_traced URL PID...: loads URL for 5 s while the tracers PID... (started just before, in
+# this shell) watch, then stops them with SIGINT so they write their results, and waits for them.
+# wrk's output is left in LOADED and its request count in LOADED_REQS. The tracers are given
+# 0.5 s to attach first (they count that idle time too, which adds no requests).
+load_traced() {
+    local url=$1
+    shift
+    sleep 0.5
+    LOADED=$(wrk_run "$url" 5)
+    kill -INT "$@"
+    wait "$@" || true
+    LOADED_REQS=$(awk -F'[ =]' '/^RESULT/ { print $3 }' <<<"$LOADED")
+}
 
 printf 'target\tround\treq_s\tproxy_user_us\tproxy_sys_us\tbackend_user_us\tbackend_sys_us\tout_segs\tin_segs\tpure_acks\tdelayed_acks\thp_acks\tproxy_vcsw\tproxy_ivcsw\tproxy_minflt\tproxy_hwm_mib\tproxy_anon_mib\n' >"$WORK/kernel.tsv"
 for ((round = 1; round <= ROUNDS; round++)); do
@@ -145,12 +158,8 @@ if [[ ${STRACE:-0} == 1 ]]; then
         pids=$(tree "${PID_OF[$t]}" | sed 's/^/-p /' | tr '\n' ' ')
         # shellcheck disable=SC2086
         strace -c -f $pids -o "$WORK/kernel-$t.strace" 2>/dev/null &
-        tracer=$!
-        sleep 1
-        out=$(wrk_run "${URL_OF[$t]}" 5)
-        kill -INT "$tracer"
-        wait "$tracer" || true
-        reqs=$(awk -F'[ =]' '/^RESULT/ { print $3 }' <<<"$out")
+        load_traced "${URL_OF[$t]}" $!
+        reqs=$LOADED_REQS
         echo "$t under strace -c -f ($reqs requests): system calls per request"
         awk -v n="$reqs" 'NR > 2 && $4 ~ /^[0-9]+$/ && $NF != "total" && $4 / n >= 0.001 {
             printf "  %-16s %.3f (errors %.3f)\n", $NF, $4 / n, ($5 ~ /^[0-9]+$/ ? $5 / n : 0) }' "$WORK/kernel-$t.strace"
@@ -161,12 +170,8 @@ if [[ ${PERF:-0} == 1 ]]; then
     top() { awk -v n="$1" '/^ +[0-9.]+%/ && k++ < n { print "  " $0 }'; }
     for t in "${TARGETS[@]}"; do
         perf record -q -e cpu-clock -C 0 -g -o "$WORK/kernel-$t.perf" 2>/dev/null &
-        recorder=$!
-        sleep 0.5
-        out=$(wrk_run "${URL_OF[$t]}" 5)
-        kill -INT "$recorder"
-        wait "$recorder" || true
-        reqs=$(awk -F'[ =]' '/^RESULT/ { print $3 }' <<<"$out")
+        load_traced "${URL_OF[$t]}" $!
+        reqs=$LOADED_REQS
         pids=$(tree "${PID_OF[$t]}" | paste -sd,)
         echo "$t under perf ($reqs requests): CPU 0's samples by process"
         perf report -i "$WORK/kernel-$t.perf" --stdio --no-children --sort pid 2>/dev/null | top 8
@@ -185,12 +190,8 @@ if [[ ${TRACE:-0} == 1 ]]; then
         perf stat -x, -e "$EVENTS" -p "$pids" -o "$WORK/kernel-$t.stat" &
         counter=$!
         perf record -q -e syscalls:sys_exit_epoll_wait,syscalls:sys_exit_recvfrom -p "$pids" -o "$WORK/kernel-$t.trace" 2>/dev/null &
-        recorder=$!
-        sleep 0.5
-        out=$(wrk_run "${URL_OF[$t]}" 5)
-        kill -INT "$counter" "$recorder"
-        wait "$counter" "$recorder" || true
-        reqs=$(awk -F'[ =]' '/^RESULT/ { print $3 }' <<<"$out")
+        load_traced "${URL_OF[$t]}" "$counter" $!
+        reqs=$LOADED_REQS
         echo "$t ($reqs requests in 5 s, counted 0.5 s longer): per request"
         awk -F, -v n="$reqs" '$3 ~ /:/ { printf "  %-34s %.3f\n", $3, $1 / n }' "$WORK/kernel-$t.stat"
         # The results are printed in hex; a negative one (an error) as 0xffff...
